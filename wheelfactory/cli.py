@@ -1,0 +1,161 @@
+"""The `wheelfactory` command line: options and messages only; the work is in Factory."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import FactoryError
+from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
+from .plan import Plan
+from .release import list_releases
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "WHEELFACTORY"}
+
+
+def _echo(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+release_option = click.option("--release", "-r", default=DEFAULT_RELEASE, show_default=True,
+                              envvar="WHEELFACTORY_RELEASE",
+                              help="Release name (recipes/releases/NAME.toml) or path to a release TOML file.")
+env_option = click.option("--env", "env", multiple=True, metavar="COMPONENT:KEY=VALUE",
+                          help="Extra build environment for one component (repeatable; enters the build key).")
+source_dir_option = click.option("--source-dir", "source_dirs", multiple=True, metavar="COMPONENT=PATH",
+                                 help="Build a component from a local checkout instead of its release source.")
+targets_argument = click.argument("targets", nargs=-1)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="wheelfactory")
+@click.option("--wheelhouse", type=click.Path(path_type=Path), default=Path("wheelhouse"), show_default=True,
+              envvar="WHEELFACTORY_WHEELHOUSE", help="The wheelhouse directory (wheels, simple/, manifest).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("~/.cache/wheelfactory"),
+              show_default=True, envvar="WHEELFACTORY_CACHE_DIR",
+              help="Sources, build requirements, work trees and logs.")
+@click.option("--recipes-dir", type=click.Path(path_type=Path), default=None, envvar="WHEELFACTORY_RECIPES_DIR",
+              help="Recipe modules and releases/ (default: the checkout's recipes/).")
+@click.pass_context
+def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path | None) -> None:
+    """Build the DGX Spark inference stack into wheels built against each other, and assemble
+    thin runtime images from them."""
+    ctx.obj = Factory(recipes_dir or default_recipes_dir(), wheelhouse.expanduser().absolute(),
+                      cache_dir.expanduser().absolute())
+
+
+@cli.command("list")
+@click.pass_obj
+def list_cmd(factory: Factory) -> None:
+    """Show recipes, releases and what the wheelhouse holds."""
+    click.echo("recipes:")
+    for name, loaded in factory.recipes.items():
+        r = loaded.recipe
+        deps = f"  (after {', '.join(r.depends_on)})" if r.depends_on else ""
+        click.echo(f"  {name:<12} {', '.join(r.outputs)}{deps}")
+    click.echo("releases:")
+    for name in list_releases(factory.recipes_dir):
+        click.echo(f"  {name}")
+    manifest = factory.wheelhouse.manifest()
+    click.echo(f"wheelhouse {factory.wheelhouse.root}: {len(manifest)} wheel(s)")
+    for filename, e in manifest.items():
+        click.echo(f"  {e.get('component') or '-':<12} {e['version']:<24} {e.get('origin', '?'):<8} "
+                   f"{e['size'] / 1e6:8.1f} MB  {filename}")
+
+
+def _print_plan(plan: Plan) -> None:
+    t = plan.target
+    click.echo(f"release {plan.release.name}: python {t.python}, CUDA {t.cuda} (nvcc here: {t.toolkit}), "
+               f"arch {';'.join(t.cuda_arch_list)}, platform {t.platform}")
+    if t.platform != plan.release.target.platform:
+        click.echo(f"  note: the release is meant for {plan.release.target.platform}; wheels built here are "
+                   f"{t.platform}")
+    for i, s in enumerate(plan.steps, 1):
+        origin = f"adopt {s.adopt}" if s.adopt else (s.source.describe() if s.source else "")
+        click.echo(f"{i:>2}. {s.action:<6} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
+        for k, v in sorted(s.env.items()):
+            click.echo(f"      {k}={v}")
+    if plan.pins:
+        click.echo("pinned from PyPI: " + ", ".join(f"{n}=={v}" for n, v in sorted(plan.pins.items())))
+
+
+@cli.command()
+@release_option
+@targets_argument
+@env_option
+@source_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the stable contract).")
+@click.pass_obj
+def plan(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
+         source_dirs: tuple[str, ...], as_json: bool) -> None:
+    """Show what would be built for TARGETS (default: the whole release), in order, and what is cached."""
+    p = factory.plan(factory.release(release), targets, env, source_dirs)
+    if as_json:
+        click.echo(json.dumps(p.to_json(), indent=2))
+    else:
+        _print_plan(p)
+
+
+@cli.command()
+@release_option
+@targets_argument
+@env_option
+@source_dir_option
+@click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
+@click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
+@click.pass_obj
+def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
+          source_dirs: tuple[str, ...], python: str | None, verbose: bool) -> None:
+    """Download every source and build requirement, so that `build --offline` needs no network."""
+    p = factory.plan(factory.release(release), targets, env, source_dirs)
+    factory.executor(p, _echo, python=python, verbose=verbose).fetch()
+    _echo("fetched everything the plan needs")
+
+
+@cli.command()
+@release_option
+@targets_argument
+@env_option
+@source_dir_option
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="WHEELFACTORY_JOBS",
+              help="Parallel compile jobs (default: CPUs, capped by free memory / the recipe's memory per job).")
+@click.option("--offline", is_flag=True, envvar="WHEELFACTORY_OFFLINE",
+              help="Use only the cache: no downloads (run `fetch` first).")
+@click.option("--keep-work", is_flag=True, help="Keep each step's work tree after a successful build.")
+@click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
+@click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
+@click.pass_obj
+def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
+          source_dirs: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool, python: str | None,
+          verbose: bool) -> None:
+    """Build TARGETS (default: the whole release) and their dependencies into the wheelhouse."""
+    started = time.monotonic()
+    p = factory.plan(factory.release(release), targets, env, source_dirs)
+    results = factory.executor(p, _echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
+                               verbose=verbose).build()
+    built = sum(1 for r in results if r.action != "cached")
+    _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
+          f"wheelhouse: {factory.wheelhouse.root}")
+
+
+def main() -> None:
+    """Entry point: one place turns errors into messages and exit codes."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _echo("interrupted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if e.exit_code == 2 else e.exit_code)
+    except FactoryError as e:
+        _echo(f"error: {e}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _echo("interrupted; nothing partial was published")
+        sys.exit(130)

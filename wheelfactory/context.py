@@ -1,0 +1,82 @@
+"""What a recipe's prepare() and build() hooks receive: paths, target, jobs and a runner.
+
+Hooks only call methods of this object; they never start processes or touch the wheelhouse
+themselves, so a test can hand them a context whose runner records instead of running.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cuda_arch import gencode_flags
+from .errors import BuildError
+from .plan import Step
+from .recipe import Target
+from .runner import Runner
+
+
+@dataclass
+class BuildContext:
+    step: Step
+    target: Target
+    src: Path  # the component's source tree (a private copy)
+    work: Path  # the step's work directory
+    dist: Path  # built wheels go here
+    venv: Path
+    cuda_home: str | None
+    jobs: int
+    env: dict[str, str]  # the step's resolved build environment (plus PATH/VIRTUAL_ENV)
+    runner: Runner
+    offline: bool
+    cache: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def site(self) -> Path:
+        return next((self.venv / "lib").glob("python3*/site-packages"))
+
+    @property
+    def version(self) -> str:
+        return self.step.version
+
+    def gencode(self, *, keep_suffix: bool = True) -> str:
+        """nvcc -gencode flags for the target's arch list, space separated."""
+        return " ".join(gencode_flags(self.target.archs, keep_suffix=keep_suffix))
+
+    def run(self, cmd: Sequence[str | Path], *, cwd: Path | None = None,
+            env: Mapping[str, str] | None = None, capture: bool = False) -> str:
+        """Run a command in the step's environment (the venv first on PATH)."""
+        return self.runner.run(cmd, cwd=cwd or self.src, env=self.env | dict(env or {}), capture=capture)
+
+    def build_wheel(self, path: Path | None = None, *, extra_args: Sequence[str] = ()) -> list[Path]:
+        """The default build: `python -m build --wheel --no-isolation` of a source tree into dist/.
+
+        No isolation: the build must see the factory's own torch and friends installed in the
+        step's venv, never a copy that build isolation would download.
+        """
+        before = set(self.dist.glob("*.whl"))
+        self.run([self.python, "-m", "build", "--wheel", "--no-isolation", "--outdir", self.dist,
+                  *extra_args, path or self.src])
+        return sorted(set(self.dist.glob("*.whl")) - before)
+
+    def replace_in_file(self, path: Path, pattern: str, replacement: str, *, regex: bool = False,
+                        count: int = 0) -> int:
+        """Edit a source file; fail loudly when the pattern matches nothing (upstream drifted)."""
+        text = path.read_text()
+        if regex:
+            new, n = re.subn(pattern, replacement, text, count=count, flags=re.MULTILINE)
+        else:
+            n = text.count(pattern) if not count else min(count, text.count(pattern))
+            new = text.replace(pattern, replacement, count or -1)
+        if n == 0:
+            raise BuildError(f"[{self.step.component}] {path.relative_to(self.src)}: {pattern!r} matched nothing; "
+                             "upstream changed this file, so the recipe's edit must be updated")
+        path.write_text(new)
+        self.runner.note(f"edit {path.relative_to(self.src)}: {pattern!r} -> {replacement!r} ({n}x)")
+        return n

@@ -1,0 +1,323 @@
+"""Running a plan: fetch sources, build each step in its own work directory and venv, repair,
+and publish into the wheelhouse. Component knowledge stays in the recipes; this module only
+knows the order of operations."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import string
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from .context import BuildContext
+from .errors import BuildError, InputError
+from .fetch import SourceCache
+from .host import Host, default_jobs
+from .plan import ADOPT, BUILD, CACHED, Plan, Step
+from .recipe import LoadedRecipe
+from .repair import repair_wheel
+from .runner import Runner
+from .wheelhouse import Wheelhouse
+from .wheelmeta import read_wheel
+
+# Always in a build venv: the PEP 517 front end and the usual backends' basics.
+BASE_BUILD_REQUIRES = ("build", "wheel", "setuptools")
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    cache_dir: Path
+    jobs: int | None = None  # None: memory-aware default per recipe
+    offline: bool = False
+    keep_work: bool = False
+    verbose: bool = False
+    python: str | None = None  # interpreter for build venvs (default: python<target> on PATH)
+    index_url: str = "https://pypi.org/simple"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    component: str
+    action: str
+    wheels: tuple[str, ...]
+    seconds: float
+    log: str | None = None
+    bytes_saved: int = 0
+
+
+def find_python(version: str, override: str | None) -> str:
+    """The interpreter build venvs are made with: it decides the wheels' cpXY tag."""
+    if override:
+        return override
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        return sys.executable
+    found = shutil.which(f"python{version}")
+    if not found:
+        raise InputError(f"the release targets Python {version}, and there is no python{version} on PATH; "
+                         f"install it or pass --python /path/to/python{version}")
+    return found
+
+
+class Executor:
+    def __init__(self, plan: Plan, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe], host: Host,
+                 options: ExecOptions, echo: Callable[[str], None] = print):
+        self.plan = plan
+        self.wheelhouse = wheelhouse
+        self.recipes = recipes
+        self.host = host
+        self.opts = options
+        self.echo = echo
+        self.sources = SourceCache(options.cache_dir, options.index_url)
+        self.pydeps = options.cache_dir / "pydeps"
+        self.logs = options.cache_dir / "logs"
+
+    # -- public --------------------------------------------------------------------------------
+
+    def fetch(self) -> None:
+        """Download every source and build requirement the plan's builds need (network allowed)."""
+        steps = [s for s in self.plan.steps if s.action in (BUILD, ADOPT)]
+        for i, step in enumerate(steps, 1):
+            self.echo(f"[{i}/{len(steps)}] fetch {step.component} {step.version}")
+            runner = Runner(step.component, self.logs / f"fetch-{step.component}.log", verbose=self.opts.verbose)
+            if step.action == ADOPT:
+                self._adopted_wheel(step, runner)
+                continue
+            assert step.source is not None
+            tree = self.sources.fetch(step.source, runner)
+            python = find_python(self.plan.target.python, self.opts.python)
+            self._download_requirements(runner, python, self._build_requirements(step, tree))
+
+    def build(self) -> list[StepResult]:
+        """Build (or adopt) every step not already in the wheelhouse, in order."""
+        results = []
+        total = len(self.plan.steps)
+        with self.wheelhouse.lock(on_wait=lambda: self.echo("waiting for another wheelfactory process "
+                                                            f"to release {self.wheelhouse.root}/.lock ...")):
+            for i, step in enumerate(self.plan.steps, 1):
+                started = time.monotonic()
+                if step.action == CACHED or self.wheelhouse.is_cached(step.key):
+                    self.echo(f"[{i}/{total}] {step.component} {step.version}: cached ({step.key[:12]})")
+                    results.append(StepResult(step.component, CACHED, (), 0.0))
+                    continue
+                log = self.logs / f"{step.component}-{step.key[:12]}.log"
+                if log.exists():
+                    log.unlink()
+                self.echo(f"[{i}/{total}] {step.component} {step.version}: {step.action} (log: {log})")
+                runner = Runner(step.component, log, verbose=self.opts.verbose)
+                if step.action == ADOPT:
+                    wheels, saved = [self._adopted_wheel(step, runner)], 0
+                    origin = {"origin": "adopted", "from": step.adopt}
+                else:
+                    wheels, saved, origin = self._build_step(step, runner)
+                published = self.wheelhouse.publish(wheels, origin | {
+                    "component": step.component, "key": step.key, "inputs": step.key_inputs,
+                    "log": str(log), "bytes_stripped": saved})
+                took = time.monotonic() - started
+                self.echo(f"[{i}/{total}] {step.component}: done in {took:.1f}s -> "
+                          + ", ".join(w.path.name for w in published))
+                results.append(StepResult(step.component, step.action, tuple(w.path.name for w in published),
+                                          took, str(log), saved))
+        return results
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _build_step(self, step: Step, runner: Runner) -> tuple[list[Path], int, dict[str, str]]:
+        loaded = self.recipes[step.component]
+        recipe = loaded.recipe
+        assert step.source is not None
+        tree = self.sources.fetch(step.source, runner, offline=self.opts.offline)
+        work = self.opts.cache_dir / "work" / f"{step.component}-{step.key[:12]}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        src = work / "src"
+        shutil.copytree(tree, src, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        python = find_python(self.plan.target.python, self.opts.python)
+        venv = work / "venv"
+        runner.run([python, "-m", "venv", venv])
+        jobs = self.opts.jobs or default_jobs(self.host, step.mem_per_job_gb)
+        ctx = BuildContext(step, self.plan.target, src, work, work / "dist", venv, self.host.cuda_home, jobs,
+                           {}, runner, self.opts.offline, self.opts.cache_dir)
+        ctx.dist.mkdir()
+        ctx.env = self._step_env(step, ctx)
+        (work / "build_env.sh").write_text("".join(f"export {k}={_sh(v)}\n" for k, v in sorted(ctx.env.items()))
+                                          + f"cd {_sh(str(src))}\n")
+        try:
+            if (prepare := loaded.hook("prepare")) is not None:
+                prepare(ctx)
+            self._install_build_venv(step, ctx, runner)
+            build = loaded.hook("build")
+            wheels = build(ctx) if build is not None else ctx.build_wheel()
+            if not wheels:
+                raise BuildError(f"[{step.component}] the build produced no wheel in {ctx.dist}")
+            self._check_outputs(step, recipe.outputs + recipe.optional_outputs, recipe.outputs, wheels)
+            saved = 0
+            for wheel in wheels:
+                report = repair_wheel(wheel, recipe.repair, step.component, keep_debug=step.keep_debug,
+                                      runner=runner, work=work)
+                saved += report.bytes_saved
+                if report.stripped_files:
+                    runner.note(f"stripped {report.stripped_files} shared objects in {wheel.name}, "
+                                f"saved {report.bytes_saved} bytes")
+        except BaseException as e:
+            if isinstance(e, BuildError):
+                raise BuildError(f"{e}\nthe work tree is kept at {work}; re-enter it with "
+                                 f"`source {work}/build_env.sh`") from None
+            raise
+        # The wheels move out before the work tree goes.
+        keep = self.opts.cache_dir / "staged" / step.key[:12]
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+        staged = [Path(shutil.move(str(w), keep / w.name)) for w in wheels]
+        if not self.opts.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        origin = {"origin": "built", "from": step.source.describe()}
+        marker = tree / ".wf-source.json"
+        if marker.exists():
+            origin["source_info"] = json.loads(marker.read_text())
+        return staged, saved, origin
+
+    def _step_env(self, step: Step, ctx: BuildContext) -> dict[str, str]:
+        """The step's environment with its ${placeholders} filled in, plus the runtime-only settings
+        (jobs, PATH, ccache) that never enter the build key."""
+        values = {"site": str(ctx.site), "src": str(ctx.src), "work": str(ctx.work),
+                  "cuda_home": self.host.cuda_home or "", "cache": str(self.opts.cache_dir)}
+        env = {}
+        for k, v in step.env.items():
+            try:
+                env[k] = string.Template(v).substitute(values)
+            except (KeyError, ValueError) as e:
+                raise InputError(f"[{step.component}] env {k}={v!r}: unknown placeholder {e}; "
+                                 f"known: {', '.join('${' + n + '}' for n in values)}") from None
+        path = [str(ctx.venv / "bin")] + ([f"{self.host.cuda_home}/bin"] if self.host.cuda_home else [])
+        env |= {
+            "PATH": os.pathsep.join(path + [os.environ.get("PATH", "")]),
+            "VIRTUAL_ENV": str(ctx.venv),
+            "MAX_JOBS": str(ctx.jobs),
+            "CMAKE_BUILD_PARALLEL_LEVEL": str(ctx.jobs),
+        }
+        if self.host.cuda_home:
+            env.setdefault("CUDA_HOME", self.host.cuda_home)
+        if shutil.which("ccache"):
+            # Object files survive version bumps: a rebuild recompiles only what changed.
+            env |= {"CCACHE_DIR": str(self.opts.cache_dir / "ccache"), "CCACHE_BASEDIR": str(ctx.work),
+                    "CCACHE_NOHASHDIR": "1", "CMAKE_C_COMPILER_LAUNCHER": "ccache",
+                    "CMAKE_CXX_COMPILER_LAUNCHER": "ccache", "CMAKE_CUDA_COMPILER_LAUNCHER": "ccache"}
+        if self.opts.offline:
+            env |= {"PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "FETCHCONTENT_FULLY_DISCONNECTED": "ON"}
+        return env
+
+    def _dep_wheels(self, step: Step) -> list[Path]:
+        files: list[Path] = []
+        for dep in step.build_with:
+            found = self.wheelhouse.files_for_key(self.plan.step(dep).key)
+            if found is None:
+                raise BuildError(f"[{step.component}] dependency {dep} is not in the wheelhouse; build it first")
+            files += found
+        return files
+
+    def _build_requirements(self, step: Step, tree: Path) -> list[str]:
+        """Build requirements from PyPI: the recipe's, plus the source's pyproject [build-system]
+        requires minus anything a dependency component provides (torch comes from the wheelhouse)."""
+        provided = {canonicalize_name(o) for dep in step.depends_on for o in self.recipes[dep].recipe.outputs}
+        reqs = list(BASE_BUILD_REQUIRES) + list(self.recipes[step.component].recipe.build_requires)
+        pyproject = tree / "pyproject.toml"
+        if pyproject.exists():
+            try:
+                declared = tomllib.loads(pyproject.read_text()).get("build-system", {}).get("requires", [])
+            except tomllib.TOMLDecodeError as e:
+                raise BuildError(f"{pyproject}: not valid TOML: {e}") from None
+            for text in declared:
+                try:
+                    if canonicalize_name(Requirement(text).name) not in provided:
+                        reqs.append(text)
+                except InvalidRequirement:
+                    raise BuildError(f"{pyproject}: bad build requirement {text!r}") from None
+        return reqs
+
+    def _download_requirements(self, runner: Runner, python: str, reqs: list[str]) -> None:
+        """Fill the pip cache directory pydeps/ so later installs need no index."""
+        self.pydeps.mkdir(parents=True, exist_ok=True)
+        runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", self.pydeps,
+                    "--find-links", self.wheelhouse.root, "--index-url", self.opts.index_url, *reqs])
+        # pip copies local wheels it was given into -d; the wheelhouse stays their only home.
+        for name in self.wheelhouse.manifest():
+            (self.pydeps / name).unlink(missing_ok=True)
+
+    def _install_build_venv(self, step: Step, ctx: BuildContext, runner: Runner) -> None:
+        """Install the dependency components' own wheels (by path, so never a PyPI copy) and the
+        build requirements into the step's venv, from the wheelhouse and pydeps/ only."""
+        deps = self._dep_wheels(step)
+        reqs = [str(p) for p in deps] + self._build_requirements(step, ctx.src)
+        if not self.opts.offline:
+            self._download_requirements(runner, str(ctx.python), reqs)
+        runner.run([ctx.python, "-m", "pip", "install", "-q", "--no-index", "--find-links", self.wheelhouse.root,
+                    "--find-links", self.pydeps, *reqs],
+                   env={"PATH": ctx.env["PATH"]})
+        for wheel in deps:
+            check_installed_from(ctx.site, wheel)
+
+    def _adopted_wheel(self, step: Step, runner: Runner) -> Path:
+        """The wheel a release adopts instead of building: a local file, a URL or a requirement."""
+        assert step.adopt is not None
+        spec = step.adopt
+        if spec.endswith(".whl") and not spec.startswith(("http://", "https://")):
+            path = Path(spec)
+            if not path.is_file():
+                raise InputError(f"[{step.component}] adopt = {spec!r}: no such wheel file")
+            wheel = path
+        else:
+            dest = self.opts.cache_dir / "adopt" / step.key[:12]
+            have = list(dest.glob("*.whl")) if dest.exists() else []
+            if not have:
+                if self.opts.offline:
+                    raise BuildError(f"[{step.component}] adopted wheel {spec!r} is not in the cache and --offline "
+                                     "forbids downloading; run `wheelfactory fetch` first")
+                dest.mkdir(parents=True, exist_ok=True)
+                python = find_python(self.plan.target.python, self.opts.python)
+                runner.run([python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                            "--index-url", self.opts.index_url, "-d", dest, spec])
+                have = list(dest.glob("*.whl"))
+            if len(have) != 1:
+                raise BuildError(f"[{step.component}] adopting {spec!r} gave {len(have)} wheels, expected one")
+            wheel = have[0]
+        self._check_outputs(step, self.recipes[step.component].recipe.outputs, (), [wheel])
+        return wheel
+
+    def _check_outputs(self, step: Step, allowed: tuple[str, ...], required: tuple[str, ...],
+                       wheels: list[Path]) -> None:
+        names = {read_wheel(w).dist for w in wheels}
+        allowed_c = {canonicalize_name(n) for n in allowed}
+        extra = names - allowed_c
+        if extra:
+            raise BuildError(f"[{step.component}] produced {sorted(extra)}, which the recipe does not declare "
+                             f"(outputs: {', '.join(allowed)})")
+        missing = {canonicalize_name(n) for n in required} - names
+        if missing:
+            raise BuildError(f"[{step.component}] declared output(s) {sorted(missing)} were not produced")
+
+
+def check_installed_from(site: Path, wheel: Path) -> None:
+    """Prove a venv's copy of a distribution came from this exact wheelhouse file (PEP 610 record)."""
+    info = read_wheel(wheel)
+    dist_info = site / f"{info.dist.replace('-', '_')}-{info.version}.dist-info"
+    direct = dist_info / "direct_url.json"
+    if not direct.exists():
+        raise BuildError(f"{info.dist} {info.version} in {site} was not installed from {wheel} "
+                         "(no direct_url.json); a copy from another index replaced the factory's wheel")
+    url = json.loads(direct.read_text()).get("url", "")
+    if Path(url.removeprefix("file://")).resolve() != wheel.resolve():
+        raise BuildError(f"{info.dist} in {site} came from {url}, not the wheelhouse file {wheel}")
+
+
+def _sh(value: str) -> str:
+    return shlex.quote(value)

@@ -1,0 +1,86 @@
+"""The factory's front door: turns command-line choices into loaded recipes, a release, a plan
+and an executor, so that the CLI stays a thin layer of options and messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from .errors import InputError
+from .executor import ExecOptions, Executor
+from .host import Host, detect_host
+from .plan import Plan, PlanOptions, make_target, plan_release
+from .recipe import LoadedRecipe, load_recipes
+from .release import Release, load_release
+from .sources import local_source
+from .wheelhouse import Wheelhouse
+
+DEFAULT_RELEASE = "0.15.0-t4"
+
+
+def default_recipes_dir() -> Path:
+    """recipes/ of the checkout this package was installed from (editable install)."""
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def parse_env_options(values: Sequence[str]) -> dict[str, dict[str, str]]:
+    """`--env COMPONENT:KEY=VALUE` options into {component: {key: value}}."""
+    out: dict[str, dict[str, str]] = {}
+    for value in values:
+        comp, sep, assignment = value.partition(":")
+        key, eq, val = assignment.partition("=")
+        if not sep or not eq or not comp or not key:
+            raise InputError(f"--env {value!r}: expected COMPONENT:KEY=VALUE, e.g. "
+                             "--env 'nccl:ONLY_FUNCS=AllReduce Sum f32 RING SIMPLE|SendRecv'")
+        out.setdefault(comp, {})[key] = val
+    return out
+
+
+def parse_source_dirs(values: Sequence[str]) -> dict[str, str]:
+    """`--source-dir COMPONENT=PATH` options."""
+    out = {}
+    for value in values:
+        comp, eq, path = value.partition("=")
+        if not eq or not comp or not path:
+            raise InputError(f"--source-dir {value!r}: expected COMPONENT=PATH, e.g. --source-dir nccl=~/src/nccl")
+        out[comp] = path
+    return out
+
+
+@dataclass
+class Factory:
+    recipes_dir: Path
+    wheelhouse_dir: Path
+    cache_dir: Path
+    host_probe: Callable[[], Host] = field(default=detect_host)
+
+    @cached_property
+    def recipes(self) -> Mapping[str, LoadedRecipe]:
+        return load_recipes(self.recipes_dir)
+
+    @cached_property
+    def wheelhouse(self) -> Wheelhouse:
+        return Wheelhouse(self.wheelhouse_dir)
+
+    @cached_property
+    def host(self) -> Host:
+        return self.host_probe()
+
+    def release(self, name_or_path: str) -> Release:
+        return load_release(name_or_path, self.recipes, self.recipes_dir)
+
+    def plan(self, release: Release, targets: Sequence[str] = (), env: Sequence[str] = (),
+             source_dirs: Sequence[str] = ()) -> Plan:
+        """Plan a release for this host, marking steps the wheelhouse already holds."""
+        sources = {c: local_source(Path(p).expanduser(), f"--source-dir {c}")
+                   for c, p in parse_source_dirs(source_dirs).items()}
+        options = PlanOptions(env=parse_env_options(env), sources=sources)
+        target = make_target(release, self.host.platform, self.host.toolkit)
+        cached = self.wheelhouse.cached_keys()
+        return plan_release(release, self.recipes, target, targets, options, is_cached=cached.__contains__)
+
+    def executor(self, plan: Plan, echo: Callable[[str], None], **options: object) -> Executor:
+        return Executor(plan, self.wheelhouse, self.recipes, self.host,
+                        ExecOptions(cache_dir=self.cache_dir, **options), echo)  # type: ignore[arg-type]

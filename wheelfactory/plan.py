@@ -1,0 +1,198 @@
+"""The planner: a pure function from (release, targets, options) to an ordered, keyed plan.
+
+Each step's build key is a sha256 over everything that decides the bytes of its wheels:
+the recipe's declaration and code, the source identity, the resolved build environment,
+the target, the keys of its dependencies and this tool's version. Jobs counts, timestamps
+and absolute paths never enter it, so a key is the same on every machine and every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .errors import InputError, did_you_mean
+from .recipe import EnvSpec, LoadedRecipe, Target
+from .release import Release
+from .sources import Source
+
+BUILD, CACHED, ADOPT = "build", "cached", "adopt"
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Command-line choices that change what is built."""
+
+    env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # component -> extra env
+    sources: Mapping[str, Source] = field(default_factory=dict)  # component -> source override
+
+
+@dataclass(frozen=True)
+class Step:
+    """One component of the plan."""
+
+    component: str
+    version: str
+    action: str  # build | cached | adopt
+    key: str
+    depends_on: tuple[str, ...]
+    build_with: tuple[str, ...]
+    source: Source | None
+    adopt: str | None
+    env: Mapping[str, str]
+    outputs: tuple[str, ...]
+    mem_per_job_gb: float
+    keep_debug: bool
+    options: Mapping[str, Any]
+    key_inputs: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "component": self.component,
+            "version": self.version,
+            "action": self.action,
+            "key": self.key,
+            "depends_on": list(self.depends_on),
+            "source": self.source.describe() if self.source else None,
+            "adopt": self.adopt,
+            "env": dict(self.env),
+            "outputs": list(self.outputs),
+            "options": dict(self.options),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    release: Release
+    target: Target
+    steps: tuple[Step, ...]
+    pins: Mapping[str, str]
+
+    def step(self, component: str) -> Step:
+        for s in self.steps:
+            if s.component == component:
+                return s
+        raise KeyError(component)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "release": self.release.name,
+            "target": dataclasses.asdict(self.target),
+            "steps": [s.to_json() for s in self.steps],
+            "pins": dict(self.pins),
+        }
+
+
+def canonical_json(obj: Any) -> str:
+    """Stable JSON for hashing: sorted keys, no whitespace, dataclasses as dicts."""
+    def default(o: Any) -> Any:
+        if dataclasses.is_dataclass(o):
+            return dataclasses.asdict(o)
+        if isinstance(o, Mapping):
+            return dict(o)
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        raise TypeError(f"not hashable into a key: {o!r}")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=default)
+
+
+def build_key(inputs: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a step's key inputs."""
+    return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
+
+
+def _order(targets: Sequence[str], recipes: Mapping[str, LoadedRecipe], release: Release) -> list[str]:
+    """Targets and their dependencies, dependencies first (depth-first, declaration order)."""
+    order: list[str] = []
+
+    def visit(name: str, needed_by: str | None) -> None:
+        if name in order:
+            return
+        if name not in release.components:
+            by = f" (needed by {needed_by})" if needed_by else ""
+            raise InputError(f"{release.path}: release {release.name!r} has no [components.{name}]{by}; "
+                             f"add it with a version")
+        for dep in recipes[name].recipe.depends_on:
+            # A dependency the release does not carry is skipped: e.g. a CI release without triton.
+            if dep in release.components:
+                visit(dep, name)
+        order.append(name)
+
+    for t in targets:
+        visit(t, None)
+    return order
+
+
+def plan_release(
+    release: Release,
+    recipes: Mapping[str, LoadedRecipe],
+    target: Target,
+    targets: Sequence[str] = (),
+    options: PlanOptions | None = None,
+    is_cached: Callable[[str], bool] = lambda key: False,
+) -> Plan:
+    """Order the components the targets need and key each one. Pure: touches no file or network
+    except hashing a local source directory."""
+    options = options or PlanOptions()
+    for name in list(targets) + list(options.env) + list(options.sources):
+        if name not in recipes:
+            raise InputError(f"unknown component {name!r}{did_you_mean(name, recipes)}; "
+                             f"known: {', '.join(sorted(recipes))}")
+    names = _order(list(targets) or list(release.components), recipes, release)
+    versions = {n: c.version for n, c in release.components.items()} | dict(release.pins)
+    target_json = dataclasses.asdict(target)
+    keys: dict[str, str] = {}
+    steps = []
+    for name in names:
+        loaded = recipes[name]
+        recipe = loaded.recipe
+        spec = release.components[name]
+        deps = tuple(d for d in recipe.depends_on if d in keys)
+        env: dict[str, str] = dict(recipe.env)
+        hook = loaded.hook("environment")
+        if hook is not None:
+            env.update(hook(EnvSpec(spec.version, target, versions, spec.options)))
+        env.update(spec.env)
+        env.update(options.env.get(name, {}))
+        source = options.sources.get(name) or spec.source or recipe.source
+        if source is not None:
+            source = source.with_version(spec.version)
+        if spec.adopt:
+            source_identity: Any = {"adopt": spec.adopt}
+            action = ADOPT
+        elif source is None:
+            raise InputError(f"{release.path} [components.{name}]: recipe {name!r} has no default source; "
+                             "give a source or an adopt = '<wheel or requirement>'")
+        else:
+            source_identity = source.identity()
+            action = BUILD
+        inputs = {
+            "tool": __version__,
+            "component": name,
+            "version": spec.version,
+            "recipe": {"declaration": canonical_json(recipe), "code_sha256": loaded.code_sha256},
+            "source": source_identity,
+            "env": env if action == BUILD else {},
+            "options": dict(spec.options),
+            "keep_debug": spec.keep_debug,
+            "target": target_json,
+            "deps": {d: keys[d] for d in deps} if action == BUILD else {},
+        }
+        key = build_key(inputs)
+        keys[name] = key
+        build_with = tuple(d for d in recipe.build_deps if d in keys)
+        steps.append(Step(name, spec.version, CACHED if is_cached(key) else action, key, deps, build_with,
+                          source if action == BUILD else None, spec.adopt, env, recipe.outputs,
+                          recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs))
+    return Plan(release, target, tuple(steps), dict(release.pins))
+
+
+def make_target(release: Release, platform: str, toolkit: str) -> Target:
+    """The target a build on this host produces for a release."""
+    t = release.target
+    return Target(t.python, t.cuda, t.cuda_arch_list, platform, toolkit)

@@ -1,0 +1,243 @@
+"""Release files: one TOML file per image release, validated before any work starts.
+
+A release names the target and, for each component, its version and optional overrides:
+
+    extends = "0.15.0-t4"            # optional: start from another release
+    [target]   python, cuda, cuda_arch_list, platform
+    [image]    kind, repository, base, tag (optional; derived from versions)
+    [components.<name>]  version, source = {git,ref | url,sha256 | pypi | path}, env, adopt, options
+    [pins]     pure-Python packages taken from PyPI at exact versions (transformers, ray, ...)
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from .cuda_arch import parse_arch_list
+from .errors import InputError, did_you_mean
+from .recipe import LoadedRecipe
+from .sources import Source, source_from_table
+
+TOP_KEYS = {"extends", "description", "target", "image", "components", "pins"}
+TARGET_KEYS = {"python", "cuda", "cuda_arch_list", "platform"}
+IMAGE_KEYS = {"kind", "repository", "base", "tag", "dev_base"}
+IMAGE_KINDS = {"vllm", "pytorch"}
+COMPONENT_KEYS = {"version", "source", "env", "adopt", "keep_debug", "options"}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One component as a release asks for it."""
+
+    name: str
+    version: str
+    source: Source | None = None  # overrides the recipe's default source
+    env: Mapping[str, str] = field(default_factory=dict)
+    adopt: str | None = None  # a wheel path/URL or a requirement to take instead of building
+    keep_debug: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    python: str
+    cuda: str
+    cuda_arch_list: tuple[str, ...]
+    platform: str  # what the release is meant for; builds run for the host they run on
+
+
+@dataclass(frozen=True)
+class Release:
+    """A validated release."""
+
+    name: str
+    path: Path
+    description: str
+    target: TargetSpec
+    image: Mapping[str, str]
+    components: Mapping[str, ComponentSpec]
+    pins: Mapping[str, str]  # name -> exact version
+
+    def version_of(self, name: str) -> str | None:
+        """The version of a component or pin, or None."""
+        if name in self.components:
+            return self.components[name].version
+        return self.pins.get(name)
+
+
+def releases_dir(recipes_dir: Path) -> Path:
+    return recipes_dir / "releases"
+
+
+def list_releases(recipes_dir: Path) -> list[str]:
+    """Names of the releases shipped with the recipes."""
+    return sorted(p.stem for p in releases_dir(recipes_dir).glob("*.toml"))
+
+
+def resolve_release_path(name_or_path: str, recipes_dir: Path, near: Path | None = None) -> Path:
+    """A release name (looked up next to `near`, then in recipes/releases) or a path to a TOML file."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        p = Path(name_or_path).expanduser()
+        if near is not None and not p.is_absolute():
+            p = near / p
+        if not p.is_file():
+            raise InputError(f"release file {str(p)!r} does not exist")
+        return p
+    for d in ([near] if near else []) + [releases_dir(recipes_dir)]:
+        p = d / f"{name_or_path}.toml"
+        if p.is_file():
+            return p
+    raise InputError(f"unknown release {name_or_path!r}"
+                     f"{did_you_mean(name_or_path, list_releases(recipes_dir))}; "
+                     "`wheelfactory list` shows the releases, or pass a path to a TOML file")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML: {e}") from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge tables; a `source` table replaces the inherited one whole."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "source":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _raw_release(path: Path, recipes_dir: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The release's table with its `extends` chain merged in (each file's keys checked)."""
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in seen + (path.resolve(),))
+        raise InputError(f"{path}: 'extends' forms a cycle: {chain}")
+    data = _read_toml(path)
+    _check_keys(data, TOP_KEYS, str(path), "top-level key")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise InputError(f"{path}: 'extends' must be a release name or path, got {parent!r}")
+    parent_path = resolve_release_path(parent, recipes_dir, near=path.parent)
+    return _merge(_raw_release(parent_path, recipes_dir, seen + (path.resolve(),)), data)
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, what: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise InputError(f"{where}: unknown {what} {key!r}{did_you_mean(key, allowed)}; "
+                             f"expected one of: {', '.join(sorted(allowed))}")
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: [{key}] must be a table, got {value!r}")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def check_version(version: str, pattern: str | None, where: str) -> None:
+    """Reject a version that is neither PEP 440 nor the recipe's own pattern."""
+    if pattern is not None:
+        if not re.fullmatch(pattern, version):
+            raise InputError(f"{where}: bad version {version!r}: expected the form {pattern}")
+        return
+    try:
+        Version(version)
+    except InvalidVersion:
+        raise InputError(f"{where}: bad version {version!r}: expected a PEP 440 version such as 2.10.0") from None
+
+
+def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe], recipes_dir: Path) -> Release:
+    """Load, merge and validate a release; every error names the file and key."""
+    path = resolve_release_path(name_or_path, recipes_dir)
+    where = str(path)
+    data = _raw_release(path, recipes_dir)
+
+    target = _table(data, "target", where)
+    _check_keys(target, TARGET_KEYS, f"{where} [target]", "key")
+    for key in sorted(TARGET_KEYS):
+        if key not in target:
+            raise InputError(f"{where} [target]: missing key {key!r} (e.g. python = '3.12', cuda = '13.1.0', "
+                             "cuda_arch_list = ['12.1a'], platform = 'linux_aarch64')")
+    arch_list = target["cuda_arch_list"]
+    if not isinstance(arch_list, list) or not all(isinstance(a, str) for a in arch_list):
+        raise InputError(f"{where} [target].cuda_arch_list: expected a list of strings such as ['12.1a']")
+    try:
+        parse_arch_list(arch_list)
+    except InputError as e:
+        raise InputError(f"{where} [target].cuda_arch_list: {e}") from None
+    python = _string(target["python"], f"{where} [target].python")
+    if not re.fullmatch(r"3\.\d+", python):
+        raise InputError(f"{where} [target].python: expected MAJOR.MINOR such as '3.12', got {python!r}")
+    cuda = _string(target["cuda"], f"{where} [target].cuda")
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
+        raise InputError(f"{where} [target].cuda: expected a version such as '13.1.0', got {cuda!r}")
+    target_spec = TargetSpec(python, cuda, tuple(arch_list), _string(target["platform"], f"{where} [target].platform"))
+
+    image = _table(data, "image", where)
+    _check_keys(image, IMAGE_KEYS, f"{where} [image]", "key")
+    for key, value in image.items():
+        _string(value, f"{where} [image].{key}")
+    if "kind" in image and image["kind"] not in IMAGE_KINDS:
+        raise InputError(f"{where} [image].kind: unknown kind {image['kind']!r}"
+                         f"{did_you_mean(image['kind'], IMAGE_KINDS)}; expected one of {sorted(IMAGE_KINDS)}")
+
+    components: dict[str, ComponentSpec] = {}
+    for name, table in _table(data, "components", where).items():
+        cwhere = f"{where} [components.{name}]"
+        if name not in recipes:
+            raise InputError(f"{where}: unknown component {name!r}{did_you_mean(name, recipes)}; "
+                             f"known components: {', '.join(sorted(recipes))}")
+        if not isinstance(table, dict):
+            raise InputError(f"{cwhere}: expected a table with at least 'version'")
+        _check_keys(table, COMPONENT_KEYS, cwhere, "key")
+        version = _string(table.get("version"), f"{cwhere}.version")
+        check_version(version, recipes[name].recipe.version_pattern, f"{cwhere}.version")
+        source = None
+        if "source" in table:
+            src = table["source"]
+            if not isinstance(src, dict):
+                raise InputError(f"{cwhere}.source: expected a table such as {{ git = '...', ref = '...' }}")
+            source = source_from_table(src, f"{cwhere}.source", path.parent)
+        env = _table(table, "env", cwhere)
+        for key, value in env.items():
+            if not isinstance(value, str):
+                raise InputError(f"{cwhere}.env.{key}: environment values are strings, got {value!r}")
+        adopt = table.get("adopt")
+        if adopt is not None:
+            adopt = _string(adopt, f"{cwhere}.adopt")
+            if adopt.endswith(".whl") and not adopt.startswith(("http://", "https://", "/")):
+                adopt = str((path.parent / adopt).resolve())
+        components[name] = ComponentSpec(name, version, source, env, adopt, bool(table.get("keep_debug", False)),
+                                         _table(table, "options", cwhere))
+
+    pins: dict[str, str] = {}
+    for name, version in _table(data, "pins", where).items():
+        version = _string(version, f"{where} [pins].{name}")
+        if name in recipes:
+            raise InputError(f"{where} [pins].{name}: {name!r} is a built component; set it under [components.{name}]")
+        check_version(version, None, f"{where} [pins].{name}")
+        pins[name] = version
+
+    description = data.get("description", "")
+    return Release(path.stem, path, _string(description, f"{where}.description") if description else "",
+                   target_spec, image, components, pins)

@@ -1,0 +1,91 @@
+"""The one place subprocesses run: every command is logged, its output streamed to a per-build
+log with the component name as prefix, and a failure raised with the command, exit code, the
+last lines of the log and the log's path. Recipes never call `subprocess` themselves."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from .errors import BuildError
+
+TAIL_LINES = 40
+
+# pip reads these from the environment and config files; the factory's own pip calls must see
+# only the indexes it names, or a machine's find-links (say, a CPU torch on disk) slips in.
+PIP_LEAKS = ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_CONSTRAINT",
+             "PIP_NO_INDEX", "PIP_REQUIRE_VIRTUALENV", "PYTHONPATH", "PYTHONHOME")
+
+
+def clean_environ() -> dict[str, str]:
+    """The parent environment minus what would make builds depend on this machine's pip set-up."""
+    env = {k: v for k, v in os.environ.items() if k not in PIP_LEAKS}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+class Runner:
+    """Runs commands for one build step, teeing output to its log."""
+
+    def __init__(self, component: str, log_path: Path, *, verbose: bool = False,
+                 base_env: Mapping[str, str] | None = None):
+        self.component = component
+        self.log_path = log_path
+        self.verbose = verbose
+        self.base_env = dict(base_env if base_env is not None else clean_environ())
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _log(self, f: TextIO, line: str) -> None:
+        f.write(f"[{self.component}] {line}\n")
+        if self.verbose:
+            sys.stderr.write(f"[{self.component}] {line}\n")
+
+    def note(self, text: str) -> None:
+        """Write a line to the log (source edits, decisions) without running anything."""
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            self._log(f, text)
+
+    def run(self, cmd: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
+            env: Mapping[str, str] | None = None, capture: bool = False) -> str:
+        """Run a command; return its output if capture, raise BuildError if it fails."""
+        argv = [str(c) for c in cmd]
+        full_env = dict(self.base_env)
+        changes = {k: v for k, v in (env or {}).items() if self.base_env.get(k) != v}
+        full_env.update(changes)
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        captured: list[str] = []
+        with open(self.log_path, "a", encoding="utf-8", errors="replace") as f:
+            for k in sorted(changes):
+                self._log(f, f"env {k}={changes[k]}")
+            self._log(f, f"$ {shlex.join(argv)}" + (f"   (in {cwd})" if cwd else ""))
+            f.flush()
+            started = time.monotonic()
+            try:
+                proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        text=True, errors="replace", bufsize=1)
+            except OSError as e:
+                self._log(f, f"cannot start: {e}")
+                raise BuildError(f"[{self.component}] cannot run {argv[0]!r}: {e}\nlog: {self.log_path}") from None
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                if capture:
+                    captured.append(line)
+                self._log(f, line)
+            code = proc.wait()
+            self._log(f, f"exit {code} after {time.monotonic() - started:.1f}s")
+        if code != 0:
+            shown = "\n".join(f"  {t}" for t in tail)
+            raise BuildError(f"[{self.component}] command failed with exit code {code}:\n  $ {shlex.join(argv)}\n"
+                             f"last {len(tail)} lines of the log:\n{shown}\nfull log: {self.log_path}")
+        return "\n".join(captured)

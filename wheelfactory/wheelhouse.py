@@ -1,0 +1,204 @@
+"""The wheelhouse: a flat directory of wheels, a PEP 503 simple index, a manifest and a lock.
+
+    wheelhouse/
+      *.whl              pip install --find-links wheelhouse/
+      simple/            pip install --index-url file://.../wheelhouse/simple/  (and uv)
+      manifest.json      per wheel: component, version, build key, sha256, size, key inputs, log
+      locks/             per-release lock files (see lock.py)
+      attic/             wheels replaced by a newer build of the same version, kept, not indexed
+
+Publishing is atomic: a wheel is verified, copied next to its final place under a temporary
+name and renamed; the manifest and index are rewritten the same way. A failed or interrupted
+build never leaves a partial or wrong wheel visible. One process at a time writes (flock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import html
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from .errors import BuildError, LockedError
+from .wheelmeta import WheelInfo, sha256_file, verify_wheel
+
+MANIFEST_FORMAT = 1
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file through a temporary sibling and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Wheelhouse:
+    def __init__(self, root: Path):
+        self.root = root
+        self.manifest_path = root / "manifest.json"
+        self.simple = root / "simple"
+        self.locks_dir = root / "locks"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        """filename -> entry, for every wheel the wheelhouse holds."""
+        if not self.manifest_path.exists():
+            return {}
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise BuildError(f"{self.manifest_path}: corrupt manifest ({e}); restore it or remove the "
+                             "wheelhouse to start over") from None
+        return data.get("wheels", {})
+
+    def files_for_key(self, key: str) -> list[Path] | None:
+        """The published wheels of a build key, or None unless all of them are present."""
+        files = [self.root / name for name, e in self.manifest().items() if e.get("key") == key]
+        return files if files and all(f.exists() for f in files) else None
+
+    def is_cached(self, key: str) -> bool:
+        return self.files_for_key(key) is not None
+
+    def cached_keys(self) -> set[str]:
+        """Keys whose wheels are all present (read once; used by the planner)."""
+        by_key: dict[str, bool] = {}
+        for name, e in self.manifest().items():
+            k = e.get("key")
+            if k:
+                by_key[k] = by_key.get(k, True) and (self.root / name).exists()
+        return {k for k, ok in by_key.items() if ok}
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float | None = None, on_wait: Any = None) -> Iterator[None]:
+        """Hold the wheelhouse's write lock; wait for another process, up to timeout seconds."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as f:
+            started = time.monotonic()
+            told = False
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if on_wait and not told:
+                        on_wait()
+                        told = True
+                    if timeout is not None and time.monotonic() - started > timeout:
+                        raise LockedError(f"{self.root}: another wheelfactory process holds the wheelhouse "
+                                          f"lock; waited {timeout:.0f}s. Try again when it finishes.") from None
+                    time.sleep(0.5)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _write_manifest(self, wheels: Mapping[str, Any]) -> None:
+        body = {"format": MANIFEST_FORMAT, "wheels": dict(sorted(wheels.items()))}
+        atomic_write_text(self.manifest_path, json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+    def publish(self, wheels: list[Path], entry: Mapping[str, Any]) -> list[WheelInfo]:
+        """Verify wheels and move them in atomically with manifest entries; caller holds the lock.
+
+        A wheel of the same distribution, version and tags already present (an older build) is
+        moved to attic/, never deleted.
+        """
+        infos = [verify_wheel(w) for w in wheels]  # all verified before anything is visible
+        manifest = self.manifest()
+        incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
+        try:
+            staged = []
+            for info in infos:
+                tmp = incoming / info.path.name
+                shutil.copyfile(info.path, tmp)
+                if sha256_file(tmp) != sha256_file(info.path):
+                    raise BuildError(f"{info.path}: copy into the wheelhouse does not match the original")
+                staged.append((info, tmp))
+            for info, tmp in staged:
+                for name, old in list(manifest.items()):
+                    if name != info.path.name and _same_slot(old, info):
+                        self._to_attic(name)
+                        del manifest[name]
+                final = self.root / info.path.name
+                os.replace(tmp, final)
+                manifest[final.name] = dict(entry) | {
+                    "dist": info.dist,
+                    "version": str(info.version),
+                    "tags": sorted(info.tags),
+                    "sha256": sha256_file(final),
+                    "size": final.stat().st_size,
+                    "requires_python": info.requires_python,
+                    "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            self._write_manifest(manifest)
+            self.write_index(manifest)
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        return infos
+
+    def _to_attic(self, name: str) -> None:
+        src = self.root / name
+        if src.exists():
+            (self.root / "attic").mkdir(exist_ok=True)
+            os.replace(src, self.root / "attic" / name)
+
+    def write_index(self, manifest: Mapping[str, Any] | None = None) -> None:
+        """Regenerate simple/ (PEP 503) from the manifest, atomically swapped in."""
+        manifest = self.manifest() if manifest is None else manifest
+        projects: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for name, e in manifest.items():
+            projects.setdefault(canonicalize_name(e["dist"]), []).append((name, e))
+        new = Path(tempfile.mkdtemp(prefix=".simple-", dir=self.root))
+        page = "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\">" \
+               "<title>{t}</title></head><body>\n{body}</body></html>\n"
+        links = "".join(f'<a href="{p}/">{p}</a><br>\n' for p in sorted(projects))
+        (new / "index.html").write_text(page.format(t="wheelfactory wheelhouse", body=links))
+        for project, files in projects.items():
+            (new / project).mkdir()
+            rows = []
+            for name, e in sorted(files):
+                rp = e.get("requires_python")
+                attr = f' data-requires-python="{html.escape(rp)}"' if rp else ""
+                rows.append(f'<a href="../../{html.escape(name)}#sha256={e["sha256"]}"{attr}>{html.escape(name)}</a><br>\n')
+            (new / project / "index.html").write_text(page.format(t=f"Links for {project}", body="".join(rows)))
+        old = self.root / f".simple-old-{os.getpid()}"
+        if self.simple.exists():
+            os.replace(self.simple, old)
+        os.replace(new, self.simple)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def add_entries(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record wheels already moved into the wheelhouse (e.g. by the lock's download)."""
+        manifest = self.manifest()
+        manifest.update({k: dict(v) for k, v in entries.items()})
+        self._write_manifest(manifest)
+        self.write_index(manifest)
+
+
+def _same_slot(entry: Mapping[str, Any], info: WheelInfo) -> bool:
+    """Same distribution, same public version and same tags: a newer build replaces the older."""
+    try:
+        old_public = Version(entry["version"]).public
+    except (KeyError, InvalidVersion):
+        return False
+    return (canonicalize_name(entry.get("dist", "")) == info.dist and old_public == info.version.public
+            and set(entry.get("tags", [])) == set(info.tags))
