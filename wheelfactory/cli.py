@@ -11,9 +11,13 @@ import click
 
 from . import __version__
 from .errors import FactoryError
+from .executor import find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
+from .lock import lock_paths, lock_release
 from .plan import Plan
 from .release import list_releases
+from .runner import Runner
+from .venv import create_venv
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "WHEELFACTORY"}
 
@@ -41,12 +45,14 @@ targets_argument = click.argument("targets", nargs=-1)
               help="Sources, build requirements, work trees and logs.")
 @click.option("--recipes-dir", type=click.Path(path_type=Path), default=None, envvar="WHEELFACTORY_RECIPES_DIR",
               help="Recipe modules and releases/ (default: the checkout's recipes/).")
+@click.option("--index-url", default="https://pypi.org/simple", show_default=True, envvar="WHEELFACTORY_INDEX_URL",
+              help="Package index for sdists, build requirements and PyPI pins.")
 @click.pass_context
-def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path | None) -> None:
+def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path | None, index_url: str) -> None:
     """Build the DGX Spark inference stack into wheels built against each other, and assemble
     thin runtime images from them."""
     ctx.obj = Factory(recipes_dir or default_recipes_dir(), wheelhouse.expanduser().absolute(),
-                      cache_dir.expanduser().absolute())
+                      cache_dir.expanduser().absolute(), index_url=index_url)
 
 
 @cli.command("list")
@@ -141,6 +147,43 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")
+
+
+@cli.command()
+@release_option
+@click.option("--offline", is_flag=True, envvar="WHEELFACTORY_OFFLINE",
+              help="Resolve from the wheelhouse alone; download nothing.")
+@click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
+@click.option("--verbose", "-v", is_flag=True, help="Echo pip's output as well as logging it.")
+@click.pass_obj
+def lock(factory: Factory, release: str, offline: bool, python: str | None, verbose: bool) -> None:
+    """Resolve the release's complete runtime closure into the wheelhouse and write its lock file."""
+    rel = factory.release(release)
+    p = factory.plan(rel)
+    runner = Runner("lock", factory.cache_dir / "logs" / f"lock-{rel.name}.log", verbose=verbose)
+    with factory.wheelhouse.lock(on_wait=lambda: _echo("waiting for the wheelhouse lock ...")):
+        locked = lock_release(p, factory.wheelhouse, runner, find_python(rel.target.python, python),
+                              factory.index_url, offline=offline)
+    json_path, txt_path = lock_paths(factory.wheelhouse, rel.name)
+    ours = sum(1 for pkg in locked.packages if pkg.component)
+    _echo(f"locked {len(locked.packages)} packages ({ours} from the factory, {len(locked.packages) - ours} from "
+          f"PyPI) -> {txt_path}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@release_option
+@click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
+@click.option("--verbose", "-v", is_flag=True, help="Echo pip's output as well as logging it.")
+@click.pass_obj
+def venv(factory: Factory, path: Path, release: str, python: str | None, verbose: bool) -> None:
+    """Create a virtual environment at PATH from the release's lock, offline, and smoke-test it."""
+    rel = factory.release(release)
+    runner = Runner("venv", factory.cache_dir / "logs" / f"venv-{rel.name}.log", verbose=verbose)
+    ran = create_venv(path.expanduser().absolute(), rel.name, factory.wheelhouse, factory.recipes,
+                      find_python(rel.target.python, python), runner)
+    _echo(f"venv ready at {path} ({len(ran)} smoke check(s) and pip check passed); "
+          f"activate with: source {path}/bin/activate")
 
 
 def main() -> None:

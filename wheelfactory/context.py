@@ -32,6 +32,8 @@ class BuildContext:
     runner: Runner
     offline: bool
     cache: Path
+    versions: Mapping[str, str]  # every component and pin of the release, by name
+    cpus: int
 
     @property
     def python(self) -> Path:
@@ -54,7 +56,8 @@ class BuildContext:
         """Run a command in the step's environment (the venv first on PATH)."""
         return self.runner.run(cmd, cwd=cwd or self.src, env=self.env | dict(env or {}), capture=capture)
 
-    def build_wheel(self, path: Path | None = None, *, extra_args: Sequence[str] = ()) -> list[Path]:
+    def build_wheel(self, path: Path | None = None, *, extra_args: Sequence[str] = (),
+                    env: Mapping[str, str] | None = None) -> list[Path]:
         """The default build: `python -m build --wheel --no-isolation` of a source tree into dist/.
 
         No isolation: the build must see the factory's own torch and friends installed in the
@@ -62,7 +65,7 @@ class BuildContext:
         """
         before = set(self.dist.glob("*.whl"))
         self.run([self.python, "-m", "build", "--wheel", "--no-isolation", "--outdir", self.dist,
-                  *extra_args, path or self.src])
+                  *extra_args, path or self.src], env=env)
         return sorted(set(self.dist.glob("*.whl")) - before)
 
     def replace_in_file(self, path: Path, pattern: str, replacement: str, *, regex: bool = False,

@@ -94,6 +94,8 @@ class Executor:
                 continue
             assert step.source is not None
             tree = self.sources.fetch(step.source, runner)
+            for extra in step.extra_sources.values():
+                self.sources.fetch(extra, runner)
             python = find_python(self.plan.target.python, self.opts.python)
             self._download_requirements(runner, python, self._build_requirements(step, tree))
 
@@ -145,8 +147,9 @@ class Executor:
         venv = work / "venv"
         runner.run([python, "-m", "venv", venv])
         jobs = self.opts.jobs or default_jobs(self.host, step.mem_per_job_gb)
+        versions = {n: c.version for n, c in self.plan.release.components.items()} | dict(self.plan.pins)
         ctx = BuildContext(step, self.plan.target, src, work, work / "dist", venv, self.host.cuda_home, jobs,
-                           {}, runner, self.opts.offline, self.opts.cache_dir)
+                           {}, runner, self.opts.offline, self.opts.cache_dir, versions, self.host.cpus)
         ctx.dist.mkdir()
         ctx.env = self._step_env(step, ctx)
         (work / "build_env.sh").write_text("".join(f"export {k}={_sh(v)}\n" for k, v in sorted(ctx.env.items()))
@@ -191,6 +194,8 @@ class Executor:
         (jobs, PATH, ccache) that never enter the build key."""
         values = {"site": str(ctx.site), "src": str(ctx.src), "work": str(ctx.work),
                   "cuda_home": self.host.cuda_home or "", "cache": str(self.opts.cache_dir)}
+        for name, extra in step.extra_sources.items():
+            values[f"source_{name}"] = str(self.sources.fetch(extra, ctx.runner, offline=self.opts.offline))
         env = {}
         for k, v in step.env.items():
             try:
@@ -229,7 +234,7 @@ class Executor:
         """Build requirements from PyPI: the recipe's, plus the source's pyproject [build-system]
         requires minus anything a dependency component provides (torch comes from the wheelhouse)."""
         provided = {canonicalize_name(o) for dep in step.depends_on for o in self.recipes[dep].recipe.outputs}
-        reqs = list(BASE_BUILD_REQUIRES) + list(self.recipes[step.component].recipe.build_requires)
+        reqs = list(BASE_BUILD_REQUIRES) + list(step.build_requires)
         pyproject = tree / "pyproject.toml"
         if pyproject.exists():
             try:

@@ -54,6 +54,7 @@ class Factory:
     recipes_dir: Path
     wheelhouse_dir: Path
     cache_dir: Path
+    index_url: str = "https://pypi.org/simple"
     host_probe: Callable[[], Host] = field(default=detect_host)
 
     @cached_property
@@ -83,4 +84,5 @@ class Factory:
 
     def executor(self, plan: Plan, echo: Callable[[str], None], **options: object) -> Executor:
         return Executor(plan, self.wheelhouse, self.recipes, self.host,
-                        ExecOptions(cache_dir=self.cache_dir, **options), echo)  # type: ignore[arg-type]
+                        ExecOptions(cache_dir=self.cache_dir, index_url=self.index_url, **options),  # type: ignore[arg-type]
+                        echo)

@@ -45,6 +45,8 @@ class Step:
     source: Source | None
     adopt: str | None
     env: Mapping[str, str]
+    build_requires: tuple[str, ...]
+    extra_sources: Mapping[str, Source]
     outputs: tuple[str, ...]
     mem_per_job_gb: float
     keep_debug: bool
@@ -61,6 +63,8 @@ class Step:
             "source": self.source.describe() if self.source else None,
             "adopt": self.adopt,
             "env": dict(self.env),
+            "build_requires": list(self.build_requires),
+            "extra_sources": {n: s.describe() for n, s in self.extra_sources.items()},
             "outputs": list(self.outputs),
             "options": dict(self.options),
         }
@@ -153,10 +157,16 @@ def plan_release(
         recipe = loaded.recipe
         spec = release.components[name]
         deps = tuple(d for d in recipe.depends_on if d in keys)
+        env_spec = EnvSpec(spec.version, target, versions, spec.options)
         env: dict[str, str] = dict(recipe.env)
-        hook = loaded.hook("environment")
-        if hook is not None:
-            env.update(hook(EnvSpec(spec.version, target, versions, spec.options)))
+        if (hook := loaded.hook("environment")) is not None:
+            env.update(hook(env_spec))
+        build_requires = list(recipe.build_requires)
+        if (hook := loaded.hook("requirements")) is not None:
+            build_requires += hook(env_spec)
+        extra_sources = {}
+        if (hook := loaded.hook("extra_sources")) is not None:
+            extra_sources = dict(hook(env_spec))
         env.update(spec.env)
         env.update(options.env.get(name, {}))
         source = options.sources.get(name) or spec.source or recipe.source
@@ -178,6 +188,8 @@ def plan_release(
             "recipe": {"declaration": canonical_json(recipe), "code_sha256": loaded.code_sha256},
             "source": source_identity,
             "env": env if action == BUILD else {},
+            "build_requires": build_requires if action == BUILD else [],
+            "extra_sources": {n: x.identity() for n, x in sorted(extra_sources.items())} if action == BUILD else {},
             "options": dict(spec.options),
             "keep_debug": spec.keep_debug,
             "target": target_json,
@@ -187,7 +199,8 @@ def plan_release(
         keys[name] = key
         build_with = tuple(d for d in recipe.build_deps if d in keys)
         steps.append(Step(name, spec.version, CACHED if is_cached(key) else action, key, deps, build_with,
-                          source if action == BUILD else None, spec.adopt, env, recipe.outputs,
+                          source if action == BUILD else None, spec.adopt, env, tuple(build_requires),
+                          extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs))
     return Plan(release, target, tuple(steps), dict(release.pins))
 

@@ -3,8 +3,12 @@
 A recipe module under `recipes/` defines:
   RECIPE                    a `Recipe` (pure data)
   environment(spec) -> dict optional; build environment for a target, values may use ${site}, ${src},
-                            ${work}, ${cuda_home} placeholders filled in at build time (so the
-                            build key never sees an absolute path)
+                            ${work}, ${cuda_home}, ${cache} and ${source_<name>} placeholders filled
+                            in at build time (so the build key never sees an absolute path)
+  requirements(spec) -> [str] optional; build requirements that depend on the release (CUDA wheels)
+  extra_sources(spec) -> {name: Source}
+                            optional; further sources the build needs (vLLM's CMake dependencies,
+                            Triton's LLVM), fetched by `fetch` so that `build --offline` works
   prepare(ctx)              optional; edits the unpacked source before building
   build(ctx) -> [Path]      optional; default is `pip wheel --no-build-isolation` of the source
 Recipe modules import nothing heavy and run nothing at import time.

@@ -44,16 +44,20 @@ class GitSource:
 
 @dataclass(frozen=True)
 class UrlSource:
-    """A source archive (tar or zip) at a URL, verified against its sha256 before use."""
+    """A source archive (tar or zip) at a URL, verified against its sha256 before use.
+
+    Release files must give the sha256. A recipe may leave it out only for archives whose
+    publisher gives none (Triton's LLVM builds): the URL is then the identity.
+    """
 
     url: str
-    sha256: str
+    sha256: str | None
 
     def with_version(self, version: str) -> UrlSource:
         return UrlSource(self.url.format(version=version), self.sha256)
 
     def identity(self) -> dict[str, Any]:
-        return {"archive_sha256": self.sha256}
+        return {"archive_sha256": self.sha256} if self.sha256 else {"url": self.url}
 
     def describe(self) -> str:
         return self.url

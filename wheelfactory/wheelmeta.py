@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
@@ -69,3 +70,16 @@ def verify_wheel(path: Path) -> WheelInfo:
     if bad is not None:
         raise BuildError(f"{path}: member {bad!r} fails its CRC check")
     return info
+
+
+def require_pin(wheel: Path, dist: str, version: str) -> None:
+    """Fail unless the wheel's Requires-Dist pins `dist` to exactly `version` (local label aside)."""
+    info = read_wheel(wheel)
+    for text in info.requires_dist:
+        req = Requirement(text)
+        if canonicalize_name(req.name) == canonicalize_name(dist) and req.marker is None:
+            if req.specifier.contains(version, prereleases=True) and str(req.specifier).startswith("=="):
+                return
+            raise BuildError(f"{wheel.name} requires {text!r}, not {dist}=={version}: it would accept another "
+                             f"{dist} than the factory's")
+    raise BuildError(f"{wheel.name} declares no requirement on {dist}; expected {dist}=={version}")

@@ -1,0 +1,47 @@
+"""FlashInfer: flashinfer-python from source (kernels JIT-compile at first use), and, when the
+release asks for them, the AOT packages flashinfer-cubin and flashinfer-jit-cache for the
+release's arch list.
+
+Since mid-2026 a source build of flashinfer-python pip-installs nvidia-nccl-cu13 and other
+packages during the build, which would replace the factory's NCCL: FLASHINFER_BUILD_NO_PIP=1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wheelfactory.recipe import EnvSpec, Recipe, Repair
+from wheelfactory.sources import GitSource
+
+RECIPE = Recipe(
+    name="flashinfer",
+    summary="FlashInfer (flashinfer-python; optional AOT flashinfer-cubin and flashinfer-jit-cache)",
+    source=GitSource("https://github.com/flashinfer-ai/flashinfer.git", ref="v{version}"),
+    outputs=("flashinfer-python",),
+    optional_outputs=("flashinfer-cubin", "flashinfer-jit-cache"),
+    depends_on=("torch",),
+    # The AOT jit-cache takes about 8 GB per nvcc job (FlashInfer's DGX Spark notes).
+    mem_per_job_gb=8.0,
+    repair=Repair(mode="retag", strip=True),
+    smoke=("import flashinfer; print('flashinfer', flashinfer.__version__)",),
+)
+
+
+def environment(spec: EnvSpec) -> dict[str, str]:
+    env = {
+        "FLASHINFER_BUILD_NO_PIP": "1",
+        # FlashInfer ships a .python-version; uv must not download another interpreter.
+        "UV_PYTHON_DOWNLOADS": "never",
+        "FLASHINFER_CUDA_ARCH_LIST": " ".join(spec.target.cuda_arch_list),
+    }
+    return env
+
+
+def build(ctx) -> list[Path]:
+    wheels = ctx.build_wheel()
+    # AOT packages live in sub-projects of the source tree; build them only when asked, since
+    # flashinfer-jit-cache takes hours.
+    for option, subdir in (("cubin", "flashinfer-cubin"), ("jit_cache", "flashinfer-jit-cache")):
+        if ctx.step.options.get(option):
+            wheels += ctx.build_wheel(ctx.src / subdir)
+    return wheels

@@ -1,0 +1,126 @@
+"""vLLM from source against the factory's torch, with every CMake FetchContent dependency
+pre-fetched (so `build --offline` works) and a check that no kernel family the target arch
+supports was skipped.
+
+Steps, as the anchors do them and with their traps closed:
+- use_existing_torch.py strips vLLM's torch pins so the build uses the factory's torch;
+- requirements are edited so flashinfer, triton and torch are pinned to the factory's versions
+  (satisfied only by the wheelhouse in a locked install), each edit failing loudly on drift;
+- the CMake dependencies (CUTLASS, vllm-flash-attn, FlashMLA, ...) come from recipes/data/
+  vllm.toml per version, fetched as extra sources and passed through their *_SRC_DIR variables;
+- for CUDA >= 13, vLLM's CMake intersects the requested arches with its supported list and can
+  rewrite 12.1a to 12.0, silently dropping NVFP4 kernels (vllm-project/vllm PRs 38126, 38484,
+  41738): the build log is checked for "Not building ..." lines of families the arch supports.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from wheelfactory.cuda_arch import torch_arch_list
+from wheelfactory.errors import BuildError
+from wheelfactory.recipe import EnvSpec, Recipe, Repair
+from wheelfactory.sources import GitSource, Source
+
+RECIPE = Recipe(
+    name="vllm",
+    summary="vLLM with CUDA kernels for the release's arch list, against the factory's torch",
+    source=GitSource("https://github.com/vllm-project/vllm.git", ref="v{version}"),
+    outputs=("vllm",),
+    depends_on=("torch", "nccl", "triton", "flashinfer"),
+    # Only torch is needed to compile; the others are pinned runtime requirements (and enter the key).
+    build_with=("torch",),
+    # One nvcc process on CUTLASS-heavy translation units takes 4-6 GB (eugr/spark-vllm-docker#23).
+    mem_per_job_gb=6.0,
+    repair=Repair(mode="retag", strip=True),
+    smoke=("import vllm; print('vllm', vllm.__version__)",),
+)
+
+
+def data(version: str) -> dict:
+    """The per-version table of recipes/data/vllm.toml (CMake dependencies, requirement files)."""
+    with open(Path(__file__).with_name("data") / "vllm.toml", "rb") as f:
+        table = tomllib.load(f)
+    if version not in table:
+        known = ", ".join(sorted(table))
+        raise KeyError(f"recipes/data/vllm.toml has no [\"{version}\"] (known: {known}); add the pinned CMake "
+                       "dependencies of that tag (cmake/external_projects/*.cmake)")
+    return table[version]
+
+
+def kernels_enabled(spec_or_options) -> bool:
+    """options = { kernels = false } builds vLLM with VLLM_TARGET_DEVICE=empty: a pure-Python
+    wheel with no CUDA kernels (CI, and plan-only checks)."""
+    options = getattr(spec_or_options, "options", spec_or_options)
+    return options.get("kernels", True) is not False
+
+
+def extra_sources(spec: EnvSpec) -> dict[str, Source]:
+    if not kernels_enabled(spec):
+        return {}
+    return {name: GitSource(dep["git"], dep["ref"], submodules=dep.get("submodules", False))
+            for name, dep in data(spec.version)["deps"].items()}
+
+
+def environment(spec: EnvSpec) -> dict[str, str]:
+    env = {
+        "TORCH_CUDA_ARCH_LIST": torch_arch_list(spec.target.archs),
+        "VLLM_TARGET_DEVICE": "cuda" if kernels_enabled(spec) else "empty",
+        # vLLM's default is RelWithDebInfo: hundreds of MB of debug info the runtime never uses.
+        "CMAKE_BUILD_TYPE": "Release",
+        # The source is a copy without .git: setuptools-scm gets the version from here.
+        "SETUPTOOLS_SCM_PRETEND_VERSION": spec.version,
+        "FETCHCONTENT_BASE_DIR": "${work}/_deps",
+    }
+    if kernels_enabled(spec):
+        for name, dep in data(spec.version)["deps"].items():
+            env[dep["env"]] = "${source_" + name + "}" + (f"/{dep['subdir']}" if "subdir" in dep else "")
+    return env
+
+
+def prepare(ctx) -> None:
+    # The anchors' first step: drop vLLM's own torch pins from requirements and pyproject.
+    ctx.run([ctx.python, "use_existing_torch.py"])
+    if not kernels_enabled(ctx.step.options):
+        return  # VLLM_TARGET_DEVICE=empty reads only requirements/common.txt, which pins none of them
+    # Then pin what the factory builds to the factory's versions, so a locked install can only
+    # take them from the wheelhouse; every edit fails loudly if upstream moved the line.
+    names = {k.replace("-", "_"): v.split("-")[0] for k, v in ctx.versions.items()}
+    for rel, edits in data(ctx.version).get("requirements", {}).items():
+        for pattern, replacement in edits:
+            try:
+                text = replacement.format(**names)
+            except KeyError as e:
+                raise BuildError(f"recipes/data/vllm.toml: the {rel} edit names {e}, which release "
+                                 f"{ctx.step.component} does not carry") from None
+            ctx.replace_in_file(ctx.src / rel, pattern, text, regex=True)
+
+
+def build(ctx) -> list[Path]:
+    # Each nvcc runs NVCC_THREADS threads and vLLM runs MAX_JOBS // NVCC_THREADS of them, so the
+    # memory-aware process count sets MAX_JOBS and the spare cores go to NVCC_THREADS.
+    threads = max(1, min(4, ctx.cpus // max(ctx.jobs, 1)))
+    wheels = ctx.build_wheel(env={"NVCC_THREADS": str(threads), "MAX_JOBS": str(ctx.jobs * threads)})
+    if kernels_enabled(ctx.step.options):
+        check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.cuda_arch_list)
+    return wheels
+
+
+SKIP_RE = re.compile(r"Not building (?P<what>.+?) as no compatible archs were found")
+
+
+def check_no_skipped_kernels(log: str, arch_list: tuple[str, ...]) -> None:
+    """Fail if vLLM's CMake skipped a kernel family that the target arches support."""
+    with open(Path(__file__).with_name("data") / "vllm_kernels.toml", "rb") as f:
+        table = tomllib.load(f)
+    expected_skips = []
+    for arch in arch_list:
+        expected_skips += table.get(arch, {}).get("expected_skips", [])
+    bad = [m["what"] for m in SKIP_RE.finditer(log)
+           if not any(s.lower() in m["what"].lower() for s in expected_skips)]
+    if bad:
+        raise BuildError("vLLM's CMake skipped kernel families the target arch supports (the 12.1a -> 12.0 "
+                         f"rewrite trap?): {'; '.join(sorted(set(bad)))}. See the log; if a skip is truly "
+                         "expected for this arch, add it to recipes/data/vllm_kernels.toml")

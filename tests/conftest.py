@@ -1,0 +1,39 @@
+"""Shared fixtures: the repository's recipes, a fixed fake host, and factories on temp dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wheelfactory.factory import Factory
+from wheelfactory.host import Host
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CI_RELEASES = Path(__file__).resolve().parent / "releases"
+
+# A Spark-like host, fixed so plan tests do not depend on the machine running them.
+SPARK = Host(platform="linux_aarch64", cuda_home="/usr/local/cuda", toolkit="13.1", cpus=20, mem_available_gb=110.0)
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Factory:
+    return Factory(RECIPES, tmp_path / "wheelhouse", tmp_path / "cache", host_probe=lambda: SPARK)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    """Run the real `wheelfactory` entry point in a subprocess."""
+    full_env = dict(os.environ) | (env or {})
+    return subprocess.run([sys.executable, "-m", "wheelfactory", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
+                                reason="needs nvcc (CUDA toolkit)")

@@ -1,0 +1,28 @@
+import pytest
+
+from wheelfactory.cuda_arch import gencode_flags, parse_arch_list, torch_arch_list
+from wheelfactory.errors import InputError
+
+
+def test_spark_arch_gives_sm121_gencode():
+    archs = parse_arch_list(["12.1a"])
+    assert gencode_flags(archs, keep_suffix=False) == ["-gencode=arch=compute_121,code=sm_121"]
+    assert gencode_flags(archs) == ["-gencode=arch=compute_121a,code=sm_121a"]
+    assert torch_arch_list(archs) == "12.1a"
+
+
+def test_several_arches_and_ptx():
+    archs = parse_arch_list(["9.0;12.1a", "12.0+PTX"])
+    assert gencode_flags(archs, keep_suffix=False) == [
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_121,code=sm_121",
+        "-gencode=arch=compute_120,code=sm_120",
+        "-gencode=arch=compute_120,code=compute_120",
+    ]
+    assert torch_arch_list(archs) == "9.0;12.1a;12.0+PTX"
+
+
+@pytest.mark.parametrize("bad", ["sm_121", "12", "12.1b", "12.10", ""])
+def test_bad_arches_are_rejected(bad):
+    with pytest.raises(InputError):
+        parse_arch_list([bad])

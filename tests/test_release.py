@@ -1,0 +1,147 @@
+"""Release loading: the shipped matrix, `extends`, and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wheelfactory.errors import InputError
+from wheelfactory.recipe import load_recipes
+from wheelfactory.release import list_releases, load_release
+
+from .conftest import RECIPES
+
+MATRIX = {
+    # release: (vllm, torch, vision, audio, cuda, nccl, triton, flashinfer, transformers)
+    "0.15.0-t4": ("0.15.0", "2.10.0", "0.25.0", "2.10.0", "13.1.0", "2.29.2-1", "3.5.1", "0.6.2", "4.57.6"),
+    "0.15.0-t5": ("0.15.0", "2.10.0", "0.25.0", "2.10.0", "13.1.0", "2.29.2-1", "3.5.1", "0.6.2", "5.0.0"),
+    "0.14.1-t4": ("0.14.1", "2.10.0", "0.25.0", "2.10.0", "13.1.0", "2.29.2-1", "3.5.1", "0.6.2", "4.57.6"),
+    "0.14.1-t5": ("0.14.1", "2.10.0", "0.25.0", "2.10.0", "13.1.0", "2.29.2-1", "3.5.1", "0.6.2", "5.0.0"),
+    "0.13.0-t4": ("0.13.0", "2.9.1", "0.24.1", "2.9.1", "13.0.2", "2.28.9-1", "3.5.1", "0.6.1", "4.57.5"),
+}
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    return load_recipes(RECIPES)
+
+
+def load(name: str, recipes) -> object:
+    return load_release(name, recipes, RECIPES)
+
+
+def test_every_shipped_release_loads(recipes):
+    names = list_releases(RECIPES)
+    assert set(MATRIX) | {"pytorch-2.10.0-cu131"} <= set(names)
+    for name in names:
+        rel = load(name, recipes)
+        assert rel.target.cuda_arch_list == ("12.1a",)
+        assert rel.target.python == "3.12"
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX))
+def test_matrix_versions(name, recipes):
+    rel = load(name, recipes)
+    got = tuple(rel.version_of(c) for c in ("vllm", "torch", "torchvision", "torchaudio")) + (rel.target.cuda,) + \
+        tuple(rel.version_of(c) for c in ("nccl", "triton", "flashinfer", "transformers"))
+    assert got == MATRIX[name]
+    assert rel.image["kind"] == "vllm"
+    assert rel.pins["ray"]
+
+
+def test_pytorch_base_release(recipes):
+    rel = load("pytorch-2.10.0-cu131", recipes)
+    assert set(rel.components) == {"nccl", "torch", "torchvision", "torchaudio"}
+    assert rel.image["kind"] == "pytorch"
+
+
+def test_t5_differs_from_t4_only_in_transformers(recipes):
+    t4, t5 = load("0.15.0-t4", recipes), load("0.15.0-t5", recipes)
+    assert t4.components == t5.components
+    assert t4.target == t5.target
+    assert {k: v for k, v in t4.pins.items() if k != "transformers"} == \
+        {k: v for k, v in t5.pins.items() if k != "transformers"}
+    assert (t4.pins["transformers"], t5.pins["transformers"]) == ("4.57.6", "5.0.0")
+
+
+def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+BASE = """
+[target]
+python = "3.12"
+cuda = "13.1.0"
+cuda_arch_list = ["12.1a"]
+platform = "linux_aarch64"
+[components.nccl]
+version = "2.29.2-1"
+"""
+
+
+def test_release_by_path_and_user_extends(tmp_path, recipes):
+    p = write(tmp_path, 'extends = "0.15.0-t4"\n[components.vllm]\nversion = "0.16.0"\n'
+                        '[components.nccl.source]\ngit = "https://github.com/zyang-dev/nccl.git"\n'
+                        'ref = "dgxspark-3node-ring"\n')
+    rel = load(str(p), recipes)
+    assert rel.components["vllm"].version == "0.16.0"
+    assert rel.components["nccl"].version == "2.29.2-1"  # inherited
+    assert rel.components["nccl"].source.describe() == "https://github.com/zyang-dev/nccl.git@dgxspark-3node-ring"
+    assert rel.pins["transformers"] == "4.57.6"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('descripton = "x"\n' + BASE, "unknown top-level key 'descripton' (did you mean 'description'?)"),
+    (BASE + '[components.vlm]\nversion = "0.15.0"\n', "unknown component 'vlm' (did you mean 'vllm'?)"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nverison = "1"\n', "unknown key 'verison'"),
+    (BASE + '[components.torch]\nversion = "two point ten"\n', "bad version 'two point ten'"),
+    (BASE.replace('"2.29.2-1"', '"2.29.2"'), "[components.nccl].version: bad version '2.29.2'"),
+    (BASE.replace('python = "3.12"\n', ""), "missing key 'python'"),
+    (BASE.replace('["12.1a"]', '["sm_121"]'), "bad CUDA arch 'sm_121'"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { git = "x", tag = "v1" }\n', "unknown key 'tag'"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { url = "x", sha256 = "abc" }\n', "64 lowercase hex"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { path = "/nonexistent/x" }\n', "does not exist"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nenv = { MAX_JOBS = 4 }\n', "environment values are strings"),
+    (BASE + '[pins]\ntorch = "2.10.0"\n', "is a built component"),
+    (BASE + '[pins]\ntransformers = "latest"\n', "bad version 'latest'"),
+    (BASE + '[image]\nkind = "vlm"\n', "unknown kind 'vlm'"),
+    ('extends = "0.15.0-t9"\n', "unknown release '0.15.0-t9' (did you mean"),
+    (BASE + "[components\n", "not valid TOML"),
+])
+def test_bad_input_names_file_and_key(tmp_path, recipes, text, needle):
+    p = write(tmp_path, text)
+    with pytest.raises(InputError) as e:
+        load(str(p), recipes)
+    assert needle in str(e.value)
+    assert str(p) in str(e.value) or "release" in str(e.value)
+
+
+def test_extends_cycle_is_rejected(tmp_path, recipes):
+    write(tmp_path, 'extends = "b"\n' + BASE, "a.toml")
+    write(tmp_path, 'extends = "a"\n', "b.toml")
+    with pytest.raises(InputError, match="cycle"):
+        load(str(tmp_path / "a.toml"), recipes)
+
+
+def test_unknown_release_name_suggests(recipes):
+    with pytest.raises(InputError, match=r"did you mean '0\.15\.0-t[45]'"):
+        load("0.15.0-t", recipes)
+
+
+def test_recipe_dependency_cycle_is_rejected(tmp_path):
+    for name, dep in (("a", "b"), ("b", "c"), ("c", "a")):
+        (tmp_path / f"{name}.py").write_text(
+            "from wheelfactory.recipe import Recipe\n"
+            f"RECIPE = Recipe(name={name!r}, summary='', source=None, outputs=({name!r},), depends_on=({dep!r},))\n")
+    with pytest.raises(InputError, match="dependency cycle between recipes: a -> b -> c -> a"):
+        load_recipes(tmp_path)
+
+
+def test_recipe_name_must_match_file(tmp_path):
+    (tmp_path / "x.py").write_text("from wheelfactory.recipe import Recipe\n"
+                                   "RECIPE = Recipe(name='y', summary='', source=None, outputs=('y',))\n")
+    with pytest.raises(InputError, match="must match the file name"):
+        load_recipes(tmp_path)

@@ -1,0 +1,5 @@
+"""`python -m wheelfactory` runs the CLI."""
+
+from .cli import main
+
+main()

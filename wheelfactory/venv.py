@@ -1,0 +1,41 @@
+"""Reuse outside Docker: a virtual environment installed from a release's lock, offline."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import BuildError, InputError
+from .lock import lock_paths, read_lock
+from .recipe import LoadedRecipe
+from .runner import Runner
+from .wheelhouse import Wheelhouse
+
+
+def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe],
+                python: str, runner: Runner) -> list[str]:
+    """Create a venv at path from the release's lock with no index, verify hashes, run smoke checks.
+
+    Returns the smoke checks that ran. Every package is installed with --require-hashes, so each
+    factory wheel in the venv is byte-for-byte the one the lock names.
+    """
+    lock = read_lock(wheelhouse, release)
+    _, txt = lock_paths(wheelhouse, release)
+    if path.exists() and any(path.iterdir()):
+        raise InputError(f"{path} exists and is not empty; pick a new path or remove it")
+    runner.run([python, "-m", "venv", path])
+    py = path / "bin" / "python"
+    try:
+        runner.run([py, "-m", "pip", "install", "-q", "--no-index", "--find-links", wheelhouse.root,
+                    "--require-hashes", "--no-deps", "-r", txt])
+        runner.run([py, "-m", "pip", "check"])
+    except BuildError:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    ran = []
+    for component in sorted({p.component for p in lock.packages if p.component in recipes}):
+        for statement in recipes[component].recipe.smoke:
+            runner.run([py, "-c", statement])
+            ran.append(statement)
+    return ran
