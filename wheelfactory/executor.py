@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -320,7 +321,7 @@ def check_installed_from(site: Path, wheel: Path) -> None:
         raise BuildError(f"{info.dist} {info.version} in {site} was not installed from {wheel} "
                          "(no direct_url.json); a copy from another index replaced the factory's wheel")
     url = json.loads(direct.read_text()).get("url", "")
-    if Path(url.removeprefix("file://")).resolve() != wheel.resolve():
+    if Path(unquote(urlparse(url).path)).resolve() != wheel.resolve():
         raise BuildError(f"{info.dist} in {site} came from {url}, not the wheelhouse file {wheel}")
 
 

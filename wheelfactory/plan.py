@@ -199,7 +199,8 @@ def plan_release(
         keys[name] = key
         build_with = tuple(d for d in recipe.build_deps if d in keys)
         steps.append(Step(name, spec.version, CACHED if is_cached(key) else action, key, deps, build_with,
-                          source if action == BUILD else None, spec.adopt, env, tuple(build_requires),
+                          source if action == BUILD else None, spec.adopt, env if action == BUILD else {},
+                          tuple(build_requires) if action == BUILD else (),
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs))
     return Plan(release, target, tuple(steps), dict(release.pins))
