@@ -108,7 +108,9 @@ def build(ctx) -> list[Path]:
     return wheels
 
 
-SKIP_RE = re.compile(r"Not building (?P<what>.+?) as no compatible archs were found")
+# vLLM's CMake words it "... as no compatible archs were found." or "... as no compatible archs found
+# in CUDA target architectures", and skips for an old nvcc with "... as CUDA Compiler version is not".
+SKIP_RE = re.compile(r"Not building (?P<what>.+?) as (?:no compatible archs|CUDA Compiler version is not)")
 
 
 def check_no_skipped_kernels(log: str, arch_list: tuple[str, ...]) -> None:

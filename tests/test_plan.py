@@ -30,7 +30,8 @@ def test_full_release_in_dependency_order(factory):
         for dep in step.depends_on:
             assert order.index(dep) < order.index(step.component)
     assert order[0] == "nccl" and order[-1] == "vllm"
-    assert plan.pins == {"transformers": "4.57.6", "ray": "2.53.0"}
+    assert {"transformers": "4.57.6", "ray": "2.53.0"}.items() <= plan.pins.items()
+    assert "nvidia-cuda-nvcc" in plan.pins  # JIT toolkit for the runtime images
     assert all(s.action == "build" for s in plan.steps)
 
 
