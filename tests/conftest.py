@@ -37,3 +37,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
                                 reason="needs nvcc (CUDA toolkit)")
+
+
+@pytest.fixture(scope="session")
+def ci_wheelhouse(tmp_path_factory) -> tuple[Path, Path]:
+    """The CI release built and locked (with its -t5 sibling) through the real CLI, once per session.
+
+    WHEELFACTORY_TEST_WHEELHOUSE / WHEELFACTORY_TEST_CACHE reuse an existing wheelhouse and cache
+    (the build and lock steps then find everything cached).
+    """
+    root = tmp_path_factory.mktemp("ci")
+    wheelhouse = Path(os.environ.get("WHEELFACTORY_TEST_WHEELHOUSE", root / "wheelhouse"))
+    cache = Path(os.environ.get("WHEELFACTORY_TEST_CACHE", root / "cache"))
+    common = ["--wheelhouse", str(wheelhouse), "--cache-dir", str(cache)]
+    for args in (["build", "-r", str(CI_RELEASES / "ci.toml"), "vllm"],
+                 ["lock", "-r", str(CI_RELEASES / "ci.toml")],
+                 ["lock", "-r", str(CI_RELEASES / "ci-t5.toml")]):
+        r = run_cli(*common, *args)
+        assert r.returncode == 0, f"wheelfactory {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+    return wheelhouse, cache

@@ -81,12 +81,22 @@ class Executor:
         self.sources = SourceCache(options.cache_dir, options.index_url)
         self.pydeps = options.cache_dir / "pydeps"
         self.logs = options.cache_dir / "logs"
+        self._python: str | None = None
 
     # -- public --------------------------------------------------------------------------------
+
+    @property
+    def python(self) -> str:
+        """The interpreter for build venvs; resolved on first use, before any step runs."""
+        if self._python is None:
+            self._python = find_python(self.plan.target.python, self.opts.python)
+        return self._python
 
     def fetch(self) -> None:
         """Download every source and build requirement the plan's builds need (network allowed)."""
         steps = [s for s in self.plan.steps if s.action in (BUILD, ADOPT)]
+        if steps:
+            self.python  # noqa: B018 -- fail on a missing interpreter before downloading anything
         for i, step in enumerate(steps, 1):
             self.echo(f"[{i}/{len(steps)}] fetch {step.component} {step.version}")
             runner = Runner(step.component, self.logs / f"fetch-{step.component}.log", verbose=self.opts.verbose)
@@ -97,13 +107,14 @@ class Executor:
             tree = self.sources.fetch(step.source, runner)
             for extra in step.extra_sources.values():
                 self.sources.fetch(extra, runner)
-            python = find_python(self.plan.target.python, self.opts.python)
-            self._download_requirements(runner, python, self._build_requirements(step, tree))
+            self._download_requirements(runner, self.python, self._build_requirements(step, tree))
 
     def build(self) -> list[StepResult]:
         """Build (or adopt) every step not already in the wheelhouse, in order."""
         results = []
         total = len(self.plan.steps)
+        if any(s.action != CACHED for s in self.plan.steps):
+            self.python  # noqa: B018 -- fail on a missing interpreter before building anything
         with self.wheelhouse.lock(on_wait=lambda: self.echo("waiting for another wheelfactory process "
                                                             f"to release {self.wheelhouse.root}/.lock ...")):
             for i, step in enumerate(self.plan.steps, 1):
@@ -144,9 +155,8 @@ class Executor:
         work.mkdir(parents=True)
         src = work / "src"
         shutil.copytree(tree, src, symlinks=True, ignore=shutil.ignore_patterns(".git"))
-        python = find_python(self.plan.target.python, self.opts.python)
         venv = work / "venv"
-        runner.run([python, "-m", "venv", venv])
+        runner.run([self.python, "-m", "venv", venv])
         jobs = self.opts.jobs or default_jobs(self.host, step.mem_per_job_gb)
         versions = {n: c.version for n, c in self.plan.release.components.items()} | dict(self.plan.pins)
         ctx = BuildContext(step, self.plan.target, src, work, work / "dist", venv, self.host.cuda_home, jobs,
@@ -289,8 +299,7 @@ class Executor:
                     raise BuildError(f"[{step.component}] adopted wheel {spec!r} is not in the cache and --offline "
                                      "forbids downloading; run `wheelfactory fetch` first")
                 dest.mkdir(parents=True, exist_ok=True)
-                python = find_python(self.plan.target.python, self.opts.python)
-                runner.run([python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                runner.run([self.python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
                             "--index-url", self.opts.index_url, "-d", dest, spec])
                 have = list(dest.glob("*.whl"))
             if len(have) != 1:

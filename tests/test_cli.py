@@ -1,0 +1,70 @@
+"""The command line: help everywhere, exit codes, messages instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import CI_RELEASES, run_cli
+
+COMMANDS = ["list", "plan", "fetch", "build", "lock", "venv"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help(cmd):
+    r = run_cli(cmd, "--help")
+    assert r.returncode == 0 and "Usage:" in r.stdout
+
+
+def test_plan_json_default_release(tmp_path):
+    r = run_cli("--wheelhouse", str(tmp_path), "plan", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["release"] == "0.15.0-t4"
+    assert [s["component"] for s in plan["steps"]][0] == "nccl"
+
+
+def test_bad_release_exits_2_with_a_message(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[target]\npython = "3.12"\ncuda = "13.1.0"\ncuda_arch_list = ["12.1a"]\nplatform = "x"\n'
+                   '[components.nccl]\nversion = "2.29.2-1"\n[components.vlm]\nversion = "1"\n')
+    r = run_cli("plan", "-r", str(bad))
+    assert r.returncode == 2
+    assert "unknown component 'vlm' (did you mean 'vllm'?)" in r.stderr and str(bad) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_release_name_exits_2():
+    r = run_cli("plan", "-r", "0.99.0-t4")
+    assert r.returncode == 2 and "unknown release" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_env_variables_set_options(tmp_path):
+    r = run_cli("plan", env={"WHEELFACTORY_RELEASE": "pytorch-2.10.0-cu131", "WHEELFACTORY_WHEELHOUSE": str(tmp_path)})
+    assert r.returncode == 0 and "release pytorch-2.10.0-cu131" in r.stdout
+
+
+def test_list_shows_recipes_releases_and_wheelhouse(tmp_path):
+    r = run_cli("--wheelhouse", str(tmp_path), "list")
+    assert r.returncode == 0
+    for word in ("nccl", "vllm", "0.15.0-t5", "pytorch-2.10.0-cu131", "0 wheel(s)"):
+        assert word in r.stdout
+
+
+def test_lock_before_build_names_the_command(tmp_path):
+    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "lock",
+                "-r", str(CI_RELEASES / "ci.toml"))
+    assert r.returncode == 2 and "run `wheelfactory build --release ci` first" in r.stderr
+
+
+def test_venv_before_lock_names_the_command(tmp_path):
+    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "venv", str(tmp_path / "v"), "-r", str(CI_RELEASES / "ci.toml"))
+    assert r.returncode == 2 and "wheelfactory lock --release ci" in r.stderr
+
+
+def test_missing_python_for_target_is_bad_input(tmp_path):
+    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "build", "nccl",
+                env={"PATH": "/usr/bin:/bin"})
+    # python3.12 is not on this PATH: a clear message, nothing built
+    assert r.returncode == 2 and "python3.12" in r.stderr

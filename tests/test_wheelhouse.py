@@ -1,0 +1,109 @@
+"""The wheelhouse: index, manifest, atomic publish, the lock between processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from wheelfactory.errors import BuildError, LockedError
+from wheelfactory.wheelhouse import Wheelhouse
+from wheelfactory.wheelpack import pack_tree
+
+
+def make_wheel(tmp: Path, dist: str, version: str, payload: bytes = b"x", tag: str = "py3-none-any") -> Path:
+    tree = tmp / f"tree-{dist}-{version}"
+    pkg = tree / dist.replace("-", "_")
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_bytes(payload)
+    return pack_tree(tree, dist, version, tag, tmp / "dist", summary="test wheel", requires=["six"],
+                     extra_metadata={"Requires-Python": ">=3.8"})
+
+
+def test_publish_writes_flat_dir_index_and_manifest(tmp_path):
+    wh = Wheelhouse(tmp_path / "wh")
+    w = make_wheel(tmp_path, "demo-pkg", "1.0+wf.abc")
+    with wh.lock():
+        wh.publish([w], {"component": "demo", "key": "k1", "origin": "built"})
+    assert (wh.root / w.name).is_file()
+    entry = wh.manifest()[w.name]
+    assert entry["component"] == "demo" and entry["key"] == "k1" and entry["size"] == w.stat().st_size
+    assert entry["dist"] == "demo-pkg" and entry["version"] == "1.0+wf.abc"
+    page = (wh.root / "simple" / "demo-pkg" / "index.html").read_text()
+    assert f'href="../../{w.name}#sha256={entry["sha256"]}"' in page
+    assert 'data-requires-python="&gt;=3.8"' in page
+    assert '<a href="demo-pkg/">' in (wh.root / "simple" / "index.html").read_text()
+    assert wh.is_cached("k1") and not wh.is_cached("k2")
+
+
+def test_pip_installs_from_the_simple_index(tmp_path):
+    import subprocess
+    import sys
+
+    wh = Wheelhouse(tmp_path / "wh")
+    w = make_wheel(tmp_path, "demo-pkg", "1.0")
+    with wh.lock():
+        wh.publish([w], {"component": "demo", "key": "k1", "origin": "built"})
+    target = tmp_path / "target"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--isolated", "--target", target,
+                    "--index-url", (wh.root / "simple").as_uri(), "demo-pkg==1.0"], check=True)
+    assert (target / "demo_pkg" / "__init__.py").exists()
+
+
+def test_a_bad_wheel_publishes_nothing(tmp_path):
+    wh = Wheelhouse(tmp_path / "wh")
+    good = make_wheel(tmp_path, "good", "1.0")
+    with wh.lock():
+        wh.publish([good], {"component": "good", "key": "k0", "origin": "built"})
+    before = sorted(p.name for p in wh.root.iterdir()), wh.manifest_path.read_text()
+    other = make_wheel(tmp_path, "other", "1.0")
+    broken = tmp_path / "dist" / "broken-1.0-py3-none-any.whl"
+    broken.write_bytes(other.read_bytes()[:200])  # truncated archive
+    with wh.lock(), pytest.raises(BuildError, match="not a valid zip"):
+        wh.publish([other, broken], {"component": "x", "key": "k1", "origin": "built"})
+    assert (sorted(p.name for p in wh.root.iterdir()), wh.manifest_path.read_text()) == before
+
+
+def test_a_wheel_whose_metadata_lies_is_refused(tmp_path):
+    w = make_wheel(tmp_path, "demo", "1.0")
+    liar = tmp_path / "dist" / "demo-2.0-py3-none-any.whl"
+    liar.write_bytes(w.read_bytes())
+    wh = Wheelhouse(tmp_path / "wh")
+    with wh.lock(), pytest.raises(BuildError, match="METADATA says"):
+        wh.publish([liar], {"component": "demo", "key": "k", "origin": "built"})
+    assert not wh.manifest_path.exists()
+
+
+def test_a_newer_build_moves_the_old_one_to_the_attic(tmp_path):
+    wh = Wheelhouse(tmp_path / "wh")
+    a = make_wheel(tmp_path, "nccl-like", "2.29.2+wf.aaaa", b"a")
+    b = make_wheel(tmp_path, "nccl-like", "2.29.2+wf.bbbb", b"b")
+    with wh.lock():
+        wh.publish([a], {"component": "c", "key": "ka", "origin": "built"})
+        wh.publish([b], {"component": "c", "key": "kb", "origin": "built"})
+    assert list(wh.manifest()) == [b.name]
+    assert (wh.root / "attic" / a.name).exists()
+    assert a.name not in (wh.root / "simple" / "nccl-like" / "index.html").read_text()
+
+
+def _hold_lock(root: str, seconds: float, started) -> None:
+    with Wheelhouse(Path(root)).lock():
+        started.set()
+        time.sleep(seconds)
+
+
+def test_a_second_process_waits_for_the_lock(tmp_path):
+    started = multiprocessing.Event()
+    proc = multiprocessing.Process(target=_hold_lock, args=(str(tmp_path / "wh"), 3.0, started))
+    proc.start()
+    assert started.wait(10)
+    waited = []
+    with pytest.raises(LockedError, match="another wheelfactory process"):
+        with Wheelhouse(tmp_path / "wh").lock(timeout=0.5, on_wait=lambda: waited.append(1)):
+            pass
+    assert waited == [1]
+    with Wheelhouse(tmp_path / "wh").lock(timeout=30):
+        pass  # granted once the holder is done
+    proc.join()
