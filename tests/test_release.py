@@ -63,6 +63,7 @@ def test_t5_differs_from_t4_only_in_transformers(recipes):
     assert {k: v for k, v in t4.pins.items() if k != "transformers"} == \
         {k: v for k, v in t5.pins.items() if k != "transformers"}
     assert (t4.pins["transformers"], t5.pins["transformers"]) == ("4.57.6", "5.0.0")
+    assert "transformers<5" in t5.overrides["transformers"] and not t4.overrides
 
 
 def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
@@ -108,6 +109,7 @@ def test_release_by_path_and_user_extends(tmp_path, recipes):
     (BASE + '[pins]\ntorch = "2.10.0"\n', "is a built component"),
     (BASE + '[pins]\ntransformers = "latest"\n', "bad version 'latest'"),
     (BASE + '[image]\nkind = "vlm"\n', "unknown kind 'vlm'"),
+    (BASE + '[overrides]\ntransformers = "why"\n', "only a pin can override"),
     ('extends = "0.15.0-t9"\n', "unknown release '0.15.0-t9' (did you mean"),
     (BASE + "[components\n", "not valid TOML"),
 ])

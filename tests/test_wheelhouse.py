@@ -107,3 +107,15 @@ def test_a_second_process_waits_for_the_lock(tmp_path):
     with Wheelhouse(tmp_path / "wh").lock(timeout=30):
         pass  # granted once the holder is done
     proc.join()
+
+
+def test_a_rebuild_under_the_same_file_name_keeps_the_old_bytes(tmp_path):
+    wh = Wheelhouse(tmp_path / "wh")
+    a = make_wheel(tmp_path / "a", "pure", "1.0", b"old")
+    b = make_wheel(tmp_path / "b", "pure", "1.0", b"new")
+    assert a.name == b.name
+    with wh.lock():
+        wh.publish([a], {"component": "c", "key": "k-old", "origin": "built"})
+        wh.publish([b], {"component": "c", "key": "k-new", "origin": "built"})
+    assert wh.manifest()[b.name]["key"] == "k-new"
+    assert (wh.root / "attic" / a.name).read_bytes() == a.read_bytes()

@@ -220,6 +220,8 @@ class Executor:
             "VIRTUAL_ENV": str(ctx.venv),
             "MAX_JOBS": str(ctx.jobs),
             "CMAKE_BUILD_PARALLEL_LEVEL": str(ctx.jobs),
+            # Fixed archive timestamps: the same inputs give byte-identical wheels.
+            "SOURCE_DATE_EPOCH": "315532800",
         }
         if self.host.cuda_home:
             env.setdefault("CUDA_HOME", self.host.cuda_home)

@@ -1,29 +1,34 @@
 """The locked dependency closure of a release: every runtime wheel, from the wheelhouse alone.
 
 `lock_release` resolves the release's top-level packages (its built and adopted components,
-named by their exact wheelhouse files, plus its PyPI pins) against the wheelhouse first and
-PyPI second, downloads every missing wheel into the wheelhouse, then resolves again with
-`--no-index` and writes:
+named by their exact wheelhouse files, plus its PyPI pins) with uv against the wheelhouse first
+and PyPI second, downloads every missing wheel into the wheelhouse (verified against the
+index's hashes), resolves again with no index at all, and writes:
 
     wheelhouse/locks/<release>.json   name, version, file, sha256, component/origin per package
     wheelhouse/locks/<release>.txt    pip requirements with --hash, for --require-hashes installs
 
 Components are named by file (`torch @ file://...`), never by version: PyPI may publish the
 same version (torch 2.10.0 for aarch64 is a CPU build there), and only the file is unambiguous.
+A release's [overrides] replace what other packages declare (vLLM 0.14/0.15 declare
+transformers<5, the -t5 images run 5.x, as the reference images do); uv resolves them
+(`--override`), which pip cannot.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from packaging.utils import canonicalize_name
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .errors import BuildError, InputError
 from .plan import Plan
@@ -51,6 +56,7 @@ class Lock:
     platform: str
     top_level: tuple[str, ...]
     packages: tuple[LockedPackage, ...]
+    overrides: Mapping[str, str] = field(default_factory=dict)  # name -> why the release overrides it
 
     def package(self, name: str) -> LockedPackage:
         cname = canonicalize_name(name)
@@ -61,7 +67,8 @@ class Lock:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": LOCK_FORMAT, "release": self.release, "python": self.python, "platform": self.platform,
-                "top_level": list(self.top_level), "packages": [p.__dict__ for p in self.packages]}
+                "top_level": list(self.top_level), "overrides": dict(self.overrides),
+                "packages": [p.__dict__ for p in self.packages]}
 
     def requirements_txt(self) -> str:
         lines = [f"# wheelfactory lock of release {self.release} (python {self.python}, {self.platform})",
@@ -84,7 +91,7 @@ def read_lock(wheelhouse: Wheelhouse, release: str) -> Lock:
     if data.get("format") != LOCK_FORMAT:
         raise InputError(f"{path}: lock format {data.get('format')} is not {LOCK_FORMAT}; run `wheelfactory lock` again")
     return Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
-                tuple(LockedPackage(**p) for p in data["packages"]))
+                tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}))
 
 
 def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]]:
@@ -104,32 +111,58 @@ def _top_level(plan: Plan, wheels: Mapping[str, list[Path]]) -> list[str]:
     return reqs + [f"{name}=={version}" for name, version in sorted(plan.pins.items())]
 
 
+def _uv_compile(runner: Runner, python: str, workdir: Path, name: str, sources: list[str]) -> list[dict[str, Any]]:
+    """`uv pip compile` of workdir/requirements.in (with overrides.txt) into a PEP 751 pylock; its packages."""
+    out = workdir / f"pylock.{name}.toml"
+    runner.run(["uv", "pip", "compile", workdir / "requirements.in", "--override", workdir / "overrides.txt",
+                "--python", python, "--only-binary", ":all:", "--format", "pylock.toml", "--quiet",
+                "--no-header", "-o", out, *sources],
+               env={"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"})
+    with open(out, "rb") as f:
+        return tomllib.load(f)["packages"]
+
+
+def _artifacts(pkg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The files a pylock package entry names: its wheels, or the one archive of a direct reference."""
+    return list(pkg.get("wheels", [])) + ([pkg["archive"]] if "archive" in pkg else [])
+
+
+def _local_path(artifact: Mapping[str, Any]) -> Path | None:
+    if "path" in artifact:
+        return Path(artifact["path"])
+    url = artifact.get("url", "")
+    return Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
+
+
 def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str, index_url: str,
                  offline: bool = False) -> Lock:
-    """Resolve, download what is missing into the wheelhouse, verify and write the lock."""
+    """Resolve, download what is missing into the wheelhouse, resolve offline, verify, write the lock."""
     wheels = component_wheels(plan, wheelhouse)
-    reqs = _top_level(plan, wheels)
-    if not offline:
-        _download_missing(wheelhouse, runner, python, index_url, reqs)
+    overrides = dict(plan.release.overrides)
+    root = wheelhouse.root.resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        report_path = Path(tmp) / "report.json"
-        runner.run([python, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed", "--report", report_path,
-                    "--only-binary", ":all:", "--no-index", "--find-links", wheelhouse.root, *reqs])
-        report = json.loads(report_path.read_text())
+        work = Path(tmp)
+        (work / "requirements.in").write_text("\n".join(_top_level(plan, wheels)) + "\n")
+        (work / "overrides.txt").write_text("".join(f"{n}=={plan.pins[n]}\n" for n in sorted(overrides)))
+        if not offline:
+            online = _uv_compile(runner, python, work, "online", ["--find-links", str(root), "--index-url", index_url])
+            _download_missing(wheelhouse, runner, python, index_url, online, work)
+        final = _uv_compile(runner, python, work, "final", ["--no-index", "--find-links", str(root)])
     manifest = wheelhouse.manifest()
     owned = {p.resolve(): comp for comp, files in wheels.items() for p in files}
     packages = []
-    for item in report["install"]:
-        path = Path(unquote(urlparse(item["download_info"]["url"]).path)).resolve()
-        if path.parent != wheelhouse.root.resolve():
-            raise BuildError(f"the lock resolved {item['metadata']['name']} to {path}, outside the wheelhouse")
-        entry = manifest.get(path.name, {})
+    for pkg in final:
+        local = [p for a in _artifacts(pkg) if (p := _local_path(a)) is not None and p.resolve().parent == root]
+        if not local:
+            raise BuildError(f"the lock resolved {pkg['name']} {pkg['version']} to no file of the wheelhouse")
+        path = _pick_for_platform(local, plan.target.platform).resolve()
         sha = sha256_file(path)
+        entry = manifest.get(path.name, {})
         if entry.get("sha256") and entry["sha256"] != sha:
             raise BuildError(f"{path.name}: sha256 {sha} differs from the manifest's {entry['sha256']}; "
                              "the wheelhouse was modified outside wheelfactory")
-        packages.append(LockedPackage(canonicalize_name(item["metadata"]["name"]), item["metadata"]["version"],
-                                      path.name, sha, owned.get(path), entry.get("origin", "pypi")))
+        packages.append(LockedPackage(canonicalize_name(pkg["name"]), str(pkg["version"]), path.name, sha,
+                                      owned.get(path), entry.get("origin", "pypi")))
     locked_files = {p.filename for p in packages}
     for comp, files in wheels.items():
         for f in files:
@@ -138,29 +171,49 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
     top = [canonicalize_name(read_wheel(w).dist) for fs in wheels.values() for w in fs] + \
         [canonicalize_name(n) for n in sorted(plan.pins)]
     lock = Lock(plan.release.name, plan.target.python, plan.target.platform, tuple(top),
-                tuple(sorted(packages, key=lambda p: p.name)))
+                tuple(sorted(packages, key=lambda p: p.name)), overrides)
     json_path, txt_path = lock_paths(wheelhouse, plan.release.name)
     atomic_write_text(json_path, json.dumps(lock.to_json(), indent=2) + "\n")
     atomic_write_text(txt_path, lock.requirements_txt())
     return lock
 
 
-def _download_missing(wheelhouse: Wheelhouse, runner: Runner, python: str, index_url: str, reqs: list[str]) -> None:
-    """pip download the closure (binary wheels only) and move in the wheels the wheelhouse lacks."""
-    with tempfile.TemporaryDirectory(dir=wheelhouse.root) as tmp:
-        runner.run([python, "-m", "pip", "download", "-q", "--only-binary", ":all:", "-d", tmp,
-                    "--find-links", wheelhouse.root, "--index-url", index_url, *reqs])
-        have = set(wheelhouse.manifest())
+def _pick_for_platform(paths: list[Path], platform: str) -> Path:
+    """Of several files of one version, the one built for the target platform (else a pure wheel)."""
+    def score(p: Path) -> int:
+        tags = {t.platform for t in parse_wheel_filename(p.name)[3]}
+        return 2 if any(platform.split("_", 1)[-1] in t for t in tags) else (1 if "any" in tags else 0)
+    return max(sorted(paths), key=score)
+
+
+def _download_missing(wheelhouse: Wheelhouse, runner: Runner, python: str, index_url: str,
+                      resolved: list[dict[str, Any]], work: Path) -> None:
+    """pip download (binary, hash-checked) the resolved packages the wheelhouse lacks, and move them in."""
+    root = wheelhouse.root.resolve()
+    lines = []
+    for pkg in resolved:
+        artifacts = _artifacts(pkg)
+        if any((p := _local_path(a)) is not None and p.resolve().parent == root for a in artifacts):
+            continue
+        hashes = sorted({a["hashes"]["sha256"] for a in artifacts if "sha256" in a.get("hashes", {})})
+        lines.append(f"{pkg['name']}=={pkg['version']} " + " ".join(f"--hash=sha256:{h}" for h in hashes))
+    if not lines:
+        return
+    (work / "download.txt").write_text("\n".join(lines) + "\n")
+    dest = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        runner.run([python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--require-hashes",
+                    "-d", dest, "--index-url", index_url, "-r", work / "download.txt"])
         entries = {}
-        for f in sorted(Path(tmp).glob("*.whl")):
-            if f.name in have or (wheelhouse.root / f.name).exists():
-                continue
+        for f in sorted(dest.glob("*.whl")):
             info = read_wheel(f)
-            shutil.move(str(f), wheelhouse.root / f.name)
-            final = wheelhouse.root / f.name
+            final = root / f.name
+            os.replace(f, final)
             entries[f.name] = {"component": None, "origin": "pypi", "from": index_url, "dist": info.dist,
-                               "version": str(info.version), "tags": sorted(info.tags), "sha256": sha256_file(final),
-                               "size": final.stat().st_size, "requires_python": info.requires_python}
-        if entries:
-            runner.note(f"added {len(entries)} wheel(s) from {index_url}")
-            wheelhouse.add_entries(entries)
+                               "version": str(info.version), "tags": sorted(info.tags),
+                               "sha256": sha256_file(final), "size": final.stat().st_size,
+                               "requires_python": info.requires_python}
+        runner.note(f"added {len(entries)} wheel(s) from {index_url}")
+        wheelhouse.add_entries(entries)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)

@@ -7,6 +7,8 @@ A release names the target and, for each component, its version and optional ove
     [image]    kind, repository, base, tag (optional; derived from versions)
     [components.<name>]  version, source = {git,ref | url,sha256 | pypi | path}, env, adopt, options
     [pins]     pure-Python packages taken from PyPI at exact versions (transformers, ray, ...)
+    [overrides] pins that win over what other packages declare, each with the reason:
+               transformers = "vLLM 0.15 declares transformers<5; the -t5 images run 5.x"
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .errors import InputError, did_you_mean
 from .recipe import LoadedRecipe
 from .sources import Source, source_from_table
 
-TOP_KEYS = {"extends", "description", "target", "image", "components", "pins"}
+TOP_KEYS = {"extends", "description", "target", "image", "components", "pins", "overrides"}
 TARGET_KEYS = {"python", "cuda", "cuda_arch_list", "platform"}
 IMAGE_KEYS = {"kind", "repository", "base", "tag", "dev_base"}
 IMAGE_KINDS = {"vllm", "pytorch"}
@@ -64,6 +66,7 @@ class Release:
     image: Mapping[str, str]
     components: Mapping[str, ComponentSpec]
     pins: Mapping[str, str]  # name -> exact version
+    overrides: Mapping[str, str] = field(default_factory=dict)  # pin name -> why it overrides
 
     def version_of(self, name: str) -> str | None:
         """The version of a component or pin, or None."""
@@ -238,6 +241,13 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe], recipes
         check_version(version, None, f"{where} [pins].{name}")
         pins[name] = version
 
+    overrides: dict[str, str] = {}
+    for name, why in _table(data, "overrides", where).items():
+        if name not in pins:
+            raise InputError(f"{where} [overrides].{name}: only a pin can override; add {name} = '<version>' "
+                             "under [pins]")
+        overrides[name] = _string(why, f"{where} [overrides].{name} (the reason for the override)")
+
     description = data.get("description", "")
     return Release(path.stem, path, _string(description, f"{where}.description") if description else "",
-                   target_spec, image, components, pins)
+                   target_spec, image, components, pins, overrides)

@@ -54,8 +54,8 @@ class Runner:
             self._log(f, text)
 
     def run(self, cmd: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
-            env: Mapping[str, str] | None = None, capture: bool = False) -> str:
-        """Run a command; return its output if capture, raise BuildError if it fails."""
+            env: Mapping[str, str] | None = None, capture: bool = False, check: bool = True) -> str:
+        """Run a command; return its output if capture, raise BuildError if it fails (unless check=False)."""
         argv = [str(c) for c in cmd]
         full_env = dict(self.base_env)
         changes = {k: v for k, v in (env or {}).items() if self.base_env.get(k) != v}
@@ -84,7 +84,7 @@ class Runner:
                 self._log(f, line)
             code = proc.wait()
             self._log(f, f"exit {code} after {time.monotonic() - started:.1f}s")
-        if code != 0:
+        if code != 0 and check:
             shown = "\n".join(f"  {t}" for t in tail)
             raise BuildError(f"[{self.component}] command failed with exit code {code}:\n  $ {shlex.join(argv)}\n"
                              f"last {len(tail)} lines of the log:\n{shown}\nfull log: {self.log_path}")

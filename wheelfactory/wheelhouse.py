@@ -135,7 +135,7 @@ class Wheelhouse:
                 staged.append((info, tmp))
             for info, tmp in staged:
                 for name, old in list(manifest.items()):
-                    if name != info.path.name and _same_slot(old, info):
+                    if _same_slot(old, info) and (name != info.path.name or old.get("key") != entry.get("key")):
                         self._to_attic(name)
                         del manifest[name]
                 final = self.root / info.path.name
@@ -158,8 +158,12 @@ class Wheelhouse:
     def _to_attic(self, name: str) -> None:
         src = self.root / name
         if src.exists():
-            (self.root / "attic").mkdir(exist_ok=True)
-            os.replace(src, self.root / "attic" / name)
+            attic = self.root / "attic"
+            attic.mkdir(exist_ok=True)
+            dest = attic / name
+            if dest.exists():  # an older build of the very same file name: keep both
+                dest = attic / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}"
+            os.replace(src, dest)
 
     def write_index(self, manifest: Mapping[str, Any] | None = None) -> None:
         """Regenerate simple/ (PEP 503) from the manifest, atomically swapped in."""

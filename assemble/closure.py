@@ -1,0 +1,255 @@
+"""The closure check: every shared library an ELF file in the image needs is found in the image.
+
+It reads the image's exported file system (a tar) and resolves each DT_NEEDED the way the dynamic
+loader would: DT_RPATH (when there is no DT_RUNPATH), LD_LIBRARY_PATH of the image's ENV,
+DT_RUNPATH, the directories of /etc/ld.so.conf (and its includes), then the default directories,
+with $ORIGIN expanded and symbolic links followed inside the image. Libraries the NVIDIA container
+runtime injects from the host (assemble/data/host_libraries.toml) count as found.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+
+from .datafiles import load_data
+
+ELF_MAGIC = b"\x7fELF"
+DEFAULT_DIRS = ("/lib", "/usr/lib")
+DEFAULT_DIRS_64 = ("/lib64", "/usr/lib64")
+
+
+@dataclass(frozen=True)
+class ElfObject:
+    """What the loader needs to know about one ELF file."""
+
+    path: str
+    machine: str
+    elfclass: int
+    needed: tuple[str, ...]
+    rpath: tuple[str, ...]
+    runpath: tuple[str, ...]
+    soname: str | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A DT_NEEDED the check could not satisfy from the loader's search path."""
+
+    path: str
+    needed: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: needs {self.needed}: {self.detail}"
+
+
+@dataclass
+class ClosureReport:
+    """Errors fail the image; warnings are reported."""
+
+    checked: int = 0
+    errors: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def host_libraries(data: Mapping[str, object] | None = None) -> tuple[set[str], dict[str, str]]:
+    """(libraries injected from the host, optional-plugin globs -> why) from host_libraries.toml."""
+    data = load_data("host_libraries") if data is None else data
+    return set(data.get("injected", ())), dict(data.get("optional", {}))  # type: ignore[arg-type]
+
+
+class ImageTree:
+    """An image's file system read from a tar, with symbolic links resolved inside it."""
+
+    def __init__(self, tar: tarfile.TarFile):
+        self.tar = tar
+        self.entries: dict[str, tarfile.TarInfo] = {}
+        self.children: dict[str, list[str]] = {}
+        for m in tar.getmembers():
+            name = m.name[2:] if m.name.startswith("./") else m.name
+            path = posixpath.normpath("/" + name.lstrip("/"))
+            self.entries[path] = m
+            while path != "/":  # parents count as directories even when the tar lists no entry for them
+                parent = posixpath.dirname(path)
+                siblings = self.children.setdefault(parent, [])
+                known = bool(siblings)
+                siblings.append(posixpath.basename(path))
+                if known:
+                    break
+                path = parent
+
+    def resolve(self, path: str, depth: int = 0) -> str | None:
+        """The path with every symbolic link followed, or None when it leads nowhere in the image."""
+        if depth > 40:
+            return None
+        parts = [p for p in posixpath.normpath(path).split("/") if p]
+        cur = "/"
+        for i, part in enumerate(parts):
+            nxt = posixpath.normpath(posixpath.join(cur, part))
+            m = self.entries.get(nxt)
+            if m is None:
+                if nxt not in self.children:
+                    return None
+                cur = nxt  # an implied directory
+                continue
+            if m.issym():
+                target = m.linkname if m.linkname.startswith("/") else posixpath.join(cur, m.linkname)
+                rest = "/".join(parts[i + 1:])
+                return self.resolve(posixpath.join(target, rest) if rest else target, depth + 1)
+            cur = nxt
+        return cur
+
+    def is_file(self, path: str) -> bool:
+        m = self.entries.get(path)
+        return m is not None and (m.isfile() or m.islnk())
+
+    def read(self, path: str) -> tarfile.ExFileObject | None:
+        return self.tar.extractfile(self.entries[path])  # type: ignore[return-value]
+
+    def glob(self, pattern: str) -> list[str]:
+        """Files matching a glob whose wildcards are in the last component only (ld.so.conf includes)."""
+        d, base = posixpath.split(pattern)
+        real = self.resolve(d)
+        if real is None:
+            return []
+        return sorted(posixpath.join(real, n) for n in self.children.get(real, []) if fnmatch.fnmatch(n, base))
+
+
+def read_elf(tree: ImageTree, path: str) -> ElfObject | None:
+    """The ELF facts of a file, or None when it is no loadable ELF object."""
+    f = tree.read(path)
+    if f is None or f.read(4) != ELF_MAGIC:
+        return None
+    f.seek(0)
+    try:
+        elf = ELFFile(f)
+        if elf["e_type"] not in ("ET_DYN", "ET_EXEC"):
+            return None
+        needed: list[str] = []
+        rpath: list[str] = []
+        runpath: list[str] = []
+        soname = None
+        for section in elf.iter_sections():
+            if not isinstance(section, DynamicSection):
+                continue
+            for tag in section.iter_tags():
+                if tag.entry.d_tag == "DT_NEEDED":
+                    needed.append(tag.needed)
+                elif tag.entry.d_tag == "DT_RPATH":
+                    rpath += tag.rpath.split(":")
+                elif tag.entry.d_tag == "DT_RUNPATH":
+                    runpath += tag.runpath.split(":")
+                elif tag.entry.d_tag == "DT_SONAME":
+                    soname = tag.soname
+        return ElfObject(path, elf["e_machine"], elf.elfclass, tuple(needed), tuple(rpath), tuple(runpath), soname)
+    except (ELFError, ValueError, KeyError, OSError, AssertionError):
+        return None
+
+
+def ld_so_conf_dirs(tree: ImageTree, conf: str = "/etc/ld.so.conf", depth: int = 0) -> list[str]:
+    """Directories of /etc/ld.so.conf, following `include` lines."""
+    real = tree.resolve(conf)
+    if real is None or not tree.is_file(real) or depth > 10:
+        return []
+    f = tree.read(real)
+    text = f.read().decode(errors="replace") if f else ""
+    dirs: list[str] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("include"):
+            for pattern in line.split()[1:]:
+                pattern = pattern if pattern.startswith("/") else posixpath.join(posixpath.dirname(conf), pattern)
+                for inc in tree.glob(pattern):
+                    dirs += ld_so_conf_dirs(tree, inc, depth + 1)
+        else:
+            dirs.append(line)
+    return dirs
+
+
+def _expand(entries: Iterable[str], origin: str) -> list[str]:
+    out = []
+    for e in entries:
+        if not e:
+            continue
+        e = e.replace("${ORIGIN}", origin).replace("$ORIGIN", origin).replace("${LIB}", "lib").replace("$LIB", "lib")
+        out.append(posixpath.normpath(e if e.startswith("/") else posixpath.join(origin, e)))
+    return out
+
+
+def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], optional: Mapping[str, str],
+               only_under: Sequence[str] = ()) -> ClosureReport:
+    """Check every ELF object of the image (or those under `only_under`) against the image."""
+    objects: dict[str, ElfObject] = {}
+    for path, m in tree.entries.items():
+        if m.isfile() and m.size >= 52 or m.islnk():
+            obj = read_elf(tree, path)
+            if obj is not None:
+                objects[path] = obj
+    by_name: dict[str, list[str]] = {}
+    for obj in objects.values():
+        by_name.setdefault(posixpath.basename(obj.path), []).append(obj.path)
+        if obj.soname:
+            by_name.setdefault(obj.soname, []).append(obj.path)
+    sh = tree.resolve("/bin/sh")
+    machine = objects[sh].machine if sh in objects else None
+    ld_library_path = [d for d in env.get("LD_LIBRARY_PATH", "").split(":") if d]
+    system = ld_so_conf_dirs(tree) + list(DEFAULT_DIRS)
+    report = ClosureReport()
+    for obj in sorted(objects.values(), key=lambda o: o.path):
+        if only_under and not any(obj.path.startswith(p.rstrip("/") + "/") for p in only_under):
+            continue
+        if machine and obj.machine != machine:
+            continue  # a file for another architecture (e.g. a cross tool's payload): never loaded here
+        report.checked += 1
+        origin = posixpath.dirname(obj.path)
+        dirs = (_expand(obj.rpath, origin) if not obj.runpath else []) + ld_library_path + \
+            _expand(obj.runpath, origin) + system + (list(DEFAULT_DIRS_64) if obj.elfclass == 64 else [])
+        for needed in obj.needed:
+            if needed in injected:
+                continue
+            if _find(tree, objects, obj, needed, dirs):
+                continue
+            why = next((w for g, w in optional.items() if fnmatch.fnmatch(obj.path, g)), None)
+            elsewhere = [p for p in by_name.get(needed, []) if objects[p].machine == obj.machine]
+            if why:
+                report.warnings.append(Finding(obj.path, needed, f"not in the image; optional plugin ({why})"))
+            elif elsewhere:
+                report.warnings.append(Finding(obj.path, needed, f"only at {elsewhere[0]}, off the loader's search "
+                                               "path: works only when a library loaded earlier (e.g. by "
+                                               "`import torch`) provides it"))
+            else:
+                report.errors.append(Finding(obj.path, needed, "found nowhere in the image"))
+    return report
+
+
+def _find(tree: ImageTree, objects: Mapping[str, ElfObject], obj: ElfObject, needed: str, dirs: list[str]) -> bool:
+    candidates = [needed] if "/" in needed else [posixpath.join(d, needed) for d in dirs]
+    for c in candidates:
+        real = tree.resolve(c)
+        if real is not None and real in objects:
+            lib = objects[real]
+            if lib.machine == obj.machine and lib.elfclass == obj.elfclass:
+                return True
+    return False
+
+
+def check_tar(tar_path: Path, env: Mapping[str, str], only_under: Sequence[str] = ()) -> ClosureReport:
+    """Check an exported image file system with the host-library data file."""
+    injected, optional = host_libraries()
+    with tarfile.open(tar_path) as tar:
+        return check_tree(ImageTree(tar), env, injected, optional, only_under)

@@ -1,0 +1,110 @@
+"""The Docker CLI: builds go through it (BuildKit), inspection through it too."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from wheelfactory.errors import BuildError
+
+# The docker of the distribution's docker.io package has BuildKit built in; a client elsewhere on
+# PATH may be a newer one that needs the buildx plugin for BuildKit.
+SYSTEM_DOCKER = "/usr/bin/docker"
+
+
+def find_docker() -> str:
+    """/usr/bin/docker when present, else `docker` on PATH."""
+    if os.access(SYSTEM_DOCKER, os.X_OK):
+        return SYSTEM_DOCKER
+    return shutil.which("docker") or "docker"
+
+
+class Docker:
+    """A thin wrapper over the docker command line."""
+
+    def __init__(self, binary: str | None = None):
+        self.binary = binary or find_docker()
+
+    def _run(self, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.binary, *args], capture_output=True, text=True, **kw)
+
+    def engine_error(self) -> str | None:
+        """None when an engine answers, else why not."""
+        try:
+            r = self._run(["version", "--format", "{{.Server.Version}}"], timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"{self.binary}: {e}"
+        if r.returncode != 0:
+            return (r.stderr.strip() or r.stdout.strip()).splitlines()[-1] if (r.stderr or r.stdout) else "no answer"
+        return None
+
+    def has_buildx(self) -> bool:
+        """Whether `docker buildx` is installed (preferred: it builds with any BuildKit builder)."""
+        try:
+            return self._run(["buildx", "version"], timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def build_command(self, dockerfile: Path, context: Path, tag: str, build_args: Mapping[str, str],
+                      network_none: bool, buildx: bool) -> list[str]:
+        """The build command line (BuildKit through buildx, or the classic client with DOCKER_BUILDKIT=1)."""
+        cmd = [self.binary, "buildx", "build", "--load"] if buildx else [self.binary, "build"]
+        cmd += ["--progress=plain", "-f", str(dockerfile), "-t", tag]
+        for k, v in build_args.items():
+            cmd += ["--build-arg", f"{k}={v}"]
+        if network_none:
+            cmd.append("--network=none")
+        return cmd + [str(context)]
+
+    def build(self, cmd: Sequence[str], log: Path) -> None:
+        """Run a build command, logging its output; BuildError with the log's tail on failure."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, DOCKER_BUILDKIT="1")
+        with open(log, "w") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            r = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT, env=env)
+        if r.returncode != 0:
+            tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+            raise BuildError(f"docker build failed (exit {r.returncode}); log: {log}\n{tail}")
+
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        """`docker image inspect` of a reference, or None when the image is absent."""
+        r = self._run(["image", "inspect", ref])
+        return json.loads(r.stdout)[0] if r.returncode == 0 else None
+
+    def history(self, ref: str) -> list[tuple[int, str]]:
+        """(size, created by) of each history entry, oldest first."""
+        r = self._run(["history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", ref])
+        if r.returncode != 0:
+            raise BuildError(f"docker history {ref}: {r.stderr.strip()}")
+        rows = [line.split("\t", 1) for line in r.stdout.splitlines()]
+        return [(int(size), by) for size, by in reversed(rows)]
+
+    def export(self, ref: str, dest: Path) -> None:
+        """The image's file system as a tar file (through a created, never started, container)."""
+        r = self._run(["create", ref, "/nonexistent"])
+        if r.returncode != 0:
+            raise BuildError(f"docker create {ref}: {r.stderr.strip()}")
+        cid = r.stdout.strip()
+        try:
+            r = self._run(["export", "-o", str(dest), cid])
+            if r.returncode != 0:
+                raise BuildError(f"docker export {ref}: {r.stderr.strip()}")
+        finally:
+            self._run(["rm", cid])
+
+    def tags(self, repository: str) -> list[str]:
+        """Tags of a repository in the engine."""
+        r = self._run(["image", "ls", repository, "--format", "{{.Tag}}"])
+        return [t for t in r.stdout.split() if t != "<none>"] if r.returncode == 0 else []
+
+    def run(self, ref: str, argv: Sequence[str], network: str = "none",
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run a command in a throw-away container (no network by default)."""
+        return self._run(["run", "--rm", f"--network={network}", ref, *argv], timeout=timeout)

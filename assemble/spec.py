@@ -1,0 +1,212 @@
+"""Image specs: which images a release makes, their tags, bases, layer groups and labels.
+
+Everything here is derived from the release alone (no wheels, no lock), so a Dockerfile rendered
+from a spec can be snapshot-tested for the real releases on any machine.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from wheelfactory.errors import InputError
+from wheelfactory.release import Release
+
+from .datafiles import load_data
+
+DEFAULT_NAMESPACE = "dev.wheelfactory"
+VENV = "/opt/venv"
+
+# Components and pins that get a `<namespace>.<name>_version` label, when the release has them.
+VERSION_LABELS = ("nccl", "torch", "torchvision", "torchaudio", "triton", "flashinfer", "transformers", "vllm", "ray")
+
+# Labels whose values are only known at build time: passed as build args, declared after the
+# last RUN so that a new value never invalidates a cached layer (and stays out of snapshots).
+BUILD_ARG_LABELS = {"org.opencontainers.image.created": "WF_CREATED",
+                    "org.opencontainers.image.revision": "WF_REVISION",
+                    "org.opencontainers.image.source": "WF_SOURCE"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Choices of the user that shape every image (CLI options / environment)."""
+
+    registry: str = ""  # prefix of every tag, e.g. ghcr.io/me
+    label_namespace: str = DEFAULT_NAMESPACE
+    repository: str | None = None  # overrides the release's [image].repository
+    base_image: str | None = None  # overrides every image's base (e.g. a local base)
+    max_layer_bytes: int = 8 * 10**9  # installed bytes per layer; registries reject layers over 10 GB
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """A group of locked packages installed by one RUN (or several, when split)."""
+
+    name: str
+    about: str
+    packages: tuple[str, ...] = ()  # claimed by exact (canonical) name
+    cuda_wheels: bool = False  # claims the CUDA wheels of cuda_wheels.toml
+    rest: bool = False  # claims everything no other group claims
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image of a release."""
+
+    release: str
+    variant: str  # runtime | dev
+    repository: str
+    tag: str
+    base: str
+    python: str  # the release's target Python
+    platform: str  # the release's target platform (linux_aarch64)
+    groups: tuple[LayerGroup, ...]
+    labels: Mapping[str, str]  # known from the release
+    arg_labels: Mapping[str, str]  # label -> build arg
+    env: Mapping[str, str] = field(default_factory=dict)  # set after the wheels are installed
+    dev_tooling: bool = False
+    transformers_major: str | None = None
+    vllm_version: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The image's file name stem in the output directory: runtime, dev."""
+        return self.variant
+
+    def ref(self, registry: str = "") -> str:
+        """The tag to build, with an optional registry prefix."""
+        prefix = registry.rstrip("/") + "/" if registry else ""
+        return f"{prefix}{self.repository}:{self.tag}"
+
+
+def cuda_wheel_names(recipes_dir: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """From recipes/data/cuda_wheels.toml: CUDA major.minor -> library wheel names, -> JIT wheel names."""
+    with open(recipes_dir / "data" / "cuda_wheels.toml", "rb") as f:
+        data = tomllib.load(f)
+    libs = {v: {canonicalize_name(r.split("==")[0]) for r in t.get("requires", [])} for v, t in data.items()}
+    jit = {v: {canonicalize_name(r.split("==")[0]) for r in t.get("jit", [])} for v, t in data.items()}
+    return libs, jit
+
+
+def load_groups(data: Mapping[str, object] | None = None) -> list[tuple[LayerGroup, dict[str, str]]]:
+    """The layer groups of layers.toml with their conditions (needs_component, needs_pin)."""
+    data = load_data("layers") if data is None else data
+    out = []
+    for g in data["group"]:  # type: ignore[union-attr]
+        group = LayerGroup(g["name"], g.get("about", ""), tuple(canonicalize_name(p) for p in g.get("packages", ())),
+                           bool(g.get("cuda_wheels", False)), bool(g.get("rest", False)))
+        out.append((group, {k: g[k] for k in ("needs_component", "needs_pin") if k in g}))
+    return out
+
+
+def release_groups(release: Release, recipes_dir: Path) -> tuple[LayerGroup, ...]:
+    """The layer groups a release's images have: the same for every lock of the release."""
+    libs, _ = cuda_wheel_names(recipes_dir)
+    out = []
+    for group, needs in load_groups():
+        if "needs_component" in needs and needs["needs_component"] not in release.components:
+            continue
+        if "needs_pin" in needs and needs["needs_pin"] not in release.pins:
+            continue
+        if group.cuda_wheels and cuda_minor(release.target.cuda) not in libs:
+            continue
+        out.append(group)
+    return tuple(out)
+
+
+def cuda_minor(cuda: str) -> str:
+    """'13.1.0' -> '13.1'."""
+    return ".".join(cuda.split(".")[:2])
+
+
+def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
+    """CUDA_HOME, TRITON_PTXAS_PATH and PATH into the JIT toolkit wheels, when the release pins them all.
+
+    NVIDIA's CUDA 13 wheels install into site-packages/nvidia/cu13/{bin,include,lib,nvvm}, the
+    layout of a CUDA toolkit root (nvcc.profile finds nvvm/ and include/ relative to bin/).
+    """
+    _, jit = cuda_wheel_names(recipes_dir)
+    needed = jit.get(cuda_minor(release.target.cuda), set())
+    pinned = {canonicalize_name(n) for n in release.pins}
+    if not needed or not needed <= pinned:
+        return {}
+    major = release.target.cuda.split(".")[0]
+    home = f"{VENV}/lib/python{release.target.python}/site-packages/nvidia/cu{major}"
+    return {"CUDA_HOME": home, "TRITON_PTXAS_PATH": f"{home}/bin/ptxas", "PATH": f"{VENV}/bin:{home}/bin:$PATH"}
+
+
+def _major(version: str, what: str, release: Release) -> str:
+    try:
+        return str(Version(version).major)
+    except InvalidVersion:
+        raise InputError(f"{release.path}: {what} {version!r} is not a version") from None
+
+
+def _labels(release: Release, ns: str, title: str, tag: str) -> dict[str, str]:
+    labels = {f"{ns}.release": release.name, f"{ns}.cuda_version": release.target.cuda}
+    for name in VERSION_LABELS:
+        version = release.version_of(name)
+        if version:
+            labels[f"{ns}.{name}_version"] = version
+    labels["org.opencontainers.image.title"] = title
+    labels["org.opencontainers.image.version"] = tag
+    return labels
+
+
+def build_key_arg(component: str) -> str:
+    """The build arg carrying a component's build key: WF_TORCH_BUILD_KEY."""
+    return f"WF_{component.upper().replace('-', '_')}_BUILD_KEY"
+
+
+def image_specs(release: Release, recipes_dir: Path, settings: Settings = Settings()) -> list[ImageSpec]:
+    """The images of a release: a vLLM runtime image, or a pytorch dev and runtime pair."""
+    image = release.image
+    kind = image.get("kind")
+    if not kind:
+        raise InputError(f"{release.path}: release {release.name!r} has no [image] kind; add [image] with "
+                         "kind = 'vllm' or 'pytorch', repository and base")
+    for key in ("repository", "base"):
+        if key not in image:
+            raise InputError(f"{release.path}: [image] needs {key!r} to build images")
+    repository = settings.repository or image["repository"]
+    ns = settings.label_namespace
+    groups = release_groups(release, recipes_dir)
+    arg_labels = dict(BUILD_ARG_LABELS) | {f"{ns}.{c}_build_key": build_key_arg(c) for c in sorted(release.components)}
+    common = dict(release=release.name, python=release.target.python, platform=release.target.platform,
+                  groups=groups, arg_labels=arg_labels, env=jit_env(release, recipes_dir))
+    if kind == "vllm":
+        vllm = release.version_of("vllm")
+        transformers = release.version_of("transformers")
+        if "tag" in image:
+            tag = image["tag"]
+        elif vllm and transformers:
+            tag = f"{vllm}-t{_major(transformers, 'transformers', release)}"
+        else:
+            raise InputError(f"{release.path}: a vllm image is tagged <vllm>-t<transformers major>; the release "
+                             "needs [components.vllm] and [pins] transformers, or an explicit [image] tag")
+        t_major = _major(transformers, "transformers", release) if transformers else None
+        return [ImageSpec(variant="runtime", repository=repository, tag=tag,
+                          base=settings.base_image or image["base"],
+                          labels=_labels(release, ns, repository, tag), transformers_major=t_major,
+                          vllm_version=vllm, **common)]
+    torch = release.version_of("torch")
+    if "tag" in image:
+        tag = image["tag"]
+    elif torch:
+        tag = f"{torch}-cu{cuda_minor(release.target.cuda).replace('.', '')}"
+    else:
+        raise InputError(f"{release.path}: a pytorch image is tagged <torch>-cu<cuda>; add [components.torch]")
+    if "dev_base" not in image and not settings.base_image:
+        raise InputError(f"{release.path}: a pytorch release needs [image] dev_base (a CUDA devel image) "
+                         "for its -dev image")
+    specs = []
+    for variant, base in (("dev", image.get("dev_base")), ("runtime", image["base"])):
+        repo = f"{repository}-{variant}"
+        specs.append(ImageSpec(variant=variant, repository=repo, tag=tag, base=settings.base_image or base,
+                               labels=_labels(release, ns, repo, tag), dev_tooling=variant == "dev", **common))
+    return specs

@@ -1,0 +1,161 @@
+"""Real images of the CI release and a sibling that differs only in transformers, built with Docker.
+
+The wheelhouse comes from WHEELFACTORY_TEST_WHEELHOUSE (a wheelhouse where the CI release is built
+and locked, reused to save time) or is built here with the CLI (needs nvcc and PyPI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from assemble.assembler import Assembler
+from assemble.cli import images
+from assemble.docker import Docker
+from assemble.spec import Settings
+from wheelfactory.factory import Factory
+
+from .conftest import CI_RELEASES, FIXTURES, RECIPES, run_cli
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+NS = "dev.wheelfactory"
+T4 = "wheelfactory-ci/vllm:0.14.1-t4"
+NCCL_CHECK = ("import ctypes, glob, os, nvidia.nccl; "
+              "lib = ctypes.CDLL(glob.glob(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))[0]); "
+              "v = ctypes.c_int(); assert lib.ncclGetVersion(ctypes.byref(v)) == 0; print('nccl', v.value)")
+
+
+@pytest.fixture(scope="session")
+def docker() -> Docker:
+    d = Docker()
+    error = d.engine_error()
+    if error:
+        pytest.skip(f"no Docker engine answers ({d.binary}: {error}); run .ci/docker-engine.sh")
+    if d.inspect("local/debian-py:bookworm") is None:
+        pytest.skip("base image local/debian-py:bookworm is missing; run .ci/docker-engine.sh")
+    return d
+
+
+def sibling_release(tmp: Path) -> Path:
+    """ci-t5 when it locks; else a sibling of ci pinning another transformers 4 release.
+
+    vLLM 0.14.1 requires transformers<5, so ci-t5 cannot be locked until the vllm recipe relaxes
+    that pin; the sibling still proves that only the transformers layer differs.
+    """
+    text = (CI_RELEASES / "ci.toml").read_text()
+    text = text.replace('path = "../fixtures/nccl-standin"', f'path = "{FIXTURES / "nccl-standin"}"')
+    text = text.replace('transformers = "4.57.6"', 'transformers = "4.57.5"')
+    text = text.replace('base = "local/debian-py:bookworm"',
+                        'base = "local/debian-py:bookworm"\ntag = "0.14.1-t4-sibling"')
+    path = tmp / "ci-sibling.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(wheelhouse, cache, sibling release) with the CI release and the sibling locked."""
+    tmp = tmp_path_factory.mktemp("assemble")
+    given = os.environ.get("WHEELFACTORY_TEST_WHEELHOUSE")
+    wh = Path(given) if given else tmp / "wheelhouse"
+    cache = Path(os.environ.get("WHEELFACTORY_TEST_CACHE", tmp / "cache"))
+    base = ["--wheelhouse", str(wh), "--cache-dir", str(cache)]
+    ci = str(CI_RELEASES / "ci.toml")
+    steps = [] if given else [["build", "-r", ci, "vllm"], ["lock", "-r", ci]]
+    for args in steps:
+        r = run_cli(*base, *args)
+        if r.returncode != 0:
+            pytest.skip(f"could not make the CI wheelhouse (`wheelfactory {' '.join(args)}`): {r.stderr[-800:]}")
+    t5 = run_cli(*base, "lock", "-r", str(CI_RELEASES / "ci-t5.toml"))
+    sibling = CI_RELEASES / "ci-t5.toml" if t5.returncode == 0 else sibling_release(tmp)
+    if sibling != CI_RELEASES / "ci-t5.toml" and not (wh / "locks" / "ci-sibling.json").exists():
+        r = run_cli(*base, "lock", "-r", str(sibling))
+        assert r.returncode == 0, r.stderr
+    return wh, cache, sibling
+
+
+@pytest.fixture(scope="session")
+def built(docker: Docker, wheelhouse, tmp_path_factory: pytest.TempPathFactory) -> tuple[Factory, Path, str, str]:
+    """Both images built through the `images` command; returns the factory, output dir, the two refs and output."""
+    wh, cache, sibling = wheelhouse
+    factory = Factory(RECIPES, wh, cache)
+    out = tmp_path_factory.mktemp("images")
+    result = CliRunner().invoke(images, ["-r", str(CI_RELEASES / "ci.toml"), "-r", str(sibling),
+                                         "--output-dir", str(out)], obj=factory)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    sib_ref = "wheelfactory-ci/vllm:0.14.1-t5" if sibling.stem == "ci-t5" else "wheelfactory-ci/vllm:0.14.1-t4-sibling"
+    return factory, out, sib_ref, result.output
+
+
+def test_imports_and_nccl_without_network(docker: Docker, built) -> None:
+    r = docker.run(T4, ["python", "-c", "import vllm, flashinfer, torch; print('ok', torch.__version__)"])
+    assert r.returncode == 0 and "ok 2.13.0" in r.stdout, r.stderr[-2000:]
+    r = docker.run(T4, ["python", "-c", NCCL_CHECK])
+    assert r.returncode == 0 and r.stdout.startswith("nccl "), r.stderr[-2000:]
+
+
+def test_labels_say_what_is_inside(docker: Docker, built) -> None:
+    labels = docker.inspect(T4)["Config"]["Labels"]
+    assert labels[f"{NS}.vllm_version"] == "0.14.1" and labels[f"{NS}.torch_version"] == "2.13.0"
+    assert labels[f"{NS}.transformers_version"] == "4.57.6" and labels[f"{NS}.nccl_version"] == "2.29.2-1"
+    assert labels[f"{NS}.cuda_version"] == "13.0" and labels[f"{NS}.flashinfer_version"] == "0.6.2"
+    assert labels["org.opencontainers.image.version"] == "0.14.1-t4" and labels["org.opencontainers.image.created"]
+    for component in ("nccl", "torch", "flashinfer", "vllm"):
+        assert len(labels[f"{NS}.{component}_build_key"]) == 64
+    r = docker.run(T4, ["python", "-c", "import transformers; print(transformers.__version__)"])
+    assert r.stdout.strip() == "4.57.6"
+
+
+def test_no_wheels_caches_or_pyc_left(docker: Docker, built) -> None:
+    # the base's own files (Debian's python-wheels, its .pyc) are not the assembler's
+    script = ("find / -xdev \\( -name '*.whl' -o -path '*/.cache/pip*' \\) -not -path '/usr/share/python-wheels/*' "
+              "-print 2>/dev/null | head -5; find /opt/venv -name '*.pyc' -not -path '*/site-packages/pip/*' | head -5")
+    r = docker.run(T4, ["sh", "-c", script])
+    assert r.returncode == 0 and r.stdout == "", r.stdout
+
+
+def test_siblings_share_all_layers_but_transformers(docker: Docker, built) -> None:
+    _, _, sib, output = built
+    ours, theirs = (docker.inspect(ref)["RootFS"]["Layers"] for ref in (T4, sib))
+    assert len(ours) == len(theirs) and ours[:-1] == theirs[:-1] and ours[-1] != theirs[-1]
+    assert f"shared with {sib}" in output
+
+
+def test_size_report_overhead_under_two_percent(docker: Docker, built) -> None:
+    factory, out, _, _ = built
+    asm = Assembler(factory, Settings(), out, docker)
+    [p] = asm.prepare(str(CI_RELEASES / "ci.toml"))
+    report = asm.size_report(p)
+    assert [x.name for x in report.layers] == ["venv", "cuda", "torch", "stack", "transformers"]
+    assert report.installed > 2e9 and 0 <= report.overhead < 2.0, report.lines()
+
+
+def test_closure_check_passes_and_fails_on_a_missing_library(docker: Docker, built, tmp_path: Path) -> None:
+    factory, out, _, _ = built
+    asm = Assembler(factory, Settings(), out, docker)
+    [p] = asm.prepare(str(CI_RELEASES / "ci.toml"))
+    assert asm.check_closure(p).ok
+    # A broken image: torch's bundled OpenMP runtime removed.
+    (tmp_path / "Dockerfile").write_text(f"FROM {T4}\nRUN find /opt/venv -name 'libgomp*.so*' -delete\n")
+    r = subprocess.run([docker.binary, "build", "--network=none", "-t", "wheelfactory-ci/broken:1", str(tmp_path)],
+                       env=dict(os.environ, DOCKER_BUILDKIT="1"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    p.spec = type(p.spec)(**{**p.spec.__dict__, "repository": "wheelfactory-ci/broken", "tag": "1"})
+    report = asm.check_closure(p)
+    assert not report.ok and any("libgomp" in e.needed and "found nowhere" in e.detail for e in report.errors)
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed")
+def test_generated_dockerfiles_lint_clean(built) -> None:
+    _, out, _, _ = built
+    for dockerfile in out.glob("*/*.Dockerfile"):
+        r = subprocess.run(["hadolint", "--no-color", "--ignore", "DL3008", str(dockerfile)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stdout
+
+
