@@ -54,8 +54,8 @@ def test_venv_from_the_lock_offline(ci_wheelhouse, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "pip check passed" in r.stderr
     out = subprocess.run([venv / "bin" / "python", "-c",
-                          "import vllm, flashinfer, torch, transformers; "
-                          "print(vllm.__version__, flashinfer.__version__, torch.__version__, transformers.__version__)"],
+                          "import vllm, flashinfer, torch, transformers as t; "
+                          "print(vllm.__version__, flashinfer.__version__, torch.__version__, t.__version__)"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[0].startswith("0.14.1") and out[1] == "0.6.2" and out[2] == "2.13.0+cpu" and out[3] == "4.57.6"
     # Every stack package in the venv is byte-for-byte the wheelhouse's (pip verified the lock's

@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import CI_RELEASES, run_cli
 
-COMMANDS = ["list", "plan", "fetch", "build", "lock", "venv"]
+COMMANDS = ["list", "plan", "fetch", "build", "adopt", "lock", "venv"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -68,3 +68,33 @@ def test_missing_python_for_target_is_bad_input(tmp_path):
                 env={"PATH": "/usr/bin:/bin"})
     # python3.12 is not on this PATH: a clear message, nothing built
     assert r.returncode == 2 and "python3.12" in r.stderr
+
+
+def test_adopt_command_publishes_the_wheel_as_the_component(tmp_path):
+    from wheelfactory.wheelpack import pack_tree
+
+    tree = tmp_path / "tree"
+    (tree / "torch").mkdir(parents=True)
+    (tree / "torch" / "__init__.py").write_text("__version__ = '2.10.0'\n")
+    wheel = pack_tree(tree, "torch", "2.10.0", "py3-none-any", tmp_path / "dist", summary="stand-in torch for a test")
+    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch", str(wheel),
+                "-r", str(CI_RELEASES / "ci.toml"))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "wh" / "manifest.json").read_text())["wheels"]
+    entry = manifest[wheel.name]
+    assert entry["component"] == "torch" and entry["origin"] == "adopted" and entry["from"] == str(wheel)
+    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "plan", "-r", str(CI_RELEASES / "ci.toml"), "torch",
+                "--adopt", f"torch={wheel}")
+    assert " cached " in r.stdout
+
+
+def test_adopting_a_wheel_of_another_name_is_refused(tmp_path):
+    from wheelfactory.wheelpack import pack_tree
+
+    tree = tmp_path / "tree"
+    (tree / "nottorch").mkdir(parents=True)
+    wheel = pack_tree(tree, "nottorch", "1.0", "py3-none-any", tmp_path / "dist", summary="x")
+    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch", str(wheel),
+                "-r", str(CI_RELEASES / "ci.toml"))
+    assert r.returncode == 1 and "does not declare" in r.stderr
+    assert not (tmp_path / "wh" / "manifest.json").exists()

@@ -131,3 +131,18 @@ def test_plan_json_is_stable_and_path_free(factory):
     step = plan.to_json()["steps"][0]
     assert set(step) >= {"component", "version", "action", "key", "depends_on", "source", "env", "outputs"}
     assert step["env"]["NVCC_GENCODE"] == "-gencode=arch=compute_121,code=sm_121"
+
+
+def test_adopting_torch_changes_its_key_and_everything_downstream(factory):
+    rel = factory.release("0.15.0-t4")
+    before = keys(factory.plan(rel))
+    plan = factory.plan(rel, adopt=["torch=torch==2.10.0"])
+    after = keys(plan)
+    assert plan.step("torch").action == "adopt" and plan.step("torch").adopt == "torch==2.10.0"
+    assert plan.step("torch").env == {}
+    assert {c for c in STACK if before[c] != after[c]} == {"torch", "torchvision", "torchaudio", "flashinfer", "vllm"}
+
+
+def test_bad_adopt_option(factory):
+    with pytest.raises(InputError, match="COMPONENT=WHEEL"):
+        factory.plan(factory.release("0.15.0-t4"), adopt=["torch"])

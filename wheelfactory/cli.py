@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -33,6 +34,8 @@ env_option = click.option("--env", "env", multiple=True, metavar="COMPONENT:KEY=
                           help="Extra build environment for one component (repeatable; enters the build key).")
 source_dir_option = click.option("--source-dir", "source_dirs", multiple=True, metavar="COMPONENT=PATH",
                                  help="Build a component from a local checkout instead of its release source.")
+adopt_option = click.option("--adopt", "adopt", multiple=True, metavar="COMPONENT=WHEEL|REQUIREMENT",
+                            help="Take a component as an existing wheel instead of building it (repeatable).")
 targets_argument = click.argument("targets", nargs=-1)
 
 
@@ -95,12 +98,13 @@ def _print_plan(plan: Plan) -> None:
 @targets_argument
 @env_option
 @source_dir_option
+@adopt_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the stable contract).")
 @click.pass_obj
 def plan(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
-         source_dirs: tuple[str, ...], as_json: bool) -> None:
+         source_dirs: tuple[str, ...], adopt: tuple[str, ...], as_json: bool) -> None:
     """Show what would be built for TARGETS (default: the whole release), in order, and what is cached."""
-    p = factory.plan(factory.release(release), targets, env, source_dirs)
+    p = factory.plan(factory.release(release), targets, env, source_dirs, adopt)
     if as_json:
         click.echo(json.dumps(p.to_json(), indent=2))
     else:
@@ -112,13 +116,14 @@ def plan(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[st
 @targets_argument
 @env_option
 @source_dir_option
+@adopt_option
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
 @click.pass_obj
 def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
-          source_dirs: tuple[str, ...], python: str | None, verbose: bool) -> None:
+          source_dirs: tuple[str, ...], adopt: tuple[str, ...], python: str | None, verbose: bool) -> None:
     """Download every source and build requirement, so that `build --offline` needs no network."""
-    p = factory.plan(factory.release(release), targets, env, source_dirs)
+    p = factory.plan(factory.release(release), targets, env, source_dirs, adopt)
     factory.executor(p, _echo, python=python, verbose=verbose).fetch()
     _echo("fetched everything the plan needs")
 
@@ -128,6 +133,7 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
 @targets_argument
 @env_option
 @source_dir_option
+@adopt_option
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="WHEELFACTORY_JOBS",
               help="Parallel compile jobs (default: CPUs, capped by free memory / the recipe's memory per job).")
 @click.option("--offline", is_flag=True, envvar="WHEELFACTORY_OFFLINE",
@@ -137,16 +143,34 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
 @click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
 @click.pass_obj
 def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
-          source_dirs: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool, python: str | None,
-          verbose: bool) -> None:
+          source_dirs: tuple[str, ...], adopt: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool,
+          python: str | None, verbose: bool) -> None:
     """Build TARGETS (default: the whole release) and their dependencies into the wheelhouse."""
     started = time.monotonic()
-    p = factory.plan(factory.release(release), targets, env, source_dirs)
+    p = factory.plan(factory.release(release), targets, env, source_dirs, adopt)
     results = factory.executor(p, _echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
                                verbose=verbose).build()
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")
+
+
+@cli.command()
+@click.argument("component")
+@click.argument("wheel_or_requirement")
+@release_option
+@click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
+@click.pass_obj
+def adopt(factory: Factory, component: str, wheel_or_requirement: str, release: str, python: str | None) -> None:
+    """Put an existing wheel (a path, URL or requirement such as torch==2.10.0) into the wheelhouse as
+    COMPONENT, so everything downstream builds against it instead of a source build."""
+    rel = factory.release(release)
+    spec = f"{component}={wheel_or_requirement}"
+    p = factory.plan(rel, [component], adopt=[spec])
+    p = dataclasses.replace(p, steps=tuple(s for s in p.steps if s.component == component))
+    factory.executor(p, _echo, python=python).build()
+    _echo(f"adopted {component}; build against it with --adopt '{spec}', or add to the release:\n"
+          f"  [components.{component}]\n  adopt = \"{p.steps[0].adopt}\"")
 
 
 @cli.command()

@@ -175,13 +175,16 @@ class Executor:
                 raise BuildError(f"[{step.component}] the build produced no wheel in {ctx.dist}")
             self._check_outputs(step, recipe.outputs + recipe.optional_outputs, recipe.outputs, wheels)
             saved = 0
+            repaired = []
             for wheel in wheels:
                 report = repair_wheel(wheel, recipe.repair, step.component, keep_debug=step.keep_debug,
                                       runner=runner, work=work)
                 saved += report.bytes_saved
+                repaired.append(report.wheel)
                 if report.stripped_files:
                     runner.note(f"stripped {report.stripped_files} shared objects in {wheel.name}, "
                                 f"saved {report.bytes_saved} bytes")
+            wheels = repaired
         except BaseException as e:
             if isinstance(e, BuildError):
                 raise BuildError(f"{e}\nthe work tree is kept at {work}; re-enter it with "

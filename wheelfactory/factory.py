@@ -38,6 +38,18 @@ def parse_env_options(values: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def parse_adopt_options(values: Sequence[str]) -> dict[str, str]:
+    """`--adopt COMPONENT=WHEEL|REQUIREMENT` options."""
+    out = {}
+    for value in values:
+        comp, eq, spec = value.partition("=")
+        if not eq or not comp or not spec:
+            raise InputError(f"--adopt {value!r}: expected COMPONENT=WHEEL|REQUIREMENT, "
+                             "e.g. --adopt 'torch=torch==2.10.0'")
+        out[comp] = str(Path(spec).expanduser().resolve()) if spec.endswith(".whl") and "://" not in spec else spec
+    return out
+
+
 def parse_source_dirs(values: Sequence[str]) -> dict[str, str]:
     """`--source-dir COMPONENT=PATH` options."""
     out = {}
@@ -73,11 +85,11 @@ class Factory:
         return load_release(name_or_path, self.recipes, self.recipes_dir)
 
     def plan(self, release: Release, targets: Sequence[str] = (), env: Sequence[str] = (),
-             source_dirs: Sequence[str] = ()) -> Plan:
+             source_dirs: Sequence[str] = (), adopt: Sequence[str] = ()) -> Plan:
         """Plan a release for this host, marking steps the wheelhouse already holds."""
         sources = {c: local_source(Path(p).expanduser(), f"--source-dir {c}")
                    for c, p in parse_source_dirs(source_dirs).items()}
-        options = PlanOptions(env=parse_env_options(env), sources=sources)
+        options = PlanOptions(env=parse_env_options(env), sources=sources, adopt=parse_adopt_options(adopt))
         target = make_target(release, self.host.platform, self.host.toolkit)
         cached = self.wheelhouse.cached_keys()
         return plan_release(release, self.recipes, target, targets, options, is_cached=cached.__contains__)

@@ -26,7 +26,7 @@ from packaging.utils import canonicalize_name, parse_sdist_filename
 from .errors import BuildError, InputError
 from .plan import canonical_json
 from .runner import Runner
-from .sources import GitSource, LocalSource, PypiSource, Source, UrlSource
+from .sources import GitSource, LocalSource, PypiSource, Source
 from .wheelmeta import sha256_file
 
 DEFAULT_INDEX = "https://pypi.org/simple"

@@ -89,7 +89,8 @@ def read_lock(wheelhouse: Wheelhouse, release: str) -> Lock:
                          f"`wheelfactory lock --release {release}` first")
     data = json.loads(path.read_text())
     if data.get("format") != LOCK_FORMAT:
-        raise InputError(f"{path}: lock format {data.get('format')} is not {LOCK_FORMAT}; run `wheelfactory lock` again")
+        raise InputError(f"{path}: lock format {data.get('format')} is not {LOCK_FORMAT}; "
+                         "run `wheelfactory lock` again")
     return Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
                 tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}))
 

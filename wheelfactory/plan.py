@@ -30,6 +30,7 @@ class PlanOptions:
 
     env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # component -> extra env
     sources: Mapping[str, Source] = field(default_factory=dict)  # component -> source override
+    adopt: Mapping[str, str] = field(default_factory=dict)  # component -> wheel/requirement to adopt
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def plan_release(
     """Order the components the targets need and key each one. Pure: touches no file or network
     except hashing a local source directory."""
     options = options or PlanOptions()
-    for name in list(targets) + list(options.env) + list(options.sources):
+    for name in list(targets) + list(options.env) + list(options.sources) + list(options.adopt):
         if name not in recipes:
             raise InputError(f"unknown component {name!r}{did_you_mean(name, recipes)}; "
                              f"known: {', '.join(sorted(recipes))}")
@@ -172,8 +173,9 @@ def plan_release(
         source = options.sources.get(name) or spec.source or recipe.source
         if source is not None:
             source = source.with_version(spec.version)
-        if spec.adopt:
-            source_identity: Any = {"adopt": spec.adopt}
+        adopt = options.adopt.get(name) or spec.adopt
+        if adopt:
+            source_identity: Any = {"adopt": adopt}
             action = ADOPT
         elif source is None:
             raise InputError(f"{release.path} [components.{name}]: recipe {name!r} has no default source; "
@@ -199,7 +201,7 @@ def plan_release(
         keys[name] = key
         build_with = tuple(d for d in recipe.build_deps if d in keys)
         steps.append(Step(name, spec.version, CACHED if is_cached(key) else action, key, deps, build_with,
-                          source if action == BUILD else None, spec.adopt, env if action == BUILD else {},
+                          source if action == BUILD else None, adopt, env if action == BUILD else {},
                           tuple(build_requires) if action == BUILD else (),
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs))

@@ -142,7 +142,7 @@ def load_recipes(recipes_dir: Path) -> dict[str, LoadedRecipe]:
     if not recipes_dir.is_dir():
         raise InputError(f"recipes directory {str(recipes_dir)!r} does not exist (set --recipes-dir)")
     found = {p.stem: load_recipe_module(p) for p in sorted(recipes_dir.glob("*.py")) if not p.stem.startswith("_")}
-    for name, loaded in found.items():
+    for loaded in found.values():
         for dep in loaded.recipe.depends_on:
             if dep not in found:
                 raise InputError(f"{loaded.path}: depends_on names unknown component {dep!r}")

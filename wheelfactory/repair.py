@@ -8,10 +8,14 @@ scripts do) and only checks that no such library was bundled.
 from __future__ import annotations
 
 import fnmatch
+import re
 import shutil
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.utils import parse_wheel_filename
 
 from .errors import BuildError
 from .recipe import Repair
@@ -23,7 +27,7 @@ ELF_MAGIC = b"\x7fELF"
 
 @dataclass(frozen=True)
 class RepairReport:
-    wheel: Path
+    wheel: Path  # the repaired wheel (its name changes when it is retagged)
     stripped_files: int = 0
     bytes_saved: int = 0
 
@@ -73,4 +77,27 @@ def repair_wheel(wheel: Path, policy: Repair, component: str, *, keep_debug: boo
     if stripped:
         repack(tree, wheel.name, wheel.parent)
     shutil.rmtree(tree, ignore_errors=True)
-    return RepairReport(wheel, stripped, saved)
+    return RepairReport(manylinux_retag(wheel, runner), stripped, saved)
+
+
+_CONSISTENT_RE = re.compile(r'consistent with the following platform tag:\s*"(?P<tag>[^"]+)"')
+
+
+def manylinux_retag(wheel: Path, runner: Runner) -> Path:
+    """Give a linux_* wheel the manylinux tag that `auditwheel show` finds it consistent with.
+
+    Only the tag changes (never the contents): auditwheel has checked the symbol versions and the
+    external libraries, so the claim is honest. A wheel that needs libraries outside the policy
+    (CUDA, NCCL through RPATH) stays linux_<arch>.
+    """
+    if not any(tag.platform.startswith("linux_") for tag in parse_wheel_filename(wheel.name)[3]):
+        return wheel
+    out = runner.run([sys.executable, "-m", "auditwheel", "show", wheel], capture=True, check=False)
+    m = _CONSISTENT_RE.search(" ".join(out.split()))
+    if not m or not m["tag"].startswith("manylinux"):
+        runner.note(f"{wheel.name}: auditwheel finds no manylinux policy it meets; keeping the linux tag")
+        return wheel
+    new = runner.run([sys.executable, "-m", "wheel", "tags", "--remove", f"--platform-tag={m['tag']}", wheel],
+                     cwd=wheel.parent, capture=True).strip().splitlines()[-1]
+    runner.note(f"retagged {wheel.name} -> {new} (auditwheel show)")
+    return wheel.parent / new

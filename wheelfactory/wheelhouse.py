@@ -182,7 +182,8 @@ class Wheelhouse:
             for name, e in sorted(files):
                 rp = e.get("requires_python")
                 attr = f' data-requires-python="{html.escape(rp)}"' if rp else ""
-                rows.append(f'<a href="../../{html.escape(name)}#sha256={e["sha256"]}"{attr}>{html.escape(name)}</a><br>\n')
+                href = f"../../{html.escape(name)}#sha256={e['sha256']}"
+                rows.append(f'<a href="{href}"{attr}>{html.escape(name)}</a><br>\n')
             (new / project / "index.html").write_text(page.format(t=f"Links for {project}", body="".join(rows)))
         old = self.root / f".simple-old-{os.getpid()}"
         if self.simple.exists():
