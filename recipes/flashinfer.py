@@ -4,12 +4,15 @@ release's arch list.
 
 Since mid-2026 a source build of flashinfer-python pip-installs nvidia-nccl-cu13 and other
 packages during the build, which would replace the factory's NCCL: FLASHINFER_BUILD_NO_PIP=1.
+(0.6.2's backend only copies 3rdparty/cutlass, spdlog, csrc and include into the package and
+ignores the variable; it is set for every version so a bump cannot silently start pip-installing.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from wheelfactory.errors import BuildError
 from wheelfactory.recipe import EnvSpec, Recipe, Repair
 from wheelfactory.sources import GitSource
 
@@ -42,6 +45,11 @@ def build(ctx) -> list[Path]:
     # AOT packages live in sub-projects of the source tree; build them only when asked, since
     # flashinfer-jit-cache takes hours.
     for option, subdir in (("cubin", "flashinfer-cubin"), ("jit_cache", "flashinfer-jit-cache")):
-        if ctx.step.options.get(option):
-            wheels += ctx.build_wheel(ctx.src / subdir)
+        if not ctx.step.options.get(option):
+            continue
+        if option == "cubin" and ctx.offline:
+            # flashinfer-cubin's build backend downloads the cubins from FLASHINFER_CUBINS_REPOSITORY.
+            raise BuildError("flashinfer-cubin downloads prebuilt cubins while it builds, which --offline forbids; "
+                             "build it online, or drop options.cubin from the release")
+        wheels += ctx.build_wheel(ctx.src / subdir)
     return wheels

@@ -1,0 +1,167 @@
+"""Recipe hooks run against a recording runner: the commands and source edits they would make,
+checked without building anything (the real builds take hours on a Spark)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from wheelfactory.context import BuildContext
+from wheelfactory.errors import BuildError
+from wheelfactory.factory import Factory
+from wheelfactory.runner import Runner
+from wheelfactory.wheelpack import pack_tree
+
+from .conftest import RECIPES, SPARK
+
+
+class RecordingRunner(Runner):
+    """Records commands instead of running them; `python -m build` leaves a wheel in --outdir."""
+
+    def __init__(self, log_path: Path, make_wheel=None):
+        super().__init__("rec", log_path, base_env={})
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+        self.make_wheel = make_wheel
+
+    def run(self, cmd, *, cwd=None, env=None, capture=False, check=True):
+        argv = [str(c) for c in cmd]
+        self.calls.append((argv, dict(env or {})))
+        if "build" in argv and "--outdir" in argv and self.make_wheel:
+            self.make_wheel(Path(argv[argv.index("--outdir") + 1]))
+        return ""
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"hooks_{name}", RECIPES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def make_ctx(tmp_path):
+    f = Factory(RECIPES, tmp_path / "wh", tmp_path / "cache", host_probe=lambda: SPARK)
+    plan = f.plan(f.release("0.15.0-t4"))
+    versions = {n: c.version for n, c in plan.release.components.items()} | dict(plan.pins)
+
+    def make(component: str, make_wheel=None, jobs: int = 4) -> BuildContext:
+        work = tmp_path / component
+        (work / "src").mkdir(parents=True)
+        (work / "dist").mkdir()
+        site = work / "venv" / "lib" / "python3.12" / "site-packages"
+        site.mkdir(parents=True)
+        runner = RecordingRunner(work / "log.txt", make_wheel)
+        step = plan.step(component)
+        return BuildContext(step, plan.target, work / "src", work, work / "dist", work / "venv", "/usr/local/cuda",
+                            jobs, dict(step.env), runner, False, tmp_path / "cache", versions, SPARK.cpus)
+    return make
+
+
+def wheel_maker(dist: str, version: str, files: dict[str, str], requires=()):
+    def make(outdir: Path) -> None:
+        tree = outdir.parent / f"tree-{dist}"
+        for rel, text in files.items():
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tree / rel).write_text(text)
+        pack_tree(tree, dist, version, "cp312-cp312-linux_aarch64", outdir, summary="recorded", requires=requires)
+    return make
+
+
+CUDA_TXT = """# Common dependencies
+-r common.txt
+
+numba == 0.61.2
+ray[cgraph]>=2.48.0
+flashinfer-python==0.6.1
+"""
+
+
+def test_vllm_prepare_pins_the_factory_packages(make_ctx):
+    ctx = make_ctx("vllm")
+    (ctx.src / "requirements").mkdir()
+    (ctx.src / "requirements" / "cuda.txt").write_text(CUDA_TXT)
+    load("vllm").prepare(ctx)
+    argv, _ = ctx.runner.calls[0]
+    assert argv[-1] == "use_existing_torch.py"
+    text = (ctx.src / "requirements" / "cuda.txt").read_text()
+    assert "flashinfer-python==0.6.2" in text and "flashinfer-python==0.6.1" not in text
+    assert "torch==2.10.0" in text and "torchvision==0.25.0" in text and "torchaudio==2.10.0" in text
+    assert "edit requirements/cuda.txt" in ctx.runner.log_path.read_text()
+
+
+def test_vllm_prepare_fails_loudly_when_upstream_moved_the_line(make_ctx):
+    ctx = make_ctx("vllm")
+    (ctx.src / "requirements").mkdir()
+    (ctx.src / "requirements" / "cuda.txt").write_text("-r common.txt\n")  # no flashinfer line any more
+    with pytest.raises(BuildError, match="matched nothing; upstream changed this file"):
+        load("vllm").prepare(ctx)
+
+
+def test_vllm_build_sizes_max_jobs_and_nvcc_threads_together(make_ctx):
+    ctx = make_ctx("vllm", wheel_maker("vllm", "0.15.0", {"vllm/__init__.py": ""}), jobs=4)
+    ctx.runner.log_path.write_text("-- Building NVFP4 for archs: 12.0f\n")
+    wheels = load("vllm").build(ctx)
+    argv, env = ctx.runner.calls[-1]
+    assert argv[1:5] == ["-m", "build", "--wheel", "--no-isolation"]
+    assert env["NVCC_THREADS"] == "4" and env["MAX_JOBS"] == "16"  # 20 CPUs, 4 memory-bound processes
+    assert [w.name for w in wheels] == ["vllm-0.15.0-cp312-cp312-linux_aarch64.whl"]
+
+
+def test_vllm_build_fails_when_cmake_skipped_nvfp4(make_ctx):
+    ctx = make_ctx("vllm", wheel_maker("vllm", "0.15.0", {"vllm/__init__.py": ""}))
+    ctx.runner.log_path.write_text("-- Not building NVFP4 as no compatible archs were found.\n")
+    with pytest.raises(BuildError, match="NVFP4"):
+        load("vllm").build(ctx)
+
+
+def test_torch_prepare_links_unversioned_nccl_and_build_sets_rpaths(make_ctx):
+    ctx = make_ctx("torch", wheel_maker("torch", "2.10.0", {"torch/__init__.py": "",
+                                                            "torch/lib/libtorch_cuda.so": "elf",
+                                                            "torch/lib/libc10_cuda.so": "elf"}))
+    mod = load("torch")
+    mod.prepare(ctx)
+    argv, _ = ctx.runner.calls[0]
+    assert argv[:3] == ["ln", "-sf", "libnccl.so.2"] and argv[3].endswith("site-packages/nvidia/nccl/lib/libnccl.so")
+    mod.build(ctx)
+    patched = [c[0] for c in ctx.runner.calls if c[0][0] == "patchelf"]
+    assert {Path(a[-1]).name for a in patched} == {"libtorch_cuda.so", "libc10_cuda.so"}
+    assert all(a[1] == "--add-rpath" and "$ORIGIN/../../nvidia/nccl/lib" in a[2] for a in patched)
+
+
+def test_torchvision_wheel_must_pin_the_factory_torch(make_ctx):
+    good = make_ctx("torchvision", wheel_maker("torchvision", "0.25.0", {"torchvision/__init__.py": ""},
+                                               requires=["torch==2.10.0"]))
+    assert load("torchvision").build(good)
+    bad = make_ctx("torchaudio", wheel_maker("torchaudio", "2.10.0", {"torchaudio/__init__.py": ""},
+                                             requires=["torch"]))
+    with pytest.raises(BuildError, match="would accept another torch"):
+        load("torchaudio").build(bad)
+
+
+def test_flashinfer_builds_aot_packages_only_when_asked(make_ctx):
+    ctx = make_ctx("flashinfer", wheel_maker("flashinfer-python", "0.6.2", {"flashinfer/__init__.py": ""}))
+    load("flashinfer").build(ctx)
+    builds = [c[0] for c in ctx.runner.calls if "--outdir" in c[0]]
+    assert len(builds) == 1 and builds[0][-1] == str(ctx.src)
+
+
+def test_nccl_build_command(make_ctx):
+    ctx = make_ctx("nccl")
+    ctx.env["NVCC_GENCODE"] = "-gencode=arch=compute_121,code=sm_121"
+    with pytest.raises(FileNotFoundError):  # the recorder built nothing to package
+        load("nccl").build(ctx)
+    argv, _ = ctx.runner.calls[0]
+    assert argv[0] == "make" and argv[1] == "-j4" and "src.build" in argv
+    assert "NVCC_GENCODE=-gencode=arch=compute_121,code=sm_121" in argv and "CUDA_HOME=/usr/local/cuda" in argv
+
+
+def test_flashinfer_cubin_refuses_offline(make_ctx):
+    import dataclasses
+
+    ctx = make_ctx("flashinfer", wheel_maker("flashinfer-python", "0.6.2", {"flashinfer/__init__.py": ""}))
+    ctx.step = dataclasses.replace(ctx.step, options={"cubin": True})
+    ctx.offline = True
+    with pytest.raises(BuildError, match="--offline forbids"):
+        load("flashinfer").build(ctx)
