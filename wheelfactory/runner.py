@@ -17,6 +17,7 @@ from typing import TextIO
 from .errors import BuildError
 
 TAIL_LINES = 40
+HEARTBEAT_S = 60.0  # a torch build is silent on the console for hours otherwise
 
 # pip reads these from the environment and config files; the factory's own pip calls must see
 # only the indexes it names, or a machine's find-links (say, a CPU torch on disk) slips in.
@@ -76,12 +77,19 @@ class Runner:
                 self._log(f, f"cannot start: {e}")
                 raise BuildError(f"[{self.component}] cannot run {argv[0]!r}: {e}\nlog: {self.log_path}") from None
             assert proc.stdout is not None
+            beat = started
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 tail.append(line)
                 if capture:
                     captured.append(line)
                 self._log(f, line)
+                now = time.monotonic()
+                if not self.verbose and now - beat >= HEARTBEAT_S:
+                    beat = now
+                    mins, secs = divmod(int(now - started), 60)
+                    sys.stderr.write(f"[{self.component}] still running {argv[0].rsplit('/', 1)[-1]} "
+                                     f"({mins}m{secs:02d}s; log: {self.log_path}): {line[:100]}\n")
             code = proc.wait()
             self._log(f, f"exit {code} after {time.monotonic() - started:.1f}s")
         if code != 0 and check:
