@@ -8,11 +8,10 @@ library wheels so that a plain `pip install` elsewhere pulls the right NCCL and 
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from wheelfactory.cuda_arch import torch_arch_list
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
+from wheelfactory.recipe import EnvSpec, Recipe, Repair, version_table
 from wheelfactory.sources import GitSource
 from wheelfactory.wheelpack import repack, unpack
 
@@ -40,13 +39,9 @@ RPATHS = tuple(f"$ORIGIN/../../nvidia/{d}/lib" for d in ("nccl", "cudnn", "nvshm
 
 def cuda_wheel_requirements(cuda: str) -> list[str]:
     """The CUDA library wheels torch declares for a CUDA version (recipes/data/cuda_wheels.toml)."""
-    with open(Path(__file__).with_name("data") / "cuda_wheels.toml", "rb") as f:
-        table = tomllib.load(f)
     major_minor = ".".join(cuda.split(".")[:2])
-    if major_minor not in table:
-        raise KeyError(f"recipes/data/cuda_wheels.toml has no [\"{major_minor}\"] table; add the CUDA "
-                       f"library wheel pins for CUDA {major_minor}")
-    return list(table[major_minor]["requires"])
+    return list(version_table(__file__, "cuda_wheels.toml", major_minor,
+                              f"add the CUDA library wheel pins for CUDA {major_minor}")["requires"])
 
 
 def _nccl_pin(spec: EnvSpec) -> str:

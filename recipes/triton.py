@@ -8,10 +8,9 @@ from the host's CUDA toolkit, and builds with TRITON_OFFLINE_BUILD=1: no network
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
+from wheelfactory.recipe import EnvSpec, Recipe, Repair, version_table
 from wheelfactory.sources import GitSource, Source, UrlSource
 
 RECIPE = Recipe(
@@ -30,12 +29,7 @@ RECIPE = Recipe(
 
 def toolchain(version: str) -> dict:
     """The pinned LLVM hash and json version of a Triton version (recipes/data/triton.toml)."""
-    with open(Path(__file__).with_name("data") / "triton.toml", "rb") as f:
-        table = tomllib.load(f)
-    if version not in table:
-        raise KeyError(f"recipes/data/triton.toml has no [\"{version}\"]: copy the tag's cmake/llvm-hash.txt "
-                       "into it")
-    return table[version]
+    return version_table(__file__, "triton.toml", version, "copy the tag's cmake/llvm-hash.txt into it")
 
 
 def extra_sources(spec: EnvSpec) -> dict[str, Source]:

@@ -16,12 +16,11 @@ Steps, as the anchors do them and with their traps closed:
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 from wheelfactory.cuda_arch import torch_arch_list
 from wheelfactory.errors import BuildError
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
+from wheelfactory.recipe import EnvSpec, Recipe, Repair, recipe_data, version_table
 from wheelfactory.sources import GitSource, Source
 
 RECIPE = Recipe(
@@ -40,14 +39,9 @@ RECIPE = Recipe(
 
 
 def data(version: str) -> dict:
-    """The per-version table of recipes/data/vllm.toml (CMake dependencies, requirement files)."""
-    with open(Path(__file__).with_name("data") / "vllm.toml", "rb") as f:
-        table = tomllib.load(f)
-    if version not in table:
-        known = ", ".join(sorted(table))
-        raise KeyError(f"recipes/data/vllm.toml has no [\"{version}\"] (known: {known}); add the pinned CMake "
-                       "dependencies of that tag (cmake/external_projects/*.cmake)")
-    return table[version]
+    """The per-version table of recipes/data/vllm.toml (CMake dependencies, requirement edits)."""
+    return version_table(__file__, "vllm.toml", version,
+                         "add the pinned CMake dependencies of that tag (cmake/external_projects/*.cmake)")
 
 
 def kernels_enabled(spec_or_options) -> bool:
@@ -115,8 +109,7 @@ SKIP_RE = re.compile(r"Not building (?P<what>.+?) as (?:no compatible archs|CUDA
 
 def check_no_skipped_kernels(log: str, arch_list: tuple[str, ...]) -> None:
     """Fail if vLLM's CMake skipped a kernel family that the target arches support."""
-    with open(Path(__file__).with_name("data") / "vllm_kernels.toml", "rb") as f:
-        table = tomllib.load(f)
+    table = recipe_data(__file__, "vllm_kernels.toml")
     expected_skips = []
     for arch in arch_list:
         expected_skips += table.get(arch, {}).get("expected_skips", [])

@@ -39,6 +39,13 @@ adopt_option = click.option("--adopt", "adopt", multiple=True, metavar="COMPONEN
 targets_argument = click.argument("targets", nargs=-1)
 
 
+def plan_inputs(command):
+    """The options every planning command takes: release, targets, --env, --source-dir, --adopt."""
+    for decorate in reversed((release_option, targets_argument, env_option, source_dir_option, adopt_option)):
+        command = decorate(command)
+    return command
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="wheelfactory")
 @click.option("--wheelhouse", type=click.Path(path_type=Path), default=Path("wheelhouse"), show_default=True,
@@ -94,11 +101,7 @@ def _print_plan(plan: Plan) -> None:
 
 
 @cli.command()
-@release_option
-@targets_argument
-@env_option
-@source_dir_option
-@adopt_option
+@plan_inputs
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the stable contract).")
 @click.pass_obj
 def plan(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
@@ -112,11 +115,7 @@ def plan(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[st
 
 
 @cli.command()
-@release_option
-@targets_argument
-@env_option
-@source_dir_option
-@adopt_option
+@plan_inputs
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
 @click.pass_obj
@@ -129,11 +128,7 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
 
 
 @cli.command()
-@release_option
-@targets_argument
-@env_option
-@source_dir_option
-@adopt_option
+@plan_inputs
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="WHEELFACTORY_JOBS",
               help="Parallel compile jobs (default: CPUs, capped by free memory / the recipe's memory per job).")
 @click.option("--offline", is_flag=True, envvar="WHEELFACTORY_OFFLINE",

@@ -25,6 +25,18 @@ def default_recipes_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "recipes"
 
 
+def _component_assignments(option: str, values: Sequence[str], example: str) -> dict[str, str]:
+    """`--OPTION COMPONENT=VALUE` options into {component: value}, or InputError showing the form."""
+    out = {}
+    for value in values:
+        comp, eq, rest = value.partition("=")
+        if not eq or not comp or not rest:
+            raise InputError(f"--{option} {value!r}: expected {example.split(' ', 1)[0]}, e.g. --{option} "
+                             f"{example.split(' ', 1)[1]}")
+        out[comp] = rest
+    return out
+
+
 def parse_env_options(values: Sequence[str]) -> dict[str, dict[str, str]]:
     """`--env COMPONENT:KEY=VALUE` options into {component: {key: value}}."""
     out: dict[str, dict[str, str]] = {}
@@ -39,26 +51,15 @@ def parse_env_options(values: Sequence[str]) -> dict[str, dict[str, str]]:
 
 
 def parse_adopt_options(values: Sequence[str]) -> dict[str, str]:
-    """`--adopt COMPONENT=WHEEL|REQUIREMENT` options."""
-    out = {}
-    for value in values:
-        comp, eq, spec = value.partition("=")
-        if not eq or not comp or not spec:
-            raise InputError(f"--adopt {value!r}: expected COMPONENT=WHEEL|REQUIREMENT, "
-                             "e.g. --adopt 'torch=torch==2.10.0'")
-        out[comp] = str(Path(spec).expanduser().resolve()) if spec.endswith(".whl") and "://" not in spec else spec
-    return out
+    """`--adopt COMPONENT=WHEEL|REQUIREMENT` options; a local wheel path is made absolute."""
+    specs = _component_assignments("adopt", values, "COMPONENT=WHEEL|REQUIREMENT 'torch=torch==2.10.0'")
+    return {c: str(Path(s).expanduser().resolve()) if s.endswith(".whl") and "://" not in s else s
+            for c, s in specs.items()}
 
 
 def parse_source_dirs(values: Sequence[str]) -> dict[str, str]:
     """`--source-dir COMPONENT=PATH` options."""
-    out = {}
-    for value in values:
-        comp, eq, path = value.partition("=")
-        if not eq or not comp or not path:
-            raise InputError(f"--source-dir {value!r}: expected COMPONENT=PATH, e.g. --source-dir nccl=~/src/nccl")
-        out[comp] = path
-    return out
+    return _component_assignments("source-dir", values, "COMPONENT=PATH nccl=~/src/nccl")
 
 
 @dataclass

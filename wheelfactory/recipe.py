@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,20 @@ class LoadedRecipe:
     def hook(self, name: str) -> Callable[..., Any] | None:
         fn = getattr(self.module, name, None)
         return fn if callable(fn) else None
+
+
+def recipe_data(recipe_file: str, name: str) -> dict[str, Any]:
+    """The TOML file data/<name> next to a recipe module (per-version facts and policies live there)."""
+    with open(Path(recipe_file).with_name("data") / name, "rb") as f:
+        return tomllib.load(f)
+
+
+def version_table(recipe_file: str, name: str, key: str, hint: str) -> dict[str, Any]:
+    """The [key] table of data/<name>; a KeyError naming the file, the key and what to add if absent."""
+    table = recipe_data(recipe_file, name)
+    if key not in table:
+        raise KeyError(f"recipes/data/{name} has no [\"{key}\"] (known: {', '.join(sorted(table))}); {hint}")
+    return table[key]
 
 
 def load_recipe_module(path: Path) -> LoadedRecipe:
