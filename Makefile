@@ -1,5 +1,7 @@
 # Short aliases only; the logic lives in the wheelfactory package.
 RELEASE ?= 0.15.0-t4
+# `make images` builds every release locked in the wheelhouse; e.g. IMAGES="-r tests/releases/ci.toml"
+IMAGES ?= --all
 PYTHON ?= python3
 
 .PHONY: install plan build lock venv images test test-fast lint
@@ -17,7 +19,7 @@ lock:
 	wheelfactory lock --release $(RELEASE)
 
 images:
-	wheelfactory images --all
+	wheelfactory images $(IMAGES)
 
 test:
 	$(PYTHON) -m pytest -v

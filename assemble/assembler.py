@@ -29,7 +29,7 @@ from .closure import ClosureReport, check_tar
 from .context import write_context
 from .docker import Docker
 from .dockerfile import render_dockerfile
-from .layers import Layer, plan_layers
+from .layers import Layer, plan_layers, sibling_differences
 from .report import SizeReport, measure
 from .spec import ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
 
@@ -137,7 +137,12 @@ class Assembler:
             check_base(spec, base, lock)
         libs, jit = cuda_wheel_names(self.factory.recipes_dir)
         cuda_names = set().union(*libs.values(), *jit.values())
-        layers = plan_layers(lock.packages, specs[0].groups, cuda_names, wh.root, self.settings.max_layer_bytes)
+        differing = sibling_differences(lock, self._other_locks(release.name))
+        if differing:
+            self.echo(f"{release.name}: locked differently by a sibling, so in the last layer: "
+                      f"{', '.join(sorted(differing))}")
+        layers = plan_layers(lock.packages, specs[0].groups, cuda_names, wh.root, self.settings.max_layer_bytes,
+                             differing)
         manifest = wh.manifest()
         keys = {build_key_arg(p.component): manifest.get(p.filename, {}).get("key", "")
                 for p in lock.packages if p.component}
@@ -152,6 +157,17 @@ class Assembler:
         bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
         return prepared
+
+    def _other_locks(self, release: str) -> list[Lock]:
+        """Every other lock of the wheelhouse (siblings are found among them)."""
+        out = []
+        for path in sorted(self.factory.wheelhouse.locks_dir.glob("*.json")):
+            if path.stem != release:
+                try:
+                    out.append(read_lock(self.factory.wheelhouse, path.stem))
+                except (InputError, KeyError, TypeError, ValueError):
+                    continue  # another format or a broken file: not a sibling we can compare
+        return out
 
     def build_args(self, p: Prepared) -> dict[str, str]:
         """Build-time label values: creation time, revision and source of the recipes' checkout, build keys."""

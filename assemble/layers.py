@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from wheelfactory.errors import InputError
-from wheelfactory.lock import LockedPackage
+from wheelfactory.lock import Lock, LockedPackage
 
 from .spec import LayerGroup
 
@@ -29,15 +29,17 @@ def installed_size(wheel: Path) -> int:
         return sum(i.file_size for i in z.infolist() if not i.is_dir())
 
 
-def assign(packages: Iterable[LockedPackage], groups: Sequence[LayerGroup],
-           cuda_names: set[str]) -> dict[str, list[LockedPackage]]:
-    """Group name -> its packages: exact names first, then CUDA wheels, then the rest."""
+def assign(packages: Iterable[LockedPackage], groups: Sequence[LayerGroup], cuda_names: set[str],
+           differing: Collection[str] = ()) -> dict[str, list[LockedPackage]]:
+    """Group name -> its packages: exact names first, then sibling differences, CUDA wheels, the rest."""
     out: dict[str, list[LockedPackage]] = {g.name: [] for g in groups}
     by_name = {p: g.name for g in groups for p in g.packages}
     cuda_group = next((g.name for g in groups if g.cuda_wheels), None)
     rest_group = next((g.name for g in groups if g.rest), None)
+    sibling_group = next((g.name for g in groups if g.sibling_differences), None)
     for pkg in sorted(packages, key=lambda p: p.name):
-        target = by_name.get(pkg.name) or (cuda_group if pkg.name in cuda_names else None) or rest_group
+        target = by_name.get(pkg.name) or (sibling_group if pkg.name in differing else None) or \
+            (cuda_group if pkg.name in cuda_names else None) or rest_group
         if target is None:
             raise InputError(f"no layer group takes {pkg.name}; assemble/data/layers.toml needs a group with "
                              "rest = true")
@@ -65,9 +67,24 @@ def split(group: LayerGroup, packages: Sequence[LockedPackage], sizes: dict[str,
             for i, part in enumerate(parts, 1)]
 
 
+def sibling_differences(lock: Lock, others: Iterable[Lock]) -> set[str]:
+    """Packages locked differently by a sibling lock: same vLLM version, other transformers version."""
+    def versions(x: Lock) -> dict[str, str]:
+        return {p.name: p.version for p in x.packages}
+    ours = versions(lock)
+    out: set[str] = set()
+    for other in others:
+        theirs = versions(other)
+        if other.release == lock.release or "vllm" not in ours or theirs.get("vllm") != ours["vllm"] or \
+                theirs.get("transformers") in (None, ours.get("transformers")):
+            continue
+        out |= {n for n in set(ours) | set(theirs) if ours.get(n) != theirs.get(n)}
+    return out
+
+
 def plan_layers(packages: Sequence[LockedPackage], groups: Sequence[LayerGroup], cuda_names: set[str],
-                wheel_dir: Path, limit: int) -> list[Layer]:
+                wheel_dir: Path, limit: int, differing: Collection[str] = ()) -> list[Layer]:
     """The layers of an image, in build order, with the locked wheels of each."""
     sizes = {p.filename: installed_size(wheel_dir / p.filename) for p in packages}
-    assigned = assign(packages, groups, cuda_names)
+    assigned = assign(packages, groups, cuda_names, differing)
     return [layer for g in groups for layer in split(g, assigned[g.name], sizes, limit)]

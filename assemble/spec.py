@@ -52,6 +52,7 @@ class LayerGroup:
     packages: tuple[str, ...] = ()  # claimed by exact (canonical) name
     cuda_wheels: bool = False  # claims the CUDA wheels of cuda_wheels.toml
     rest: bool = False  # claims everything no other group claims
+    sibling_differences: bool = False  # claims packages locked at other versions by a sibling release
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ def load_groups(data: Mapping[str, object] | None = None) -> list[tuple[LayerGro
     out = []
     for g in data["group"]:  # type: ignore[union-attr]
         group = LayerGroup(g["name"], g.get("about", ""), tuple(canonicalize_name(p) for p in g.get("packages", ())),
-                           bool(g.get("cuda_wheels", False)), bool(g.get("rest", False)))
+                           bool(g.get("cuda_wheels", False)), bool(g.get("rest", False)),
+                           bool(g.get("sibling_differences", False)))
         out.append((group, {k: g[k] for k in ("needs_component", "needs_pin") if k in g}))
     return out
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from assemble.cli import images  # noqa: E402  (after the engine imports it builds on)
+
 from . import __version__
 from .errors import FactoryError
 from .executor import find_python
@@ -203,6 +205,10 @@ def venv(factory: Factory, path: Path, release: str, python: str | None, verbose
                       find_python(rel.target.python, python), runner)
     _echo(f"venv ready at {path} ({len(ran)} smoke check(s) and pip check passed); "
           f"activate with: source {path}/bin/activate")
+
+
+# The image assembler lives in its own package; it only reads releases, plans and locks.
+cli.add_command(images)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ RUN --mount=type=bind,source=layers/torch,target=/wheels \
 RUN --mount=type=bind,source=layers/stack,target=/wheels \
     /opt/venv/bin/python -B -m pip install --no-index --find-links /wheels --require-hashes --no-deps --no-cache-dir --no-compile --disable-pip-version-check --root-user-action=ignore -r /wheels/requirements.txt
 
-# transformers: transformers alone, last, so -t4 and -t5 images share every other layer
+# transformers: transformers (and what its siblings lock differently), last: -t4 and -t5 share every other layer
 RUN --mount=type=bind,source=layers/transformers,target=/wheels \
     /opt/venv/bin/python -B -m pip install --no-index --find-links /wheels --require-hashes --no-deps --no-cache-dir --no-compile --disable-pip-version-check --root-user-action=ignore -r /wheels/requirements.txt
 
