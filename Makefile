@@ -4,7 +4,7 @@ RELEASE ?= 0.15.0-t4
 IMAGES ?= --all
 PYTHON ?= python3
 
-.PHONY: install plan build lock venv images test test-fast lint
+.PHONY: install plan build lock venv images ci-images test test-fast lint
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'
@@ -20,6 +20,13 @@ lock:
 
 images:
 	wheelfactory images $(IMAGES)
+
+# The CI release and its -t5 sibling, end to end on any machine here: build, lock, images.
+ci-images:
+	wheelfactory build --release tests/releases/ci.toml vllm
+	wheelfactory lock --release tests/releases/ci.toml
+	wheelfactory lock --release tests/releases/ci-t5.toml
+	wheelfactory images -r tests/releases/ci.toml -r tests/releases/ci-t5.toml
 
 test:
 	$(PYTHON) -m pytest -v
