@@ -146,3 +146,10 @@ def test_adopting_torch_changes_its_key_and_everything_downstream(factory):
 def test_bad_adopt_option(factory):
     with pytest.raises(InputError, match="COMPONENT=WHEEL"):
         factory.plan(factory.release("0.15.0-t4"), adopt=["torch"])
+
+
+def test_a_version_the_recipe_data_does_not_know_is_bad_input(factory, tmp_path):
+    user = tmp_path / "u.toml"
+    user.write_text('extends = "0.15.0-t4"\n[components.vllm]\nversion = "0.16.0"\n')
+    with pytest.raises(InputError, match=r'recipes/data/vllm.toml has no \["0.16.0"\]'):
+        factory.plan(factory.release(str(user)))

@@ -129,10 +129,10 @@ def recipe_data(recipe_file: str, name: str) -> dict[str, Any]:
 
 
 def version_table(recipe_file: str, name: str, key: str, hint: str) -> dict[str, Any]:
-    """The [key] table of data/<name>; a KeyError naming the file, the key and what to add if absent."""
+    """The [key] table of data/<name>; an InputError naming the file, the key and what to add if absent."""
     table = recipe_data(recipe_file, name)
     if key not in table:
-        raise KeyError(f"recipes/data/{name} has no [\"{key}\"] (known: {', '.join(sorted(table))}); {hint}")
+        raise InputError(f"recipes/data/{name} has no [\"{key}\"] (known: {', '.join(sorted(table))}); {hint}")
     return table[key]
 
 
