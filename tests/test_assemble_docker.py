@@ -1,7 +1,7 @@
 """Real images of the CI release and a sibling that differs only in transformers, built with Docker.
 
-The wheelhouse comes from WHEELFACTORY_TEST_WHEELHOUSE (a wheelhouse where the CI release is built
-and locked, reused to save time) or is built here with the CLI (needs nvcc and PyPI).
+The wheelhouse is the session's CI wheelhouse (tests/conftest.py: built and locked through the CLI,
+or reused from WHEELFACTORY_TEST_WHEELHOUSE).
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from assemble.docker import Docker
 from assemble.spec import Settings
 from wheelfactory.factory import Factory
 
-from .conftest import CI_RELEASES, FIXTURES, RECIPES, run_cli
+from .conftest import CI_RELEASES, RECIPES
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 NS = "dev.wheelfactory"
 T4 = "wheelfactory-ci/vllm:0.14.1-t4"
+T5 = "wheelfactory-ci/vllm:0.14.1-t5"
+BROKEN = "wheelfactory-ci/broken:1"
 NCCL_CHECK = ("import ctypes, glob, os, nvidia.nccl; "
               "lib = ctypes.CDLL(glob.glob(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))[0]); "
               "v = ctypes.c_int(); assert lib.ncclGetVersion(ctypes.byref(v)) == 0; print('nccl', v.value)")
@@ -51,55 +53,18 @@ def docker() -> Docker:
     return d
 
 
-def sibling_release(tmp: Path) -> Path:
-    """ci-t5 when it locks; else a sibling of ci pinning another transformers 4 release.
-
-    vLLM 0.14.1 requires transformers<5, so ci-t5 cannot be locked until the vllm recipe relaxes
-    that pin; the sibling still proves that only the transformers layer differs.
-    """
-    text = (CI_RELEASES / "ci.toml").read_text()
-    text = text.replace('path = "../fixtures/nccl-standin"', f'path = "{FIXTURES / "nccl-standin"}"')
-    text = text.replace('transformers = "4.57.6"', 'transformers = "4.57.5"')
-    text = text.replace('base = "local/debian-py:bookworm"',
-                        'base = "local/debian-py:bookworm"\ntag = "0.14.1-t4-sibling"')
-    path = tmp / "ci-sibling.toml"
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(wheelhouse, cache, sibling release) with the CI release and the sibling locked."""
-    tmp = tmp_path_factory.mktemp("assemble")
-    given = os.environ.get("WHEELFACTORY_TEST_WHEELHOUSE")
-    wh = Path(given) if given else tmp / "wheelhouse"
-    cache = Path(os.environ.get("WHEELFACTORY_TEST_CACHE", tmp / "cache"))
-    base = ["--wheelhouse", str(wh), "--cache-dir", str(cache)]
-    ci = str(CI_RELEASES / "ci.toml")
-    steps = [] if given else [["build", "-r", ci, "vllm"], ["lock", "-r", ci]]
-    for args in steps:
-        r = run_cli(*base, *args)
-        if r.returncode != 0:
-            pytest.skip(f"could not make the CI wheelhouse (`wheelfactory {' '.join(args)}`): {r.stderr[-800:]}")
-    t5 = run_cli(*base, "lock", "-r", str(CI_RELEASES / "ci-t5.toml"))
-    sibling = CI_RELEASES / "ci-t5.toml" if t5.returncode == 0 else sibling_release(tmp)
-    if sibling != CI_RELEASES / "ci-t5.toml" and not (wh / "locks" / "ci-sibling.json").exists():
-        r = run_cli(*base, "lock", "-r", str(sibling))
-        assert r.returncode == 0, r.stderr
-    return wh, cache, sibling
-
-
-@pytest.fixture(scope="session")
-def built(docker: Docker, wheelhouse, tmp_path_factory: pytest.TempPathFactory) -> tuple[Factory, Path, str, str]:
-    """Both images built through the `images` command; returns the factory, output dir, the two refs and output."""
-    wh, cache, sibling = wheelhouse
+def built(docker: Docker, ci_wheelhouse, tmp_path_factory: pytest.TempPathFactory):
+    """Both images (ci and ci-t5, from the session's CI wheelhouse) built through the `images` command;
+    yields the factory, the output dir, the sibling's ref and the command's output, then removes them."""
+    wh, cache = ci_wheelhouse
     factory = Factory(RECIPES, wh, cache)
     out = tmp_path_factory.mktemp("images")
-    result = CliRunner().invoke(images, ["-r", str(CI_RELEASES / "ci.toml"), "-r", str(sibling),
+    result = CliRunner().invoke(images, ["-r", str(CI_RELEASES / "ci.toml"), "-r", str(CI_RELEASES / "ci-t5.toml"),
                                          "--output-dir", str(out)], obj=factory)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    sib_ref = "wheelfactory-ci/vllm:0.14.1-t5" if sibling.stem == "ci-t5" else "wheelfactory-ci/vllm:0.14.1-t4-sibling"
-    return factory, out, sib_ref, result.output
+    yield factory, out, T5, result.output
+    subprocess.run([docker.binary, "rmi", "-f", T4, T5, BROKEN], capture_output=True)
 
 
 def test_imports_and_nccl_without_network(docker: Docker, built) -> None:
@@ -154,7 +119,7 @@ def test_closure_check_passes_and_fails_on_a_missing_library(docker: Docker, bui
     assert asm.check_closure(p).ok
     # A broken image: torch's bundled OpenMP runtime removed.
     (tmp_path / "Dockerfile").write_text(f"FROM {T4}\nRUN find /opt/venv -name 'libgomp*.so*' -delete\n")
-    r = subprocess.run([docker.binary, "build", "--network=none", "-t", "wheelfactory-ci/broken:1", str(tmp_path)],
+    r = subprocess.run([docker.binary, "build", "--network=none", "-t", BROKEN, str(tmp_path)],
                        env=dict(os.environ, DOCKER_BUILDKIT="1"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     p.spec = type(p.spec)(**{**p.spec.__dict__, "repository": "wheelfactory-ci/broken", "tag": "1"})
