@@ -101,6 +101,8 @@ def build(ctx) -> list[Path]:
     for wheel in wheels:
         tree = unpack(wheel, ctx.work / "rpath")
         for lib in sorted((tree / "torch" / "lib").glob("*.so*")):
-            ctx.run(["patchelf", "--add-rpath", ":".join(RPATHS), lib])
+            # DT_RPATH, not RUNPATH (--force-rpath, as PyTorch's build_cuda.sh): it also applies to the
+            # libraries these load (cuDNN -> cuBLAS), which RUNPATH would not.
+            ctx.run(["patchelf", "--force-rpath", "--add-rpath", ":".join(RPATHS), lib])
         repack(tree, wheel.name, wheel.parent)
     return wheels

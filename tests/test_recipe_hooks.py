@@ -127,7 +127,7 @@ def test_torch_prepare_links_unversioned_nccl_and_build_sets_rpaths(make_ctx):
     mod.build(ctx)
     patched = [c[0] for c in ctx.runner.calls if c[0][0] == "patchelf"]
     assert {Path(a[-1]).name for a in patched} == {"libtorch_cuda.so", "libc10_cuda.so"}
-    assert all(a[1] == "--add-rpath" and "$ORIGIN/../../nvidia/nccl/lib" in a[2] for a in patched)
+    assert all(a[1:3] == ["--force-rpath", "--add-rpath"] and "$ORIGIN/../../nvidia/nccl/lib" in a[3] for a in patched)
 
 
 def test_torchvision_wheel_must_pin_the_factory_torch(make_ctx):
