@@ -93,21 +93,27 @@ class Executor:
         return self._python
 
     def fetch(self) -> None:
-        """Download every source and build requirement the plan's builds need (network allowed)."""
+        """Download every source, adopted wheel and build requirement the plan's builds need, and the
+        requirements of the dependency wheels known so far (adopted or already built), so that
+        `build --offline` needs no network. Runtime requirements of a dependency not built yet (a
+        source-built torch) can only be known once it is: an online build collects them."""
         steps = [s for s in self.plan.steps if s.action in (BUILD, ADOPT)]
         if steps:
             self.python  # noqa: B018 -- fail on a missing interpreter before downloading anything
+        known: dict[str, list[Path]] = {s.component: self.wheelhouse.files_for_key(s.key) or []
+                                        for s in self.plan.steps}
         for i, step in enumerate(steps, 1):
             self.echo(f"[{i}/{len(steps)}] fetch {step.component} {step.version}")
             runner = Runner(step.component, self.logs / f"fetch-{step.component}.log", verbose=self.opts.verbose)
             if step.action == ADOPT:
-                self._adopted_wheel(step, runner)
+                known[step.component] = [self._adopted_wheel(step, runner)]
                 continue
             assert step.source is not None
             tree = self.sources.fetch(step.source, runner)
             for extra in step.extra_sources.values():
                 self.sources.fetch(extra, runner)
-            self._download_requirements(runner, self.python, self._build_requirements(step, tree))
+            deps = [str(w) for d in step.build_with for w in known.get(d, [])]
+            self._download_requirements(runner, self.python, deps + self._build_requirements(step, tree))
 
     def build(self) -> list[StepResult]:
         """Build (or adopt) every step not already in the wheelhouse, in order."""
@@ -271,7 +277,7 @@ class Executor:
         runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", self.pydeps,
                     "--find-links", self.wheelhouse.root, "--index-url", self.opts.index_url, *reqs])
         # pip copies local wheels it was given into -d; the wheelhouse stays their only home.
-        for name in self.wheelhouse.manifest():
+        for name in list(self.wheelhouse.manifest()) + [Path(r).name for r in reqs if r.endswith(".whl")]:
             (self.pydeps / name).unlink(missing_ok=True)
 
     def _install_build_venv(self, step: Step, ctx: BuildContext, runner: Runner) -> None:
@@ -281,9 +287,15 @@ class Executor:
         reqs = [str(p) for p in deps] + self._build_requirements(step, ctx.src)
         if not self.opts.offline:
             self._download_requirements(runner, str(ctx.python), reqs)
-        runner.run([ctx.python, "-m", "pip", "install", "-q", "--no-index", "--find-links", self.wheelhouse.root,
-                    "--find-links", self.pydeps, *reqs],
-                   env={"PATH": ctx.env["PATH"]})
+        try:
+            runner.run([ctx.python, "-m", "pip", "install", "-q", "--no-index", "--find-links", self.wheelhouse.root,
+                        "--find-links", self.pydeps, *reqs],
+                       env={"PATH": ctx.env["PATH"]})
+        except BuildError as e:
+            if not self.opts.offline:
+                raise
+            raise BuildError(f"{e}\nthe build requirements are not all in {self.pydeps}; run `wheelfactory fetch "
+                             f"--release {self.plan.release.path}` while online first") from None
         for wheel in deps:
             check_installed_from(ctx.site, wheel)
 
