@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from assemble.cli import images  # noqa: E402  (after the engine imports it builds on)
+from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
 from .errors import FactoryError
