@@ -20,9 +20,10 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
+from wheelfactory.repair import ELF_MAGIC
+
 from .datafiles import load_data
 
-ELF_MAGIC = b"\x7fELF"
 DEFAULT_DIRS = ("/lib", "/usr/lib")
 DEFAULT_DIRS_64 = ("/lib64", "/usr/lib64")
 

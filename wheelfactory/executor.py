@@ -28,6 +28,7 @@ from .plan import ADOPT, BUILD, CACHED, Plan, Step
 from .recipe import LoadedRecipe
 from .repair import repair_wheel
 from .runner import Runner
+from .sources import is_local_wheel
 from .wheelhouse import Wheelhouse
 from .wheelmeta import read_wheel
 
@@ -303,7 +304,7 @@ class Executor:
         """The wheel a release adopts instead of building: a local file, a URL or a requirement."""
         assert step.adopt is not None
         spec = step.adopt
-        if spec.endswith(".whl") and not spec.startswith(("http://", "https://")):
+        if is_local_wheel(spec):
             path = Path(spec)
             if not path.is_file():
                 raise InputError(f"[{step.component}] adopt = {spec!r}: no such wheel file")

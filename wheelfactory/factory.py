@@ -14,7 +14,7 @@ from .host import Host, detect_host
 from .plan import Plan, PlanOptions, make_target, plan_release
 from .recipe import LoadedRecipe, load_recipes
 from .release import Release, load_release
-from .sources import local_source
+from .sources import is_local_wheel, local_source
 from .wheelhouse import Wheelhouse
 
 DEFAULT_RELEASE = "0.15.0-t4"
@@ -53,8 +53,7 @@ def parse_env_options(values: Sequence[str]) -> dict[str, dict[str, str]]:
 def parse_adopt_options(values: Sequence[str]) -> dict[str, str]:
     """`--adopt COMPONENT=WHEEL|REQUIREMENT` options; a local wheel path is made absolute."""
     specs = _component_assignments("adopt", values, "COMPONENT=WHEEL|REQUIREMENT 'torch=torch==2.10.0'")
-    return {c: str(Path(s).expanduser().resolve()) if s.endswith(".whl") and "://" not in s else s
-            for c, s in specs.items()}
+    return {c: str(Path(s).expanduser().resolve()) if is_local_wheel(s) else s for c, s in specs.items()}
 
 
 def parse_source_dirs(values: Sequence[str]) -> dict[str, str]:

@@ -107,9 +107,10 @@ def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]
     return out
 
 
-def _top_level(plan: Plan, wheels: Mapping[str, list[Path]]) -> list[str]:
-    reqs = [f"{read_wheel(w).dist} @ {w.resolve().as_uri()}" for files in wheels.values() for w in files]
-    return reqs + [f"{name}=={version}" for name, version in sorted(plan.pins.items())]
+def _top_level(plan: Plan, dists: Mapping[Path, str]) -> list[str]:
+    """The requirements to resolve: each component wheel by file, then the pins."""
+    return [f"{dist} @ {w.resolve().as_uri()}" for w, dist in dists.items()] + \
+        [f"{name}=={version}" for name, version in sorted(plan.pins.items())]
 
 
 def _uv_compile(runner: Runner, python: str, workdir: Path, name: str, sources: list[str]) -> list[dict[str, Any]]:
@@ -141,11 +142,12 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
                  offline: bool = False) -> Lock:
     """Resolve, download what is missing into the wheelhouse, resolve offline, verify, write the lock."""
     wheels = component_wheels(plan, wheelhouse)
+    dists = {w: read_wheel(w).dist for files in wheels.values() for w in files}
     overrides = dict(plan.release.overrides)
     root = wheelhouse.root.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "requirements.in").write_text("\n".join(_top_level(plan, wheels)) + "\n")
+        (work / "requirements.in").write_text("\n".join(_top_level(plan, dists)) + "\n")
         (work / "overrides.txt").write_text("".join(f"{n}=={plan.pins[n]}\n" for n in sorted(overrides)))
         if not offline:
             online = _uv_compile(runner, python, work, "online", ["--find-links", str(root), "--index-url", index_url])
@@ -171,8 +173,7 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
         for f in files:
             if f.name not in locked_files:
                 raise BuildError(f"the resolution left out {comp}'s wheel {f.name}; a PyPI copy may have replaced it")
-    top = [canonicalize_name(read_wheel(w).dist) for fs in wheels.values() for w in fs] + \
-        [canonicalize_name(n) for n in sorted(plan.pins)]
+    top = [canonicalize_name(d) for d in dists.values()] + [canonicalize_name(n) for n in sorted(plan.pins)]
     lock = Lock(plan.release.name, plan.target.python, plan.target.platform, tuple(top),
                 tuple(sorted(packages, key=lambda p: p.name)), overrides)
     json_path, txt_path = lock_paths(wheelhouse, plan.release.name)

@@ -25,7 +25,7 @@ from packaging.version import InvalidVersion, Version
 from .cuda_arch import parse_arch_list
 from .errors import InputError, did_you_mean
 from .recipe import LoadedRecipe
-from .sources import Source, source_from_table
+from .sources import Source, is_local_wheel, source_from_table
 
 TOP_KEYS = {"extends", "description", "target", "image", "components", "pins", "overrides"}
 TARGET_KEYS = {"python", "cuda", "cuda_arch_list", "platform"}
@@ -228,7 +228,7 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe], recipes
         adopt = table.get("adopt")
         if adopt is not None:
             adopt = _string(adopt, f"{cwhere}.adopt")
-            if adopt.endswith(".whl") and not adopt.startswith(("http://", "https://", "/")):
+            if is_local_wheel(adopt) and not Path(adopt).is_absolute():
                 adopt = str((path.parent / adopt).resolve())
         components[name] = ComponentSpec(name, version, source, env, adopt, bool(table.get("keep_debug", False)),
                                          _table(table, "options", cwhere))

@@ -100,6 +100,11 @@ class LocalSource:
 
 Source = GitSource | UrlSource | PypiSource | LocalSource
 
+
+def is_local_wheel(spec: str) -> bool:
+    """Whether an adopt spec names a wheel file on this machine (not a URL or a requirement)."""
+    return spec.endswith(".whl") and "://" not in spec
+
 _SOURCE_KEYS = {
     "git": ({"git", "ref", "submodules"}, {"git", "ref"}),
     "url": ({"url", "sha256"}, {"url", "sha256"}),

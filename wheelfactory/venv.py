@@ -44,12 +44,13 @@ def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mappi
 def check_consistency(python: Path, overrides: Mapping[str, str], runner: Runner) -> None:
     """`pip check`, tolerating only the conflicts a release overrides on purpose."""
     out = runner.run([python, "-m", "pip", "check"], capture=True, check=False)
-    problems = [line for line in out.splitlines()
-                if line.strip() and not line.startswith("No broken requirements")
-                and not any(f" {name} " in f" {line} " or f"requirement {name}" in line for name in overrides)]
+    problems = []
+    for line in out.splitlines():
+        if not line.strip() or line.startswith("No broken requirements"):
+            continue
+        if any(f" {name} " in f" {line} " or f"requirement {name}" in line for name in overrides):
+            runner.note(f"accepted by the release's [overrides]: {line}")
+        else:
+            problems.append(line)
     if problems:
         raise BuildError("pip check found broken requirements in the venv:\n  " + "\n  ".join(problems))
-    tolerated = [line for line in out.splitlines() if line.strip() and line not in problems
-                 and not line.startswith("No broken")]
-    for line in tolerated:
-        runner.note(f"accepted by the release's [overrides]: {line}")
