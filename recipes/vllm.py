@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from wheelfactory import devicecode
 from wheelfactory.cuda_arch import torch_arch_list
 from wheelfactory.errors import BuildError
 from wheelfactory.recipe import EnvSpec, Recipe, Repair, recipe_data, version_table
@@ -92,10 +93,47 @@ def prepare(ctx) -> None:
             ctx.replace_in_file(ctx.src / rel, pattern, text, regex=True)
 
 
-def build(ctx) -> list[Path]:
+def _nvcc_threads(ctx) -> int:
     # Each nvcc runs NVCC_THREADS threads and vLLM runs MAX_JOBS // NVCC_THREADS of them, so the
     # memory-aware process count sets MAX_JOBS and the spare cores go to NVCC_THREADS.
-    threads = max(1, min(4, ctx.cpus // max(ctx.jobs, 1)))
+    return max(1, min(4, ctx.cpus // max(ctx.jobs, 1)))
+
+
+def configure(ctx) -> None:
+    """vLLM's own CMake configure, with the arguments its setup.py passes (cmake_build_ext.configure
+    in 0.13-0.16), in a directory of its own; then the device-code plan from its build.ninja."""
+    if not kernels_enabled(ctx.step.options):
+        return  # VLLM_TARGET_DEVICE=empty: no CMake, no device code
+    build_dir = ctx.work / "cmake-configure"
+    build_dir.mkdir(exist_ok=True)
+    threads = _nvcc_threads(ctx)
+    python_path = ctx.run([ctx.python, "-c", "import sys; print(':'.join(sys.path))"], capture=True).strip()
+    args = ["cmake", str(ctx.src), "-G", "Ninja",
+            f"-DCMAKE_BUILD_TYPE={ctx.env.get('CMAKE_BUILD_TYPE', 'RelWithDebInfo')}",
+            "-DVLLM_TARGET_DEVICE=cuda",
+            f"-DVLLM_PYTHON_EXECUTABLE={ctx.python}",
+            f"-DVLLM_PYTHON_PATH={python_path}",
+            f"-DFETCHCONTENT_BASE_DIR={ctx.env['FETCHCONTENT_BASE_DIR']}",
+            f"-DNVCC_THREADS={threads}",
+            "-DCMAKE_JOB_POOL_COMPILE:STRING=compile",
+            f"-DCMAKE_JOB_POOLS:STRING=compile={ctx.jobs}"]
+    if ctx.env.get("CUDA_HOME"):
+        args.append(f"-DCMAKE_CUDA_COMPILER={ctx.env['CUDA_HOME']}/bin/nvcc")
+    args += ctx.env.get("CMAKE_ARGS", "").split()
+    started = len(ctx.runner.log_path.read_text(errors="replace")) if ctx.runner.log_path.exists() else 0
+    ctx.run(args, cwd=build_dir)
+    configure_log = ctx.runner.log_path.read_text(errors="replace")[started:]
+    check_no_skipped_kernels(configure_log, ctx.target.cuda_arch_list)
+    ctx.check_device_code(build_dir / "build.ninja", jit_fallbacks())
+
+
+def jit_fallbacks() -> list:
+    """Kernel families recipes/data/vllm_kernels.toml accepts as JIT-only, with their reasons."""
+    return devicecode.jit_fallbacks_from(recipe_data(__file__, "vllm_kernels.toml"), "recipes/data/vllm_kernels.toml")
+
+
+def build(ctx) -> list[Path]:
+    threads = _nvcc_threads(ctx)
     wheels = ctx.build_wheel(env={"NVCC_THREADS": str(threads), "MAX_JOBS": str(ctx.jobs * threads)})
     if kernels_enabled(ctx.step.options):
         check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.cuda_arch_list)

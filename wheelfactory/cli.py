@@ -13,8 +13,8 @@ import click
 from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
-from .errors import FactoryError
-from .executor import find_python
+from .errors import FactoryError, InputError
+from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
 from .lock import lock_paths, lock_release
 from .plan import Plan
@@ -136,17 +136,27 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
 @click.option("--offline", is_flag=True, envvar="WHEELFACTORY_OFFLINE",
               help="Use only the cache: no downloads (run `fetch` first).")
 @click.option("--keep-work", is_flag=True, help="Keep each step's work tree after a successful build.")
+@click.option("--until", type=click.Choice(PHASES[:-1]), default=None,
+              help="Stop the TARGETS' steps after this phase (dependencies are built in full): keep the work "
+                   "tree, publish nothing. `--until configure` prints the device code the build would compile.")
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
 @click.pass_obj
 def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
           source_dirs: tuple[str, ...], adopt: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool,
-          python: str | None, verbose: bool) -> None:
+          until: str | None, python: str | None, verbose: bool) -> None:
     """Build TARGETS (default: the whole release) and their dependencies into the wheelhouse."""
     started = time.monotonic()
+    if until and not targets:
+        raise InputError(f"--until {until} needs the components to stop, e.g. `wheelfactory build vllm --until "
+                         f"{until}` (their dependencies are built in full first)")
     p = factory.plan(factory.release(release), targets, env, source_dirs, adopt)
     results = factory.executor(p, _echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
-                               verbose=verbose).build()
+                               verbose=verbose, until=until, until_steps=tuple(targets)).build()
+    stopped = [r for r in results if r.action.startswith("until-")]
+    if stopped:
+        _echo(f"stopped {', '.join(r.component for r in stopped)} after {until}; nothing of them was published")
+        return
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")

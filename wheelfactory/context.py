@@ -6,11 +6,14 @@ themselves, so a test can hand them a context whose runner records instead of ru
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import devicecode
 from .cuda_arch import gencode_flags
 from .errors import BuildError
 from .plan import Step
@@ -34,6 +37,8 @@ class BuildContext:
     cache: Path
     versions: Mapping[str, str]  # every component and pin of the release, by name
     cpus: int
+    echo: Callable[[str], None] = print
+    device_code: dict[str, Any] | None = None  # the configure phase's device-code plan, for the manifest
 
     @property
     def python(self) -> Path:
@@ -83,3 +88,29 @@ class BuildContext:
         path.write_text(new)
         self.runner.note(f"edit {path.relative_to(self.src)}: {pattern!r} -> {replacement!r} ({n}x)")
         return n
+
+    def check_device_code(self, build_ninja: Path,
+                          jit_fallbacks: Sequence[devicecode.JitFallback] = ()) -> devicecode.DeviceCodePlan:
+        """Read the device code a configured build will compile, save it with the step
+        (device-code.json and .txt in the work tree, the manifest), print the table and fail
+        if it breaks the policy (see devicecode)."""
+        if not build_ninja.is_file():
+            raise BuildError(f"[{self.step.component}] the configure step wrote no {build_ninja}")
+        objects = devicecode.parse_ninja(build_ninja.read_text(errors="replace"))
+        plan = devicecode.evaluate(objects, self.target.cuda_arch_list, jit_fallbacks)
+        table = devicecode.render(plan)
+        (self.work / "device-code.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+        (self.work / "device-code.txt").write_text(table + "\n")
+        self.device_code = plan.to_json()
+        for line in table.splitlines():
+            self.runner.note(f"device code: {line}")
+        self.echo(f"[{self.step.component}] device code the build will compile "
+                  f"(for {';'.join(self.target.cuda_arch_list)}):\n" + table)
+        if not objects:
+            raise BuildError(f"[{self.step.component}] {build_ninja} has no CUDA objects: the build would "
+                             "compile no device code for the release's arch list")
+        if not plan.ok:
+            raise BuildError(f"[{self.step.component}] the device code breaks the release's policy:\n  "
+                             + "\n  ".join(plan.errors)
+                             + f"\nfull table: {self.work / 'device-code.txt'}")
+        return plan

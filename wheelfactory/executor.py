@@ -24,6 +24,7 @@ from .context import BuildContext
 from .errors import BuildError, InputError
 from .fetch import SourceCache
 from .host import Host, default_jobs
+from .patches import SOURCE, apply_patches
 from .plan import ADOPT, BUILD, CACHED, Plan, Step
 from .recipe import LoadedRecipe
 from .repair import repair_wheel
@@ -45,6 +46,23 @@ class ExecOptions:
     verbose: bool = False
     python: str | None = None  # interpreter for build venvs (default: python<target> on PATH)
     index_url: str = "https://pypi.org/simple"
+    # Stop the targets' steps after this phase (PHASES): keep the work tree, publish nothing.
+    until: str | None = None
+    until_steps: tuple[str, ...] = ()  # the components --until applies to (the named targets)
+
+
+# The phases of a build step, in order. `build --until PHASE` stops a target's step after PHASE:
+# configure takes minutes where the build takes hours, and shows what the build would compile.
+PHASES = ("fetch", "prepare", "configure", "build", "repair", "publish")
+
+
+class StoppedAfter(Exception):
+    """A step stopped on purpose after a phase (--until): its work tree is kept, nothing published."""
+
+    def __init__(self, phase: str, work: Path):
+        super().__init__(phase)
+        self.phase = phase
+        self.work = work
 
 
 @dataclass(frozen=True)
@@ -126,7 +144,8 @@ class Executor:
                                                             f"to release {self.wheelhouse.root}/.lock ...")):
             for i, step in enumerate(self.plan.steps, 1):
                 started = time.monotonic()
-                if step.action == CACHED or self.wheelhouse.is_cached(step.key):
+                stopping = self.opts.until is not None and step.component in self.opts.until_steps
+                if not stopping and (step.action == CACHED or self.wheelhouse.is_cached(step.key)):
                     self.echo(f"[{i}/{total}] {step.component} {step.version}: cached ({step.key[:12]})")
                     results.append(StepResult(step.component, CACHED, (), 0.0))
                     continue
@@ -139,7 +158,15 @@ class Executor:
                     wheels, saved = [self._adopted_wheel(step, runner)], 0
                     origin = {"origin": "adopted", "from": step.adopt}
                 else:
-                    wheels, saved, origin = self._build_step(step, runner)
+                    try:
+                        wheels, saved, origin = self._build_step(step, runner,
+                                                                 self.opts.until if stopping else None)
+                    except StoppedAfter as stop:
+                        took = time.monotonic() - started
+                        self.echo(f"[{i}/{total}] {step.component}: stopped after {stop.phase} in {took:.1f}s "
+                                  f"(nothing published); work tree: {stop.work}")
+                        results.append(StepResult(step.component, f"until-{stop.phase}", (), took, str(log)))
+                        continue
                 published = self.wheelhouse.publish(wheels, origin | {
                     "component": step.component, "key": step.key, "inputs": step.key_inputs,
                     "log": str(log), "bytes_stripped": saved})
@@ -152,22 +179,36 @@ class Executor:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _build_step(self, step: Step, runner: Runner) -> tuple[list[Path], int, dict[str, str]]:
+    def _build_step(self, step: Step, runner: Runner,
+                    until: str | None = None) -> tuple[list[Path], int, dict[str, object]]:
+        """fetch, prepare, configure, build, repair (publish is the caller's); `until` stops after
+        the named phase by raising StoppedAfter, with the work tree kept."""
         loaded = self.recipes[step.component]
         recipe = loaded.recipe
         assert step.source is not None
+
+        def done(phase: str) -> None:
+            runner.note(f"phase {phase} done")
+            if until == phase:
+                raise StoppedAfter(phase, work)
+
+        # fetch
         tree = self.sources.fetch(step.source, runner, offline=self.opts.offline)
         work = self.opts.cache_dir / "work" / f"{step.component}-{step.key[:12]}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
+        done("fetch")
+        # prepare: a private copy of the source, patched, the venv, the recipe's own edits
         src = work / "src"
         shutil.copytree(tree, src, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        apply_patches(src, step.patches.get(SOURCE, ()), runner, step.component)
         venv = work / "venv"
         runner.run([self.python, "-m", "venv", venv])
         jobs = self.opts.jobs or default_jobs(self.host, step.mem_per_job_gb)
         versions = {n: c.version for n, c in self.plan.release.components.items()} | dict(self.plan.pins)
         ctx = BuildContext(step, self.plan.target, src, work, work / "dist", venv, self.host.cuda_home, jobs,
-                           {}, runner, self.opts.offline, self.opts.cache_dir, versions, self.host.cpus)
+                           {}, runner, self.opts.offline, self.opts.cache_dir, versions, self.host.cpus,
+                           echo=self.echo)
         ctx.dist.mkdir()
         ctx.env = self._step_env(step, ctx)
         (work / "build_env.sh").write_text("".join(f"export {k}={_sh(v)}\n" for k, v in sorted(ctx.env.items()))
@@ -176,11 +217,20 @@ class Executor:
             if (prepare := loaded.hook("prepare")) is not None:
                 prepare(ctx)
             self._install_build_venv(step, ctx, runner)
+            done("prepare")
+            # configure: the build system's own configure step, where the recipe has one; it
+            # reports (and checks) the device code the build would compile
+            if (configure := loaded.hook("configure")) is not None:
+                configure(ctx)
+            elif until == "configure":
+                runner.note("the recipe has no separate configure step: its build configures and compiles at once")
+            done("configure")
             build = loaded.hook("build")
             wheels = build(ctx) if build is not None else ctx.build_wheel()
             if not wheels:
                 raise BuildError(f"[{step.component}] the build produced no wheel in {ctx.dist}")
             self._check_outputs(step, recipe.outputs + recipe.optional_outputs, recipe.outputs, wheels)
+            done("build")
             saved = 0
             repaired = []
             for wheel in wheels:
@@ -192,6 +242,7 @@ class Executor:
                     runner.note(f"stripped {report.stripped_files} shared objects in {wheel.name}, "
                                 f"saved {report.bytes_saved} bytes")
             wheels = repaired
+            done("repair")
         except BaseException as e:
             if isinstance(e, BuildError):
                 raise BuildError(f"{e}\nthe work tree is kept at {work}; re-enter it with "
@@ -204,7 +255,9 @@ class Executor:
         staged = [Path(shutil.move(str(w), keep / w.name)) for w in wheels]
         if not self.opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
-        origin = {"origin": "built", "from": step.source.describe()}
+        origin: dict[str, object] = {"origin": "built", "from": step.source.describe()}
+        if ctx.device_code is not None:
+            origin["device_code_plan"] = ctx.device_code
         marker = tree / ".wf-source.json"
         if marker.exists():
             origin["source_info"] = json.loads(marker.read_text())
@@ -216,7 +269,15 @@ class Executor:
         values = {"site": str(ctx.site), "src": str(ctx.src), "work": str(ctx.work),
                   "cuda_home": self.host.cuda_home or "", "cache": str(self.opts.cache_dir)}
         for name, extra in step.extra_sources.items():
-            values[f"source_{name}"] = str(self.sources.fetch(extra, ctx.runner, offline=self.opts.offline))
+            tree = self.sources.fetch(extra, ctx.runner, offline=self.opts.offline)
+            if step.patches.get(name):
+                # The cache's tree is shared by every build: patch a private copy of it.
+                copy = ctx.work / "patched" / name
+                if not copy.exists():
+                    shutil.copytree(tree, copy, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+                    apply_patches(copy, step.patches[name], ctx.runner, step.component)
+                tree = copy
+            values[f"source_{name}"] = str(tree)
         env = {}
         for k, v in step.env.items():
             try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .errors import InputError, did_you_mean
+from .patches import Patch, declared_patches
 from .recipe import EnvSpec, LoadedRecipe, Target
 from .release import Release
 from .sources import Source
@@ -53,6 +54,8 @@ class Step:
     keep_debug: bool
     options: Mapping[str, Any]
     key_inputs: Mapping[str, Any]
+    # Patch files by tree ("source" or an extra source's name), applied in the prepare phase.
+    patches: Mapping[str, tuple[Patch, ...]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class Step:
             "extra_sources": {n: s.describe() for n, s in self.extra_sources.items()},
             "outputs": list(self.outputs),
             "options": dict(self.options),
+            "patches": {tree: [p.name for p in ps] for tree, ps in self.patches.items()},
         }
 
 
@@ -183,6 +187,8 @@ def plan_release(
         else:
             source_identity = source.identity()
             action = BUILD
+        patches = (declared_patches(loaded.path.parent, name, spec.version, tuple(extra_sources))
+                   if action == BUILD else {})
         inputs = {
             "tool": __version__,
             "component": name,
@@ -196,6 +202,7 @@ def plan_release(
             "keep_debug": spec.keep_debug,
             "target": target_json,
             "deps": {d: keys[d] for d in deps} if action == BUILD else {},
+            "patches": {tree: [p.identity() for p in ps] for tree, ps in sorted(patches.items())},
         }
         key = build_key(inputs)
         keys[name] = key
@@ -204,7 +211,7 @@ def plan_release(
                           source if action == BUILD else None, adopt, env if action == BUILD else {},
                           tuple(build_requires) if action == BUILD else (),
                           extra_sources if action == BUILD else {}, recipe.outputs,
-                          recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs))
+                          recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches))
     return Plan(release, target, tuple(steps), dict(release.pins))
 
 
