@@ -29,7 +29,8 @@ from typing import Any
 from . import cuda_compat as cc
 from .cuda_compat import JIT, NATIVE, NONE, DeviceCode
 
-# `-gencode arch=compute_90a,code=sm_90a`, `-gencode=arch=...`, `--generate-code=arch=compute_80,code=[compute_80,sm_80]`
+# `-gencode arch=compute_90a,code=sm_90a`, `-gencode=arch=...`,
+# `--generate-code=arch=compute_80,code=[compute_80,sm_80]`
 _GENCODE_RE = re.compile(r"(?:-gencode|--generate-code)[= ]\s*\"?arch=(compute_\w+),code=(\[[^\]]*\]|[\w]+)")
 # `-arch=sm_90` / `--gpu-architecture sm_90`: SASS for sm_90 plus PTX for compute_90 (nvcc's shorthand)
 _ARCH_RE = re.compile(r"(?:^|\s)(?:-arch|--gpu-architecture)[= ]\s*(sm_\w+|compute_\w+)")
@@ -74,10 +75,11 @@ def _logical_lines(text: str) -> Iterable[str]:
     """build.ninja lines with `$`-continuations joined."""
     pending = ""
     for raw in text.splitlines():
-        if raw.endswith("$") and not raw.endswith("$$"):
-            pending += raw[:-1]
+        line = raw.lstrip() if pending else raw  # ninja skips a continuation's leading blanks
+        if line.endswith("$") and not line.endswith("$$"):
+            pending += line[:-1]
             continue
-        yield pending + raw
+        yield pending + line
         pending = ""
     if pending:
         yield pending

@@ -1,0 +1,151 @@
+"""Build phases, --until, the configure phase's device-code check and patch files, on small
+recipes of the tests' own (a stand-in source; no upstream code)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from wheelfactory.errors import BuildError, InputError
+from wheelfactory.factory import Factory
+from wheelfactory.host import Host
+from wheelfactory.patches import declared_patches
+
+HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
+
+# configure() writes a build.ninja as CMake would and has the context judge it; build() packs the
+# (patched) source file into the wheel so a test can see what was built.
+RECIPE = '''
+from wheelfactory.recipe import Recipe
+from wheelfactory.wheelpack import pack_tree
+
+RECIPE = Recipe(name="demo", summary="test", source=None, outputs=("demo",))
+
+def configure(ctx):
+    d = ctx.work / "cmake"
+    d.mkdir()
+    (d / "build.ninja").write_text(
+        "build CMakeFiles/_C.dir/k.cu.o: CUDA_COMPILER___C_unscanned_Release /s/k.cu\\n"
+        "  FLAGS = -O3 -gencode arch=compute_{code},code=sm_{code}\\n")
+    ctx.check_device_code(d / "build.ninja")
+
+def build(ctx):
+    tree = ctx.work / "t"
+    (tree / "demo").mkdir(parents=True)
+    (tree / "demo" / "__init__.py").write_text((ctx.src / "kernel.txt").read_text())
+    return [pack_tree(tree, "demo", "1.0", "py3-none-any", ctx.dist, summary="t")]
+'''
+
+PATCH = """Stand-in patch: says why, as every patch header must (upstream PR: none, a test).
+
+--- a/kernel.txt
++++ b/kernel.txt
+@@ -1 +1 @@
+-KERNEL = "sm_120a"
++KERNEL = "sm_121a"
+"""
+
+
+def setup(tmp_path: Path, code: str = "121a", patch: str | None = None) -> Factory:
+    recipes = tmp_path / "recipes"
+    (recipes / "releases").mkdir(parents=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kernel.txt").write_text('KERNEL = "sm_120a"\n')
+    (recipes / "demo.py").write_text(RECIPE.replace("{code}", code))
+    (recipes / "releases" / "r.toml").write_text(
+        "[target]\npython = '3.11'\ncuda = '13.0'\ncuda_arch_list = ['12.1a']\nplatform = 'linux_x86_64'\n"
+        f"[components.demo]\nversion = '1.0'\nsource = {{ path = '{src}' }}\n")
+    if patch is not None:
+        (recipes / "patches" / "demo" / "1.0").mkdir(parents=True)
+        (recipes / "patches" / "demo" / "1.0" / "0001-sm121.patch").write_text(patch)
+        (recipes / "data").mkdir()
+        (recipes / "data" / "patches.toml").write_text('["demo"."1.0"]\nsource = ["0001-sm121.patch"]\n')
+    return Factory(recipes, tmp_path / "wh", tmp_path / "cache", host_probe=lambda: HOST)
+
+
+def build(f: Factory, until: str | None = None):
+    plan = f.plan(f.release("r"), ["demo"])
+    return f.executor(plan, echo=lambda m: None, python=shutil.which("python3"), until=until,
+                      until_steps=("demo",)).build()
+
+
+def test_until_configure_stops_keeps_the_tree_and_publishes_nothing(tmp_path):
+    f = setup(tmp_path)
+    [result] = build(f, until="configure")
+    assert result.action == "until-configure"
+    assert not f.wheelhouse.manifest_path.exists()
+    assert list(f.wheelhouse.root.glob("*.whl")) == []
+    [work] = (f.cache_dir / "work").iterdir()
+    saved = json.loads((work / "device-code.json").read_text())
+    assert saved["objects"] == 1 and saved["errors"] == []
+    assert saved["families"][0]["sass"] == ["sm_121a"]
+    assert not (work / "dist" / "demo-1.0-py3-none-any.whl").exists()  # the build phase never ran
+
+
+def test_until_prepare_stops_before_configure(tmp_path):
+    f = setup(tmp_path)
+    [result] = build(f, until="prepare")
+    assert result.action == "until-prepare"
+    [work] = (f.cache_dir / "work").iterdir()
+    assert (work / "src" / "kernel.txt").exists() and not (work / "device-code.json").exists()
+
+
+def test_a_full_build_records_the_device_code_plan_in_the_manifest(tmp_path):
+    f = setup(tmp_path)
+    build(f)
+    [entry] = f.wheelhouse.manifest().values()
+    assert entry["device_code_plan"]["devices"] == ["12.1"]
+    assert entry["device_code_plan"]["families"][0]["verdicts"] == {"12.1": {"native": 1, "jit": 0, "none": 0}}
+
+
+def test_configure_fails_on_code_the_release_cannot_run(tmp_path):
+    f = setup(tmp_path, code="120a")
+    with pytest.raises(BuildError) as e:
+        build(f)
+    assert "_C:.: 1 object(s) carry only sm_120a, which no device of the release (12.1) can load" in str(e.value)
+    assert not f.wheelhouse.manifest_path.exists()
+
+
+def test_patches_are_applied_in_prepare_and_enter_the_key(tmp_path):
+    f = setup(tmp_path, patch=PATCH)
+    key_with = f.plan(f.release("r"), ["demo"]).step("demo").key
+    build(f)
+    [wheel] = f.wheelhouse.root.glob("demo-*.whl")
+    assert zipfile.ZipFile(wheel).read("demo/__init__.py") == b'KERNEL = "sm_121a"\n'
+    log = next((f.cache_dir / "logs").glob("demo-*.log")).read_text()
+    assert "applied patch demo/1.0/0001-sm121.patch" in log
+    # editing the patch re-keys the step
+    (f.recipes_dir / "patches" / "demo" / "1.0" / "0001-sm121.patch").write_text(PATCH.replace("says why", "why"))
+    f2 = Factory(f.recipes_dir, f.wheelhouse_dir, f.cache_dir, host_probe=lambda: HOST)
+    assert f2.plan(f2.release("r"), ["demo"]).step("demo").key != key_with
+
+
+def test_a_patch_that_does_not_apply_fails_with_its_name(tmp_path):
+    f = setup(tmp_path, patch=PATCH.replace('-KERNEL = "sm_120a"', '-KERNEL = "sm_100a"'))
+    with pytest.raises(BuildError) as e:
+        build(f)
+    assert "patch demo/1.0/0001-sm121.patch does not apply to src" in str(e.value)
+    assert not f.wheelhouse.manifest_path.exists()
+
+
+def test_a_declared_patch_file_that_is_missing_is_bad_input(tmp_path):
+    f = setup(tmp_path, patch=PATCH)
+    (f.recipes_dir / "data" / "patches.toml").write_text('["demo"."1.0"]\nsource = ["0002-gone.patch"]\n')
+    with pytest.raises(InputError) as e:
+        declared_patches(f.recipes_dir, "demo", "1.0")
+    assert "names '0002-gone.patch', but" in str(e.value) and str(e.value).endswith("does not exist")
+    (f.recipes_dir / "data" / "patches.toml").write_text('["demo"."1.0"]\nflash_attn = ["0001-sm121.patch"]\n')
+    with pytest.raises(InputError, match=r"flash_attn is not a source tree of demo 1.0 \(known: source\)"):
+        declared_patches(f.recipes_dir, "demo", "1.0")
+
+
+def test_until_needs_targets():
+    r = run_cli("build", "--until", "configure")
+    assert r.returncode == 2
+    assert "--until configure needs the components to stop" in r.stderr
