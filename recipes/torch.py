@@ -96,6 +96,13 @@ def prepare(ctx) -> None:
     ctx.run(["ln", "-sf", "libnccl.so.2", ctx.site / "nvidia" / "nccl" / "lib" / "libnccl.so"])
 
 
+def configure(ctx) -> None:
+    # PyTorch's own configure-only mode: CMake writes build/build.ninja (minutes) and stops; the
+    # build phase's setup.py then reuses that build directory instead of configuring again.
+    ctx.run([ctx.python, "setup.py", "build", "--cmake-only"])
+    ctx.check_device_code(ctx.src / "build" / "build.ninja")
+
+
 def build(ctx) -> list[Path]:
     wheels = ctx.build_wheel()
     for wheel in wheels:
