@@ -165,3 +165,39 @@ def test_flashinfer_cubin_refuses_offline(make_ctx):
     ctx.offline = True
     with pytest.raises(BuildError, match="--offline forbids"):
         load("flashinfer").build(ctx)
+
+
+def test_vllm_configure_runs_cmake_as_setup_py_does_and_checks_device_code(make_ctx):
+    ctx = make_ctx("vllm", jobs=4)
+    ctx.env = dict(ctx.env) | {"FETCHCONTENT_BASE_DIR": str(ctx.work / "_deps"), "CUDA_HOME": "/opt/cuda-13.1",
+                               "CMAKE_ARGS": "-DFOO=1 -DBAR=2"}
+    echoed = []
+    ctx.echo = echoed.append
+    (ctx.work / "cmake-configure").mkdir()
+    (ctx.work / "cmake-configure" / "build.ninja").write_text(
+        "build CMakeFiles/_C.dir/csrc/cache_kernels.cu.o: CUDA_COMPILER___C_unscanned_Release /s/c.cu\n"
+        "  FLAGS = -O3 -gencode arch=compute_121a,code=sm_121a\n")
+    load("vllm").configure(ctx)
+    cmake = next(argv for argv, _ in ctx.runner.calls if argv[0] == "cmake")
+    assert cmake[1:4] == [str(ctx.src), "-G", "Ninja"]
+    assert "-DVLLM_TARGET_DEVICE=cuda" in cmake and "-DCMAKE_BUILD_TYPE=Release" in cmake
+    assert f"-DVLLM_PYTHON_EXECUTABLE={ctx.python}" in cmake
+    assert f"-DFETCHCONTENT_BASE_DIR={ctx.work / '_deps'}" in cmake
+    assert "-DCMAKE_JOB_POOLS:STRING=compile=4" in cmake and "-DNVCC_THREADS=4" in cmake  # 20 CPUs / 4 jobs
+    assert "-DCMAKE_CUDA_COMPILER=/opt/cuda-13.1/bin/nvcc" in cmake
+    assert cmake[-2:] == ["-DFOO=1", "-DBAR=2"]
+    assert ctx.device_code["families"][0]["verdicts"] == {"12.1": {"native": 1, "jit": 0, "none": 0}}
+    assert "device code the build will compile" in echoed[0]
+
+
+def test_vllm_configure_fails_on_code_a_gb10_cannot_load(make_ctx):
+    ctx = make_ctx("vllm")
+    ctx.env = dict(ctx.env) | {"FETCHCONTENT_BASE_DIR": str(ctx.work / "_deps")}
+    ctx.echo = lambda m: None
+    (ctx.work / "cmake-configure").mkdir()
+    (ctx.work / "cmake-configure" / "build.ninja").write_text(
+        "build CMakeFiles/_C.dir/csrc/quantization/fp4/gemm.cu.o: CUDA_COMPILER___C_unscanned_Release /s/g.cu\n"
+        "  FLAGS = -O3 -gencode arch=compute_120a,code=sm_120a\n")
+    with pytest.raises(BuildError, match=r"_C:csrc/quantization/fp4: 1 object\(s\) carry only sm_120a"):
+        load("vllm").configure(ctx)
+    assert (ctx.work / "device-code.txt").is_file()
