@@ -39,6 +39,20 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/
                                 reason="needs nvcc (CUDA toolkit)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_toolkits(tmp_path_factory):
+    """One directory of CUDA toolkit wheels and assembled roots for the whole session (~1.3 GB of
+    wheels and ~2 GB unpacked per CUDA version), shared by every build's cache directory through
+    WHEELFACTORY_TOOLKITS_DIR. Set that variable yourself to keep them across sessions."""
+    if os.environ.get("WHEELFACTORY_TOOLKITS_DIR"):
+        yield Path(os.environ["WHEELFACTORY_TOOLKITS_DIR"])
+        return
+    shared = tmp_path_factory.mktemp("toolkits")
+    os.environ["WHEELFACTORY_TOOLKITS_DIR"] = str(shared)
+    yield shared
+    del os.environ["WHEELFACTORY_TOOLKITS_DIR"]
+
+
 @pytest.fixture(scope="session")
 def ci_wheelhouse(tmp_path_factory) -> tuple[Path, Path]:
     """The CI release built and locked (with its -t5 sibling) through the real CLI, once per session.

@@ -41,7 +41,8 @@ def setup(tmp_path: Path, bodies: dict[str, tuple[str, tuple[str, ...]]]) -> tup
         (recipes / f"{name}.py").write_text(RECIPE.format(name=name, deps=deps, body=body))
         release += f"[components.{name}]\nversion = '1.0'\nsource = {{ path = '{src}' }}\n"
     (recipes / "releases" / "r.toml").write_text(release)
-    f = Factory(recipes, tmp_path / "wh", tmp_path / "cache", host_probe=lambda: HOST)
+    # These recipes compile nothing: the host's (absent) toolkit, not 1 GB of CUDA wheels.
+    f = Factory(recipes, tmp_path / "wh", tmp_path / "cache", host_probe=lambda: HOST, system_cuda=True)
     return f, src
 
 

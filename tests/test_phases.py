@@ -66,7 +66,8 @@ def setup(tmp_path: Path, code: str = "121a", patch: str | None = None) -> Facto
         (recipes / "patches" / "demo" / "1.0" / "0001-sm121.patch").write_text(patch)
         (recipes / "data").mkdir()
         (recipes / "data" / "patches.toml").write_text('["demo"."1.0"]\nsource = ["0001-sm121.patch"]\n')
-    return Factory(recipes, tmp_path / "wh", tmp_path / "cache", host_probe=lambda: HOST)
+    # These recipes compile nothing: the host's toolkit, not 1 GB of CUDA wheels.
+    return Factory(recipes, tmp_path / "wh", tmp_path / "cache", host_probe=lambda: HOST, system_cuda=True)
 
 
 def build(f: Factory, until: str | None = None):
@@ -122,7 +123,7 @@ def test_patches_are_applied_in_prepare_and_enter_the_key(tmp_path):
     assert "applied patch demo/1.0/0001-sm121.patch" in log
     # editing the patch re-keys the step
     (f.recipes_dir / "patches" / "demo" / "1.0" / "0001-sm121.patch").write_text(PATCH.replace("says why", "why"))
-    f2 = Factory(f.recipes_dir, f.wheelhouse_dir, f.cache_dir, host_probe=lambda: HOST)
+    f2 = Factory(f.recipes_dir, f.wheelhouse_dir, f.cache_dir, host_probe=lambda: HOST, system_cuda=True)
     assert f2.plan(f2.release("r"), ["demo"]).step("demo").key != key_with
 
 

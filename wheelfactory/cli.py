@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,10 +17,12 @@ from . import __version__
 from .errors import FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
+from .installed import repack_installed
 from .lock import lock_paths, lock_release
 from .plan import Plan
 from .release import list_releases
 from .runner import Runner
+from .toolkit import is_wheel_label, mismatch_warning
 from .venv import create_venv
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "WHEELFACTORY"}
@@ -41,9 +44,23 @@ adopt_option = click.option("--adopt", "adopt", multiple=True, metavar="COMPONEN
 targets_argument = click.argument("targets", nargs=-1)
 
 
+def _use_system_cuda(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # Set on the Factory (made by the group before any subcommand option is parsed), so that
+    # every command that plans sees it without one more parameter in each signature.
+    if value:
+        ctx.find_object(Factory).system_cuda = True
+
+
+system_cuda_option = click.option(
+    "--system-cuda", is_flag=True, expose_value=False, callback=_use_system_cuda, envvar="WHEELFACTORY_SYSTEM_CUDA",
+    help="Build with this host's CUDA toolkit instead of the release's CUDA assembled from NVIDIA's wheels "
+         "(enters the build key; give it to lock too, or set WHEELFACTORY_SYSTEM_CUDA=1).")
+
+
 def plan_inputs(command):
     """The options every planning command takes: release, targets, --env, --source-dir, --adopt."""
-    for decorate in reversed((release_option, targets_argument, env_option, source_dir_option, adopt_option)):
+    for decorate in reversed((release_option, targets_argument, env_option, source_dir_option, adopt_option,
+                              system_cuda_option)):
         command = decorate(command)
     return command
 
@@ -88,8 +105,11 @@ def list_cmd(factory: Factory) -> None:
 
 def _print_plan(plan: Plan) -> None:
     t = plan.target
-    click.echo(f"release {plan.release.name}: python {t.python}, CUDA {t.cuda} (nvcc here: {t.toolkit}), "
+    cuda = "toolkit from wheels" if is_wheel_label(t.toolkit) else f"system nvcc: {t.toolkit}"
+    click.echo(f"release {plan.release.name}: python {t.python}, CUDA {t.cuda} ({cuda}), "
                f"arch {';'.join(t.cuda_arch_list)}, platform {t.platform}")
+    if not is_wheel_label(t.toolkit) and (warning := mismatch_warning(t.cuda, t.toolkit)):
+        click.echo(f"  {warning}")
     if t.platform != plan.release.target.platform:
         click.echo(f"  note: the release is meant for {plan.release.target.platform}; wheels built here are "
                    f"{t.platform}")
@@ -164,14 +184,25 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
 
 @cli.command()
 @click.argument("component")
-@click.argument("wheel_or_requirement")
+@click.argument("wheel_or_requirement", required=False)
 @release_option
 @click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
+@click.option("--from-python", "from_python", metavar="PYTHON",
+              help="Adopt the distribution installed in this interpreter, repacked into a wheel (its files "
+                   "from RECORD, hashes checked), e.g. the GB10 PyTorch of an NGC container.")
+@click.option("--with-requires", is_flag=True,
+              help="With --from-python: also repack the installed distributions it requires, into the build "
+                   "cache, so builds against it need no index.")
 @click.pass_obj
-def adopt(factory: Factory, component: str, wheel_or_requirement: str, release: str, python: str | None) -> None:
+def adopt(factory: Factory, component: str, wheel_or_requirement: str | None, release: str, python: str | None,
+          from_python: str | None, with_requires: bool) -> None:
     """Put an existing wheel (a path, URL or requirement such as torch==2.10.0) into the wheelhouse as
     COMPONENT, so everything downstream builds against it instead of a source build."""
     rel = factory.release(release)
+    if bool(from_python) == bool(wheel_or_requirement):
+        raise InputError("adopt takes either WHEEL_OR_REQUIREMENT or --from-python PYTHON (one of them)")
+    if from_python:
+        wheel_or_requirement = str(_repack_from_python(factory, component, from_python, with_requires))
     spec = f"{component}={wheel_or_requirement}"
     p = factory.plan(rel, [component], adopt=[spec])
     p = dataclasses.replace(p, steps=tuple(s for s in p.steps if s.component == component))
@@ -180,8 +211,29 @@ def adopt(factory: Factory, component: str, wheel_or_requirement: str, release: 
           f"  [components.{component}]\n  adopt = \"{p.steps[0].adopt}\"")
 
 
+def _repack_from_python(factory: Factory, component: str, python: str, with_requires: bool) -> Path:
+    """Repack COMPONENT's outputs as installed in PYTHON; requirements go to the build cache's pydeps/."""
+    if shutil.which(python) is None and not Path(python).is_file():
+        raise InputError(f"--from-python {python!r}: no such interpreter")
+    outputs = factory.recipes[component].recipe.outputs if component in factory.recipes else ()
+    if not outputs:
+        raise InputError(f"unknown component {component!r}; known: {', '.join(sorted(factory.recipes))}")
+    cache = factory.cache_dir.expanduser()
+    runner = Runner(component, cache / "logs" / f"adopt-{component}.log")
+    out = cache / "adopt" / "installed" / component
+    wheels = repack_installed(python, outputs[0], out, runner, with_requires=with_requires)
+    main_wheel, requires = wheels[0], wheels[1:]
+    (cache / "pydeps").mkdir(parents=True, exist_ok=True)
+    for wheel in requires:
+        shutil.move(str(wheel), cache / "pydeps" / wheel.name)
+    _echo(f"repacked {main_wheel.name} from {python}" + (f" and {len(requires)} installed requirement(s) into "
+                                                        f"{cache / 'pydeps'}" if requires else ""))
+    return main_wheel
+
+
 @cli.command()
 @release_option
+@system_cuda_option
 @click.option("--offline", is_flag=True, envvar="WHEELFACTORY_OFFLINE",
               help="Resolve from the wheelhouse alone; download nothing.")
 @click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
@@ -215,6 +267,36 @@ def venv(factory: Factory, path: Path, release: str, python: str | None, verbose
                       find_python(rel.target.python, python), runner)
     _echo(f"venv ready at {path} ({len(ran)} smoke check(s) and pip check passed); "
           f"activate with: source {path}/bin/activate")
+
+
+@cli.command()
+@click.argument("wheels", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--arch", "archs", multiple=True, metavar="ARCH",
+              help="Judge against this target arch list, e.g. --arch 12.1a or --arch '9.0a;12.1a' (repeatable): "
+                   "exit 1 if a shared object has no native code for a target or arch-specific code for another GPU.")
+@click.option("--json", "as_json", is_flag=True, help="Print the audit (and verdict) as JSON.")
+def inspect(wheels: tuple[Path, ...], archs: tuple[str, ...], as_json: bool) -> None:
+    """Show the CUDA device code of every shared object in WHEELS (bytes per arch) and, with --arch,
+    whether each loads natively on the target GPUs. Several wheels are shown side by side."""
+    # Imported here: only this command reads fatbins, and the other commands start faster without.
+    from . import audit as wheel_audit
+
+    if archs:
+        wheel_audit.target_devices(archs)  # a bad --arch is reported before any wheel is read
+    audits = [wheel_audit.audit_wheel(w) for w in wheels]
+    verdicts = [wheel_audit.judge(a, archs) if archs else None for a in audits]
+    if as_json:
+        click.echo(json.dumps({"wheels": [
+            {"wheel": a.wheel, "provenance": a.provenance, "device_code": a.to_json(),
+             "verdict": v.to_json() if v else None} for a, v in zip(audits, verdicts, strict=True)]}, indent=2))
+    else:
+        click.echo("\n\n".join(wheel_audit.render(a, v) for a, v in zip(audits, verdicts, strict=True)))
+        if len(audits) > 1:
+            click.echo("\n" + wheel_audit.render_comparison(audits))
+    bad = [(a, v) for a, v in zip(audits, verdicts, strict=True) if v is not None and not v.ok]
+    if bad:
+        raise wheel_audit.PolicyError("; ".join(f"{a.wheel} contradicts --arch {';'.join(v.targets)} "
+                                                f"({len(v.failures)} shared object(s))" for a, v in bad))
 
 
 # The image assembler lives in its own package; it only reads releases, plans and locks.

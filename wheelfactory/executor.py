@@ -4,6 +4,7 @@ knows the order of operations."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -30,6 +31,7 @@ from .recipe import LoadedRecipe
 from .repair import repair_wheel
 from .runner import Runner
 from .sources import is_local_wheel
+from .toolkit import ToolkitCache, WheelToolkit, nvcc_version, toolkits_dir
 from .wheelhouse import Wheelhouse
 from .wheelmeta import read_wheel
 
@@ -90,11 +92,19 @@ def find_python(version: str, override: str | None) -> str:
 
 class Executor:
     def __init__(self, plan: Plan, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe], host: Host,
-                 options: ExecOptions, echo: Callable[[str], None] = print):
+                 options: ExecOptions, echo: Callable[[str], None] = print, toolkit: WheelToolkit | None = None):
         self.plan = plan
         self.wheelhouse = wheelhouse
         self.recipes = recipes
+        # The CUDA toolkit builds use: assembled from wheels (the default), or the host's (None).
+        # Its root's path is known before it is assembled (content-addressed), so every step and
+        # ${cuda_home} see it as the host's CUDA home; _step_env assembles it before first use.
+        self.toolkit = toolkit
+        self.toolkits = ToolkitCache(toolkits_dir(options.cache_dir), options.index_url)
+        if toolkit is not None:
+            host = dataclasses.replace(host, cuda_home=str(self.toolkits.root_of(toolkit)), toolkit=toolkit.label)
         self.host = host
+        self._nvcc: dict[str, str] = {}  # step key -> nvcc version read in its build (manifest "nvcc")
         self.opts = options
         self.echo = echo
         self.sources = SourceCache(options.cache_dir, options.index_url)
@@ -119,6 +129,8 @@ class Executor:
         steps = [s for s in self.plan.steps if s.action in (BUILD, ADOPT)]
         if steps:
             self.python  # noqa: B018 -- fail on a missing interpreter before downloading anything
+        if self.toolkit is not None and any(s.action == BUILD for s in steps):
+            self.toolkits.ensure(self.toolkit, offline=False, echo=self.echo)
         known: dict[str, list[Path]] = {s.component: self.wheelhouse.files_for_key(s.key) or []
                                         for s in self.plan.steps}
         for i, step in enumerate(steps, 1):
@@ -256,6 +268,8 @@ class Executor:
         if not self.opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
         origin: dict[str, object] = {"origin": "built", "from": step.source.describe()}
+        if step.key in self._nvcc:
+            origin["nvcc"] = self._nvcc[step.key]  # provenance: the nvcc this build ran, as it reported
         if ctx.device_code is not None:
             origin["device_code_plan"] = ctx.device_code
         marker = tree / ".wf-source.json"
@@ -266,6 +280,7 @@ class Executor:
     def _step_env(self, step: Step, ctx: BuildContext) -> dict[str, str]:
         """The step's environment with its ${placeholders} filled in, plus the runtime-only settings
         (jobs, PATH, ccache) that never enter the build key."""
+        self._prepare_cuda(step, ctx)
         values = {"site": str(ctx.site), "src": str(ctx.src), "work": str(ctx.work),
                   "cuda_home": self.host.cuda_home or "", "cache": str(self.opts.cache_dir)}
         for name, extra in step.extra_sources.items():
@@ -296,6 +311,12 @@ class Executor:
         }
         if self.host.cuda_home:
             env.setdefault("CUDA_HOME", self.host.cuda_home)
+            # Every build system's way to find the toolkit, so none falls back to a host copy:
+            # CMake's CUDA language (CUDACXX), FindCUDAToolkit (CUDAToolkit_ROOT), older CMake
+            # and torch's cpp_extension (CUDA_TOOLKIT_ROOT_DIR, CUDA_HOME).
+            env.setdefault("CUDACXX", f"{self.host.cuda_home}/bin/nvcc")
+            env.setdefault("CUDAToolkit_ROOT", self.host.cuda_home)
+            env.setdefault("CUDA_TOOLKIT_ROOT_DIR", self.host.cuda_home)
         if shutil.which("ccache"):
             # Object files survive version bumps: a rebuild recompiles only what changed.
             env |= {"CCACHE_DIR": str(self.opts.cache_dir / "ccache"), "CCACHE_BASEDIR": str(ctx.work),
@@ -304,6 +325,20 @@ class Executor:
         if self.opts.offline:
             env |= {"PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "FETCHCONTENT_FULLY_DISCONNECTED": "ON"}
         return env
+
+    def _prepare_cuda(self, step: Step, ctx: BuildContext) -> None:
+        """Assemble the wheel toolkit if needed, and read the nvcc version this build will use from
+        `$CUDA_HOME/bin/nvcc --version` (logged, and recorded in the manifest)."""
+        if self.toolkit is not None:
+            self.toolkits.ensure(self.toolkit, offline=self.opts.offline, echo=self.echo)
+        if not self.host.cuda_home or not Path(self.host.cuda_home, "bin", "nvcc").exists():
+            return
+        out = ctx.runner.run([Path(self.host.cuda_home, "bin", "nvcc"), "--version"], capture=True, check=False)
+        version = nvcc_version(out)
+        if version:
+            source = "toolkit from wheels" if self.toolkit is not None else "host toolkit (--system-cuda)"
+            ctx.runner.note(f"nvcc {version} at {self.host.cuda_home} ({source})")
+            self._nvcc[step.key] = version
 
     def _dep_wheels(self, step: Step) -> list[Path]:
         files: list[Path] = []

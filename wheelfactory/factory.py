@@ -15,6 +15,7 @@ from .plan import Plan, PlanOptions, make_target, plan_release
 from .recipe import LoadedRecipe, load_recipes
 from .release import Release, load_release
 from .sources import is_local_wheel, local_source
+from .toolkit import WheelToolkit, load_toolkit, mismatch_warning
 from .wheelhouse import Wheelhouse
 
 DEFAULT_RELEASE = "0.15.0-t4"
@@ -68,6 +69,7 @@ class Factory:
     cache_dir: Path
     index_url: str = "https://pypi.org/simple"
     host_probe: Callable[[], Host] = field(default=detect_host)
+    system_cuda: bool = False  # --system-cuda: build with the host's toolkit, not the release's from wheels
 
     @cached_property
     def recipes(self) -> Mapping[str, LoadedRecipe]:
@@ -90,11 +92,22 @@ class Factory:
         sources = {c: local_source(Path(p).expanduser(), f"--source-dir {c}")
                    for c, p in parse_source_dirs(source_dirs).items()}
         options = PlanOptions(env=parse_env_options(env), sources=sources, adopt=parse_adopt_options(adopt))
-        target = make_target(release, self.host.platform, self.host.toolkit)
+        toolkit = self.toolkit(release)
+        target = make_target(release, self.host.platform, toolkit.label if toolkit else self.host.toolkit)
         cached = self.wheelhouse.cached_keys()
         return plan_release(release, self.recipes, target, targets, options, is_cached=cached.__contains__)
 
+    def toolkit(self, release: Release) -> WheelToolkit | None:
+        """The CUDA toolkit from wheels that builds of the release use, or None for the host's
+        (--system-cuda, or the release's [target] system_cuda = true)."""
+        if self.system_cuda or release.target.system_cuda:
+            return None
+        return load_toolkit(self.recipes_dir / "data" / "cuda_wheels.toml", release.target.cuda, self.host.platform)
+
     def executor(self, plan: Plan, echo: Callable[[str], None], **options: object) -> Executor:
+        toolkit = self.toolkit(plan.release)
+        if toolkit is None and (warning := mismatch_warning(plan.target.cuda, self.host.toolkit)):
+            echo(warning)  # before anything is fetched or built
         return Executor(plan, self.wheelhouse, self.recipes, self.host,
                         ExecOptions(cache_dir=self.cache_dir, index_url=self.index_url, **options),  # type: ignore[arg-type]
-                        echo)
+                        echo, toolkit=toolkit)

@@ -76,7 +76,9 @@ class Target:
     cuda: str  # "13.1.0", the release's CUDA version
     cuda_arch_list: tuple[str, ...]
     platform: str  # wheel platform tag of the build host, e.g. linux_aarch64
-    toolkit: str  # nvcc version found on the host ("none" without one)
+    # The CUDA toolkit builds use: "wheels:13.1.0:<identity>" (assembled from the pinned wheels, see
+    # toolkit.py), or with --system-cuda the host nvcc's release ("13.0", "none" without one).
+    toolkit: str
 
     @property
     def python_tag(self) -> str:

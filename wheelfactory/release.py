@@ -29,6 +29,7 @@ from .sources import Source, is_local_wheel, source_from_table
 
 TOP_KEYS = {"extends", "description", "target", "image", "components", "pins", "overrides"}
 TARGET_KEYS = {"python", "cuda", "cuda_arch_list", "platform"}
+OPTIONAL_TARGET_KEYS = {"system_cuda"}  # true: build with the host's CUDA toolkit, not the release's from wheels
 IMAGE_KEYS = {"kind", "repository", "base", "tag", "dev_base"}
 IMAGE_KINDS = {"vllm", "pytorch"}
 COMPONENT_KEYS = {"version", "source", "env", "adopt", "keep_debug", "options"}
@@ -53,6 +54,7 @@ class TargetSpec:
     cuda: str
     cuda_arch_list: tuple[str, ...]
     platform: str  # what the release is meant for; builds run for the host they run on
+    system_cuda: bool = False  # build with the host's toolkit instead of the release's CUDA from wheels
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe], recipes
     data = _raw_release(path, recipes_dir)
 
     target = _table(data, "target", where)
-    _check_keys(target, TARGET_KEYS, f"{where} [target]", "key")
+    _check_keys(target, TARGET_KEYS | OPTIONAL_TARGET_KEYS, f"{where} [target]", "key")
     for key in sorted(TARGET_KEYS):
         if key not in target:
             raise InputError(f"{where} [target]: missing key {key!r} (e.g. python = '3.12', cuda = '13.1.0', "
@@ -194,7 +196,11 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe], recipes
     cuda = _string(target["cuda"], f"{where} [target].cuda")
     if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
         raise InputError(f"{where} [target].cuda: expected a version such as '13.1.0', got {cuda!r}")
-    target_spec = TargetSpec(python, cuda, tuple(arch_list), _string(target["platform"], f"{where} [target].platform"))
+    system_cuda = target.get("system_cuda", False)
+    if not isinstance(system_cuda, bool):
+        raise InputError(f"{where} [target].system_cuda: expected true or false, got {system_cuda!r}")
+    target_spec = TargetSpec(python, cuda, tuple(arch_list), _string(target["platform"], f"{where} [target].platform"),
+                             system_cuda)
 
     image = _table(data, "image", where)
     _check_keys(image, IMAGE_KEYS, f"{where} [image]", "key")
