@@ -16,6 +16,10 @@ from wheelfactory.factory import Factory
 from wheelfactory.host import Host
 from wheelfactory.patches import declared_patches
 
+# Each test makes build venvs and runs the executor for real: the slow tier.
+pytestmark = pytest.mark.slow
+
+FATBIN = Path(__file__).parent / "data" / "fatbin"
 HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
 
 # configure() writes a build.ninja as CMake would and has the context judge it; build() packs the
@@ -38,6 +42,8 @@ def build(ctx):
     tree = ctx.work / "t"
     (tree / "demo").mkdir(parents=True)
     (tree / "demo" / "__init__.py").write_text((ctx.src / "kernel.txt").read_text())
+    if (ctx.src / "lib.so").exists():
+        (tree / "demo" / "lib.so").write_bytes((ctx.src / "lib.so").read_bytes())
     return [pack_tree(tree, "demo", "1.0", "py3-none-any", ctx.dist, summary="t")]
 '''
 
@@ -51,12 +57,14 @@ PATCH = """Stand-in patch: says why, as every patch header must (upstream PR: no
 """
 
 
-def setup(tmp_path: Path, code: str = "121a", patch: str | None = None) -> Factory:
+def setup(tmp_path: Path, code: str = "121a", patch: str | None = None, so: str | None = None) -> Factory:
     recipes = tmp_path / "recipes"
     (recipes / "releases").mkdir(parents=True)
     src = tmp_path / "src"
     src.mkdir()
     (src / "kernel.txt").write_text('KERNEL = "sm_120a"\n')
+    if so is not None:  # a shared object with device code, from the fatbin fixtures
+        shutil.copyfile(FATBIN / so, src / "lib.so")
     (recipes / "demo.py").write_text(RECIPE.replace("{code}", code))
     (recipes / "releases" / "r.toml").write_text(
         "[target]\npython = '3.11'\ncuda = '13.0'\ncuda_arch_list = ['12.1a']\nplatform = 'linux_x86_64'\n"
@@ -150,3 +158,26 @@ def test_until_needs_targets():
     r = run_cli("build", "--until", "configure")
     assert r.returncode == 2
     assert "--until configure needs the components to stop" in r.stderr
+
+
+def test_the_finished_wheel_is_audited_and_recorded(tmp_path):
+    f = setup(tmp_path, so="family.so")  # sm_100f, sm_120f, compute_120f: native on 12.1 by family
+    build(f)
+    [entry] = f.wheelhouse.manifest().values()
+    [(wheel, audit)] = entry["device_code"].items()
+    assert wheel.startswith("demo-1.0")
+    code = audit["objects"]["demo/lib.so"]["code"]
+    assert sorted(code) == ["compute_120f", "sm_100f", "sm_120f"] and all(n > 0 for n in code.values())
+    assert audit["verdict"]["objects"]["demo/lib.so"]["devices"] == {"12.1": "native"}
+
+
+@pytest.mark.parametrize(("so", "problem"), [
+    ("arch_specific.so", "foreign arch-specific code sm_120a"),
+    ("sass_ptx.so", "only PTX (JIT) for 12.1"),
+])
+def test_a_wheel_that_contradicts_the_arch_list_is_not_published(tmp_path, so, problem):
+    f = setup(tmp_path, so=so)
+    with pytest.raises(BuildError) as e:
+        build(f)
+    assert f"demo/lib.so: {problem}" in str(e.value)
+    assert not f.wheelhouse.manifest_path.exists()

@@ -21,6 +21,9 @@ from urllib.parse import unquote, urlparse
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from .audit import audit_wheel, judge
+from .audit import render as render_audit
+from .adopt import check_adopted_wheel
 from .context import BuildContext
 from .errors import BuildError, InputError
 from .fetch import SourceCache
@@ -51,6 +54,8 @@ class ExecOptions:
     # Stop the targets' steps after this phase (PHASES): keep the work tree, publish nothing.
     until: str | None = None
     until_steps: tuple[str, ...] = ()  # the components --until applies to (the named targets)
+    # Hash every cached wheel in full before trusting it, instead of the size+mtime fast path.
+    verify: bool = False
 
 
 # The phases of a build step, in order. `build --until PHASE` stops a target's step after PHASE:
@@ -157,7 +162,7 @@ class Executor:
             for i, step in enumerate(self.plan.steps, 1):
                 started = time.monotonic()
                 stopping = self.opts.until is not None and step.component in self.opts.until_steps
-                if not stopping and (step.action == CACHED or self.wheelhouse.is_cached(step.key)):
+                if not stopping and self._cached(step):
                     self.echo(f"[{i}/{total}] {step.component} {step.version}: cached ({step.key[:12]})")
                     results.append(StepResult(step.component, CACHED, (), 0.0))
                     continue
@@ -169,6 +174,8 @@ class Executor:
                 if step.action == ADOPT:
                     wheels, saved = [self._adopted_wheel(step, runner)], 0
                     origin = {"origin": "adopted", "from": step.adopt}
+                    if audits := self._audit_wheels(step, wheels, runner, strict=False):
+                        origin["device_code"] = audits
                 else:
                     try:
                         wheels, saved, origin = self._build_step(step, runner,
@@ -188,6 +195,19 @@ class Executor:
                 results.append(StepResult(step.component, step.action, tuple(w.path.name for w in published),
                                           took, str(log), saved))
         return results
+
+    def _cached(self, step: Step) -> bool:
+        """Whether the step's wheels are in the wheelhouse and still the files the manifest recorded
+        (checked again here, under the lock, whatever the plan said). A wheel that changed is
+        reported with both hashes and moved to attic/, and the step runs again."""
+        bad = [m for m in self.wheelhouse.mismatches(step.key, full=self.opts.verify) if m.actual != "missing"]
+        if bad:
+            self.wheelhouse.quarantine([m.name for m in bad])
+            for m in bad:
+                self.echo(f"[{step.component}] {m.describe()}; moved to {self.wheelhouse.root / 'attic'}/, "
+                          "building it again")
+            return False
+        return self.wheelhouse.is_cached(step.key)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -254,6 +274,8 @@ class Executor:
                     runner.note(f"stripped {report.stripped_files} shared objects in {wheel.name}, "
                                 f"saved {report.bytes_saved} bytes")
             wheels = repaired
+            # The finished wheels' device code, held against the same rules as the configure plan.
+            audits = self._audit_wheels(step, wheels, runner, strict=True)
             done("repair")
         except BaseException as e:
             if isinstance(e, BuildError):
@@ -272,10 +294,36 @@ class Executor:
             origin["nvcc"] = self._nvcc[step.key]  # provenance: the nvcc this build ran, as it reported
         if ctx.device_code is not None:
             origin["device_code_plan"] = ctx.device_code
+        if audits:
+            origin["device_code"] = audits
         marker = tree / ".wf-source.json"
         if marker.exists():
             origin["source_info"] = json.loads(marker.read_text())
         return staged, saved, origin
+
+    def _audit_wheels(self, step: Step, wheels: list[Path], runner: Runner, *, strict: bool) -> dict[str, object]:
+        """Per wheel with device code: bytes per arch and shared object (for the manifest), judged
+        against the release's arch list. A built wheel that contradicts it fails (strict); an
+        adopted one is the user's choice, so it is reported."""
+        arch_list = self.plan.target.cuda_arch_list
+        found: dict[str, object] = {}
+        for wheel in wheels:
+            result = audit_wheel(wheel)
+            if not result.objects:
+                continue
+            verdict = judge(result, arch_list)
+            found[wheel.name] = result.to_json() | {"verdict": verdict.to_json()}
+            for line in render_audit(result, verdict).splitlines():
+                runner.note(f"audit: {line}")
+            if not verdict.ok:
+                problems = "; ".join(f"{o.path}: {', '.join(o.problems())}" for o in verdict.failures)
+                message = (f"[{step.component}] {wheel.name} contradicts the release's arch list "
+                           f"{';'.join(arch_list)}: {problems}")
+                if strict:
+                    raise BuildError(message + f"\n(`wheelfactory inspect {wheel} --arch "
+                                     f"{' --arch '.join(arch_list)}` shows the table)")
+                self.echo(f"warning: {message}")
+        return found
 
     def _step_env(self, step: Step, ctx: BuildContext) -> dict[str, str]:
         """The step's environment with its ${placeholders} filled in, plus the runtime-only settings
@@ -420,6 +468,8 @@ class Executor:
                 raise BuildError(f"[{step.component}] adopting {spec!r} gave {len(have)} wheels, expected one")
             wheel = have[0]
         self._check_outputs(step, self.recipes[step.component].recipe.outputs, (), [wheel])
+        check_adopted_wheel(wheel, step.component, step.version, self.recipes[step.component].recipe,
+                            self.plan.target)
         return wheel
 
     def _check_outputs(self, step: Step, allowed: tuple[str, ...], required: tuple[str, ...],
