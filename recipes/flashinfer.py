@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wheelfactory.errors import BuildError
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
+from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair
 from wheelfactory.sources import GitSource
 
 RECIPE = Recipe(
@@ -27,6 +27,9 @@ RECIPE = Recipe(
     mem_per_job_gb=8.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import flashinfer; print('flashinfer', flashinfer.__version__)",),
+    options=(Option("cubin", bool, False, "also build flashinfer-cubin (downloads prebuilt cubins while it builds)"),
+             Option("jit_cache", bool, False, "also build flashinfer-jit-cache, the AOT kernels for the arch list "
+                    "(hours)")),
 )
 
 
@@ -45,7 +48,7 @@ def build(ctx) -> list[Path]:
     # AOT packages live in sub-projects of the source tree; build them only when asked, since
     # flashinfer-jit-cache takes hours.
     for option, subdir in (("cubin", "flashinfer-cubin"), ("jit_cache", "flashinfer-jit-cache")):
-        if not ctx.step.options.get(option):
+        if not ctx.step.options[option]:
             continue
         if option == "cubin" and ctx.offline:
             # flashinfer-cubin's build backend downloads the cubins from FLASHINFER_CUBINS_REPOSITORY.

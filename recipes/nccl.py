@@ -34,7 +34,7 @@ RECIPE = Recipe(
 )
 
 
-def wheel_version(release_version: str, key: str) -> str:
+def _wheel_version(release_version: str, key: str) -> str:
     """'2.29.2-1' -> '2.29.2+wf.<key8>': satisfies torch's ==2.29.2 pin (local labels are ignored by
     pins without one) and names the build in the file name."""
     return f"{release_version.split('-')[0]}+wf.{key[:8]}"
@@ -58,7 +58,7 @@ def build(ctx) -> list[Path]:
     shutil.copy2((builddir / "lib" / "libnccl.so.2").resolve(), lib_dir / "libnccl.so.2")
     shutil.copytree(builddir / "include", tree / "nvidia" / "nccl" / "include")
     license_file = ctx.src / "LICENSE.txt"
-    return [pack_tree(tree, DIST, wheel_version(ctx.version, ctx.step.key), f"py3-none-{ctx.target.platform}",
+    return [pack_tree(tree, DIST, _wheel_version(ctx.version, ctx.step.key), f"py3-none-{ctx.target.platform}",
                       ctx.dist, summary=f"NVIDIA NCCL {ctx.version} built by wheelfactory for "
                       f"{';'.join(ctx.target.cuda_arch_list)}",
                       license_file=license_file if license_file.exists() else None,

@@ -30,6 +30,7 @@ RECIPE = Recipe(
     repair=Repair(mode="retag", strip=True),
     smoke=("import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, "
            "'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else 'n/a (no GPU)')",),
+    data_files=("cuda_wheels.toml",),
 )
 
 # Where a CUDA 13 torch finds its libraries inside site-packages, relative to torch/lib
@@ -37,10 +38,10 @@ RECIPE = Recipe(
 RPATHS = tuple(f"$ORIGIN/../../nvidia/{d}/lib" for d in ("nccl", "cudnn", "nvshmem", "cusparselt", "cu13"))
 
 
-def cuda_wheel_requirements(cuda: str) -> list[str]:
+def _cuda_wheel_requirements(cuda: str) -> list[str]:
     """The CUDA library wheels torch declares for a CUDA version (recipes/data/cuda_wheels.toml)."""
     major_minor = ".".join(cuda.split(".")[:2])
-    return list(version_table(__file__, "cuda_wheels.toml", major_minor,
+    return list(version_table(RECIPE, __file__, "cuda_wheels.toml", major_minor,
                               f"add the CUDA library wheel pins for CUDA {major_minor}")["requires"])
 
 
@@ -51,7 +52,7 @@ def _nccl_pin(spec: EnvSpec) -> str:
 def requirements(spec: EnvSpec) -> list[str]:
     # cuDNN, cuSPARSELt and NVSHMEM headers and libraries come from their wheels, so torch links
     # against exactly what its Requires-Dist will install.
-    return [r for r in cuda_wheel_requirements(spec.target.cuda)
+    return [r for r in _cuda_wheel_requirements(spec.target.cuda)
             if r.split("==")[0] in ("nvidia-cudnn-cu13", "nvidia-cusparselt-cu13", "nvidia-nvshmem-cu13")]
 
 
@@ -78,7 +79,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
         "CUSPARSELT_ROOT": "${site}/nvidia/cusparselt",
         "NVSHMEM_HOME": "${site}/nvidia/nvshmem",
         # Without this the wheel declares no nvidia-* dependencies and expects a system CUDA/NCCL.
-        "PYTORCH_EXTRA_INSTALL_REQUIREMENTS": "|".join([_nccl_pin(spec)] + cuda_wheel_requirements(spec.target.cuda)),
+        "PYTORCH_EXTRA_INSTALL_REQUIREMENTS": "|".join([_nccl_pin(spec)] + _cuda_wheel_requirements(spec.target.cuda)),
         # As PyTorch's CUDA 13 wheels: compressed fatbins keep libtorch_cuda.so within bounds.
         "TORCH_NVCC_FLAGS": "-Xfatbin -compress-all -compress-mode=size",
         "CMAKE_BUILD_TYPE": "Release",

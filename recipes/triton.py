@@ -25,15 +25,16 @@ RECIPE = Recipe(
     mem_per_job_gb=3.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import triton; print('triton', triton.__version__)",),
+    data_files=("triton.toml",),
 )
 
-def toolchain(version: str) -> dict:
+def _toolchain(version: str) -> dict:
     """The pinned LLVM hash and json version of a Triton version (recipes/data/triton.toml)."""
-    return version_table(__file__, "triton.toml", version, "copy the tag's cmake/llvm-hash.txt into it")
+    return version_table(RECIPE, __file__, "triton.toml", version, "copy the tag's cmake/llvm-hash.txt into it")
 
 
 def extra_sources(spec: EnvSpec) -> dict[str, Source]:
-    tc = toolchain(spec.version)
+    tc = _toolchain(spec.version)
     llvm_os = "ubuntu-arm64" if spec.target.machine == "aarch64" else "ubuntu-x64"
     return {
         "llvm": UrlSource(f"https://oaitriton.blob.core.windows.net/public/llvm-builds/"

@@ -21,7 +21,7 @@ from pathlib import Path
 from wheelfactory import devicecode
 from wheelfactory.cuda_arch import torch_arch_list
 from wheelfactory.errors import BuildError
-from wheelfactory.recipe import EnvSpec, Recipe, Repair, recipe_data, version_table
+from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair, recipe_data, version_table
 from wheelfactory.sources import GitSource, Source
 
 RECIPE = Recipe(
@@ -36,54 +36,60 @@ RECIPE = Recipe(
     mem_per_job_gb=6.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import vllm; print('vllm', vllm.__version__)",),
+    options=(Option("kernels", bool, True, "false: VLLM_TARGET_DEVICE=empty, a pure-Python wheel without CUDA "
+                    "kernels (CI, plan-only checks)"),),
+    data_files=("vllm.toml", "vllm_kernels.toml"),
 )
 
 
-def data(version: str) -> dict:
+def _data(version: str) -> dict:
     """The per-version table of recipes/data/vllm.toml (CMake dependencies, requirement edits)."""
-    return version_table(__file__, "vllm.toml", version,
+    return version_table(RECIPE, __file__, "vllm.toml", version,
                          "add the pinned CMake dependencies of that tag (cmake/external_projects/*.cmake)")
 
 
-def kernels_enabled(spec_or_options) -> bool:
+def _kernels_enabled(spec_or_options) -> bool:
     """options = { kernels = false } builds vLLM with VLLM_TARGET_DEVICE=empty: a pure-Python
     wheel with no CUDA kernels (CI, and plan-only checks)."""
     options = getattr(spec_or_options, "options", spec_or_options)
-    return options.get("kernels", True) is not False
+    return options["kernels"]
 
 
 def extra_sources(spec: EnvSpec) -> dict[str, Source]:
-    if not kernels_enabled(spec):
+    if not _kernels_enabled(spec):
         return {}
     return {name: GitSource(dep["git"], dep["ref"], submodules=dep.get("submodules", False))
-            for name, dep in data(spec.version)["deps"].items()}
+            for name, dep in _data(spec.version)["deps"].items()}
 
 
 def environment(spec: EnvSpec) -> dict[str, str]:
     env = {
         "TORCH_CUDA_ARCH_LIST": torch_arch_list(spec.target.archs),
-        "VLLM_TARGET_DEVICE": "cuda" if kernels_enabled(spec) else "empty",
+        "VLLM_TARGET_DEVICE": "cuda" if _kernels_enabled(spec) else "empty",
         # vLLM's default is RelWithDebInfo: hundreds of MB of debug info the runtime never uses.
         "CMAKE_BUILD_TYPE": "Release",
         # The source is a copy without .git: setuptools-scm gets the version from here.
         "SETUPTOOLS_SCM_PRETEND_VERSION": spec.version,
         "FETCHCONTENT_BASE_DIR": "${work}/_deps",
     }
-    if kernels_enabled(spec):
-        for name, dep in data(spec.version)["deps"].items():
+    if _kernels_enabled(spec):
+        for name, dep in _data(spec.version)["deps"].items():
             env[dep["env"]] = "${source_" + name + "}" + (f"/{dep['subdir']}" if "subdir" in dep else "")
     return env
 
 
 def prepare(ctx) -> None:
-    # The anchors' first step: drop vLLM's own torch pins from requirements and pyproject.
-    ctx.run([ctx.python, "use_existing_torch.py"])
-    if not kernels_enabled(ctx.step.options):
+    # The anchors' first step: drop vLLM's own torch pins from requirements and pyproject. The
+    # script moved to tools/ in later vLLM (0.33 has only tools/use_existing_torch.py).
+    script = "tools/use_existing_torch.py" if (ctx.src / "tools" / "use_existing_torch.py").is_file() \
+        else "use_existing_torch.py"
+    ctx.run([ctx.python, script])
+    if not _kernels_enabled(ctx.step.options):
         return  # VLLM_TARGET_DEVICE=empty reads only requirements/common.txt, which pins none of them
     # Then pin what the factory builds to the factory's versions, so a locked install can only
     # take them from the wheelhouse; every edit fails loudly if upstream moved the line.
     names = {k.replace("-", "_"): v.split("-")[0] for k, v in ctx.versions.items()}
-    for rel, edits in data(ctx.version).get("requirements", {}).items():
+    for rel, edits in _data(ctx.version).get("requirements", {}).items():
         for pattern, replacement in edits:
             try:
                 text = replacement.format(**names)
@@ -102,7 +108,7 @@ def _nvcc_threads(ctx) -> int:
 def configure(ctx) -> None:
     """vLLM's own CMake configure, with the arguments its setup.py passes (cmake_build_ext.configure
     in 0.13-0.16), in a directory of its own; then the device-code plan from its build.ninja."""
-    if not kernels_enabled(ctx.step.options):
+    if not _kernels_enabled(ctx.step.options):
         return  # VLLM_TARGET_DEVICE=empty: no CMake, no device code
     build_dir = ctx.work / "cmake-configure"
     build_dir.mkdir(exist_ok=True)
@@ -126,20 +132,21 @@ def configure(ctx) -> None:
     if log.exists():  # CMake's "Not building X" lines, known before any compile
         with open(log, "rb") as f:
             f.seek(started)
-            check_no_skipped_kernels(f.read().decode(errors="replace"), ctx.target.cuda_arch_list)
-    ctx.check_device_code(build_dir / "build.ninja", jit_fallbacks())
+            _check_no_skipped_kernels(f.read().decode(errors="replace"), ctx.target.cuda_arch_list)
+    ctx.check_device_code(build_dir / "build.ninja", _jit_fallbacks())
 
 
-def jit_fallbacks() -> list:
+def _jit_fallbacks() -> list:
     """Kernel families recipes/data/vllm_kernels.toml accepts as JIT-only, with their reasons."""
-    return devicecode.jit_fallbacks_from(recipe_data(__file__, "vllm_kernels.toml"), "recipes/data/vllm_kernels.toml")
+    return devicecode.jit_fallbacks_from(recipe_data(RECIPE, __file__, "vllm_kernels.toml"),
+                                         "recipes/data/vllm_kernels.toml")
 
 
 def build(ctx) -> list[Path]:
     threads = _nvcc_threads(ctx)
     wheels = ctx.build_wheel(env={"NVCC_THREADS": str(threads), "MAX_JOBS": str(ctx.jobs * threads)})
-    if kernels_enabled(ctx.step.options):
-        check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.cuda_arch_list)
+    if _kernels_enabled(ctx.step.options):
+        _check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.cuda_arch_list)
     return wheels
 
 
@@ -148,9 +155,9 @@ def build(ctx) -> list[Path]:
 SKIP_RE = re.compile(r"Not building (?P<what>.+?) as (?:no compatible archs|CUDA Compiler version is not)")
 
 
-def check_no_skipped_kernels(log: str, arch_list: tuple[str, ...]) -> None:
+def _check_no_skipped_kernels(log: str, arch_list: tuple[str, ...]) -> None:
     """Fail if vLLM's CMake skipped a kernel family that the target arches support."""
-    table = recipe_data(__file__, "vllm_kernels.toml")
+    table = recipe_data(RECIPE, __file__, "vllm_kernels.toml")
     expected_skips = []
     for arch in arch_list:
         expected_skips += table.get(arch, {}).get("expected_skips", [])

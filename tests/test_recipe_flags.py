@@ -112,15 +112,15 @@ def test_vllm_skipped_nvfp4_fails_the_build():
            "-- Not building Machete kernels as no compatible archs found in CUDA target architectures\n"
            "-- Not building NVFP4 as no compatible archs were found.\n")
     with pytest.raises(BuildError, match="NVFP4"):
-        _vllm_module().check_no_skipped_kernels(log, ("12.1a",))
+        _vllm_module()._check_no_skipped_kernels(log, ("12.1a",))
 
 
 def test_vllm_expected_skips_pass():
     log = "-- Not building Machete kernels as no compatible archs found in CUDA target architectures\n"
-    _vllm_module().check_no_skipped_kernels(log, ("12.1a",))
+    _vllm_module()._check_no_skipped_kernels(log, ("12.1a",))
 
 
 def test_vllm_scaled_mm_sm120_skip_fails():
     log = "-- Not building scaled_mm_c3x_120 as no compatible archs found in CUDA target architectures\n"
     with pytest.raises(BuildError, match="scaled_mm_c3x_120"):
-        _vllm_module().check_no_skipped_kernels(log, ("12.1a",))
+        _vllm_module()._check_no_skipped_kernels(log, ("12.1a",))

@@ -147,21 +147,47 @@ def test_flashinfer_builds_aot_packages_only_when_asked(make_ctx):
     assert len(builds) == 1 and builds[0][-1] == str(ctx.src)
 
 
-def test_nccl_build_command(make_ctx):
+class FakeMake(RecordingRunner):
+    """`make src.build BUILDDIR=...` leaves what NCCL's makefile would: lib/libnccl.so.2 (a link to
+    the versioned file, as upstream's) and include/nccl.h."""
+
+    def run(self, cmd, **kwargs):
+        out = super().run(cmd, **kwargs)
+        argv = [str(c) for c in cmd]
+        if argv[0] == "make":
+            builddir = Path(next(a for a in argv if a.startswith("BUILDDIR=")).split("=", 1)[1])
+            (builddir / "lib").mkdir(parents=True)
+            (builddir / "include").mkdir()
+            (builddir / "lib" / "libnccl.so.2.29.2").write_bytes(b"\x7fELF fake nccl")
+            (builddir / "lib" / "libnccl.so.2").symlink_to("libnccl.so.2.29.2")
+            (builddir / "include" / "nccl.h").write_text("#define NCCL_MAJOR 2\n")
+        return out
+
+
+def test_nccl_build_command_and_wheel(make_ctx):
+    import zipfile
+
     ctx = make_ctx("nccl")
+    ctx.runner = FakeMake(ctx.runner.log_path)
     ctx.env["NVCC_GENCODE"] = "-gencode=arch=compute_121,code=sm_121"
-    with pytest.raises(FileNotFoundError):  # the recorder built nothing to package
-        load("nccl").build(ctx)
+    [wheel] = load("nccl").build(ctx)
     argv, _ = ctx.runner.calls[0]
     assert argv[0] == "make" and argv[1] == "-j4" and "src.build" in argv
     assert "NVCC_GENCODE=-gencode=arch=compute_121,code=sm_121" in argv and "CUDA_HOME=/usr/local/cuda" in argv
+    # The name torch's Requires-Dist asks for, the release's 2.29.2-1 as 2.29.2 plus a local label
+    # naming the build, for the target's platform.
+    assert wheel.name == f"nvidia_nccl_cu13-2.29.2+wf.{ctx.step.key[:8]}-py3-none-linux_aarch64.whl"
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        assert z.read("nvidia/nccl/lib/libnccl.so.2") == b"\x7fELF fake nccl"  # the real file, not a link
+    assert "nvidia/nccl/include/nccl.h" in names
 
 
 def test_flashinfer_cubin_refuses_offline(make_ctx):
     import dataclasses
 
     ctx = make_ctx("flashinfer", wheel_maker("flashinfer-python", "0.6.2", {"flashinfer/__init__.py": ""}))
-    ctx.step = dataclasses.replace(ctx.step, options={"cubin": True})
+    ctx.step = dataclasses.replace(ctx.step, options=dict(ctx.step.options, cubin=True))
     ctx.offline = True
     with pytest.raises(BuildError, match="--offline forbids"):
         load("flashinfer").build(ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -94,31 +95,56 @@ def test_release_by_path_and_user_extends(tmp_path, recipes):
     assert rel.pins["transformers"] == "4.57.6"
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('descripton = "x"\n' + BASE, "unknown top-level key 'descripton' (did you mean 'description'?)"),
-    (BASE + '[components.vlm]\nversion = "0.15.0"\n', "unknown component 'vlm' (did you mean 'vllm'?)"),
-    (BASE + '[components.torch]\nversion = "2.10.0"\nverison = "1"\n', "unknown key 'verison'"),
-    (BASE + '[components.torch]\nversion = "two point ten"\n', "bad version 'two point ten'"),
-    (BASE.replace('"2.29.2-1"', '"2.29.2"'), "[components.nccl].version: bad version '2.29.2'"),
-    (BASE.replace('python = "3.12"\n', ""), "missing key 'python'"),
-    (BASE.replace('["12.1a"]', '["sm_121"]'), "bad CUDA arch 'sm_121'"),
-    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { git = "x", tag = "v1" }\n', "unknown key 'tag'"),
-    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { url = "x", sha256 = "abc" }\n', "64 lowercase hex"),
-    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { path = "/nonexistent/x" }\n', "does not exist"),
-    (BASE + '[components.torch]\nversion = "2.10.0"\nenv = { MAX_JOBS = 4 }\n', "environment values are strings"),
-    (BASE + '[pins]\ntorch = "2.10.0"\n', "is a built component"),
-    (BASE + '[pins]\ntransformers = "latest"\n', "bad version 'latest'"),
-    (BASE + '[image]\nkind = "vlm"\n', "unknown kind 'vlm'"),
-    (BASE + '[overrides]\ntransformers = "why"\n', "only a pin can override"),
-    ('extends = "0.15.0-t9"\n', "unknown release '0.15.0-t9' (did you mean"),
-    (BASE + "[components\n", "not valid TOML"),
+@pytest.mark.parametrize("text, expected", [
+    ('descripton = "x"\n' + BASE, "{p}: unknown top-level key 'descripton' (did you mean 'description'?); "
+     "expected one of: components, description, extends, image, overrides, pins, target"),
+    (BASE + '[components.vlm]\nversion = "0.15.0"\n', "{p}: unknown component 'vlm' (did you mean 'vllm'?); "
+     "known components: flashinfer, nccl, torch, torchaudio, torchvision, triton, vllm"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nverison = "1"\n',
+     "{p} [components.torch]: unknown key 'verison' (did you mean 'version'?); "
+     "expected one of: adopt, env, keep_debug, options, source, version"),
+    (BASE + '[components.torch]\nversion = "two point ten"\n',
+     "{p} [components.torch].version: bad version 'two point ten': expected a PEP 440 version such as 2.10.0"),
+    (BASE.replace('"2.29.2-1"', '"2.29.2"'),
+     "{p} [components.nccl].version: bad version '2.29.2': expected the form \\d+\\.\\d+\\.\\d+-\\d+"),
+    (BASE.replace('python = "3.12"\n', ""), "{p} [target]: missing key 'python' (e.g. python = '3.12', "
+     "cuda = '13.1.0', cuda_arch_list = ['12.1a'], platform = 'linux_aarch64')"),
+    (BASE.replace('["12.1a"]', '["sm_121"]'), "{p} [target].cuda_arch_list: bad CUDA arch 'sm_121': expected "
+     "MAJOR.MINOR with an optional a/f suffix and +PTX, e.g. '12.1a', '9.0', '12.0f', '8.0+PTX'"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { git = "x", tag = "v1" }\n',
+     "{p} [components.torch].source: unknown key 'tag' in a git source; allowed: git, ref, submodules"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { url = "x", sha256 = "abc" }\n',
+     "{p} [components.torch].source.sha256: expected 64 lowercase hex digits, got 'abc'"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { path = "/nonexistent/x" }\n',
+     "{p} [components.torch].source: source directory '/nonexistent/x' does not exist"),
+    (BASE + '[components.torch]\nversion = "2.10.0"\nenv = { MAX_JOBS = 4 }\n',
+     "{p} [components.torch].env.MAX_JOBS: environment values are strings, got 4"),
+    (BASE + '[pins]\ntorch = "2.10.0"\n', "{p} [pins].torch: 'torch' is a built component; set it under "
+     "[components.torch]"),
+    (BASE + '[pins]\ntransformers = "latest"\n',
+     "{p} [pins].transformers: bad version 'latest': expected a PEP 440 version such as 2.10.0"),
+    (BASE + '[image]\nkind = "vlm"\n',
+     "{p} [image].kind: unknown kind 'vlm' (did you mean 'vllm'?); expected one of ['pytorch', 'vllm']"),
+    (BASE + '[overrides]\ntransformers = "why"\n',
+     "{p} [overrides].transformers: only a pin can override; add transformers = '<version>' under [pins]"),
+    ('extends = "0.15.0-t9"\n', "{p}: extends: unknown release '0.15.0-t9' (did you mean '0.15.0-t5'?); "
+     "`wheelfactory list` shows the releases, or pass a path to a TOML file"),
 ])
-def test_bad_input_names_file_and_key(tmp_path, recipes, text, needle):
+def test_bad_input_message_names_file_and_key(tmp_path, recipes, text, expected):
     p = write(tmp_path, text)
     with pytest.raises(InputError) as e:
         load(str(p), recipes)
-    assert needle in str(e.value)
-    assert str(p) in str(e.value) or "release" in str(e.value)
+    assert str(e.value) == expected.format(p=p)
+
+
+def test_bad_toml_names_the_file_and_the_parser_error(tmp_path, recipes):
+    text = BASE + "[components\n"
+    with pytest.raises(tomllib.TOMLDecodeError) as parser:  # the parser's own words, as the oracle
+        tomllib.loads(text)
+    p = write(tmp_path, text)
+    with pytest.raises(InputError) as e:
+        load(str(p), recipes)
+    assert str(e.value) == f"{p}: not valid TOML: {parser.value}"
 
 
 def test_extends_cycle_is_rejected(tmp_path, recipes):

@@ -14,7 +14,7 @@ import click
 from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
-from .errors import FactoryError, InputError
+from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
 from .installed import repack_installed
@@ -57,6 +57,18 @@ system_cuda_option = click.option(
          "(enters the build key; give it to lock too, or set WHEELFACTORY_SYSTEM_CUDA=1).")
 
 
+def _verify_cached(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # On the Factory, as --system-cuda: the executor it makes hashes every cached wheel in full.
+    if value:
+        ctx.find_object(Factory).verify = True
+
+
+verify_option = click.option(
+    "--verify", is_flag=True, expose_value=False, callback=_verify_cached,
+    help="Hash every cached wheel in full before trusting it (default: size and mtime as published, a full "
+         "hash when they differ); a wheel that changed is moved to attic/ and built again.")
+
+
 def plan_inputs(command):
     """The options every planning command takes: release, targets, --env, --source-dir, --adopt."""
     for decorate in reversed((release_option, targets_argument, env_option, source_dir_option, adopt_option,
@@ -85,14 +97,19 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
 
 
 @cli.command("list")
+@click.option("--options", "show_options", is_flag=True,
+              help="Also show each recipe's options (what a release may set under options = { ... }).")
 @click.pass_obj
-def list_cmd(factory: Factory) -> None:
+def list_cmd(factory: Factory, show_options: bool) -> None:
     """Show recipes, releases and what the wheelhouse holds."""
     click.echo("recipes:")
     for name, loaded in factory.recipes.items():
         r = loaded.recipe
         deps = f"  (after {', '.join(r.depends_on)})" if r.depends_on else ""
         click.echo(f"  {name:<12} {', '.join(r.outputs)}{deps}")
+        for o in r.options if show_options else ():
+            default = str(o.default).lower() if o.type is bool else repr(o.default)
+            click.echo(f"      options.{o.name} ({o.type.__name__}, default {default}): {o.help}")
     click.echo("releases:")
     for name in list_releases(factory.recipes_dir):
         click.echo(f"  {name}")
@@ -156,6 +173,7 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
 @click.option("--offline", is_flag=True, envvar="WHEELFACTORY_OFFLINE",
               help="Use only the cache: no downloads (run `fetch` first).")
 @click.option("--keep-work", is_flag=True, help="Keep each step's work tree after a successful build.")
+@verify_option
 @click.option("--until", type=click.Choice(PHASES[:-1]), default=None,
               help="Stop the TARGETS' steps after this phase (dependencies are built in full): keep the work "
                    "tree, publish nothing. `--until configure` prints the device code the build would compile.")
@@ -297,6 +315,117 @@ def inspect(wheels: tuple[Path, ...], archs: tuple[str, ...], as_json: bool) -> 
     if bad:
         raise wheel_audit.PolicyError("; ".join(f"{a.wheel} contradicts --arch {';'.join(v.targets)} "
                                                 f"({len(v.failures)} shared object(s))" for a, v in bad))
+
+
+@cli.command()
+@click.pass_obj
+def verify(factory: Factory) -> None:
+    """Check the whole wheelhouse: every manifest file present with its sha256 (hashed in full), no
+    wheel missing from the manifest, simple/ linking exactly the manifest's wheels, and every lock's
+    hashes those of wheels it holds. Exit 1 listing each problem, 0 when clean."""
+    from .verify import verify_wheelhouse
+
+    if not factory.wheelhouse.root.is_dir():
+        raise InputError(f"no wheelhouse at {factory.wheelhouse.root} (set --wheelhouse)")
+    # Under the write lock: a publish in progress would otherwise look like a mismatch.
+    with factory.wheelhouse.lock(on_wait=lambda: _echo("waiting for the wheelhouse lock ...")):
+        problems = verify_wheelhouse(factory.wheelhouse)
+    if problems:
+        raise BuildError(f"{factory.wheelhouse.root}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    _echo(f"{factory.wheelhouse.root}: {len(factory.wheelhouse.manifest())} wheel(s), manifest, index and locks "
+          "consistent")
+
+
+@cli.group("release")
+def release_group() -> None:
+    """Derive releases from upstream and check shipped ones against it."""
+
+
+def _upstream(factory: Factory, vllm_git: str, triton_git: str):
+    from .upstream import LiveUpstream  # imported here: only these commands read upstream
+
+    return LiveUpstream(factory.cache_dir, factory.index_url, vllm_git, triton_git)
+
+
+@release_group.command("derive")
+@click.option("--vllm", "vllm_version", required=True, metavar="VERSION", help="vLLM version, e.g. 0.33.0.")
+@click.option("--transformers", "transformers_major", type=click.IntRange(4, 5), default=5, show_default=True,
+              help="Transformers major of the release (-t4 or -t5); refused if vLLM's range excludes it.")
+@click.option("--ref", help="Read vLLM at this git tag or commit instead of the version's sdist (needs the git "
+                            "repository to be reachable).")
+@click.option("--cuda", help="The release's CUDA, e.g. 13.1.0 (default: the --extends release's, else the CUDA of "
+                             "torch's own build).")
+@click.option("--nccl", help="NCCL version in its tag form, e.g. 2.30.7-1 (default: torch's nvidia-nccl-cu13 pin).")
+@click.option("--extends", "extends", help="Write the release as a child of this one (only what differs).")
+@click.option("--name", help="Release name (default: <vllm>-t<transformers major>).")
+@click.option("--vllm-git", default="https://github.com/vllm-project/vllm.git", show_default=True)
+@click.option("--triton-git", default="https://github.com/triton-lang/triton.git", show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing data entries and release files that differ.")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--data-only", is_flag=True, help="Write the recipe data entries only, no release file.")
+@click.pass_obj
+def release_derive(factory: Factory, vllm_version: str, transformers_major: int, ref: str | None, cuda: str | None,
+                   nccl: str | None, extends: str | None, name: str | None, vllm_git: str, triton_git: str,
+                   force: bool, dry_run: bool, data_only: bool) -> None:
+    """Derive a release of vLLM VERSION and its recipe data from upstream, printing every value with
+    its source; writes recipes/releases/<name>.toml and appends to recipes/data/*.toml."""
+    from .derive import Request, derive, plan_writes
+    from .release import releases_dir
+
+    parent = factory.release(extends) if extends else None
+    d = derive(_upstream(factory, vllm_git, triton_git), factory.recipes_dir,
+               Request(vllm_version, transformers_major, ref, cuda, nccl, parent, name))
+    click.echo(d.report())
+    if data_only:
+        d.releases.clear()
+    writes = plan_writes(d, factory.recipes_dir, releases_dir(factory.recipes_dir), force)
+    blocked = []
+    for w in writes:
+        if w.status == "same":
+            click.echo(f"unchanged: {w.path}")
+            continue
+        click.echo(w.diff(), nl=False)
+        if w.status == "differs":
+            blocked.append(w.path)
+        elif not dry_run:
+            w.path.parent.mkdir(parents=True, exist_ok=True)
+            w.path.write_text(w.new)
+            click.echo(f"wrote {w.path}")
+    if dry_run:
+        _echo("--dry-run: nothing written")
+    if blocked:
+        raise FactoryError(f"not written, they differ from what was derived (diff above): "
+                           f"{', '.join(map(str, blocked))}; pass --force to replace them")
+    if d.missing:
+        _echo(f"{len(d.missing)} value(s) NOT DERIVED (listed above, with why)")
+
+
+@release_group.command("check")
+@click.argument("releases", nargs=-1)
+@click.option("--vllm-git", default="https://github.com/vllm-project/vllm.git", show_default=True)
+@click.option("--triton-git", default="https://github.com/triton-lang/triton.git", show_default=True)
+@click.pass_obj
+def release_check(factory: Factory, releases: tuple[str, ...], vllm_git: str, triton_git: str) -> None:
+    """Re-derive the upstream data of RELEASES (default: every shipped release) and report drift:
+    exit 1 on drift, 0 when everything that could be read matches."""
+    from .derive import check_release
+
+    up = _upstream(factory, vllm_git, triton_git)
+    drift = unverified = 0
+    for name in releases or list_releases(factory.recipes_dir):
+        result = check_release(up, factory.recipes_dir, factory.release(name))
+        for line in result.checked:
+            click.echo(f"{name}: ok      {line}")
+        for line in result.drift:
+            click.echo(f"{name}: DRIFT   {line}")
+        for line in result.unverified:
+            click.echo(f"{name}: UNREAD  {line}")
+        drift += len(result.drift)
+        unverified += len(result.unverified)
+    summary = f"{drift} drift, {unverified} not readable here"
+    if drift:
+        raise FactoryError(f"release check: {summary}")
+    _echo(f"release check: clean ({summary})")
 
 
 # The image assembler lives in its own package; it only reads releases, plans and locks.

@@ -21,9 +21,9 @@ from urllib.parse import unquote, urlparse
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from .adopt import check_adopted_wheel
 from .audit import audit_wheel, judge
 from .audit import render as render_audit
-from .adopt import check_adopted_wheel
 from .context import BuildContext
 from .errors import BuildError, InputError
 from .fetch import SourceCache
@@ -166,6 +166,8 @@ class Executor:
                     self.echo(f"[{i}/{total}] {step.component} {step.version}: cached ({step.key[:12]})")
                     results.append(StepResult(step.component, CACHED, (), 0.0))
                     continue
+                if step.action == CACHED:  # the plan saw it cached; the wheelhouse no longer holds it intact
+                    step = dataclasses.replace(step, action=ADOPT if step.adopt else BUILD)
                 log = self.logs / f"{step.component}-{step.key[:12]}.log"
                 if log.exists():
                     log.unlink()

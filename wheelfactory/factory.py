@@ -70,6 +70,7 @@ class Factory:
     index_url: str = "https://pypi.org/simple"
     host_probe: Callable[[], Host] = field(default=detect_host)
     system_cuda: bool = False  # --system-cuda: build with the host's toolkit, not the release's from wheels
+    verify: bool = False  # build --verify: hash cached wheels in full before trusting them
 
     @cached_property
     def recipes(self) -> Mapping[str, LoadedRecipe]:
@@ -109,5 +110,5 @@ class Factory:
         if toolkit is None and (warning := mismatch_warning(plan.target.cuda, self.host.toolkit)):
             echo(warning)  # before anything is fetched or built
         return Executor(plan, self.wheelhouse, self.recipes, self.host,
-                        ExecOptions(cache_dir=self.cache_dir, index_url=self.index_url, **options),  # type: ignore[arg-type]
+                        ExecOptions(cache_dir=self.cache_dir, index_url=self.index_url, verify=self.verify, **options),  # type: ignore[arg-type]
                         echo, toolkit=toolkit)

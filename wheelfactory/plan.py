@@ -1,21 +1,25 @@
 """The planner: a pure function from (release, targets, options) to an ordered, keyed plan.
 
 Each step's build key is a sha256 over everything that decides the bytes of its wheels:
-the recipe's declaration and code, the source identity, the resolved build environment,
-the target, the keys of its dependencies and this tool's version. Jobs counts, timestamps
+the recipe's declaration, code and declared data files, the engine modules that shape wheels,
+the source identity, the resolved build environment and options, the target, the keys of its
+dependencies and this tool's version. Jobs counts, timestamps
 and absolute paths never enter it, so a key is the same on every machine and every run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .adopt import check_adopt_spec
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
 from .recipe import EnvSpec, LoadedRecipe, Target
@@ -97,9 +101,28 @@ class Plan:
         }
 
 
+# The engine modules whose code decides the bytes of a built wheel, beyond what the key already
+# names: context.py (the default build command and source edits every recipe uses), patches.py
+# (how patch files are applied), repair.py (strip, retag) and wheelpack.py (wheel layout, RECORD,
+# timestamps). Modules that only plan, fetch by content, log or check (plan, fetch, runner,
+# wheelmeta, wheelhouse) are left out so that editing them does not rebuild the world.
+ENGINE_MODULES = ("context.py", "patches.py", "repair.py", "wheelpack.py")
+
+
+@functools.cache
+def engine_sha256() -> str:
+    """sha256 over the engine modules' names and bytes, in sorted order (read once per process)."""
+    digest = hashlib.sha256()
+    for name in sorted(ENGINE_MODULES):
+        digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def canonical_json(obj: Any) -> str:
     """Stable JSON for hashing: sorted keys, no whitespace, dataclasses as dicts."""
     def default(o: Any) -> Any:
+        if isinstance(o, type):  # an Option's value type: bool, int, str
+            return o.__name__
         if dataclasses.is_dataclass(o):
             return dataclasses.asdict(o)
         if isinstance(o, Mapping):
@@ -162,22 +185,12 @@ def plan_release(
         recipe = loaded.recipe
         spec = release.components[name]
         deps = tuple(d for d in recipe.depends_on if d in keys)
-        env_spec = EnvSpec(spec.version, target, versions, spec.options)
-        env: dict[str, str] = dict(recipe.env)
-        if (hook := loaded.hook("environment")) is not None:
-            env.update(hook(env_spec))
-        build_requires = list(recipe.build_requires)
-        if (hook := loaded.hook("requirements")) is not None:
-            build_requires += hook(env_spec)
-        extra_sources = {}
-        if (hook := loaded.hook("extra_sources")) is not None:
-            extra_sources = dict(hook(env_spec))
-        env.update(spec.env)
-        env.update(options.env.get(name, {}))
         source = options.sources.get(name) or spec.source or recipe.source
         if source is not None:
             source = source.with_version(spec.version)
         adopt = options.adopt.get(name) or spec.adopt
+        if name in options.adopt:
+            check_adopt_spec(adopt, recipe, f"--adopt {name}={adopt}", spec.version)
         if adopt:
             source_identity: Any = {"adopt": adopt}
             action = ADOPT
@@ -187,13 +200,32 @@ def plan_release(
         else:
             source_identity = source.identity()
             action = BUILD
+        env: dict[str, str] = {}
+        build_requires: list[str] = []
+        extra_sources: dict[str, Source] = {}
+        if action == BUILD:
+            # Only a build asks the recipe's hooks: they may read per-version build data (vLLM's
+            # CMake dependencies, Triton's LLVM) that an adopted version has no need of.
+            env_spec = EnvSpec(spec.version, target, versions, spec.options)
+            env = dict(recipe.env)
+            if (hook := loaded.hook("environment")) is not None:
+                env.update(hook(env_spec))
+            build_requires = list(recipe.build_requires)
+            if (hook := loaded.hook("requirements")) is not None:
+                build_requires += hook(env_spec)
+            if (hook := loaded.hook("extra_sources")) is not None:
+                extra_sources = dict(hook(env_spec))
+            env.update(spec.env)
+            env.update(options.env.get(name, {}))
         patches = (declared_patches(loaded.path.parent, name, spec.version, tuple(extra_sources))
                    if action == BUILD else {})
         inputs = {
             "tool": __version__,
             "component": name,
             "version": spec.version,
-            "recipe": {"declaration": canonical_json(recipe), "code_sha256": loaded.code_sha256},
+            "recipe": {"declaration": canonical_json(recipe), "code_sha256": loaded.code_sha256,
+                       "data": dict(sorted(loaded.data_sha256.items())) if action == BUILD else {}},
+            "engine": engine_sha256(),
             "source": source_identity,
             "env": env if action == BUILD else {},
             "build_requires": build_requires if action == BUILD else [],

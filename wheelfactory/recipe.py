@@ -10,14 +10,21 @@ A recipe module under `recipes/` defines:
                             optional; further sources the build needs (vLLM's CMake dependencies,
                             Triton's LLVM), fetched by `fetch` so that `build --offline` works
   prepare(ctx)              optional; edits the unpacked source before building
+  configure(ctx)            optional; runs the build system's configure step only (build --until configure)
   build(ctx) -> [Path]      optional; default is `pip wheel --no-build-isolation` of the source
 Recipe modules import nothing heavy and run nothing at import time.
+
+The contract is closed: every public function a recipe module defines must be one of the hooks
+above (checked at load, so `def prepair(ctx)` is an error, not a hook that silently never runs);
+helpers start with `_`. The options a release may set and the data files the recipe reads are
+declared in RECIPE, so both are validated and keyed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,8 +33,11 @@ from types import ModuleType
 from typing import Any
 
 from .cuda_arch import CudaArch, parse_arch_list
-from .errors import InputError
+from .errors import InputError, did_you_mean
 from .sources import Source
+
+# The hooks a recipe module may define, each called with one argument (see the module docstring).
+HOOKS = ("environment", "requirements", "extra_sources", "prepare", "configure", "build")
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,37 @@ class Repair:
 
     mode: str = "none"
     strip: bool = True
+
+
+# The value types an option may have, as TOML writes them; bool is not an int here (TOML's
+# `true` must not pass for a count, nor 1 for a switch).
+OPTION_TYPES = {bool: "true or false", int: "an integer", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting a release may give under [components.<name>] options (Spack's variants): the
+    recipe declares it, a release file is checked against it, and its value enters the key."""
+
+    name: str
+    type: type  # bool, int or str
+    default: Any
+    help: str
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES or not _is_type(self.default, self.type):
+            raise InputError(f"Option({self.name!r}): type must be one of bool, int, str and the default "
+                             f"{self.default!r} of that type")
+
+    def check(self, value: Any, where: str) -> Any:
+        """The value a release gives, or an InputError naming where and what was expected."""
+        if not _is_type(value, self.type):
+            raise InputError(f"{where}: expected {OPTION_TYPES[self.type]}, got {value!r}")
+        return value
+
+
+def _is_type(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,13 @@ class Recipe:
     repair: Repair = Repair()
     smoke: tuple[str, ...] = ()  # Python statements that must run after installing the outputs
     version_pattern: str | None = None  # regex for versions that are not PEP 440 (NCCL's 2.29.2-1)
+    options: tuple[Option, ...] = ()  # what a release may set under options = { ... }
+    # Files under recipes/data/ the hooks read (through recipe_data/version_table only): their
+    # sha256 enters the key of every build of the recipe, so editing one rebuilds what it shapes.
+    data_files: tuple[str, ...] = ()
+
+    def option_defaults(self) -> dict[str, Any]:
+        return {o.name: o.default for o in self.options}
 
     @property
     def build_deps(self) -> tuple[str, ...]:
@@ -112,34 +160,74 @@ class EnvSpec:
 
 @dataclass(frozen=True)
 class LoadedRecipe:
-    """A recipe module: its declaration, its hooks and the digest of its code."""
+    """A recipe module: its declaration, its hooks and the digests of its code and data files."""
 
     recipe: Recipe
     module: ModuleType
     code_sha256: str
     path: Path
+    data_sha256: Mapping[str, str] = field(default_factory=dict)  # declared data file -> sha256
 
     def hook(self, name: str) -> Callable[..., Any] | None:
+        if name not in HOOKS:
+            raise ValueError(f"{name!r} is not a recipe hook (hooks: {', '.join(HOOKS)})")
         fn = getattr(self.module, name, None)
         return fn if callable(fn) else None
 
 
-def recipe_data(recipe_file: str, name: str) -> dict[str, Any]:
-    """The TOML file data/<name> next to a recipe module (per-version facts and policies live there)."""
-    with open(Path(recipe_file).with_name("data") / name, "rb") as f:
-        return tomllib.load(f)
+def _data_path(recipe: Recipe, recipe_file: str | Path, name: str) -> Path:
+    if name not in recipe.data_files:
+        # Undeclared data would shape the build without entering its key.
+        declared = ", ".join(recipe.data_files) or "none"
+        raise InputError(f"{recipe_file}: reads recipes/data/{name}, which RECIPE does not declare "
+                         f"(data_files: {declared}){did_you_mean(name, recipe.data_files)}; add it to "
+                         "Recipe(data_files=...) so that it enters the build key")
+    return Path(recipe_file).with_name("data") / name
 
 
-def version_table(recipe_file: str, name: str, key: str, hint: str) -> dict[str, Any]:
+def recipe_data(recipe: Recipe, recipe_file: str | Path, name: str) -> dict[str, Any]:
+    """The declared TOML file data/<name> next to a recipe module (per-version facts and policies
+    live there); called from a recipe as recipe_data(RECIPE, __file__, "vllm.toml")."""
+    path = _data_path(recipe, recipe_file, name)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"recipes/data/{name}: not valid TOML: {e}") from None
+
+
+def version_table(recipe: Recipe, recipe_file: str | Path, name: str, key: str, hint: str) -> dict[str, Any]:
     """The [key] table of data/<name>; an InputError naming the file, the key and what to add if absent."""
-    table = recipe_data(recipe_file, name)
+    table = recipe_data(recipe, recipe_file, name)
     if key not in table:
         raise InputError(f"recipes/data/{name} has no [\"{key}\"] (known: {', '.join(sorted(table))}); {hint}")
     return table[key]
 
 
+def check_hooks(module: ModuleType, path: Path) -> None:
+    """The closed contract: each public function or class the module itself defines is a hook
+    taking one argument. Imported names (Path, Recipe, ...) are not the module's own."""
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or not callable(obj) or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        try:
+            params = list(inspect.signature(obj).parameters)
+        except (TypeError, ValueError):
+            params = ["..."]
+        shown = f"def {name}({', '.join(params)})"
+        if name not in HOOKS:
+            close = did_you_mean(name, HOOKS)
+            if close:
+                raise InputError(f"{path}: {shown} is not a recipe hook{close}")
+            raise InputError(f"{path}: {shown} is not a recipe hook (hooks: {', '.join(HOOKS)}); "
+                             f"name a helper with a leading underscore, e.g. _{name}")
+        if not inspect.isfunction(obj) or len(params) != 1:
+            raise InputError(f"{path}: {shown}: the {name} hook takes exactly one argument "
+                             f"({'ctx' if name in ('prepare', 'configure', 'build') else 'spec'})")
+
+
 def load_recipe_module(path: Path) -> LoadedRecipe:
-    """Import one recipe module from a file and check its declaration."""
+    """Import one recipe module from a file and check its declaration, hooks and data files."""
     code = path.read_bytes()
     spec = importlib.util.spec_from_file_location(f"wheelfactory_recipes.{path.stem}", path)
     if spec is None or spec.loader is None:
@@ -151,7 +239,17 @@ def load_recipe_module(path: Path) -> LoadedRecipe:
         raise InputError(f"{path}: a recipe module must define RECIPE = Recipe(...)")
     if recipe.name != path.stem:
         raise InputError(f"{path}: RECIPE.name is {recipe.name!r}; it must match the file name {path.stem!r}")
-    return LoadedRecipe(recipe, module, hashlib.sha256(code).hexdigest(), path)
+    check_hooks(module, path)
+    names = [o.name for o in recipe.options]
+    if len(set(names)) != len(names):
+        raise InputError(f"{path}: RECIPE.options declares an option twice: {', '.join(names)}")
+    data = {}
+    for name in recipe.data_files:
+        data_file = path.with_name("data") / name
+        if not data_file.is_file():
+            raise InputError(f"{path}: RECIPE.data_files names {name!r}, and {data_file} does not exist")
+        data[name] = hashlib.sha256(data_file.read_bytes()).hexdigest()
+    return LoadedRecipe(recipe, module, hashlib.sha256(code).hexdigest(), path, data)
 
 
 def load_recipes(recipes_dir: Path) -> dict[str, LoadedRecipe]:

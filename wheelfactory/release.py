@@ -22,9 +22,10 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from .adopt import check_adopt_spec
 from .cuda_arch import parse_arch_list
 from .errors import InputError, did_you_mean
-from .recipe import LoadedRecipe
+from .recipe import LoadedRecipe, Recipe
 from .sources import Source, is_local_wheel, source_from_table
 
 TOP_KEYS = {"extends", "description", "target", "image", "components", "pins", "overrides"}
@@ -135,7 +136,10 @@ def _raw_release(path: Path, recipes_dir: Path, seen: tuple[Path, ...] = ()) -> 
         return data
     if not isinstance(parent, str):
         raise InputError(f"{path}: 'extends' must be a release name or path, got {parent!r}")
-    parent_path = resolve_release_path(parent, recipes_dir, near=path.parent)
+    try:
+        parent_path = resolve_release_path(parent, recipes_dir, near=path.parent)
+    except InputError as e:
+        raise InputError(f"{path}: extends: {e}") from None  # name the file whose extends is wrong
     return _merge(_raw_release(parent_path, recipes_dir, seen + (path.resolve(),)), data)
 
 
@@ -157,6 +161,19 @@ def _string(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise InputError(f"{where}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _options(given: Mapping[str, Any], recipe: Recipe, where: str) -> dict[str, Any]:
+    """A component's options checked against the recipe's declared ones, defaults filled in (so
+    the build key sees every value the build will read, given or not)."""
+    declared = {o.name: o for o in recipe.options}
+    for key, value in given.items():
+        if key not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise InputError(f"{where} options.{key}: unknown option {key!r}{did_you_mean(key, declared)}; "
+                             f"{recipe.name} options: {known} (`wheelfactory list --options`)")
+        declared[key].check(value, f"{where} options.{key}")
+    return recipe.option_defaults() | dict(given)
 
 
 def check_version(version: str, pattern: str | None, where: str) -> None:
@@ -236,8 +253,12 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe], recipes
             adopt = _string(adopt, f"{cwhere}.adopt")
             if is_local_wheel(adopt) and not Path(adopt).is_absolute():
                 adopt = str((path.parent / adopt).resolve())
-        components[name] = ComponentSpec(name, version, source, env, adopt, bool(table.get("keep_debug", False)),
-                                         _table(table, "options", cwhere))
+            check_adopt_spec(adopt, recipes[name].recipe, f"{cwhere}.adopt", version)
+        keep_debug = table.get("keep_debug", False)
+        if not isinstance(keep_debug, bool):  # bool("no") is True: a string must not pass for a switch
+            raise InputError(f"{cwhere}.keep_debug: expected true or false, got {keep_debug!r}")
+        components[name] = ComponentSpec(name, version, source, env, adopt, keep_debug,
+                                         _options(_table(table, "options", cwhere), recipes[name].recipe, cwhere))
 
     pins: dict[str, str] = {}
     for name, version in _table(data, "pins", where).items():

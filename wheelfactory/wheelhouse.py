@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,20 @@ from .errors import BuildError, LockedError
 from .wheelmeta import WheelInfo, sha256_file, verify_wheel
 
 MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A published wheel that is not the file its manifest entry recorded."""
+
+    name: str
+    recorded: str  # the manifest's sha256
+    actual: str  # the file's sha256, or "missing"
+
+    def describe(self) -> str:
+        if self.actual == "missing":
+            return f"{self.name}: in the manifest, missing from the wheelhouse"
+        return f"{self.name}: sha256 {self.actual}, the manifest recorded {self.recorded}"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -69,21 +84,43 @@ class Wheelhouse:
                              "wheelhouse to start over") from None
         return data.get("wheels", {})
 
-    def files_for_key(self, key: str) -> list[Path] | None:
-        """The published wheels of a build key, or None unless all of them are present."""
-        files = [self.root / name for name, e in self.manifest().items() if e.get("key") == key]
-        return files if files and all(f.exists() for f in files) else None
+    def check_file(self, name: str, entry: Mapping[str, Any], full: bool = False) -> Mismatch | None:
+        """Whether a published wheel is still the file the manifest recorded. Fast path: size and
+        mtime as recorded at publish; a full sha256 when they differ, none was recorded, or `full`.
+        Returns None when it matches, else what is wrong (a missing file has actual "missing")."""
+        path = self.root / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return Mismatch(name, entry.get("sha256", "?"), "missing")
+        if not full and st.st_size == entry.get("size") and st.st_mtime_ns == entry.get("mtime_ns"):
+            return None
+        actual = sha256_file(path)
+        return None if actual == entry.get("sha256") else Mismatch(name, entry.get("sha256", "?"), actual)
 
-    def is_cached(self, key: str) -> bool:
-        return self.files_for_key(key) is not None
+    def mismatches(self, key: str, full: bool = False) -> list[Mismatch]:
+        """The wheels of a build key that are not what the manifest recorded."""
+        return [m for name, e in sorted(self.manifest().items()) if e.get("key") == key
+                if (m := self.check_file(name, e, full)) is not None]
+
+    def files_for_key(self, key: str, verify: bool = False) -> list[Path] | None:
+        """The published wheels of a build key, or None unless all are present and match the
+        manifest (size+mtime, or sha256 when those differ or with verify)."""
+        entries = {name: e for name, e in self.manifest().items() if e.get("key") == key}
+        if not entries or any(self.check_file(n, e, verify) for n, e in entries.items()):
+            return None
+        return [self.root / name for name in entries]
+
+    def is_cached(self, key: str, verify: bool = False) -> bool:
+        return self.files_for_key(key, verify) is not None
 
     def cached_keys(self) -> set[str]:
-        """Keys whose wheels are all present (read once; used by the planner)."""
+        """Keys whose wheels are all present and match the manifest (read once; used by the planner)."""
         by_key: dict[str, bool] = {}
         for name, e in self.manifest().items():
             k = e.get("key")
             if k:
-                by_key[k] = by_key.get(k, True) and (self.root / name).exists()
+                by_key[k] = by_key.get(k, True) and self.check_file(name, e) is None
         return {k for k, ok in by_key.items() if ok}
 
     # -- writing -------------------------------------------------------------------------------
@@ -146,6 +183,7 @@ class Wheelhouse:
                     "tags": sorted(info.tags),
                     "sha256": sha256_file(final),
                     "size": final.stat().st_size,
+                    "mtime_ns": final.stat().st_mtime_ns,  # with size: the fast check of check_file
                     "requires_python": info.requires_python,
                     "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 }
@@ -155,7 +193,7 @@ class Wheelhouse:
             shutil.rmtree(incoming, ignore_errors=True)
         return infos
 
-    def _to_attic(self, name: str) -> None:
+    def _to_attic(self, name: str) -> Path | None:
         src = self.root / name
         if src.exists():
             attic = self.root / "attic"
@@ -164,6 +202,19 @@ class Wheelhouse:
             if dest.exists():  # an older build of the very same file name: keep both
                 dest = attic / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}"
             os.replace(src, dest)
+            return dest
+        return None
+
+    def quarantine(self, names: list[str]) -> list[Path]:
+        """Move wheels that no longer match the manifest to attic/ (kept for inspection, never
+        deleted) and drop their entries, so the step builds again; caller holds the lock."""
+        manifest = self.manifest()
+        moved = [dest for name in names if (dest := self._to_attic(name)) is not None]
+        for name in names:
+            manifest.pop(name, None)
+        self._write_manifest(manifest)
+        self.write_index(manifest)
+        return moved
 
     def write_index(self, manifest: Mapping[str, Any] | None = None) -> None:
         """Regenerate simple/ (PEP 503) from the manifest, atomically swapped in."""
@@ -194,7 +245,8 @@ class Wheelhouse:
     def add_entries(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """Record wheels already moved into the wheelhouse (e.g. by the lock's download)."""
         manifest = self.manifest()
-        manifest.update({k: dict(v) for k, v in entries.items()})
+        # The caller has just hashed these files: their size and mtime now stand for that hash.
+        manifest.update({k: {"mtime_ns": (self.root / k).stat().st_mtime_ns} | dict(v) for k, v in entries.items()})
         self._write_manifest(manifest)
         self.write_index(manifest)
 
