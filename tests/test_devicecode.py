@@ -86,15 +86,15 @@ def test_policy_for_a_gb10_release():
 
 def test_accepted_jit_fallback_and_multi_device_release():
     objs = [o for o in dc.parse_ninja(NINJA) if "qutlass" not in o.source]
-    fallback = dc.JitFallback("_C:csrc/quantization/gptq_marlin/*", "stand-in reason")
+    fallback = dc.Allowance("_C:csrc/quantization/gptq_marlin/*", "stand-in reason")
     plan = dc.evaluate(objs, ["9.0a", "12.1a"], [fallback])
     # With a Hopper device in the release, the FA3 object is Hopper-specialised, not dead; the Marlin
     # object is JIT on 9.0 and 12.1, accepted by the fallback.
     assert plan.ok, plan.errors
     assert plan.warnings == []
-    assert {r.family: r.accepted_jit for r in plan.rows}["_C:csrc/quantization/gptq_marlin"] == "stand-in reason"
+    assert {r.family: r.accepted for r in plan.rows}["_C:csrc/quantization/gptq_marlin"] == "stand-in reason"
     # a fallback limited to another device does not cover 12.1
-    narrow = dc.JitFallback("_C:csrc/quantization/gptq_marlin/*", "r", devices=("9.0",))
+    narrow = dc.Allowance("_C:csrc/quantization/gptq_marlin/*", "r", devices=("9.0",))
     assert [e.split(":")[0] for e in dc.evaluate(objs, ["9.0a", "12.1a"], [narrow]).errors] == ["_C"]
 
 

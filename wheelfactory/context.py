@@ -90,14 +90,14 @@ class BuildContext:
         return n
 
     def check_device_code(self, build_ninja: Path,
-                          jit_fallbacks: Sequence[devicecode.JitFallback] = ()) -> devicecode.DeviceCodePlan:
+                          allowances: Sequence[devicecode.Allowance] = ()) -> devicecode.DeviceCodePlan:
         """Read the device code a configured build will compile, save it with the step
         (device-code.json and .txt in the work tree, the manifest), print the table and fail
         if it breaks the policy (see devicecode)."""
         if not build_ninja.is_file():
             raise BuildError(f"[{self.step.component}] the configure step wrote no {build_ninja}")
         objects = devicecode.parse_ninja(build_ninja.read_text(errors="replace"))
-        plan = devicecode.evaluate(objects, self.target.cuda_arch_list, jit_fallbacks)
+        plan = devicecode.evaluate(objects, self.target.cuda_arch_list, allowances)
         table = devicecode.render(plan)
         (self.work / "device-code.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
         (self.work / "device-code.txt").write_text(table + "\n")

@@ -10,7 +10,8 @@ instead of hours (a build), and it is checked against a policy before anything i
   kernel family (sm_120a code in a GB10 build) or compile time spent for nothing (FlashAttention
   3's Hopper-only objects in a build for 12.1);
 - an object that a device can only JIT is an error unless the recipe data declares its family an
-  accepted JIT fallback, with the reason;
+  accepted JIT fallback, with the reason (likewise, objects with no device code at all, such as a
+  .cu file that only registers torch ops, can be declared with their reason);
 - arch-specific code for a device outside the release (sm_XYa) is always reported.
 
 With several devices in a release (9.0a;12.1a), an object compiled for one of them only is
@@ -28,6 +29,7 @@ from typing import Any
 
 from . import cuda_compat as cc
 from .cuda_compat import JIT, NATIVE, NONE, DeviceCode
+from .errors import InputError
 
 # `-gencode arch=compute_90a,code=sm_90a`, `-gencode=arch=...`,
 # `--generate-code=arch=compute_80,code=[compute_80,sm_80]`
@@ -118,12 +120,18 @@ def parse_ninja(text: str) -> list[CudaObject]:
 # -- policy ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class JitFallback:
-    """A kernel family the recipe data accepts as JIT-only on some device, and why."""
+class Allowance:
+    """Objects the recipe data accepts with less than native code, and why.
+
+    verdict "jit":  a family that runs through the driver's JIT on some device ([[jit_fallback]]);
+    verdict "none": objects with no code any device of the release loads, such as a .cu file that
+                    only registers torch ops ([[no_device_code]]).
+    """
 
     match: str  # fnmatch pattern over "<target>:<source>" (e.g. "_C:csrc/quantization/awq/*")
     reason: str
     devices: tuple[str, ...] = ()  # compute capabilities it applies to; empty: all
+    verdict: str = JIT
 
 
 @dataclass
@@ -133,7 +141,7 @@ class FamilyRow:
     sass: set[str] = field(default_factory=set)
     ptx: set[str] = field(default_factory=set)
     verdicts: dict[str, dict[str, int]] = field(default_factory=dict)  # device -> {native/jit/none: n}
-    accepted_jit: str | None = None
+    accepted: str | None = None  # the reason an allowance gives, where one applied
 
 
 @dataclass
@@ -156,7 +164,7 @@ class DeviceCodePlan:
             "devices": [f"{a}.{b}" for a, b in self.devices],
             "objects": len(self.objects),
             "families": [{"family": r.family, "objects": r.objects, "sass": sorted(r.sass), "ptx": sorted(r.ptx),
-                          "verdicts": r.verdicts, "accepted_jit": r.accepted_jit} for r in self.rows],
+                          "verdicts": r.verdicts, "accepted": r.accepted} for r in self.rows],
             "errors": self.errors,
             "warnings": self.warnings,
             "dead_objects": self.dead_objects,
@@ -168,7 +176,7 @@ def _device_name(dev: tuple[int, int]) -> str:
 
 
 def evaluate(objects: Sequence[CudaObject], arch_list: Sequence[str],
-             jit_fallbacks: Sequence[JitFallback] = ()) -> DeviceCodePlan:
+             allowances: Sequence[Allowance] = ()) -> DeviceCodePlan:
     """Judge every object against the release's devices (see the module docstring)."""
     devices = cc.devices_of(arch_list)
     rows: dict[str, FamilyRow] = {}
@@ -190,20 +198,27 @@ def evaluate(objects: Sequence[CudaObject], arch_list: Sequence[str],
             counts = row.verdicts.setdefault(_device_name(dev), {NATIVE: 0, JIT: 0, NONE: 0})
             counts[how] += 1
         if all(how == NONE for how in verdicts.values()):
+            if (allowed := _accepted(obj, None, NONE, allowances)) is not None:
+                row.accepted = allowed.reason
+                continue
             dead.append(obj.name)
             dead_by_family[obj.family] = dead_by_family.get(obj.family, 0) + 1
             continue
         for dev, how in verdicts.items():
             if how != JIT:
                 continue
-            accepted = _accepted(obj, dev, jit_fallbacks)
-            if accepted is None:
+            allowed = _accepted(obj, dev, JIT, allowances)
+            if allowed is None:
                 jit_bad[(obj.family, _device_name(dev))] = jit_bad.get((obj.family, _device_name(dev)), 0) + 1
             else:
-                row.accepted_jit = accepted.reason
+                row.accepted = allowed.reason
     for family, n in sorted(dead_by_family.items()):
-        codes = ", ".join(sorted(rows[family].sass | rows[family].ptx)) or "no device code"
-        errors.append(f"{family}: {n} object(s) carry only {codes}, which no device of the release "
+        codes = ", ".join(sorted(rows[family].sass | rows[family].ptx))
+        what = (f"carry only {codes}" if codes else
+                # No -gencode at all: nvcc falls back to its default arch (sm_75 for CUDA 13), as
+                # FlashAttention 3's objects do when FA3_ARCHS comes out empty.
+                "have no -gencode flags (nvcc's default arch)")
+        errors.append(f"{family}: {n} object(s) {what}, which no device of the release "
                       f"({', '.join(map(_device_name, devices))}) can load")
     for (family, dev), n in sorted(jit_bad.items()):
         errors.append(f"{family}: {n} object(s) have only PTX for {dev} (JIT-compiled at first use, not native); "
@@ -214,21 +229,23 @@ def evaluate(objects: Sequence[CudaObject], arch_list: Sequence[str],
                           errors, warnings, dead)
 
 
-def _accepted(obj: CudaObject, dev: tuple[int, int], fallbacks: Sequence[JitFallback]) -> JitFallback | None:
-    for fb in fallbacks:
-        if fnmatch.fnmatchcase(obj.name, fb.match) and (not fb.devices or _device_name(dev) in fb.devices):
-            return fb
+def _accepted(obj: CudaObject, dev: tuple[int, int] | None, verdict: str,
+              allowances: Sequence[Allowance]) -> Allowance | None:
+    for a in allowances:
+        if (a.verdict == verdict and fnmatch.fnmatchcase(obj.name, a.match)
+                and (dev is None or not a.devices or _device_name(dev) in a.devices)):
+            return a
     return None
 
 
-def jit_fallbacks_from(table: Mapping[str, Any], where: str) -> list[JitFallback]:
-    """[[jit_fallback]] entries of a recipe data file: match, reason, optional devices."""
+def allowances_from(table: Mapping[str, Any], where: str) -> list[Allowance]:
+    """The [[jit_fallback]] and [[no_device_code]] entries of a recipe data file."""
     out = []
-    for i, entry in enumerate(table.get("jit_fallback", [])):
-        if not entry.get("match") or not entry.get("reason"):
-            from .errors import InputError
-            raise InputError(f"{where}: jit_fallback[{i}] needs both `match` and `reason`")
-        out.append(JitFallback(entry["match"], entry["reason"], tuple(entry.get("devices", ()))))
+    for key, verdict in (("jit_fallback", JIT), ("no_device_code", NONE)):
+        for i, entry in enumerate(table.get(key, [])):
+            if not entry.get("match") or not entry.get("reason"):
+                raise InputError(f"{where}: {key}[{i}] needs both `match` and `reason`")
+            out.append(Allowance(entry["match"], entry["reason"], tuple(entry.get("devices", ())), verdict))
     return out
 
 
@@ -242,7 +259,7 @@ def render(plan: DeviceCodePlan) -> str:
         for d in devs:
             v = r.verdicts.get(d, {})
             parts = [f"{v[k]} {k}" for k in (NATIVE, JIT, NONE) if v.get(k)]
-            cells.append(", ".join(parts) + (" (accepted)" if r.accepted_jit and v.get(JIT) else ""))
+            cells.append(", ".join(parts) + (" (accepted)" if r.accepted and (v.get(JIT) or v.get(NONE)) else ""))
         lines.append(cells)
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines]
