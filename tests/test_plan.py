@@ -150,6 +150,6 @@ def test_bad_adopt_option(factory):
 
 def test_a_version_the_recipe_data_does_not_know_is_bad_input(factory, tmp_path):
     user = tmp_path / "u.toml"
-    user.write_text('extends = "0.15.0-t4"\n[components.vllm]\nversion = "0.16.0"\n')
-    with pytest.raises(InputError, match=r'recipes/data/vllm.toml has no \["0.16.0"\]'):
+    user.write_text('extends = "0.15.0-t4"\n[components.vllm]\nversion = "0.17.0"\n')  # no data entry
+    with pytest.raises(InputError, match=r'recipes/data/vllm.toml has no \["0.17.0"\]'):
         factory.plan(factory.release(str(user)))
