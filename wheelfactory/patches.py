@@ -43,11 +43,14 @@ class Patch:
         return {"name": self.name, "sha256": self.sha256}
 
 
-def declared_patches(recipes_dir: Path, component: str, version: str,
-                     trees: tuple[str, ...] = ()) -> dict[str, tuple[Patch, ...]]:
+def declared_patches(recipes_dir: Path, component: str, version: str, trees: tuple[str, ...] = (),
+                     known: tuple[str, ...] = ()) -> dict[str, tuple[Patch, ...]]:
     """The patches recipes/data/patches.toml declares for a component version, by tree.
 
-    `trees` are the extra sources the step has; a patch for any other tree is an error naming it.
+    `trees` are the extra sources the step has: patches for them (and "source") are returned.
+    `known` adds trees the component version can have with other options (vLLM's CMake
+    dependencies when a release turns kernels off): their patches are checked but not returned.
+    A patch for any other tree is an error naming it.
     """
     table_path = recipes_dir / "data" / "patches.toml"
     if not table_path.exists():
@@ -62,10 +65,10 @@ def declared_patches(recipes_dir: Path, component: str, version: str,
         raise InputError(f"{table_path}: [\"{component}\".\"{version}\"] must be a table of tree = [patch files]")
     out: dict[str, tuple[Patch, ...]] = {}
     for tree, files in entry.items():
-        if tree != SOURCE and tree not in trees:
-            known = ", ".join([SOURCE, *trees])
+        if tree != SOURCE and tree not in trees and tree not in known:
+            names = ", ".join(dict.fromkeys([SOURCE, *trees, *known]))
             raise InputError(f"{table_path}: [\"{component}\".\"{version}\"] {tree} is not a source tree of "
-                             f"{component} {version} (known: {known})")
+                             f"{component} {version} (known: {names})")
         if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
             raise InputError(f"{table_path}: [\"{component}\".\"{version}\"] {tree} must be a list of file names")
         patches = []
@@ -76,7 +79,8 @@ def declared_patches(recipes_dir: Path, component: str, version: str,
                 raise InputError(f"{table_path}: [\"{component}\".\"{version}\"] {tree} names {name!r}, "
                                  f"but {path} does not exist")
             patches.append(Patch(rel, path, hashlib.sha256(path.read_bytes()).hexdigest()))
-        out[tree] = tuple(patches)
+        if tree == SOURCE or tree in trees:
+            out[tree] = tuple(patches)
     return out
 
 

@@ -217,7 +217,8 @@ def plan_release(
                 extra_sources = dict(hook(env_spec))
             env.update(spec.env)
             env.update(options.env.get(name, {}))
-        patches = (declared_patches(loaded.path.parent, name, spec.version, tuple(extra_sources))
+        patches = (declared_patches(loaded.path.parent, name, spec.version, tuple(extra_sources),
+                                    known=_possible_trees(loaded, spec.version, target, versions))
                    if action == BUILD else {})
         inputs = {
             "tool": __version__,
@@ -245,6 +246,19 @@ def plan_release(
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches))
     return Plan(release, target, tuple(steps), dict(release.pins))
+
+
+def _possible_trees(loaded: LoadedRecipe, version: str, target: Target,
+                    versions: Mapping[str, str]) -> tuple[str, ...]:
+    """The extra sources a component version has with its recipe's default options: patches may
+    name them even when a release's options leave them out (vLLM with kernels = false)."""
+    hook = loaded.hook("extra_sources")
+    if hook is None:
+        return ()
+    try:
+        return tuple(hook(EnvSpec(version, target, versions, loaded.recipe.option_defaults())))
+    except InputError:
+        return ()
 
 
 def make_target(release: Release, platform: str, toolkit: str) -> Target:

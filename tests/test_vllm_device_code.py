@@ -1,0 +1,127 @@
+"""The device-code check on data captured from real configure runs of the vLLM 0.14.1 sdist
+(tests/data/vllm-configure/: vLLM's CMake with its real dependencies, CUDA 13.0, trimmed to the
+CUDA objects' flags), before and after recipes/patches/vllm/0.14.1/."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from wheelfactory import devicecode as dc
+from wheelfactory.patches import declared_patches
+
+from .conftest import RECIPES
+
+DATA = Path(__file__).parent / "data" / "vllm-configure"
+
+
+def objects(run: str) -> list[dc.CudaObject]:
+    return dc.parse_ninja((DATA / run / "build.ninja.trimmed").read_text())
+
+
+def shipped_allowances() -> list[dc.Allowance]:
+    spec = importlib.util.spec_from_file_location("vllm_recipe_for_test", RECIPES / "vllm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod._allowances()
+
+
+def code_sets(objs, *, targets_except=()) -> Counter:
+    return Counter(" ".join(c.name for c in o.codes) for o in objs if o.target not in targets_except)
+
+
+def test_unpatched_12_1a_reproduces_the_measured_table():
+    objs = objects("0.14.1-12.1a")
+    # The table of the device-code issue, measured on build.ninja by hand: _C, _moe_C and FA2.
+    assert code_sets(objs, targets_except=("_vllm_fa3_C",)) == Counter({
+        "compute_80 sm_80": 87, "compute_90 sm_90": 8, "compute_89 sm_89": 1,
+        "sm_120": 46, "sm_120f": 10, "sm_120a": 6})
+    fa3 = [o for o in objs if o.target == "_vllm_fa3_C"]
+    assert len(fa3) == 222 and all(o.codes == () for o in fa3)  # FA3_ARCHS empty: no -gencode at all
+
+
+def test_unpatched_12_1a_fails_the_shipped_policy_before_compiling():
+    plan = dc.evaluate(objects("0.14.1-12.1a"), ["12.1a"], shipped_allowances())
+    assert not plan.ok
+    assert len(plan.dead_objects) == 228  # 6 QuTLASS sm_120a + 222 FA3
+    families = sorted(e.split(":", 2)[0] + ":" + e.split(":", 2)[1] for e in plan.errors)
+    assert families == sorted([
+        "_C:<qutlass_src>/qutlass/csrc", "_vllm_fa3_C:hopper", "_vllm_fa3_C:hopper/instantiations",
+        "_C:csrc/quantization/gptq_marlin", "_C:csrc/quantization/hadamard/hadacore",
+        "_C:csrc/quantization/marlin/sparse", "_C:csrc/quantization/w8a8/cutlass",
+        "_moe_C:csrc/moe/marlin_moe_wna16", "_vllm_fa2_C:csrc/flash_attn/src"])
+    assert plan.warnings == ["_C:<qutlass_src>/qutlass/csrc: 6 object(s) carry sm_120a, arch-specific code "
+                             "for a device outside the release"]
+
+
+def test_patched_12_1a_is_native_everywhere_and_builds_no_fa3():
+    objs = objects("0.14.1-12.1a-patched")
+    plan = dc.evaluate(objs, ["12.1a"], shipped_allowances())
+    assert plan.ok, plan.errors
+    assert plan.warnings == []
+    assert len(objs) == 158 and not any(o.target == "_vllm_fa3_C" for o in objs)
+    assert code_sets(objs) == Counter({"sm_120": 142, "sm_120f": 16})
+    assert {d: sum(r.verdicts["12.1"]["native"] for r in plan.rows) for d in ["12.1"]} == {"12.1": 158}
+
+
+def test_patched_hopper_and_spark_release_passes_with_declared_hopper_allowances():
+    objs = objects("0.14.1-9.0a_12.1a-patched")
+    assert dc.evaluate(objs, ["9.0a", "12.1a"], shipped_allowances()).ok
+    without = dc.evaluate(objs, ["9.0a", "12.1a"])
+    # Only Hopper needs allowances: every object that 12.1 can load, it loads natively.
+    assert all("for 12.1" not in e for e in without.errors)
+    assert any(e.startswith("_C:csrc/quantization/machete:") for e in without.errors)
+    assert len([o for o in objs if o.target == "_vllm_fa3_C"]) == 222  # FA3 stays for Hopper
+
+
+def test_the_0_14_1_patches_are_declared_for_both_trees():
+    patches = declared_patches(RECIPES, "vllm", "0.14.1", ("cutlass", "flash_attn", "flashmla", "qutlass",
+                                                           "triton_kernels"))
+    assert [p.name.rsplit("/", 1)[1] for p in patches["source"]] == [
+        "0001-marlin-sm120-native.patch", "0002-hadacore-c2x-sm120-native.patch", "0003-qutlass-sm120f.patch"]
+    assert len(patches["flash_attn"]) == 2
+    for p in patches["source"] + patches["flash_attn"]:
+        header = p.path.read_text().split("\n--- a/", 1)[0]
+        assert "Why:" in header and "Upstream" in header  # every patch says why and what upstream did
+
+
+def test_the_patches_enter_vllm_s_key(factory):
+    plan = factory.plan(factory.release("0.14.1-t4"), ["vllm"])
+    inputs = plan.step("vllm").key_inputs["patches"]
+    assert sorted(inputs) == ["flash_attn", "source"]
+    assert [p["name"] for p in inputs["source"]][0] == "vllm/0.14.1/0001-marlin-sm120-native.patch"
+
+
+@pytest.fixture(scope="session")
+def vllm_sdist(request) -> Path:
+    """The real vLLM 0.14.1 sdist from PyPI (18 MB), hash-checked, kept in pytest's cache."""
+    import hashlib
+
+    import requests
+    cache = Path(request.config.cache.mkdir("vllm-sdist"))
+    path = cache / "vllm-0.14.1.tar.gz"
+    index = requests.get("https://pypi.org/simple/vllm/", timeout=60,
+                         headers={"Accept": "application/vnd.pypi.simple.v1+json"}).json()
+    [entry] = [f for f in index["files"] if f["filename"] == path.name]
+    if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["hashes"]["sha256"]:
+        path.write_bytes(requests.get(entry["url"], timeout=300).content)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["hashes"]["sha256"]
+    return path
+
+
+@pytest.mark.slow
+def test_the_vllm_patches_apply_to_the_real_sdist(tmp_path, vllm_sdist):
+    import tarfile
+
+    from wheelfactory.patches import apply_patches
+    from wheelfactory.runner import Runner
+    with tarfile.open(vllm_sdist) as tf:
+        tf.extractall(tmp_path, filter="data")
+    tree = tmp_path / "vllm-0.14.1"
+    patches = declared_patches(RECIPES, "vllm", "0.14.1", ("flash_attn",))["source"]
+    apply_patches(tree, patches, Runner("vllm", tmp_path / "log"), "vllm")
+    cmake = (tree / "CMakeLists.txt").read_text()
+    assert 'cuda_archs_loose_intersection(MARLIN_ARCHS "8.0+PTX;12.0" "${CUDA_ARCHS}")' in cmake
