@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from wheelfactory import devicecode as dc
+from wheelfactory.errors import InputError
 from wheelfactory.patches import declared_patches
 
 from .conftest import RECIPES
@@ -125,3 +126,23 @@ def test_the_vllm_patches_apply_to_the_real_sdist(tmp_path, vllm_sdist):
     apply_patches(tree, patches, Runner("vllm", tmp_path / "log"), "vllm")
     cmake = (tree / "CMakeLists.txt").read_text()
     assert 'cuda_archs_loose_intersection(MARLIN_ARCHS "8.0+PTX;12.0" "${CUDA_ARCHS}")' in cmake
+
+
+def test_extra_sources_can_be_replaced_by_the_release_or_the_command_line(factory, tmp_path):
+    deps = tmp_path / "deps"
+    for name in ("cutlass", "qutlass"):
+        (deps / name).mkdir(parents=True)
+        (deps / name / "README").write_text(name)
+    release = tmp_path / "r.toml"
+    release.write_text(f'extends = "0.14.1-t4"\n[components.vllm.extra_sources]\n'
+                       f'cutlass = {{ path = "{deps / "cutlass"}" }}\n')
+    step = factory.plan(factory.release(str(release)), ["vllm"]).step("vllm")
+    assert step.extra_sources["cutlass"].describe() == str(deps / "cutlass")
+    assert step.extra_sources["flash_attn"].describe().startswith("https://github.com/vllm-project/flash-attention")
+    step = factory.plan(factory.release(str(release)), ["vllm"],
+                        source_dirs=[f"vllm.qutlass={deps / 'qutlass'}"]).step("vllm")
+    assert step.extra_sources["qutlass"].describe() == str(deps / "qutlass")
+    release.write_text(f'extends = "0.14.1-t4"\n[components.vllm.extra_sources]\n'
+                       f'cutlas = {{ path = "{deps / "cutlass"}" }}\n')
+    with pytest.raises(InputError, match=r"extra source 'cutlas' is not one of vllm's \(did you mean 'cutlass'\?\)"):
+        factory.plan(factory.release(str(release)), ["vllm"])

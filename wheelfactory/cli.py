@@ -37,8 +37,11 @@ release_option = click.option("--release", "-r", default=DEFAULT_RELEASE, show_d
                               help="Release name (recipes/releases/NAME.toml) or path to a release TOML file.")
 env_option = click.option("--env", "env", multiple=True, metavar="COMPONENT:KEY=VALUE",
                           help="Extra build environment for one component (repeatable; enters the build key).")
-source_dir_option = click.option("--source-dir", "source_dirs", multiple=True, metavar="COMPONENT=PATH",
-                                 help="Build a component from a local checkout instead of its release source.")
+source_dir_option = click.option("--source-dir", "source_dirs", multiple=True,
+                                 metavar="COMPONENT[.EXTRA]=PATH",
+                                 help="Build a component from a local checkout instead of its release source; "
+                                      "COMPONENT.EXTRA=PATH replaces one of its extra sources "
+                                      "(vllm.cutlass=~/cutlass).")
 adopt_option = click.option("--adopt", "adopt", multiple=True, metavar="COMPONENT=WHEEL|REQUIREMENT",
                             help="Take a component as an existing wheel instead of building it (repeatable).")
 targets_argument = click.argument("targets", nargs=-1)

@@ -58,7 +58,7 @@ def parse_adopt_options(values: Sequence[str]) -> dict[str, str]:
 
 
 def parse_source_dirs(values: Sequence[str]) -> dict[str, str]:
-    """`--source-dir COMPONENT=PATH` options."""
+    """`--source-dir COMPONENT=PATH` and `--source-dir COMPONENT.EXTRA=PATH` options."""
     return _component_assignments("source-dir", values, "COMPONENT=PATH nccl=~/src/nccl")
 
 

@@ -171,7 +171,7 @@ def plan_release(
     """Order the components the targets need and key each one. Pure: touches no file or network
     except hashing a local source directory."""
     options = options or PlanOptions()
-    for name in list(targets) + list(options.env) + list(options.sources) + list(options.adopt):
+    for name in list(targets) + list(options.env) + [n.split(".")[0] for n in options.sources] + list(options.adopt):
         if name not in recipes:
             raise InputError(f"unknown component {name!r}{did_you_mean(name, recipes)}; "
                              f"known: {', '.join(sorted(recipes))}")
@@ -215,6 +215,8 @@ def plan_release(
                 build_requires += hook(env_spec)
             if (hook := loaded.hook("extra_sources")) is not None:
                 extra_sources = dict(hook(env_spec))
+            extra_sources = _override_extra_sources(name, extra_sources, spec.extra_sources, options.sources,
+                                                    release)
             env.update(spec.env)
             env.update(options.env.get(name, {}))
         patches = (declared_patches(loaded.path.parent, name, spec.version, tuple(extra_sources),
@@ -246,6 +248,20 @@ def plan_release(
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches))
     return Plan(release, target, tuple(steps), dict(release.pins))
+
+
+def _override_extra_sources(name: str, extra: dict[str, Source], from_release: Mapping[str, Source],
+                            from_options: Mapping[str, Source], release: Release) -> dict[str, Source]:
+    """Extra sources replaced by the release's [components.X.extra_sources] and `--source-dir X.NAME=PATH`."""
+    overrides = dict(from_release) | {k.split(".", 1)[1]: v for k, v in from_options.items()
+                                      if k.startswith(f"{name}.")}
+    for extra_name, source in overrides.items():
+        if extra_name not in extra:
+            known = ", ".join(sorted(extra)) or "none with these options"
+            raise InputError(f"{release.path} [components.{name}]: extra source {extra_name!r} is not one of "
+                             f"{name}'s{did_you_mean(extra_name, extra)} (known: {known})")
+        extra[extra_name] = source
+    return extra
 
 
 def _possible_trees(loaded: LoadedRecipe, version: str, target: Target,

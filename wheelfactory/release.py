@@ -33,7 +33,7 @@ TARGET_KEYS = {"python", "cuda", "cuda_arch_list", "platform"}
 OPTIONAL_TARGET_KEYS = {"system_cuda"}  # true: build with the host's CUDA toolkit, not the release's from wheels
 IMAGE_KEYS = {"kind", "repository", "base", "tag", "dev_base"}
 IMAGE_KINDS = {"vllm", "pytorch"}
-COMPONENT_KEYS = {"version", "source", "env", "adopt", "keep_debug", "options"}
+COMPONENT_KEYS = {"version", "source", "env", "adopt", "keep_debug", "options", "extra_sources"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class ComponentSpec:
     adopt: str | None = None  # a wheel path/URL or a requirement to take instead of building
     keep_debug: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Replacements for the recipe's extra sources by name (vLLM's CMake dependencies brought in
+    # beforehand: a local tree, a fork, a mirror).
+    extra_sources: Mapping[str, Source] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -257,8 +260,15 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe], recipes
         keep_debug = table.get("keep_debug", False)
         if not isinstance(keep_debug, bool):  # bool("no") is True: a string must not pass for a switch
             raise InputError(f"{cwhere}.keep_debug: expected true or false, got {keep_debug!r}")
+        extra = {}
+        for extra_name, extra_table in _table(table, "extra_sources", cwhere).items():
+            if not isinstance(extra_table, dict):
+                raise InputError(f"{cwhere}.extra_sources.{extra_name}: expected a source table such as "
+                                 "{ path = '...' } or { git = '...', ref = '...' }")
+            extra[extra_name] = source_from_table(extra_table, f"{cwhere}.extra_sources.{extra_name}", path.parent)
         components[name] = ComponentSpec(name, version, source, env, adopt, keep_debug,
-                                         _options(_table(table, "options", cwhere), recipes[name].recipe, cwhere))
+                                         _options(_table(table, "options", cwhere), recipes[name].recipe, cwhere),
+                                         extra)
 
     pins: dict[str, str] = {}
     for name, version in _table(data, "pins", where).items():
