@@ -36,3 +36,10 @@ test-fast:
 
 lint:
 	ruff check wheelfactory assemble recipes tests
+
+# FlashInfer JIT with the wheel toolkit on a GPU machine: prepare the carry directory here (the
+# factory's flashinfer-python, the toolkit wheels, apache-tvm-ffi) and print the commands to run
+# there (bench/GPU-PROOF.md, tests/gpu/README.md).
+.PHONY: gpu-proof-flashinfer
+gpu-proof-flashinfer:
+	bash bench/gpu-proof.sh prepare $(GPU_CARRY)

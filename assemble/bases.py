@@ -29,6 +29,7 @@ class BaseImage:
     python_packages: tuple[str, ...]  # what `provision` installs for Python (empty for none)
     dev_packages: tuple[str, ...]  # build tooling for -dev images
     cuda: str | None = None
+    jit_packages: tuple[str, ...] = ()  # the host compiler of images with a JIT toolkit
 
     @property
     def needs_python(self) -> bool:
@@ -47,7 +48,7 @@ def load_bases(data: Mapping[str, Any] | None = None) -> dict[str, BaseImage]:
         pkgs = provision.get(how, {})
         out[ref] = BaseImage(ref, t["python"], t.get("python_executable", "/usr/bin/python3"),
                              tuple(t["platforms"]), t["glibc"], how, tuple(pkgs.get("python", ())),
-                             tuple(pkgs.get("dev", ())), t.get("cuda"))
+                             tuple(pkgs.get("dev", ())), t.get("cuda"), tuple(pkgs.get("jit", ())))
     return out
 
 

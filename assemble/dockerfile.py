@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from .bases import BaseImage
-from .spec import VENV, ImageSpec
+from .spec import VENV, ImageSpec, jit_root_links
 
 # pip flags of every wheel layer:
 #   --no-index --find-links  the layer's own bind-mounted wheels, never an index
@@ -34,10 +34,14 @@ def _continued(lines: Sequence[str], indent: str = "    ") -> str:
 
 
 def _provision(spec: ImageSpec, base: BaseImage) -> list[str]:
+    jit = bool(spec.env.get("CUDA_HOME")) and bool(base.jit_packages)
     packages = list(base.python_packages) + (list(base.dev_packages) if spec.dev_tooling else [])
+    packages += [p for p in base.jit_packages if p not in packages] if jit else []
     if not packages:
         return []
     why = "python and build tooling" if spec.dev_tooling else f"python {base.python}: the base image has none"
+    if jit:
+        why += "; the host C++ compiler and linker that nvcc and FlashInfer's JIT run"
     if base.provision == "apt":
         return [f"# {why}",
                 "RUN " + _continued(["apt-get update",
@@ -57,6 +61,18 @@ def _venv(spec: ImageSpec, base: BaseImage) -> list[str]:
             f"RUN {py} -c {shlex.quote(check)} && {py} -m venv {VENV}", ""]
 
 
+def _jit_root(env: Mapping[str, str]) -> list[str]:
+    """A RUN completing the JIT toolkit root (lib64/, libcudart.so); fails the build if a link dangles."""
+    links = jit_root_links(env)
+    if not links:
+        return []
+    home = env["CUDA_HOME"].rstrip("/")
+    steps = [f"{{ [ -e {home}/{link} ] || ln -s {target} {home}/{link}; }} && test -e {home}/{link}"
+             for link, target in links]
+    return ["# the JIT toolkit root as compilers expect it: FlashInfer's JIT links -L$CUDA_HOME/lib64 -lcudart",
+            "RUN " + _continued(steps[:1] + ["&& " + x for x in steps[1:]]), ""]
+
+
 def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[str, str]],
                       env: Mapping[str, str] | None = None) -> str:
     """The Dockerfile of an image: base, python, one bind-mounted pip install per layer, env, labels.
@@ -74,6 +90,7 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
     for name, about in layers:
         out += [f"# {name}: {about}",
                 f"RUN --mount=type=bind,source=layers/{name},target=/wheels \\\n    {PIP_INSTALL}", ""]
+    out += _jit_root(env)
     env = {"VIRTUAL_ENV": VENV, "PATH": f"{VENV}/bin:$PATH"} | env
     out.append("ENV " + _continued([f"{k}={_quote(v)}" for k, v in env.items()]))
     out.append("")

@@ -142,6 +142,20 @@ def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
     return {"CUDA_HOME": home, "TRITON_PTXAS_PATH": f"{home}/bin/ptxas", "PATH": f"{VENV}/bin:{home}/bin:$PATH"}
 
 
+def jit_root_links(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(link, target) pairs, relative to CUDA_HOME, that complete the JIT toolkit root of `env`.
+
+    NVIDIA's wheels install lib/ with libcudart.so.<major> only; FlashInfer's JIT links its modules
+    with `-L$CUDA_HOME/lib64 -lcudart` (so does torch's cpp_extension), which needs lib64/ and an
+    unversioned libcudart.so. Without them the link fails: bench/GPU-PROOF.md.
+    """
+    home = env.get("CUDA_HOME")
+    if not home:
+        return []
+    major = home.rstrip("/").rsplit("/cu", 1)[1]
+    return [("lib64", "lib"), ("lib/libcudart.so", f"libcudart.so.{major}")]
+
+
 def _major(version: str, what: str, release: Release) -> str:
     try:
         return str(Version(version).major)

@@ -129,3 +129,32 @@ def test_ci_release_spec() -> None:
     f = Factory(RECIPES, CI_RELEASES, CI_RELEASES)
     [spec] = image_specs(f.release(str(CI_RELEASES / "ci.toml")), RECIPES)
     assert spec.ref() == "wheelfactory-ci/vllm:0.14.1-t4" and spec.base == "local/debian-py:bookworm"
+
+
+def test_jit_images_get_a_host_compiler_and_a_complete_toolkit_root(factory: Factory, tmp_path) -> None:
+    # FlashInfer's JIT, run on a GPU against the wheels' nvidia/cu13 root (bench/GPU-PROOF.md), links
+    # with `c++ ... -L$CUDA_HOME/lib64 -lcudart`: the image needs g++, lib64/ and libcudart.so.
+    import subprocess
+
+    from assemble.dockerfile import _jit_root, render_dockerfile
+    from assemble.spec import jit_root_links
+
+    spec = next(s for s in image_specs(factory.release("0.15.0-t4"), RECIPES) if s.variant == "runtime")
+    home = spec.env["CUDA_HOME"]
+    assert home.endswith("/nvidia/cu13")
+    assert jit_root_links(spec.env) == [("lib64", "lib"), ("lib/libcudart.so", "libcudart.so.13")]
+    assert jit_root_links({}) == []
+    text = render_dockerfile(spec, find_base(spec.base, load_bases()), [("cuda", "CUDA wheels")])
+    assert "--no-install-recommends g++ python3 python3-venv" in text
+    assert text.index("ln -s libcudart.so.13") < text.index("ENV ")
+    # The RUN line works in a POSIX shell, twice (idempotent), and fails when libcudart.so.N is missing.
+    root = tmp_path / "cu13"
+    (root / "lib").mkdir(parents=True)
+    (root / "lib" / "libcudart.so.13").write_bytes(b"")
+    run = _jit_root({"CUDA_HOME": str(root)})[1].removeprefix("RUN ").replace("\\\n", "")
+    for _ in range(2):
+        assert subprocess.run(["sh", "-c", run]).returncode == 0
+    assert (root / "lib64").readlink().as_posix() == "lib" and (root / "lib64" / "libcudart.so").exists()
+    assert (root / "lib" / "libcudart.so").readlink().as_posix() == "libcudart.so.13"
+    (root / "lib" / "libcudart.so.13").unlink()
+    assert subprocess.run(["sh", "-c", run]).returncode != 0

@@ -102,7 +102,7 @@ def test_release_by_path_and_user_extends(tmp_path, recipes):
      "known components: flashinfer, nccl, torch, torchaudio, torchvision, triton, vllm"),
     (BASE + '[components.torch]\nversion = "2.10.0"\nverison = "1"\n',
      "{p} [components.torch]: unknown key 'verison' (did you mean 'version'?); "
-     "expected one of: adopt, env, keep_debug, options, source, version"),
+     "expected one of: adopt, env, extra_sources, keep_debug, options, source, version"),
     (BASE + '[components.torch]\nversion = "two point ten"\n',
      "{p} [components.torch].version: bad version 'two point ten': expected a PEP 440 version such as 2.10.0"),
     (BASE.replace('"2.29.2-1"', '"2.29.2"'),

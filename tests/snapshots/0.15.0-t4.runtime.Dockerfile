@@ -4,9 +4,9 @@
 # so no wheel is ever copied into a layer.
 FROM nvidia/cuda:13.1.0-base-ubuntu24.04
 
-# python 3.12: the base image has none
+# python 3.12: the base image has none; the host C++ compiler and linker that nvcc and FlashInfer's JIT run
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
 # the venv every layer installs into; the base's python must be the one the wheels are for
@@ -27,6 +27,10 @@ RUN --mount=type=bind,source=layers/stack,target=/wheels \
 # transformers: transformers (and what its siblings lock differently), last: -t4 and -t5 share every other layer
 RUN --mount=type=bind,source=layers/transformers,target=/wheels \
     /opt/venv/bin/python -B -m pip install --no-index --find-links /wheels --require-hashes --no-deps --no-cache-dir --no-compile --disable-pip-version-check --root-user-action=ignore -r /wheels/requirements.txt
+
+# the JIT toolkit root as compilers expect it: FlashInfer's JIT links -L$CUDA_HOME/lib64 -lcudart
+RUN { [ -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64 ] || ln -s lib /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64; } && test -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64 \
+    && { [ -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so ] || ln -s libcudart.so.13 /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so; } && test -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so
 
 ENV VIRTUAL_ENV="/opt/venv" \
     PATH="/opt/venv/bin:/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin:$PATH" \
