@@ -227,3 +227,14 @@ def test_vllm_configure_fails_on_code_a_gb10_cannot_load(make_ctx):
     with pytest.raises(BuildError, match=r"_C:csrc/quantization/fp4: 1 object\(s\) carry only sm_120a"):
         load("vllm").configure(ctx)
     assert (ctx.work / "device-code.txt").is_file()
+
+
+def test_a_skip_of_a_family_built_for_another_variant_is_not_a_trap(make_ctx):
+    # vLLM 0.14.1's real configure output for 12.1a: NVFP4 is built for 12.0f, and its 10.0f
+    # variant reports "Not building NVFP4"; that is no lost family.
+    ctx = make_ctx("vllm", wheel_maker("vllm", "0.15.0", {"vllm/__init__.py": ""}))
+    ctx.runner.log_path.write_text("-- Building NVFP4 for archs: 12.0f\n"
+                                   "-- Not building NVFP4 as no compatible archs were found.\n"
+                                   "-- Not building grouped_mm_c3x as no compatible archs found in CUDA target "
+                                   "architectures.\n")
+    load("vllm").build(ctx)
