@@ -104,3 +104,12 @@ def test_render_has_a_row_per_family_and_totals():
     assert lines[0].split() == ["family", "objects", "SASS", "PTX", "on", "12.1"]
     assert any(line.startswith("_vllm_fa3_C:hopper") and line.endswith("1 none") for line in lines)
     assert "5 CUDA objects; on 12.1: 2 native, 1 JIT only, 2 not loadable" in lines
+
+
+def test_sources_outside_the_project_are_named_by_their_tree():
+    text = ("build CMakeFiles/_C.dir/home/me/deps/qutlass/qutlass/csrc/gemm.cu.o: CUDA_COMPILER___C_unscanned_Release "
+            "/home/me/deps/qutlass/qutlass/csrc/gemm.cu\n  FLAGS = -gencode arch=compute_120f,code=sm_120f\n")
+    [obj] = dc.parse_ninja(text, {"qutlass": "/home/me/deps/qutlass", "deps": "/home/me/deps"})
+    assert obj.name == "_C:<qutlass>/qutlass/csrc/gemm.cu"  # the longest root wins
+    [obj] = dc.parse_ninja(text)
+    assert obj.name == "_C:home/me/deps/qutlass/qutlass/csrc/gemm.cu"

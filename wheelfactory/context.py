@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class BuildContext:
     cpus: int
     echo: Callable[[str], None] = print
     device_code: dict[str, Any] | None = None  # the configure phase's device-code plan, for the manifest
+    trees: dict[str, Path] = field(default_factory=dict)  # extra sources by name, as the build sees them
 
     @property
     def python(self) -> Path:
@@ -96,7 +97,8 @@ class BuildContext:
         if it breaks the policy (see devicecode)."""
         if not build_ninja.is_file():
             raise BuildError(f"[{self.step.component}] the configure step wrote no {build_ninja}")
-        objects = devicecode.parse_ninja(build_ninja.read_text(errors="replace"))
+        roots = {name: str(path) for name, path in self.trees.items()}
+        objects = devicecode.parse_ninja(build_ninja.read_text(errors="replace"), roots)
         plan = devicecode.evaluate(objects, self.target.cuda_arch_list, allowances)
         table = devicecode.render(plan)
         (self.work / "device-code.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")

@@ -87,8 +87,16 @@ def _logical_lines(text: str) -> Iterable[str]:
         yield pending
 
 
-def parse_ninja(text: str) -> list[CudaObject]:
-    """Every CUDA object of a CMake-generated build.ninja with its device code."""
+def parse_ninja(text: str, roots: Mapping[str, str] | None = None) -> list[CudaObject]:
+    """Every CUDA object of a CMake-generated build.ninja with its device code.
+
+    CMake names the object of a source outside the project by its absolute path
+    (`CMakeFiles/_C.dir/home/me/qutlass/csrc/gemm.cu.o`); `roots` ({"qutlass": "/home/me/qutlass"})
+    turns that into `<qutlass>/csrc/gemm.cu`, so families and allowances do not depend on where a
+    tree was unpacked.
+    """
+    prefixes = sorted(((path.strip("/") + "/", f"<{name}>/") for name, path in (roots or {}).items()),
+                      key=lambda p: -len(p[0]))
     objects: list[CudaObject] = []
     current: tuple[str, str] | None = None
     flags: list[str] = []
@@ -108,7 +116,12 @@ def parse_ninja(text: str) -> list[CudaObject]:
                 out = outputs.split(" ")[0].replace("$:", ":").replace("$ ", " ")
                 m = _OBJECT_RE.search(out)
                 if m:
-                    current = (m["target"], m["rel"])
+                    rel = m["rel"]
+                    for prefix, label in prefixes:
+                        if rel.startswith(prefix):
+                            rel = label + rel[len(prefix):]
+                            break
+                    current = (m["target"], rel)
         elif current is not None and line.startswith("  ") and "=" in line:
             name, _, value = line.strip().partition(" = ")
             if name in ("FLAGS", "DEFINES", "CUDA_FLAGS", "ARCH_FLAGS"):

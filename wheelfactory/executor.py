@@ -30,6 +30,7 @@ from .fetch import SourceCache
 from .host import Host, default_jobs
 from .patches import SOURCE, apply_patches
 from .plan import ADOPT, BUILD, CACHED, Plan, Step
+from .progress import StepClock, Timings, fmt_duration
 from .recipe import LoadedRecipe
 from .repair import repair_wheel
 from .runner import Runner
@@ -56,6 +57,8 @@ class ExecOptions:
     until_steps: tuple[str, ...] = ()  # the components --until applies to (the named targets)
     # Hash every cached wheel in full before trusting it, instead of the size+mtime fast path.
     verify: bool = False
+    # Components to build again although cached (--rebuild / --force); the old wheels go to attic/.
+    rebuild: frozenset[str] = frozenset()
 
 
 # The phases of a build step, in order. `build --until PHASE` stops a target's step after PHASE:
@@ -162,7 +165,8 @@ class Executor:
             for i, step in enumerate(self.plan.steps, 1):
                 started = time.monotonic()
                 stopping = self.opts.until is not None and step.component in self.opts.until_steps
-                if not stopping and self._cached(step):
+                forced = step.component in self.opts.rebuild
+                if not stopping and not forced and self._cached(step):
                     self.echo(f"[{i}/{total}] {step.component} {step.version}: cached ({step.key[:12]})")
                     results.append(StepResult(step.component, CACHED, (), 0.0))
                     continue
@@ -171,8 +175,13 @@ class Executor:
                 log = self.logs / f"{step.component}-{step.key[:12]}.log"
                 if log.exists():
                     log.unlink()
-                self.echo(f"[{i}/{total}] {step.component} {step.version}: {step.action} (log: {log})")
+                timings = Timings(self.opts.cache_dir)
+                previous = timings.previous(step.component) if step.action == BUILD else None
+                estimate = f"; previous build took {fmt_duration(previous)}" if previous else ""
+                self.echo(f"[{i}/{total}] {step.component} {step.version}: {step.action}"
+                          f"{' (--rebuild)' if forced else ''} (log: {log}{estimate})")
                 runner = Runner(step.component, log, verbose=self.opts.verbose)
+                runner.step = StepClock(started, previous)  # heartbeats show step time and ETA
                 if step.action == ADOPT:
                     wheels, saved = [self._adopted_wheel(step, runner)], 0
                     origin = {"origin": "adopted", "from": step.adopt}
@@ -188,10 +197,15 @@ class Executor:
                                   f"(nothing published); work tree: {stop.work}")
                         results.append(StepResult(step.component, f"until-{stop.phase}", (), took, str(log)))
                         continue
+                if forced:  # same key, maybe the same file name: the old build goes to attic/ first
+                    self.wheelhouse.quarantine(sorted(n for n, e in self.wheelhouse.manifest().items()
+                                                      if e.get("key") == step.key))
                 published = self.wheelhouse.publish(wheels, origin | {
                     "component": step.component, "key": step.key, "inputs": step.key_inputs,
                     "log": str(log), "bytes_stripped": saved})
                 took = time.monotonic() - started
+                if step.action == BUILD:
+                    timings.record(step.component, took, version=step.version, key=step.key)
                 self.echo(f"[{i}/{total}] {step.component}: done in {took:.1f}s -> "
                           + ", ".join(w.path.name for w in published))
                 results.append(StepResult(step.component, step.action, tuple(w.path.name for w in published),
@@ -343,6 +357,7 @@ class Executor:
                     apply_patches(copy, step.patches[name], ctx.runner, step.component)
                 tree = copy
             values[f"source_{name}"] = str(tree)
+            ctx.trees[name] = tree
         env = {}
         for k, v in step.env.items():
             try:
