@@ -64,7 +64,8 @@ PY
         --exclude='./flashmla/csrc/cutlass' -cJf "$carry/src/deps.tar.xz" ./cutlass ./flash-attention ./flashmla ./qutlass
     # What the factory and vLLM's build need that the GPU machine's Python lacks.
     download "$carry/wheels" click build pyproject_hooks wheel auditwheel pyelftools "cmake>=3.26.1" ninja \
-        "setuptools>=77.0.3,<81" "setuptools-scm>=8,<9" "packaging>=24.2" jinja2 markupsafe
+        "setuptools>=77.0.3,<81" "setuptools-scm>=8,<9" "packaging>=24.2" jinja2 markupsafe \
+        "grpcio-tools>=1.76.0" grpcio "protobuf>=6.33.2"  # vLLM 0.14.1's [build-system] requires
     # The factory's flashinfer-python (vLLM's release carries it; a pure-Python wheel from the sdist).
     python3 -m wheelfactory --wheelhouse "$carry/wh" --cache-dir "${TMPDIR:-/tmp}/gpu-vllm-cache" \
         build --release tests/releases/ci.toml flashinfer

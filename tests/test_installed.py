@@ -14,8 +14,6 @@ from wheelfactory.errors import BuildError, InputError
 from wheelfactory.installed import probe, repack_installed
 from wheelfactory.runner import Runner, clean_environ
 
-pytestmark = pytest.mark.slow
-
 
 def venv(path: Path, *pip_args: str) -> Path:
     subprocess.run([sys.executable, "-m", "venv", path], check=True)
@@ -31,6 +29,7 @@ def source_env(tmp_path_factory) -> Path:
     return venv(tmp_path_factory.mktemp("src") / "v", "requests==2.32.3", "idna==3.10")
 
 
+@pytest.mark.slow
 def test_repacked_wheels_install_the_same_files_elsewhere(source_env, tmp_path):
     runner = Runner("t", tmp_path / "log")
     wheels = repack_installed(str(source_env), "requests", tmp_path / "out", runner, with_requires=True)
@@ -52,6 +51,7 @@ def test_repacked_wheels_install_the_same_files_elsewhere(source_env, tmp_path):
     assert (target.parent / "normalizer").exists()
 
 
+@pytest.mark.slow
 def test_a_changed_installed_file_is_refused(source_env, tmp_path):
     site = probe(str(source_env), "idna", Runner("t", tmp_path / "log")).dist_info.parent
     victim = site / "idna" / "package_data.py"
@@ -65,6 +65,7 @@ def test_a_changed_installed_file_is_refused(source_env, tmp_path):
         victim.write_bytes(original)
 
 
+@pytest.mark.slow
 def test_missing_and_editable_installs_are_refused(source_env, tmp_path):
     runner = Runner("t", tmp_path / "log")
     with pytest.raises(InputError, match="has no installed distribution 'torch'"):
@@ -79,3 +80,15 @@ def test_missing_and_editable_installs_are_refused(source_env, tmp_path):
                    env=clean_environ())
     with pytest.raises(InputError, match="demo-pkg in .* is an editable install"):
         probe(str(source_env), "demo-pkg", runner)
+
+
+def test_requirements_follow_the_extras_asked_for(tmp_path):
+    from wheelfactory.installed import Installed, requirement_names
+    inst = Installed("cuda-toolkit", "13.0.2", tmp_path / "cuda_toolkit-13.0.2.dist-info", "", "",
+                     ('nvidia-cuda-runtime==13.0.96.*; extra == "cudart"',
+                      'nvidia-cublas==13.1.0.3.*; extra == "cublas"',
+                      'typing-extensions; python_version >= "3.8"'),
+                     {}, {"python_version": "3.12", "sys_platform": "linux"})
+    assert requirement_names(inst) == [("typing-extensions", frozenset())]
+    assert requirement_names(inst, frozenset({"cudart"})) == [("nvidia-cuda-runtime", frozenset()),
+                                                              ("typing-extensions", frozenset())]

@@ -191,16 +191,18 @@ def repack(inst: Installed, out_dir: Path) -> Path:
     return final
 
 
-def requirement_names(inst: Installed) -> list[str]:
-    """The distributions an installed one requires in its interpreter (markers evaluated, no extras)."""
+def requirement_names(inst: Installed, extras: frozenset[str] = frozenset()) -> list[tuple[str, frozenset[str]]]:
+    """What an installed distribution requires in its interpreter, markers evaluated, with the
+    extras asked of it (torch requires cuda-toolkit[cublas,cudart,...]: the extras bring the
+    NVIDIA libraries)."""
     names = []
     for text in inst.requires:
         try:
             req = Requirement(text)
         except InvalidRequirement:
             continue
-        if req.marker is None or req.marker.evaluate(inst.env | {"extra": ""}):
-            names.append(req.name)
+        if req.marker is None or any(req.marker.evaluate(inst.env | {"extra": e}) for e in extras | {""}):
+            names.append((req.name, frozenset(req.extras)))
     return names
 
 
@@ -208,14 +210,18 @@ def repack_installed(python: str, name: str, out_dir: Path, runner: Runner, *,
                      with_requires: bool = False) -> list[Path]:
     """Repack `name` (and, with_requires, every installed distribution it requires, transitively)."""
     done: dict[str, Path] = {}
-    todo = [name]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo: list[tuple[str, frozenset[str]]] = [(name, frozenset())]
     while todo:
-        current = canonicalize_name(todo.pop(0))
-        if current in done:
+        current, extras = todo.pop(0)
+        current = canonicalize_name(current)
+        if (current, extras) in seen:
             continue
+        seen.add((current, extras))
         inst = probe(python, current, runner)
-        done[current] = repack(inst, out_dir)
-        runner.note(f"repacked {inst.name} {inst.version} from {inst.dist_info} -> {done[current].name}")
+        if current not in done:
+            done[current] = repack(inst, out_dir)
+            runner.note(f"repacked {inst.name} {inst.version} from {inst.dist_info} -> {done[current].name}")
         if with_requires:
-            todo += requirement_names(inst)
+            todo += requirement_names(inst, extras)
     return list(done.values())
