@@ -119,7 +119,7 @@ python = "$python"
 cuda = "$cuda"
 cuda_arch_list = ["$ARCHS"]
 platform = "linux_x86_64"
-system_cuda = true
+system_cuda = $SYSTEM_CUDA
 
 [components.nccl]
 version = "${nccl}-1"
@@ -157,7 +157,8 @@ build() {
     cp "$carry"/wheels/*.whl "$WORK/cache/pydeps/" 2>/dev/null || true
     local wf=("$WORK/wf/bin/wheelfactory" --cache-dir "$WORK/cache" --wheelhouse "$WORK/wh")
     local started=$SECONDS
-    "${wf[@]}" build --release "$WORK/release.toml" vllm --offline --keep-work ${UNTIL:+--until "$UNTIL"}
+    # shellcheck disable=SC2086
+    "${wf[@]}" build --release "$WORK/release.toml" vllm --offline --keep-work ${UNTIL:+--until "$UNTIL"} ${WF_BUILD_ARGS:-}
     echo "vLLM step (adopt steps, venv, configure, compile, repair, audit): $((SECONDS - started)) s"
     [ -z "$UNTIL" ] || return 0
     local wheel
