@@ -128,14 +128,14 @@ class Assembler:
     def prepare(self, release_name: str) -> list[Prepared]:
         """Check the release, its lock and bases, and write Dockerfiles, bake file and context."""
         release = self.factory.release(release_name)
-        specs = image_specs(release, self.factory.recipes_dir, self.settings)
+        specs = image_specs(release, self.factory.data_root("cuda_wheels.toml"), self.settings)
         bases = [find_base(s.base, self.bases) for s in specs]
         wh = self.factory.wheelhouse
         lock = read_lock(wh, release.name)
         check_lock(release, lock, wh.root)
         for spec, base in zip(specs, bases, strict=True):
             check_base(spec, base, lock)
-        libs, jit = cuda_wheel_names(self.factory.recipes_dir)
+        libs, jit = cuda_wheel_names(self.factory.data_root("cuda_wheels.toml"))
         cuda_names = set().union(*libs.values(), *jit.values())
         differing = sibling_differences(lock, self._other_locks(release.name))
         if differing:

@@ -29,7 +29,7 @@ def _releases(factory: Factory, names: tuple[str, ...], all_: bool) -> list[str]
     if not all_:
         raise InputError("name a release with --release (repeatable), or pass --all")
     chosen = []
-    for name in list_releases(factory.recipes_dir):
+    for name in list_releases(factory.recipes_dirs):
         if not factory.release(name).image.get("kind"):
             continue
         if not lock_paths(factory.wheelhouse, name)[0].exists():

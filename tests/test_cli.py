@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import CI_RELEASES, run_cli
 
-COMMANDS = ["list", "plan", "fetch", "build", "adopt", "lock", "venv", "inspect"]
+COMMANDS = ["list", "plan", "fetch", "build", "adopt", "lock", "venv", "inspect", "doctor", "serve"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -101,3 +101,18 @@ def test_adopting_a_wheel_of_another_name_is_refused(tmp_path):
     assert r.returncode == 2, r.stderr
     assert f"--adopt torch={wheel}: {wheel.name} is a wheel of 'nottorch'; torch adopts one of: torch" in r.stderr
     assert not (tmp_path / "wh" / "manifest.json").exists()
+
+
+def test_rebuild_of_an_unknown_component_is_bad_input(tmp_path):
+    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "build", "--offline",
+                "-r", str(CI_RELEASES / "ci.toml"), "nccl", "--rebuild", "ncc")
+    assert r.returncode == 2 and "--rebuild 'ncc': unknown component (did you mean 'nccl'?)" in r.stderr
+
+
+@pytest.mark.slow  # probes this host's Docker and nvcc
+def test_doctor_exits_2_on_a_python_that_does_not_exist(tmp_path):
+    r = run_cli("--cache-dir", str(tmp_path / "c"), "doctor", "-r", str(CI_RELEASES / "ci.toml"),
+                "--python", str(tmp_path / "no-python"))
+    assert r.returncode == 2, r.stderr
+    assert f"FAIL  python  --python {tmp_path / 'no-python'}: no such file" in r.stdout
+    assert "Traceback" not in r.stderr

@@ -233,7 +233,8 @@ def test_engine_digest_enters_every_key(factory, monkeypatch):
 
 def test_engine_modules_exist_and_shape_wheels():
     package = Path(plan_module.__file__).parent
-    assert set(plan_module.ENGINE_MODULES) == {"context.py", "patches.py", "repair.py", "wheelpack.py"}
+    assert set(plan_module.ENGINE_MODULES) == {"context.py", "patches.py", "provenance.py", "repair.py",
+                                               "wheelpack.py"}
     assert all((package / m).is_file() for m in plan_module.ENGINE_MODULES)
 
 

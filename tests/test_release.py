@@ -112,7 +112,8 @@ def test_release_by_path_and_user_extends(tmp_path, recipes):
     (BASE.replace('["12.1a"]', '["sm_121"]'), "{p} [target].cuda_arch_list: bad CUDA arch 'sm_121': expected "
      "MAJOR.MINOR with an optional a/f suffix and +PTX, e.g. '12.1a', '9.0', '12.0f', '8.0+PTX'"),
     (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { git = "x", tag = "v1" }\n',
-     "{p} [components.torch].source: unknown key 'tag' in a git source; allowed: git, ref, submodules"),
+     "{p} [components.torch].source: unknown key 'tag' in a git source; "
+     "allowed: allow_insecure, follow, git, ref, submodules"),
     (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { url = "x", sha256 = "abc" }\n',
      "{p} [components.torch].source.sha256: expected 64 lowercase hex digits, got 'abc'"),
     (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { path = "/nonexistent/x" }\n',

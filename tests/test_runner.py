@@ -29,11 +29,13 @@ def test_check_false_returns_output_of_a_failing_command(tmp_path):
     assert out == "broken"
 
 
-def test_heartbeat_on_long_quiet_work(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runner_mod, "HEARTBEAT_S", 0.0)
-    Runner("torch", tmp_path / "log").run(["sh", "-c", "echo compiling a.cu"])
+@pytest.mark.slow
+def test_heartbeat_while_a_command_prints_nothing(tmp_path, monkeypatch, capsys):
+    # The timer, not the output, drives it: a silent command still shows it is alive.
+    monkeypatch.setattr(runner_mod, "HEARTBEAT_S", 0.05)
+    Runner("torch", tmp_path / "log").run(["sh", "-c", "sleep 0.5"])
     err = capsys.readouterr().err
-    assert "[torch] still running sh" in err and "compiling a.cu" in err
+    assert f"[torch] still running: sh -c 'sleep 0.5' (0s, log: {tmp_path / 'log'})" in err
 
 
 def test_pip_settings_of_the_machine_do_not_leak(monkeypatch):

@@ -292,13 +292,25 @@ def _table(rows: list[list[str]], right_from: int = 1) -> list[str]:
     return out
 
 
+def _provenance_lines(prov: Any) -> list[str]:
+    """The factory's own record (wheelfactory.provenance, format 1) as a few readable lines; the
+    key's full inputs are long, and `inspect --json` has them. Anything else is shown as it is."""
+    if not (isinstance(prov, dict) and prov.get("format") == 1 and "key" in prov):
+        return [f"  provenance: {prov if isinstance(prov, str) else json.dumps(prov, sort_keys=True)}"]
+    tools = ", ".join(f"{k} {v}" for k, v in sorted((prov.get("toolchain") or {}).items()) if v)
+    return [f"  provenance: {prov.get('component')} {prov.get('version')} built by {prov.get('tool')}, "
+            f"key {prov['key']}",
+            f"    source: {json.dumps(prov.get('source'), sort_keys=True)}",
+            f"    toolchain: {tools or 'not recorded'}",
+            "    (every input of the key: wheelfactory inspect --json)"]
+
+
 def render(audit: WheelAudit, verdict: Verdict | None = None) -> str:
     """A table of one wheel: per shared object the bytes per arch, and the verdict per device."""
     lines = [f"{audit.wheel}: {len(audit.objects)} shared object(s) with device code, "
              f"{audit.plain_objects} without"]
     if audit.provenance is not None:
-        prov = audit.provenance if isinstance(audit.provenance, str) else json.dumps(audit.provenance, sort_keys=True)
-        lines.append(f"  provenance: {prov}")
+        lines += _provenance_lines(audit.provenance)
     if not audit.objects:
         return "\n".join(lines)
     archs = list(audit.totals)

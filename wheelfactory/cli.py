@@ -19,9 +19,11 @@ from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
 from .installed import repack_installed
 from .lock import lock_paths, lock_release
-from .plan import Plan
+from .plan import CACHED, Plan
+from .rebuild import components_to_rebuild
 from .release import list_releases
 from .runner import Runner
+from .sources import check_transport
 from .toolkit import is_wheel_label, mismatch_warning
 from .venv import create_venv
 
@@ -88,15 +90,22 @@ def plan_inputs(command):
               show_default=True, envvar="WHEELFACTORY_CACHE_DIR",
               help="Sources, build requirements, work trees and logs.")
 @click.option("--recipes-dir", type=click.Path(path_type=Path), default=None, envvar="WHEELFACTORY_RECIPES_DIR",
-              help="Recipe modules and releases/ (default: the checkout's recipes/).")
+              help="Your own recipe modules, releases/ and data/, added on top of the shipped ones; a recipe, "
+                   "release or data file with a shipped name replaces the shipped one.")
 @click.option("--index-url", default="https://pypi.org/simple", show_default=True, envvar="WHEELFACTORY_INDEX_URL",
               help="Package index for sdists, build requirements and PyPI pins.")
+@click.option("--allow-insecure-index", is_flag=True, envvar="WHEELFACTORY_ALLOW_INSECURE_INDEX",
+              help="Accept a plain http:// --index-url (anyone on the network path can swap what it serves).")
 @click.pass_context
-def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path | None, index_url: str) -> None:
+def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path | None, index_url: str,
+        allow_insecure_index: bool) -> None:
     """Build the DGX Spark inference stack into wheels built against each other, and assemble
     thin runtime images from them."""
-    ctx.obj = Factory(recipes_dir or default_recipes_dir(), wheelhouse.expanduser().absolute(),
-                      cache_dir.expanduser().absolute(), index_url=index_url)
+    check_transport(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index")
+    shipped = default_recipes_dir()
+    ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
+                      wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
+                      shipped_recipes_dir=shipped)
 
 
 @cli.command("list")
@@ -114,7 +123,7 @@ def list_cmd(factory: Factory, show_options: bool) -> None:
             default = str(o.default).lower() if o.type is bool else repr(o.default)
             click.echo(f"      options.{o.name} ({o.type.__name__}, default {default}): {o.help}")
     click.echo("releases:")
-    for name in list_releases(factory.recipes_dir):
+    for name in list_releases(factory.recipes_dirs):
         click.echo(f"  {name}")
     manifest = factory.wheelhouse.manifest()
     click.echo(f"wheelhouse {factory.wheelhouse.root}: {len(manifest)} wheel(s)")
@@ -136,10 +145,21 @@ def _print_plan(plan: Plan) -> None:
     for i, s in enumerate(plan.steps, 1):
         origin = f"adopt {s.adopt}" if s.adopt else (s.source.describe() if s.source else "")
         click.echo(f"{i:>2}. {s.action:<6} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
+        if s.unresolved:
+            # Keyed by name until fetch records the commit or sha256; the key changes then.
+            click.echo(f"      unresolved: run fetch (keyed by name until fetch records the commit or sha256 of: "
+                       f"{', '.join(s.unresolved)}; the key changes then)")
         for k, v in sorted(s.env.items()):
             click.echo(f"      {k}={v}")
     if plan.pins:
         click.echo("pinned from PyPI: " + ", ".join(f"{n}=={v}" for n, v in sorted(plan.pins.items())))
+
+
+def _python_first(plan: Plan, python: str | None) -> None:
+    """A missing build interpreter is reported before any remote is asked for a commit or hash, as
+    it is before anything is downloaded or built."""
+    if any(s.action != CACHED for s in plan.steps):
+        find_python(plan.target.python, python)
 
 
 @cli.command()
@@ -160,11 +180,21 @@ def plan(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[st
 @plan_inputs
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
+@click.option("--accept-moved-tags", is_flag=True,
+              help="Accept a tag that now names another commit (or an sdist the index now serves with another "
+                   "sha256) than when it was recorded; builds from it get new keys.")
 @click.pass_obj
 def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
-          source_dirs: tuple[str, ...], adopt: tuple[str, ...], python: str | None, verbose: bool) -> None:
-    """Download every source and build requirement, so that `build --offline` needs no network."""
-    p = factory.plan(factory.release(release), targets, env, source_dirs, adopt)
+          source_dirs: tuple[str, ...], adopt: tuple[str, ...], python: str | None, verbose: bool,
+          accept_moved_tags: bool) -> None:
+    """Resolve every git ref to a commit and every sdist to its sha256 (recorded in the cache; a moved
+    tag is an error), and download every source and build requirement, so that `build --offline`
+    needs no network."""
+    rel = factory.release(release)
+    p = factory.plan(rel, targets, env, source_dirs, adopt)
+    _python_first(p, python)
+    if factory.resolve_sources(p, _echo, refresh=True, accept_moved=accept_moved_tags):
+        p = factory.plan(rel, targets, env, source_dirs, adopt)  # keyed by the commits and hashes just recorded
     factory.executor(p, _echo, python=python, verbose=verbose).fetch()
     _echo("fetched everything the plan needs")
 
@@ -182,18 +212,32 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                    "tree, publish nothing. `--until configure` prints the device code the build would compile.")
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
+@click.option("--rebuild", "rebuild", multiple=True, metavar="COMPONENT",
+              help="Build COMPONENT again even if cached (repeatable); its old wheels go to attic/.")
+@click.option("--force", is_flag=True, help="Build every step of the plan again even if cached.")
+@click.option("--no-host-check", is_flag=True, help="Skip the host checks that run first (see `wheelfactory doctor`).")
 @click.pass_obj
 def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
           source_dirs: tuple[str, ...], adopt: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool,
-          until: str | None, python: str | None, verbose: bool) -> None:
+          until: str | None, python: str | None, verbose: bool, rebuild: tuple[str, ...], force: bool,
+          no_host_check: bool) -> None:
     """Build TARGETS (default: the whole release) and their dependencies into the wheelhouse."""
     started = time.monotonic()
     if until and not targets:
         raise InputError(f"--until {until} needs the components to stop, e.g. `wheelfactory build vllm --until "
                          f"{until}` (their dependencies are built in full first)")
-    p = factory.plan(factory.release(release), targets, env, source_dirs, adopt)
+    rel = factory.release(release)
+    p = factory.plan(rel, targets, env, source_dirs, adopt)
+    if not offline and any(s.unresolved for s in p.steps):
+        # A source never fetched is resolved first, so that the wheels are keyed by its content.
+        _python_first(p, python)
+        if factory.resolve_sources(p, _echo):
+            p = factory.plan(rel, targets, env, source_dirs, adopt)
+    forced = components_to_rebuild(p, rebuild, force, factory.recipes)
+    if not no_host_check:
+        _host_check(factory, p, python, forced)
     results = factory.executor(p, _echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
-                               verbose=verbose, until=until, until_steps=tuple(targets)).build()
+                               verbose=verbose, until=until, until_steps=tuple(targets), rebuild=forced).build()
     stopped = [r for r in results if r.action.startswith("until-")]
     if stopped:
         _echo(f"stopped {', '.join(r.component for r in stopped)} after {until}; nothing of them was published")
@@ -201,6 +245,40 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")
+
+
+def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset[str]) -> None:
+    """`doctor`'s checks before a build: problems and the ccache line shown, a failure stops it (exit 2)."""
+    from .doctor import FAIL, OK, failures, host_checks
+
+    checks = host_checks(p, factory.host, factory.cache_dir, python, rebuild=forced)
+    for c in checks:
+        if c.level != OK or c.name == "ccache":
+            _echo(f"host: {c.line()}")
+    if bad := failures(checks):
+        raise InputError(f"the host check found {len(bad)} problem(s) that would fail the build ({FAIL} above); "
+                         "nothing was built. `wheelfactory doctor` shows every check; --no-host-check skips them")
+
+
+@cli.command()
+@release_option
+@targets_argument
+@system_cuda_option
+@click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
+@click.pass_obj
+def doctor(factory: Factory, release: str, targets: tuple[str, ...], python: str | None) -> None:
+    """Check this host against building TARGETS (default: the whole release) before anything starts:
+    the interpreter, disk, memory, ccache, CUDA, Docker. Exit 2 if a build would fail."""
+    from .doctor import failures, host_checks
+
+    p = factory.plan(factory.release(release), targets)
+    checks = host_checks(p, factory.host, factory.cache_dir, python, images=True)
+    for c in checks:
+        click.echo(c.line())
+    if bad := failures(checks):
+        raise InputError(f"{len(bad)} check(s) would fail a build of {p.release.name}: "
+                         + ", ".join(c.name for c in bad))
+    _echo(f"the host can build {p.release.name}")
 
 
 @cli.command()
@@ -279,13 +357,16 @@ def lock(factory: Factory, release: str, offline: bool, python: str | None, verb
 @release_option
 @click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo pip's output as well as logging it.")
+@click.option("--pip", "use_pip", is_flag=True, help="Install with pip instead of uv (the default; pip when no "
+                                                      "uv is found).")
 @click.pass_obj
-def venv(factory: Factory, path: Path, release: str, python: str | None, verbose: bool) -> None:
+def venv(factory: Factory, path: Path, release: str, python: str | None, verbose: bool, use_pip: bool) -> None:
     """Create a virtual environment at PATH from the release's lock, offline, and smoke-test it."""
     rel = factory.release(release)
     runner = Runner("venv", factory.cache_dir / "logs" / f"venv-{rel.name}.log", verbose=verbose)
     ran = create_venv(path.expanduser().absolute(), rel.name, factory.wheelhouse, factory.recipes,
-                      find_python(rel.target.python, python), runner)
+                      find_python(rel.target.python, python), runner, use_uv=not use_pip,
+                      uv_cache=factory.cache_dir / "uv")
     _echo(f"venv ready at {path} ({len(ran)} smoke check(s) and pip check passed); "
           f"activate with: source {path}/bin/activate")
 
@@ -339,6 +420,30 @@ def verify(factory: Factory) -> None:
           "consistent")
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface, for the other machines of a cluster).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Do not log each request.")
+@click.pass_obj
+def serve(factory: Factory, host: str, port: int, quiet: bool) -> None:
+    """Serve the wheelhouse read-only over HTTP: the PEP 503 index with PEP 658 metadata, the wheels
+    and the locks, until interrupted."""
+    from .serve import make_server
+
+    server = make_server(factory.wheelhouse.root, host, port, quiet)
+    url = f"http://{host}:{server.server_address[1]}"
+    _echo(f"serving {factory.wheelhouse.root} at {url}/simple/ (read-only; Ctrl-C stops)\n"
+          f"  the locked set: pip install --no-deps --require-hashes --index-url {url}/simple/ "
+          f"-r {url}/locks/<release>.txt")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        _echo("stopped serving")
+    finally:
+        server.server_close()
+
+
 @cli.group("release")
 def release_group() -> None:
     """Derive releases from upstream and check shipped ones against it."""
@@ -376,12 +481,14 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
     from .release import releases_dir
 
     parent = factory.release(extends) if extends else None
-    d = derive(_upstream(factory, vllm_git, triton_git), factory.recipes_dir,
+    # The data goes where the recipes that read it live (the shipped data/ unless --recipes-dir has
+    # its own); the release file goes into the top recipes directory (--recipes-dir when given).
+    d = derive(_upstream(factory, vllm_git, triton_git), factory.data_root("vllm.toml"),
                Request(vllm_version, transformers_major, ref, cuda, nccl, parent, name))
     click.echo(d.report())
     if data_only:
         d.releases.clear()
-    writes = plan_writes(d, factory.recipes_dir, releases_dir(factory.recipes_dir), force)
+    writes = plan_writes(d, factory.data_root("vllm.toml"), releases_dir(factory.recipes_dir), force)
     blocked = []
     for w in writes:
         if w.status == "same":
@@ -415,8 +522,8 @@ def release_check(factory: Factory, releases: tuple[str, ...], vllm_git: str, tr
 
     up = _upstream(factory, vllm_git, triton_git)
     drift = unverified = 0
-    for name in releases or list_releases(factory.recipes_dir):
-        result = check_release(up, factory.recipes_dir, factory.release(name))
+    for name in releases or list_releases(factory.recipes_dirs):
+        result = check_release(up, factory.data_root("vllm.toml"), factory.release(name))
         for line in result.checked:
             click.echo(f"{name}: ok      {line}")
         for line in result.drift:

@@ -31,6 +31,7 @@ from .host import Host, default_jobs
 from .patches import SOURCE, apply_patches
 from .plan import ADOPT, BUILD, CACHED, Plan, Step
 from .progress import StepClock, Timings, fmt_duration
+from .provenance import build_provenance, fetched_source_info, stamp_wheel
 from .recipe import LoadedRecipe
 from .repair import repair_wheel
 from .runner import Runner
@@ -290,6 +291,12 @@ class Executor:
                     runner.note(f"stripped {report.stripped_files} shared objects in {wheel.name}, "
                                 f"saved {report.bytes_saved} bytes")
             wheels = repaired
+            # Provenance goes in after repair (which may rewrite or rename a wheel) and before the
+            # audit, so that the audited bytes are the published ones.
+            record = build_provenance(step, self.plan.target, venv=venv, nvcc=self._nvcc.get(step.key),
+                                      source_info=fetched_source_info(tree))
+            for wheel in wheels:
+                stamp_wheel(wheel, record)
             # The finished wheels' device code, held against the same rules as the configure plan.
             audits = self._audit_wheels(step, wheels, runner, strict=True)
             done("repair")

@@ -3,18 +3,21 @@ and an executor, so that the CLI stays a thin layer of options and messages."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .errors import InputError
+from .errors import BuildError, InputError
 from .executor import ExecOptions, Executor
+from .fetch import SourceCache
 from .host import Host, detect_host
 from .plan import Plan, PlanOptions, make_target, plan_release
 from .recipe import LoadedRecipe, load_recipes
 from .release import Release, load_release
-from .sources import is_local_wheel, local_source
+from .runner import Runner
+from .sources import Source, is_local_wheel, local_source
 from .toolkit import WheelToolkit, load_toolkit, mismatch_warning
 from .wheelhouse import Wheelhouse
 
@@ -22,8 +25,19 @@ DEFAULT_RELEASE = "0.15.0-t4"
 
 
 def default_recipes_dir() -> Path:
-    """recipes/ of the checkout this package was installed from (editable install)."""
-    return Path(__file__).resolve().parent.parent / "recipes"
+    """The shipped recipes, releases, data and patches.
+
+    In a checkout (an editable install, or run from the tree) they are its recipes/, so that a
+    second checkout never reads the first one's recipes. Installed (pip, pipx, uv tool) they are
+    the package wheelfactory_recipes, which pyproject.toml builds from recipes/."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "recipes").is_dir():
+        return checkout / "recipes"
+    spec = importlib.util.find_spec("wheelfactory_recipes")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("this wheelfactory installation has no shipped recipes (package wheelfactory_recipes); "
+                         "reinstall it (pip install .) or pass --recipes-dir")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 def _component_assignments(option: str, values: Sequence[str], example: str) -> dict[str, str]:
@@ -71,10 +85,28 @@ class Factory:
     host_probe: Callable[[], Host] = field(default=detect_host)
     system_cuda: bool = False  # --system-cuda: build with the host's toolkit, not the release's from wheels
     verify: bool = False  # build --verify: hash cached wheels in full before trusting them
+    # The layer under recipes_dir: --recipes-dir adds the user's recipes, releases and data on top
+    # of the shipped ones instead of replacing them all. None: recipes_dir alone.
+    shipped_recipes_dir: Path | None = None
+
+    @property
+    def recipes_dirs(self) -> tuple[Path, ...]:
+        """Where recipes, releases and data files are looked up; on a name, the first one wins."""
+        under = self.shipped_recipes_dir
+        if under is None or under.resolve() == self.recipes_dir.resolve():
+            return (self.recipes_dir,)
+        return (self.recipes_dir, under)
+
+    def data_root(self, name: str) -> Path:
+        """The recipes directory whose data/<name> is used: the user's when it has one, else the shipped."""
+        for d in self.recipes_dirs:
+            if (d / "data" / name).is_file():
+                return d
+        return self.recipes_dirs[-1]  # absent everywhere: the reader names the shipped path
 
     @cached_property
     def recipes(self) -> Mapping[str, LoadedRecipe]:
-        return load_recipes(self.recipes_dir)
+        return load_recipes(*self.recipes_dirs)
 
     @cached_property
     def wheelhouse(self) -> Wheelhouse:
@@ -85,7 +117,7 @@ class Factory:
         return self.host_probe()
 
     def release(self, name_or_path: str) -> Release:
-        return load_release(name_or_path, self.recipes, self.recipes_dir)
+        return load_release(name_or_path, self.recipes, self.recipes_dirs)
 
     def plan(self, release: Release, targets: Sequence[str] = (), env: Sequence[str] = (),
              source_dirs: Sequence[str] = (), adopt: Sequence[str] = ()) -> Plan:
@@ -96,14 +128,54 @@ class Factory:
         toolkit = self.toolkit(release)
         target = make_target(release, self.host.platform, toolkit.label if toolkit else self.host.toolkit)
         cached = self.wheelhouse.cached_keys()
-        return plan_release(release, self.recipes, target, targets, options, is_cached=cached.__contains__)
+        return plan_release(release, self.recipes, target, targets, options, is_cached=cached.__contains__,
+                            recorded=self.sources.recorded)
+
+    @cached_property
+    def sources(self) -> SourceCache:
+        return SourceCache(self.cache_dir, self.index_url)
+
+    def resolve_sources(self, plan: Plan, echo: Callable[[str], None], *, refresh: bool = False,
+                        accept_moved: bool = False) -> bool:
+        """Record a commit or sha256 for every source the plan's builds use, so that what is built is
+        keyed by its content; True when a record changed (plan again: the keys change). `build`
+        resolves only what was never recorded; `fetch` (refresh) asks again for every tag, branch and
+        sdist: a followed branch moves on, a moved tag or changed sdist is a BuildError naming both
+        (all of them at once) unless accept_moved."""
+        release = plan.release
+        runner = Runner("sources", self.cache_dir / "logs" / "resolve.log")
+        changed, moved = False, []
+        seen: set[Source] = set()
+        for step in plan.steps:
+            named = ([("source", step.source)] if step.source else []) + list(step.extra_sources.items())
+            for name, source in named:
+                if source in seen:
+                    continue
+                seen.add(source)
+                where = f"{release.path} [components.{step.component}]" + (
+                    ".source" if name == "source" else f" extra source {name!r}")
+                before = self.sources.recorded(source)
+                try:
+                    note = self.sources.resolve(source, runner, refresh=refresh, accept_moved=accept_moved)
+                except InputError as e:
+                    raise InputError(f"{where}: {e}") from None
+                except BuildError as e:
+                    moved.append(f"{where}: {e}")
+                    continue
+                if note:
+                    echo(f"[{step.component}] {note}")
+                changed |= self.sources.recorded(source) != before
+        if moved:
+            raise BuildError("\n".join(moved))
+        return changed
 
     def toolkit(self, release: Release) -> WheelToolkit | None:
         """The CUDA toolkit from wheels that builds of the release use, or None for the host's
         (--system-cuda, or the release's [target] system_cuda = true)."""
         if self.system_cuda or release.target.system_cuda:
             return None
-        return load_toolkit(self.recipes_dir / "data" / "cuda_wheels.toml", release.target.cuda, self.host.platform)
+        return load_toolkit(self.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml", release.target.cuda,
+                            self.host.platform)
 
     def executor(self, plan: Plan, echo: Callable[[str], None], **options: object) -> Executor:
         toolkit = self.toolkit(plan.release)

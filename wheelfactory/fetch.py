@@ -1,19 +1,20 @@
 """Fetching sources into the source cache as ready-to-copy trees, verified and safely extracted.
 
-    <cache>/sources/archives/   downloaded archives, named by their sha256
-    <cache>/sources/trees/      one unpacked tree per source identity (git checkouts with submodules)
+    <cache>/sources/resolved.json  what each tag, branch and sdist resolved to (resolve.py)
+    <cache>/sources/archives/      downloaded archives, named by their sha256
+    <cache>/sources/trees/         one unpacked tree per content: git-<commit>, sha256-<archive sha256>
 
-A tree appears under its final name only when complete (built in a temporary sibling, then
-renamed), so an interrupted fetch is simply fetched again. With offline=True nothing is
-downloaded: a missing tree is an error telling the user to run `wheelfactory fetch`.
+Trees are named by content, never by a source's name, so a moved tag or another index's sdist
+can only ever land in another directory. A tree appears under its final name only when complete
+(built in a temporary sibling, then renamed), so an interrupted fetch is simply fetched again.
+With offline=True nothing is downloaded: a missing tree or record is an error telling the user
+to run `wheelfactory fetch`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -24,9 +25,9 @@ import requests
 from packaging.utils import canonicalize_name, parse_sdist_filename
 
 from .errors import BuildError, InputError
-from .plan import canonical_json
+from .resolve import SourceRecords, commit_of, record_key
 from .runner import Runner
-from .sources import GitSource, LocalSource, PypiSource, Source
+from .sources import GitSource, LocalSource, PypiSource, Source, UrlSource, check_transport
 from .wheelmeta import sha256_file
 
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -39,22 +40,102 @@ class SourceCache:
         self.archives = self.root / "archives"
         self.trees = self.root / "trees"
         self.index_url = index_url.rstrip("/")
+        self.records = SourceRecords(self.root / "resolved.json")
 
-    def tree_path(self, source: Source) -> Path:
-        """Where the unpacked tree of a source lives (a LocalSource is used in place)."""
+    # -- what a source is (no network) ----------------------------------------------------------
+
+    def recorded(self, source: Source) -> str | None:
+        """The content a source names, known without the network: a commit or sha256 given in the
+        declaration, else the one recorded at fetch; None while unresolved."""
+        if isinstance(source, LocalSource):
+            return None
+        if isinstance(source, GitSource) and source.is_commit:
+            return source.ref
+        if isinstance(source, (UrlSource, PypiSource)) and source.sha256:
+            return source.sha256
+        entry = self.records.get(record_key(source, self.index_url))
+        if entry is None:
+            return None
+        if isinstance(source, GitSource):
+            # A branch recorded while follow = true was set is not a pin once follow is gone.
+            return entry["commit"] if entry.get("kind") != "branch" or source.follow else None
+        return entry["sha256"]
+
+    def tree_path(self, source: Source, content: str) -> Path:
+        """Where the unpacked tree of a source's content lives (a LocalSource is used in place)."""
         if isinstance(source, LocalSource):
             return Path(source.path)
-        digest = hashlib.sha256(canonical_json(source.identity()).encode()).hexdigest()[:20]
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", source.describe().rsplit("/", 1)[-1])[:40]
-        return self.trees / f"{slug}-{digest}"
+        if isinstance(source, GitSource):
+            return self.trees / (f"git-{content}" if source.submodules else f"git-{content}-nosub")
+        return self.trees / f"sha256-{content}"
 
-    def is_fetched(self, source: Source) -> bool:
-        return isinstance(source, LocalSource) or (self.tree_path(source) / MARKER).exists()
+    # -- resolving names to content (network) ---------------------------------------------------
+
+    def resolve(self, source: Source, runner: Runner, *, refresh: bool = False,
+                accept_moved: bool = False) -> str | None:
+        """Record the content a source's name stands for now. Without refresh, a recorded source is
+        left as it is (build); with refresh (fetch) tags and sdists are checked again, a change is a
+        BuildError naming both (unless accept_moved), and a followed branch moves on. Returns a line
+        saying what changed, or None."""
+        if isinstance(source, LocalSource) or self._pinned(source):
+            return None
+        key = record_key(source, self.index_url)
+        old = self.records.get(key)
+        if old is not None and isinstance(source, UrlSource):
+            return None  # an archive without a published sha256 is recorded by its first download, once
+        if old is not None and not refresh and self.recorded(source) is not None:
+            return None
+        entry: dict[str, str]
+        if isinstance(source, GitSource):
+            check_transport(source.url, source.allow_insecure, f"git source {source.describe()}",
+                            "set allow_insecure = true in its source table")
+            out = runner.run(["git", "ls-remote", source.url, source.ref, f"{source.ref}^{{}}"], capture=True)
+            commit, kind = commit_of(source, out)
+            entry, new, what = {"commit": commit, "kind": kind}, commit, f"{kind} {source.ref} of {source.url}"
+        elif isinstance(source, PypiSource):
+            found = self._index_file(source)
+            sha = found["sha256"] or sha256_file(self._download(found["url"], None))
+            entry, new, what = {"sha256": sha, "filename": found["filename"]}, sha, \
+                f"{found['filename']} on {self.index_url}"
+        else:
+            sha = sha256_file(self._download(source.url, None, source.allow_insecure))
+            entry, new, what = {"sha256": sha}, sha, source.url
+        before = old and (old.get("commit") or old.get("sha256"))
+        if before == new:
+            return None
+        if before and entry.get("kind") != "branch" and not accept_moved:
+            # The record stays: the key stays that of what was built until the user says otherwise.
+            keep = (f"; to keep building the old commit, pin it in the source table: ref = \"{before}\""
+                    if isinstance(source, GitSource) else "")
+            raise BuildError(f"{what} changed since it was recorded on {old.get('recorded', '?')}: was {before}, "
+                             f"is now {new}. If the new content is what you want, run the fetch again with "
+                             f"--accept-moved-tags (builds from it get new keys){keep}")
+        self.records.put(key, entry)
+        if not before:
+            return None
+        return f"{what} moved{'' if entry.get('kind') == 'branch' else ' (accepted)'}: {before} -> {new}"
+
+    def _pinned(self, source: Source) -> bool:
+        return ((isinstance(source, GitSource) and source.is_commit)
+                or (isinstance(source, (UrlSource, PypiSource)) and source.sha256 is not None))
+
+    # -- trees ----------------------------------------------------------------------------------
 
     def fetch(self, source: Source, runner: Runner, *, offline: bool = False) -> Path:
-        """The source's tree, fetching it first if needed."""
-        tree = self.tree_path(source)
-        if self.is_fetched(source):
+        """The source's tree, resolving and fetching it first if needed."""
+        if isinstance(source, LocalSource):
+            return Path(source.path)
+        content = self.recorded(source)
+        if content is None:
+            if offline:
+                raise BuildError(f"source {source.describe()} was never resolved to a commit or sha256 (nothing in "
+                                 f"{self.records.path}) and --offline forbids asking; run `wheelfactory fetch "
+                                 "--release ...` while online first")
+            self.resolve(source, runner)
+            content = self.recorded(source)
+            assert content is not None
+        tree = self.tree_path(source, content)
+        if (tree / MARKER).exists():
             return tree
         if offline:
             raise BuildError(f"source {source.describe()} is not in the cache {self.root} and --offline forbids "
@@ -63,12 +144,20 @@ class SourceCache:
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.trees))
         try:
             if isinstance(source, GitSource):
-                info = self._git(source, tmp / "t", runner)
+                info = self._git(source, content, tmp / "t", runner)
                 top = tmp / "t"
             else:
-                archive, info = (self._pypi(source) if isinstance(source, PypiSource)
-                                 else (self._download(source.url, source.sha256), {"url": source.url}))
-                info["archive_sha256"] = sha256_file(archive)
+                if isinstance(source, PypiSource):
+                    found = self._index_file(source)
+                    if found["sha256"] and found["sha256"] != content:
+                        raise BuildError(f"{found['filename']}: {self.index_url} now publishes sha256 "
+                                         f"{found['sha256']}, recorded {content}; run `wheelfactory fetch` to "
+                                         "see the change and accept it or not")
+                    archive = self._download(found["url"], content)
+                    info = {"url": found["url"].split("#")[0], "filename": found["filename"]}
+                else:
+                    archive, info = self._download(source.url, content, source.allow_insecure), {"url": source.url}
+                info["archive_sha256"] = content
                 top = extract_archive(archive, tmp / "x")
             (top / MARKER).write_text(json.dumps({"source": source.describe()} | info, indent=2) + "\n")
             os.replace(top, tree)
@@ -76,25 +165,27 @@ class SourceCache:
             shutil.rmtree(tmp, ignore_errors=True)
         return tree
 
-    def _git(self, source: GitSource, dest: Path, runner: Runner) -> dict[str, str]:
+    def _git(self, source: GitSource, commit: str, dest: Path, runner: Runner) -> dict[str, str]:
+        check_transport(source.url, source.allow_insecure, f"git source {source.describe()}",
+                        "set allow_insecure = true in its source table")
         runner.run(["git", "init", "-q", dest])
-        # A shallow fetch of just the ref is fastest for tags and commits; servers that refuse
-        # fetching a commit by id get a full fetch instead.
+        # A shallow fetch of the recorded commit is fastest and fetches exactly what the key names;
+        # servers that refuse a commit by id get a full fetch, then the same checkout.
         try:
-            runner.run(["git", "fetch", "-q", "--depth", "1", source.url, source.ref], cwd=dest)
-            runner.run(["git", "checkout", "-q", "FETCH_HEAD"], cwd=dest)
+            runner.run(["git", "fetch", "-q", "--depth", "1", source.url, commit], cwd=dest)
         except BuildError:
             runner.run(["git", "fetch", "-q", "--tags", source.url, "+refs/heads/*:refs/remotes/origin/*"], cwd=dest)
-            runner.run(["git", "checkout", "-q", _git_rev(source.ref, dest, runner)], cwd=dest)
+        runner.run(["git", "checkout", "-q", commit], cwd=dest)
         if source.submodules and (dest / ".gitmodules").exists():
             runner.run(["git", "submodule", "update", "-q", "--init", "--recursive", "--depth", "1"], cwd=dest)
-        commit = runner.run(["git", "rev-parse", "HEAD"], cwd=dest, capture=True).strip().splitlines()[-1]
-        if source.is_commit and commit != source.ref:
-            raise BuildError(f"{source.url}: asked for commit {source.ref}, got {commit}")
-        return {"commit": commit}
+        head = runner.run(["git", "rev-parse", "HEAD"], cwd=dest, capture=True).strip().splitlines()[-1]
+        if head != commit:
+            raise BuildError(f"{source.url}: asked for commit {commit}, got {head}")
+        return {"ref": source.ref, "commit": commit}
 
-    def _download(self, url: str, sha256: str | None) -> Path:
+    def _download(self, url: str, sha256: str | None, allow_insecure: bool = False) -> Path:
         """Download to archives/, verifying sha256 when given; reuse a verified copy."""
+        check_transport(url, allow_insecure, f"archive {url}", "set allow_insecure = true in its source table")
         self.archives.mkdir(parents=True, exist_ok=True)
         name = url.rsplit("/", 1)[-1].split("#")[0].split("?")[0] or "archive"
         if sha256:
@@ -109,7 +200,7 @@ class SourceCache:
                     f.write(chunk)
             got = sha256_file(Path(tmp))
             if sha256 and got != sha256:
-                raise BuildError(f"{url}: sha256 is {got}, the release says {sha256}; refusing to use it")
+                raise BuildError(f"{url}: sha256 is {got}, expected {sha256}; refusing to use it")
             final = self.archives / f"{got}-{name}"
             os.replace(tmp, final)
             return final
@@ -119,8 +210,9 @@ class SourceCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def _pypi(self, source: PypiSource) -> tuple[Path, dict[str, str]]:
-        """Find the sdist through the simple index (JSON form) and download it with its published hash."""
+    def _index_file(self, source: PypiSource) -> dict[str, str]:
+        """The sdist's filename, absolute URL and published sha256 ("" when the index gives none),
+        from the simple index's JSON form; a hash pinned in the release must match the index's."""
         project = canonicalize_name(source.name)
         url = f"{self.index_url}/{project}/"
         try:
@@ -137,25 +229,14 @@ class SourceCache:
             except ValueError:
                 continue
             if name == project and str(version) == source.version:
-                published = f.get("hashes", {}).get("sha256")
+                published = f.get("hashes", {}).get("sha256", "")
                 if source.sha256 and published and source.sha256 != published:
                     raise BuildError(f"{f['filename']}: the index publishes sha256 {published}, "
                                      f"the release pins {source.sha256}")
-                archive = self._download(requests.compat.urljoin(url, f["url"]), source.sha256 or published)
-                return archive, {"url": f["url"].split("#")[0], "filename": f["filename"]}
+                return {"filename": f["filename"], "url": requests.compat.urljoin(url, f["url"]),
+                        "sha256": published}
         raise InputError(f"{source.name} {source.version} has no sdist on {self.index_url}; "
                          "pick a version that publishes one, or use a git or url source")
-
-
-def _git_rev(ref: str, repo: Path, runner: Runner) -> str:
-    """A ref as given (commit, tag) or as a fetched branch."""
-    for candidate in (ref, f"origin/{ref}"):
-        try:
-            runner.run(["git", "rev-parse", "-q", "--verify", f"{candidate}^{{commit}}"], cwd=repo, capture=True)
-            return candidate
-        except BuildError:
-            continue
-    raise BuildError(f"git ref {ref!r} is neither a commit, a tag nor a branch of the repository")
 
 
 def extract_archive(archive: Path, dest: Path) -> Path:

@@ -76,7 +76,15 @@ class Step:
             "outputs": list(self.outputs),
             "options": dict(self.options),
             "patches": {tree: [p.name for p in ps] for tree, ps in self.patches.items()},
+            "unresolved": list(self.unresolved),
         }
+
+    @property
+    def unresolved(self) -> tuple[str, ...]:
+        """The step's sources (the main one as "source") whose content fetch has not recorded yet:
+        their key changes once it has."""
+        trees = {"source": self.key_inputs.get("source", {})} | dict(self.key_inputs.get("extra_sources", {}))
+        return tuple(name for name, identity in trees.items() if "unresolved" in identity)
 
 
 @dataclass(frozen=True)
@@ -103,10 +111,11 @@ class Plan:
 
 # The engine modules whose code decides the bytes of a built wheel, beyond what the key already
 # names: context.py (the default build command and source edits every recipe uses), patches.py
-# (how patch files are applied), repair.py (strip, retag) and wheelpack.py (wheel layout, RECORD,
-# timestamps). Modules that only plan, fetch by content, log or check (plan, fetch, runner,
-# wheelmeta, wheelhouse) are left out so that editing them does not rebuild the world.
-ENGINE_MODULES = ("context.py", "patches.py", "repair.py", "wheelpack.py")
+# (how patch files are applied), provenance.py (the .dist-info/wheelfactory.json every built wheel
+# carries), repair.py (strip, retag) and wheelpack.py (wheel layout, RECORD, timestamps). Modules
+# that only plan, fetch by content, log or check (plan, fetch, runner, wheelmeta, wheelhouse) are
+# left out so that editing them does not rebuild the world.
+ENGINE_MODULES = ("context.py", "patches.py", "provenance.py", "repair.py", "wheelpack.py")
 
 
 @functools.cache
@@ -167,9 +176,11 @@ def plan_release(
     targets: Sequence[str] = (),
     options: PlanOptions | None = None,
     is_cached: Callable[[str], bool] = lambda key: False,
+    recorded: Callable[[Source], str | None] = lambda source: None,
 ) -> Plan:
     """Order the components the targets need and key each one. Pure: touches no file or network
-    except hashing a local source directory."""
+    except hashing a local source directory. `recorded` gives the content (commit, sha256) that
+    `fetch` recorded for a source; a source without one is keyed by its name, marked unresolved."""
     options = options or PlanOptions()
     for name in list(targets) + list(options.env) + [n.split(".")[0] for n in options.sources] + list(options.adopt):
         if name not in recipes:
@@ -198,7 +209,7 @@ def plan_release(
             raise InputError(f"{release.path} [components.{name}]: recipe {name!r} has no default source; "
                              "give a source or an adopt = '<wheel or requirement>'")
         else:
-            source_identity = source.identity()
+            source_identity = source.identity(recorded(source))
             action = BUILD
         env: dict[str, str] = {}
         build_requires: list[str] = []
@@ -232,7 +243,8 @@ def plan_release(
             "source": source_identity,
             "env": env if action == BUILD else {},
             "build_requires": build_requires if action == BUILD else [],
-            "extra_sources": {n: x.identity() for n, x in sorted(extra_sources.items())} if action == BUILD else {},
+            "extra_sources": ({n: x.identity(recorded(x)) for n, x in sorted(extra_sources.items())}
+                              if action == BUILD else {}),
             "options": dict(spec.options),
             "keep_debug": spec.keep_debug,
             "target": target_json,

@@ -252,11 +252,17 @@ def load_recipe_module(path: Path) -> LoadedRecipe:
     return LoadedRecipe(recipe, module, hashlib.sha256(code).hexdigest(), path, data)
 
 
-def load_recipes(recipes_dir: Path) -> dict[str, LoadedRecipe]:
-    """Every recipe module in a directory, by component name."""
-    if not recipes_dir.is_dir():
-        raise InputError(f"recipes directory {str(recipes_dir)!r} does not exist (set --recipes-dir)")
-    found = {p.stem: load_recipe_module(p) for p in sorted(recipes_dir.glob("*.py")) if not p.stem.startswith("_")}
+def load_recipes(*recipes_dirs: Path) -> dict[str, LoadedRecipe]:
+    """Every recipe module in the directories, by component name. A name in an earlier directory
+    hides the same name in a later one: the user's --recipes-dir over the shipped recipes."""
+    files: dict[str, Path] = {}
+    for recipes_dir in recipes_dirs:
+        if not recipes_dir.is_dir():
+            raise InputError(f"recipes directory {str(recipes_dir)!r} does not exist (set --recipes-dir)")
+        for p in sorted(recipes_dir.glob("*.py")):
+            if not p.stem.startswith("_"):
+                files.setdefault(p.stem, p)
+    found = {name: load_recipe_module(path) for name, path in sorted(files.items())}
     for loaded in found.values():
         for dep in loaded.recipe.depends_on:
             if dep not in found:

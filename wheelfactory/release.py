@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,13 +85,19 @@ def releases_dir(recipes_dir: Path) -> Path:
     return recipes_dir / "releases"
 
 
-def list_releases(recipes_dir: Path) -> list[str]:
-    """Names of the releases shipped with the recipes."""
-    return sorted(p.stem for p in releases_dir(recipes_dir).glob("*.toml"))
+def _layers(recipes_dir: Path | Sequence[Path]) -> list[Path]:
+    """One recipes directory, or several in lookup order (the user's before the shipped)."""
+    return [recipes_dir] if isinstance(recipes_dir, Path) else list(recipes_dir)
 
 
-def resolve_release_path(name_or_path: str, recipes_dir: Path, near: Path | None = None) -> Path:
-    """A release name (looked up next to `near`, then in recipes/releases) or a path to a TOML file."""
+def list_releases(recipes_dir: Path | Sequence[Path]) -> list[str]:
+    """Names of the releases in the recipes directories' releases/."""
+    return sorted({p.stem for d in _layers(recipes_dir) for p in releases_dir(d).glob("*.toml")})
+
+
+def resolve_release_path(name_or_path: str, recipes_dir: Path | Sequence[Path], near: Path | None = None) -> Path:
+    """A release name (looked up next to `near`, then in each recipes directory's releases/, the
+    first one that has it winning) or a path to a TOML file."""
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         p = Path(name_or_path).expanduser()
         if near is not None and not p.is_absolute():
@@ -99,7 +105,7 @@ def resolve_release_path(name_or_path: str, recipes_dir: Path, near: Path | None
         if not p.is_file():
             raise InputError(f"release file {str(p)!r} does not exist")
         return p
-    for d in ([near] if near else []) + [releases_dir(recipes_dir)]:
+    for d in ([near] if near else []) + [releases_dir(r) for r in _layers(recipes_dir)]:
         p = d / f"{name_or_path}.toml"
         if p.is_file():
             return p
@@ -127,7 +133,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _raw_release(path: Path, recipes_dir: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _raw_release(path: Path, recipes_dir: Path | Sequence[Path], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The release's table with its `extends` chain merged in (each file's keys checked)."""
     if path.resolve() in seen:
         chain = " -> ".join(str(p) for p in seen + (path.resolve(),))
@@ -191,7 +197,8 @@ def check_version(version: str, pattern: str | None, where: str) -> None:
         raise InputError(f"{where}: bad version {version!r}: expected a PEP 440 version such as 2.10.0") from None
 
 
-def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe], recipes_dir: Path) -> Release:
+def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
+                 recipes_dir: Path | Sequence[Path]) -> Release:
     """Load, merge and validate a release; every error names the file and key."""
     path = resolve_release_path(name_or_path, recipes_dir)
     where = str(path)

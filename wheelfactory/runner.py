@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import BuildError
+from .progress import Heartbeat, StepClock, interval_from_env
 
 TAIL_LINES = 40
-HEARTBEAT_S = 60.0  # a torch build is silent on the console for hours otherwise
+# A status line this often while a command runs, printed by a timer: a torch build, a quiet pip
+# install or a long link is silent on the console for minutes to hours otherwise.
+HEARTBEAT_S = interval_from_env()
 
 # pip reads these from the environment and config files; the factory's own pip calls must see
 # only the indexes it names, or a machine's find-links (say, a CPU torch on disk) slips in.
@@ -42,6 +45,7 @@ class Runner:
         self.log_path = log_path
         self.verbose = verbose
         self.base_env = dict(base_env if base_env is not None else clean_environ())
+        self.step: StepClock | None = None  # set by the executor: step elapsed time and ETA in heartbeats
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def _log(self, f: TextIO, line: str) -> None:
@@ -77,20 +81,16 @@ class Runner:
                 self._log(f, f"cannot start: {e}")
                 raise BuildError(f"[{self.component}] cannot run {argv[0]!r}: {e}\nlog: {self.log_path}") from None
             assert proc.stdout is not None
-            beat = started
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                tail.append(line)
-                if capture:
-                    captured.append(line)
-                self._log(f, line)
-                now = time.monotonic()
-                if not self.verbose and now - beat >= HEARTBEAT_S:
-                    beat = now
-                    mins, secs = divmod(int(now - started), 60)
-                    sys.stderr.write(f"[{self.component}] still running {argv[0].rsplit('/', 1)[-1]} "
-                                     f"({mins}m{secs:02d}s; log: {self.log_path}): {line[:100]}\n")
-            code = proc.wait()
+            with Heartbeat(self.component, argv, self.log_path, interval=HEARTBEAT_S, step=self.step,
+                           only_when_quiet=self.verbose) as heartbeat:
+                for line in proc.stdout:
+                    line = line.rstrip("\n")
+                    tail.append(line)
+                    if capture:
+                        captured.append(line)
+                    self._log(f, line)
+                    heartbeat.seen(line)
+                code = proc.wait()
             self._log(f, f"exit {code} after {time.monotonic() - started:.1f}s")
         if code != 0 and check:
             shown = "\n".join(f"  {t}" for t in tail)

@@ -2,10 +2,16 @@
 
 A declaration is pure data; fetching it is `fetch.py`'s job. Recipes declare a default source
 with `{version}` templates; a release may override it with any other kind.
+
+The identity is the source's content, not its name: a git commit, an archive's sha256, a tree
+digest. A tag, a branch or an sdist on an index names content only once `fetch` has resolved it
+(`resolve.py` records the answer); until then the identity is the name, marked unresolved, so
+the key changes once the content is known and can never be reused for other content.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -18,6 +24,21 @@ from .errors import InputError
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
+# What a key input says about a source whose content `fetch` has not recorded yet.
+UNRESOLVED = "run `wheelfactory fetch`"
+
+# Transports anyone on the network path can rewrite; refused unless a source (or the index
+# option) says allow_insecure, so that a swapped archive is never the user's silent default.
+_INSECURE_SCHEMES = ("http://", "git://")
+
+
+def check_transport(url: str, allow_insecure: bool, where: str, how_to_allow: str) -> None:
+    """InputError for a plain http:// or git:// URL, unless allowed explicitly."""
+    scheme = next((s for s in _INSECURE_SCHEMES if url.lower().startswith(s)), None)
+    if scheme and not allow_insecure:
+        raise InputError(f"{where}: {url!r} is fetched over plain {scheme[:-3]}, which anyone on the network "
+                         f"path can alter; use https, or {how_to_allow} if you trust this network")
+
 
 @dataclass(frozen=True)
 class GitSource:
@@ -26,13 +47,20 @@ class GitSource:
     url: str
     ref: str
     submodules: bool = True
+    # A branch moves: it is built only when asked for (follow = true), and re-resolved at every fetch.
+    follow: bool = False
+    allow_insecure: bool = False  # allow a plain http:// or git:// URL
 
     def with_version(self, version: str) -> GitSource:
-        return GitSource(self.url.format(version=version), self.ref.format(version=version), self.submodules)
+        return dataclasses.replace(self, url=self.url.format(version=version), ref=self.ref.format(version=version))
 
-    def identity(self) -> dict[str, Any]:
-        # Tags and commits name fixed content; a branch moves, which `fetch` reports.
-        return {"git": self.url, "ref": self.ref, "submodules": self.submodules}
+    def identity(self, content: str | None = None) -> dict[str, Any]:
+        """The commit (given as the ref, or `content`: the one fetch recorded for the ref). The URL
+        is left out: the same commit from a mirror or a fork is the same tree."""
+        commit = self.ref if self.is_commit else content
+        if commit is None:
+            return {"git": self.url, "ref": self.ref, "submodules": self.submodules, "unresolved": UNRESOLVED}
+        return {"git_commit": commit, "submodules": self.submodules}
 
     def describe(self) -> str:
         return f"{self.url}@{self.ref}"
@@ -52,12 +80,15 @@ class UrlSource:
 
     url: str
     sha256: str | None
+    allow_insecure: bool = False  # allow a plain http:// URL
 
     def with_version(self, version: str) -> UrlSource:
-        return UrlSource(self.url.format(version=version), self.sha256)
+        return dataclasses.replace(self, url=self.url.format(version=version))
 
-    def identity(self) -> dict[str, Any]:
-        return {"archive_sha256": self.sha256} if self.sha256 else {"url": self.url}
+    def identity(self, content: str | None = None) -> dict[str, Any]:
+        """The archive's sha256: given, or recorded by the first fetch (`content`)."""
+        sha = self.sha256 or content
+        return {"archive_sha256": sha} if sha else {"url": self.url, "unresolved": UNRESOLVED}
 
     def describe(self) -> str:
         return self.url
@@ -74,8 +105,12 @@ class PypiSource:
     def with_version(self, version: str) -> PypiSource:
         return PypiSource(self.name, self.version.format(version=version), self.sha256)
 
-    def identity(self) -> dict[str, Any]:
-        return {"pypi": self.name, "version": self.version, "sha256": self.sha256}
+    def identity(self, content: str | None = None) -> dict[str, Any]:
+        """The sdist's sha256: pinned, or as the index published it when fetch recorded it
+        (`content`, recorded per index, so another index's file never shares its key)."""
+        sha = self.sha256 or content
+        return ({"archive_sha256": sha} if sha
+                else {"pypi": self.name, "version": self.version, "unresolved": UNRESOLVED})
 
     def describe(self) -> str:
         return f"pypi:{self.name}=={self.version}"
@@ -90,7 +125,7 @@ class LocalSource:
     def with_version(self, version: str) -> LocalSource:
         return self
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, content: str | None = None) -> dict[str, Any]:
         # The path itself never enters the key: two checkouts with the same files are the same input.
         return {"tree_sha256": tree_digest(Path(self.path))}
 
@@ -106,11 +141,14 @@ def is_local_wheel(spec: str) -> bool:
     return spec.endswith(".whl") and "://" not in spec
 
 _SOURCE_KEYS = {
-    "git": ({"git", "ref", "submodules"}, {"git", "ref"}),
-    "url": ({"url", "sha256"}, {"url", "sha256"}),
+    "git": ({"git", "ref", "submodules", "follow", "allow_insecure"}, {"git", "ref"}),
+    "url": ({"url", "sha256", "allow_insecure"}, {"url", "sha256"}),
     "pypi": ({"pypi", "version", "sha256"}, {"pypi"}),
     "path": ({"path"}, {"path"}),
 }
+
+
+_FLAGS = {"submodules", "follow", "allow_insecure"}
 
 
 def source_from_table(table: dict[str, Any], where: str, base_dir: Path) -> Source:
@@ -129,14 +167,26 @@ def source_from_table(table: dict[str, Any], where: str, base_dir: Path) -> Sour
     if missing:
         raise InputError(f"{where}: a {kind} source needs {', '.join(sorted(missing))}")
     for key, value in table.items():
-        if key != "submodules" and not isinstance(value, str):
-            raise InputError(f"{where}.{key}: expected a string, got {value!r}")
+        # A string where a flag belongs ("no", "false") would read as true: refuse it.
+        want = bool if key in _FLAGS else str
+        if not isinstance(value, want):
+            raise InputError(f"{where}.{key}: expected {'true or false' if want is bool else 'a string'}, "
+                             f"got {value!r}")
+    allow_insecure = table.get("allow_insecure", False)
+    how = f"set {where}.allow_insecure = true"
     if kind == "git":
-        return GitSource(table["git"], table["ref"], bool(table.get("submodules", True)))
+        check_transport(table["git"], allow_insecure, f"{where}.git", how)
+        source = GitSource(table["git"], table["ref"], table.get("submodules", True), table.get("follow", False),
+                           allow_insecure)
+        if source.follow and source.is_commit:
+            raise InputError(f"{where}.follow: ref {source.ref!r} is a commit, which never moves; follow = true "
+                             "is for a branch (remove follow, or give the branch's name as ref)")
+        return source
     if kind == "url":
+        check_transport(table["url"], allow_insecure, f"{where}.url", how)
         if not _HEX64.match(table["sha256"]):
             raise InputError(f"{where}.sha256: expected 64 lowercase hex digits, got {table['sha256']!r}")
-        return UrlSource(table["url"], table["sha256"])
+        return UrlSource(table["url"], table["sha256"], allow_insecure)
     if kind == "pypi":
         sha = table.get("sha256")
         if sha is not None and not _HEX64.match(sha):

@@ -51,7 +51,7 @@ class LiveUpstream:
             tree = self.sources.fetch(GitSource(git, ref, submodules=False), self.runner)
             self._described[(version, None if ref == f"v{version}" else ref)] = f"git {git}"
             return tree, f"vllm@{ref}"
-        except BuildError as e:
+        except (BuildError, InputError) as e:  # InputError: no such tag or branch there
             raise Unreachable(f"{why_not_sdist}cannot read {git}@{ref}: {_why(e)}") from None
 
     def describe(self, version: str, ref: str | None) -> str:
@@ -61,7 +61,7 @@ class LiveUpstream:
         try:
             return self.sources.fetch(GitSource(self.triton_git, f"v{version}", submodules=False), self.runner), \
                 f"{self.triton_git}@v{version}"
-        except BuildError as e:
+        except (BuildError, InputError) as e:  # InputError: no such tag or branch there
             raise Unreachable(f"cannot read {self.triton_git}@v{version}: {_why(e)}") from None
 
     def versions(self, project: str) -> list[str]:

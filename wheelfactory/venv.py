@@ -13,8 +13,33 @@ from .runner import Runner
 from .wheelhouse import Wheelhouse
 
 
+def find_uv() -> str | None:
+    """uv's binary: the one the uv package (a dependency) installed, else a uv on PATH, else None."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def install_command(uv: str | None, py: Path, wheelhouse: Path, txt: Path, uv_cache: Path | None) -> list[str]:
+    """The exact locked set, hash-checked, from the wheelhouse alone: with uv when there is one
+    (seconds: it links files from its cache instead of unpacking each wheel), else with pip (minutes
+    for a CUDA stack)."""
+    if uv is None:
+        return [str(py), "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheelhouse),
+                "--require-hashes", "--no-deps", "-r", str(txt)]
+    # --no-config: a user's uv.toml (an index, a find-links) must not change what is installed.
+    # No --compile-bytecode: compiling every module of the closure cost more (41-48 s on the CI
+    # release) than the first imports compiling only what they use.
+    cmd = [uv, "pip", "install", "--no-config", "--python", str(py), "--no-index", "--find-links", str(wheelhouse),
+           "--require-hashes", "--no-deps", "-r", str(txt)]
+    return cmd + (["--cache-dir", str(uv_cache)] if uv_cache is not None else [])
+
+
 def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe],
-                python: str, runner: Runner) -> list[str]:
+                python: str, runner: Runner, *, use_uv: bool = True, uv_cache: Path | None = None) -> list[str]:
     """Create a venv at path from the release's lock with no index, verify hashes, run smoke checks.
 
     Returns the smoke checks that ran. Every package is installed with --require-hashes, so each
@@ -27,8 +52,10 @@ def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mappi
     runner.run([python, "-m", "venv", path])
     py = path / "bin" / "python"
     try:
-        runner.run([py, "-m", "pip", "install", "-q", "--no-index", "--find-links", wheelhouse.root,
-                    "--require-hashes", "--no-deps", "-r", txt])
+        uv = find_uv() if use_uv else None
+        if use_uv and uv is None:
+            runner.note("uv not found: installing with pip (slower)")
+        runner.run(install_command(uv, py, wheelhouse.root, txt, uv_cache))
         check_consistency(py, lock.overrides, runner)
     except BuildError:
         shutil.rmtree(path, ignore_errors=True)

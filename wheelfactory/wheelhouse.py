@@ -31,6 +31,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import BuildError, LockedError
+from .pep658 import index_attributes, write_metadata_files
 from .wheelmeta import WheelInfo, sha256_file, verify_wheel
 
 MANIFEST_FORMAT = 1
@@ -227,12 +228,14 @@ class Wheelhouse:
                "<title>{t}</title></head><body>\n{body}</body></html>\n"
         links = "".join(f'<a href="{p}/">{p}</a><br>\n' for p in sorted(projects))
         (new / "index.html").write_text(page.format(t="wheelfactory wheelhouse", body=links))
+        metadata = write_metadata_files(self.root, manifest)  # PEP 658: resolvers download each wheel once
         for project, files in projects.items():
             (new / project).mkdir()
             rows = []
             for name, e in sorted(files):
                 rp = e.get("requires_python")
                 attr = f' data-requires-python="{html.escape(rp)}"' if rp else ""
+                attr += index_attributes(metadata.get(name))
                 href = f"../../{html.escape(name)}#sha256={e['sha256']}"
                 rows.append(f'<a href="{href}"{attr}>{html.escape(name)}</a><br>\n')
             (new / project / "index.html").write_text(page.format(t=f"Links for {project}", body="".join(rows)))

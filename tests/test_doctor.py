@@ -1,0 +1,138 @@
+"""doctor / the host check before a build: each check on a good and a broken (fake) host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wheelfactory import cli
+from wheelfactory.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    Check,
+    Probe,
+    check_ccache,
+    check_cuda,
+    check_disk,
+    check_docker,
+    check_memory,
+    check_python,
+    failures,
+    host_checks,
+)
+from wheelfactory.errors import InputError
+from wheelfactory.host import Host
+
+from .conftest import SPARK
+
+GOOD_PY = "3.12\nvenv-ok"
+
+
+def probe(runs: dict[str, tuple[int, str]] | None = None, paths: dict[str, str] | None = None,
+          free_gb: float = 500, files: set[str] = frozenset(), current: str = "3.11") -> Probe:
+    """A fake host: `runs` maps a program to (exit code, output); `paths` is what is on PATH."""
+    runs = runs or {}
+    paths = paths or {}
+    return Probe(run=lambda argv: runs.get(argv[0], (127, f"{argv[0]}: not found")),
+                 which=paths.get, disk_free=lambda p: int(free_gb * 1e9), exists=files.__contains__,
+                 current_python=(current, "/usr/bin/python3.11"))
+
+
+def test_a_working_interpreter_passes():
+    c = check_python("3.12", None, probe({"/usr/bin/python3.12": (0, GOOD_PY)}, {"python3.12": "/usr/bin/python3.12"}))
+    assert c.level == OK and "/usr/bin/python3.12 runs Python 3.12" in c.message
+
+
+def test_a_pyenv_shim_that_does_not_run_fails_before_any_work():
+    shim = "/home/u/.pyenv/shims/python3.12"
+    c = check_python("3.12", None, probe({shim: (127, "pyenv: python3.12: command not found")},
+                                         {"python3.12": shim}))
+    assert c.level == FAIL
+    assert c.message.startswith(f"{shim} does not run: pyenv: python3.12: command not found (a pyenv shim")
+
+
+def test_missing_interpreter_and_missing_python_path_fail():
+    assert "no python3.12 on PATH" in check_python("3.12", None, probe()).message
+    c = check_python("3.12", "/opt/py/bin/python3.12", probe())
+    assert c.level == FAIL and c.message == "--python /opt/py/bin/python3.12: no such file"
+
+
+def test_wrong_version_and_no_venv_module_fail():
+    py = "/opt/python"
+    c = check_python("3.12", py, probe({py: (0, "3.11\nvenv-ok")}, files={py}))
+    assert c.level == FAIL and "is Python 3.11, the release targets 3.12" in c.message
+    c = check_python("3.12", py, probe({py: (0, "3.12\nvenv-missing")}, files={py}))
+    assert c.level == FAIL and "apt-get install python3.12-venv" in c.message
+
+
+def plan_steps(factory):
+    return factory.plan(factory.release("0.15.0-t4")).steps
+
+
+def test_disk_against_the_largest_work_tree(factory):
+    steps = plan_steps(factory)
+    assert check_disk(Path("/c"), steps, True, probe(free_gb=500)).level == OK
+    tight = check_disk(Path("/c"), steps, True, probe(free_gb=60))
+    assert tight.level == WARN and "torch's work tree ~40 GB" in tight.message
+    tiny = check_disk(Path("/c"), steps, True, probe(free_gb=2))
+    assert tiny.level == FAIL and tiny.message.startswith("2.0 GB free for /c; the build needs ~")
+    assert check_disk(Path("/c"), [], True, probe(free_gb=0)).level == OK  # nothing to build
+
+
+def test_memory_warns_when_one_job_does_not_fit(factory):
+    steps = plan_steps(factory)
+    assert check_memory(SPARK, steps).level == OK
+    small = Host("linux_aarch64", None, "none", cpus=4, mem_available_gb=1.0)
+    c = check_memory(small, steps)
+    assert c.level == WARN and "per compile job" in c.message
+
+
+def test_ccache_is_named_either_way():
+    assert check_ccache(Path("/c"), probe()).level == WARN
+    assert "every rebuild compiles from scratch" in check_ccache(Path("/c"), probe()).message
+    c = check_ccache(Path("/c"), probe(paths={"ccache": "/usr/bin/ccache"}))
+    assert c.level == OK and "/c/ccache" in c.message
+
+
+def test_system_cuda_without_nvcc_or_with_another_version_warns(factory):
+    p = factory.plan(factory.release("0.15.0-t4"))
+    assert check_cuda(p, SPARK, probe()).level == OK  # toolkit from wheels
+    factory.system_cuda = True
+    p = factory.plan(factory.release("0.15.0-t4"))
+    assert check_cuda(p, SPARK, probe()).level == WARN  # /usr/local/cuda/bin/nvcc absent on the fake host
+    old = Host("linux_aarch64", "/usr/local/cuda", "13.0", 20, 110.0)
+    c = check_cuda(p, old, probe(files={"/usr/local/cuda/bin/nvcc"}))
+    assert c.level == WARN and "13.0" in c.message
+
+
+def test_docker_absent_without_engine_and_without_buildx():
+    assert check_docker(probe())[0].message.startswith("not found")
+    no_engine = probe({"/usr/bin/docker": (1, "Cannot connect to the Docker daemon")}, {"docker": "/usr/bin/docker"})
+    assert "no engine answers (Cannot connect to the Docker daemon)" in check_docker(no_engine)[0].message
+
+    def run(argv):
+        return (0, "27.3.1") if argv[1] == "version" else (1, "unknown command: buildx")
+
+    checks = check_docker(Probe(run=run, which={"docker": "/usr/bin/docker"}.get))
+    assert [(c.name, c.level) for c in checks] == [("docker", OK), ("buildx", WARN)]
+
+
+def test_all_checks_of_a_plan_and_only_failures_are_fatal(factory):
+    p = factory.plan(factory.release("0.15.0-t4"))
+    checks = host_checks(p, SPARK, Path("/c"), None, probe(free_gb=1))
+    assert [c.name for c in checks] == ["python", "disk", "memory", "ccache", "cuda"]
+    assert {c.name for c in failures(checks)} == {"python", "disk"}
+
+
+def test_build_stops_with_exit_2_before_any_work(factory, monkeypatch, capsys):
+    import wheelfactory.doctor as doctor
+
+    monkeypatch.setattr(doctor, "host_checks", lambda *a, **k: [Check("disk", FAIL, "1 GB free"),
+                                                                   Check("ccache", WARN, "not found")])
+    with pytest.raises(InputError) as e:
+        cli._host_check(factory, factory.plan(factory.release("0.15.0-t4")), None, frozenset())
+    assert e.value.exit_code == 2 and "nothing was built" in str(e.value)
+    err = capsys.readouterr().err
+    assert "host: FAIL  disk    1 GB free" in err and "host: warn  ccache  not found" in err

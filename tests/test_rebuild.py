@@ -1,0 +1,79 @@
+"""build --rebuild COMPONENT / --force: a cached step runs again, the old wheels go to attic/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from wheelfactory.errors import InputError
+from wheelfactory.factory import Factory
+from wheelfactory.progress import Timings
+from wheelfactory.rebuild import components_to_rebuild
+from wheelfactory.wheelpack import pack_tree
+
+from .test_executor import HOST, OK_BODY, setup
+
+RECIPE = '''
+from wheelfactory.recipe import Recipe
+RECIPE = Recipe(name="a", summary="test", source=None, outputs=("a",))
+'''
+
+
+def adopt_setup(tmp_path: Path) -> tuple[Factory, Path]:
+    """A release whose one component is adopted from a local wheel: no venv, no subprocess."""
+    recipes = tmp_path / "recipes"
+    (recipes / "releases").mkdir(parents=True)
+    (recipes / "a.py").write_text(RECIPE)
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "__init__.py").write_text("")
+    wheel = pack_tree(tree, "a", "1.0", "py3-none-any", tmp_path / "dist", summary="t")
+    (recipes / "releases" / "r.toml").write_text(
+        "[target]\npython = '3.11'\ncuda = '13.0'\ncuda_arch_list = ['9.0']\nplatform = 'linux_x86_64'\n"
+        f"[components.a]\nversion = '1.0'\nadopt = '{wheel}'\n")
+    return Factory(recipes, tmp_path / "wh", tmp_path / "cache", host_probe=lambda: HOST, system_cuda=True), wheel
+
+
+def run(f: Factory, rebuild: frozenset[str] = frozenset()):
+    return f.executor(f.plan(f.release("r")), echo=lambda m: None, python=shutil.which("python3"),
+                      rebuild=rebuild).build()
+
+
+def test_rebuild_runs_a_cached_step_again_and_moves_the_old_wheel_to_the_attic(tmp_path):
+    f, wheel = adopt_setup(tmp_path)
+    assert [r.action for r in run(f)] == ["adopt"]
+    assert [r.action for r in run(f)] == ["cached"]
+    first = f.wheelhouse.manifest()[wheel.name]["published"]
+    assert [r.action for r in run(f, frozenset({"a"}))] == ["adopt"]
+    assert [p.name for p in (f.wheelhouse.root / "attic").iterdir()] == [wheel.name]
+    assert (f.wheelhouse.root / wheel.name).is_file() and f.wheelhouse.is_cached(f.plan(f.release("r")).steps[0].key)
+    assert set(f.wheelhouse.manifest()) == {wheel.name}
+    assert f.wheelhouse.manifest()[wheel.name]["published"] >= first
+
+
+def test_rebuild_names_are_checked_against_the_recipes_and_the_plan(tmp_path):
+    f, _ = adopt_setup(tmp_path)
+    plan = f.plan(f.release("r"))
+    assert components_to_rebuild(plan, ["a"], False, f.recipes) == {"a"}
+    assert components_to_rebuild(plan, [], True, f.recipes) == {"a"}
+    assert components_to_rebuild(plan, [], False, f.recipes) == frozenset()
+    with pytest.raises(InputError, match=r"--rebuild 'aa': unknown component \(did you mean 'a'\?\); known: a"):
+        components_to_rebuild(plan, ["aa"], False, f.recipes)
+    with pytest.raises(InputError, match=r"--rebuild 'torch': not part of this build \(.* builds a\)"):
+        components_to_rebuild(plan, ["torch"], False, ["a", "torch"])
+
+
+@pytest.mark.slow
+def test_a_forced_build_records_its_duration_for_the_next_estimate(tmp_path):
+    f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
+    plan = f.plan(f.release("r"))
+    msgs: list[str] = []
+    f.executor(plan, echo=msgs.append, python=shutil.which("python3")).build()
+    assert Timings(f.cache_dir).previous("a") is not None
+    msgs.clear()
+    results = f.executor(plan, echo=msgs.append, python=shutil.which("python3"), rebuild=frozenset({"a"})).build()
+    assert [r.action for r in results] == ["build"]
+    assert any(": build (--rebuild)" in m and "previous build took" in m for m in msgs), msgs
+    assert len(list((f.wheelhouse.root / "attic").glob("a-1.0-*.whl"))) == 1

@@ -1,0 +1,91 @@
+"""`wheelfactory venv` installs the lock with uv (seconds) and falls back to pip without it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+from wheelfactory import venv as venv_mod
+from wheelfactory.lock import LOCK_FORMAT
+from wheelfactory.venv import create_venv, install_command
+from wheelfactory.wheelhouse import Wheelhouse
+
+
+class FakeRunner:
+    """Records commands instead of running them; `python -m venv` makes the directory."""
+
+    def __init__(self):
+        self.commands: list[list[str]] = []
+        self.notes: list[str] = []
+
+    def run(self, cmd, **kw):
+        argv = [str(c) for c in cmd]
+        self.commands.append(argv)
+        if argv[1:3] == ["-m", "venv"]:
+            Path(argv[3], "bin").mkdir(parents=True)
+        return ""
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+def locked_wheelhouse(tmp_path: Path) -> Wheelhouse:
+    wh = Wheelhouse(tmp_path / "wh")
+    wh.locks_dir.mkdir(parents=True)
+    lock = {"format": LOCK_FORMAT, "release": "r", "python": "3.11", "platform": "linux_x86_64",
+            "top_level": ["six"], "packages": [{"name": "six", "version": "1.17.0", "filename": "six.whl",
+                                                "sha256": "0" * 64, "component": None, "origin": "pypi"}]}
+    (wh.locks_dir / "r.json").write_text(json.dumps(lock))
+    (wh.locks_dir / "r.txt").write_text("six==1.17.0 --hash=sha256:" + "0" * 64 + "\n")
+    return wh
+
+
+def test_uv_installs_the_exact_hashed_set_from_the_wheelhouse_alone(tmp_path):
+    cmd = install_command("/bin/uv", Path("/v/bin/python"), Path("/wh"), Path("/wh/locks/r.txt"), Path("/c/uv"))
+    assert cmd == ["/bin/uv", "pip", "install", "--no-config", "--python", "/v/bin/python", "--no-index",
+                   "--find-links", "/wh", "--require-hashes", "--no-deps", "-r", "/wh/locks/r.txt",
+                   "--cache-dir", "/c/uv"]
+    pip = install_command(None, Path("/v/bin/python"), Path("/wh"), Path("/wh/locks/r.txt"), None)
+    assert pip[:4] == ["/v/bin/python", "-m", "pip", "install"] and "--require-hashes" in pip and "--no-deps" in pip
+
+
+def test_venv_uses_uv_when_there_is_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(venv_mod, "find_uv", lambda: "/opt/uv")
+    runner = FakeRunner()
+    create_venv(tmp_path / "v", "r", locked_wheelhouse(tmp_path), {}, "python3.11", runner)
+    installs = [c for c in runner.commands if "install" in c]
+    assert len(installs) == 1 and installs[0][:3] == ["/opt/uv", "pip", "install"]
+    assert installs[0][installs[0].index("--python") + 1] == str(tmp_path / "v" / "bin" / "python")
+    assert any(c[1:4] == ["-m", "pip", "check"] for c in runner.commands)  # the same consistency check
+
+
+def test_venv_falls_back_to_pip_without_uv_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(venv_mod, "find_uv", lambda: None)
+    runner = FakeRunner()
+    create_venv(tmp_path / "v", "r", locked_wheelhouse(tmp_path), {}, "python3.11", runner)
+    (install,) = [c for c in runner.commands if "install" in c]
+    assert install[1:4] == ["-m", "pip", "install"]
+    assert runner.notes == ["uv not found: installing with pip (slower)"]
+
+
+def test_pip_on_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(venv_mod, "find_uv", lambda: "/opt/uv")
+    runner = FakeRunner()
+    create_venv(tmp_path / "v", "r", locked_wheelhouse(tmp_path), {}, "python3.11", runner, use_uv=False)
+    assert [c for c in runner.commands if "install" in c][0][1:4] == ["-m", "pip", "install"]
+
+
+def test_find_uv_prefers_the_uv_package_then_path(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uv", types.SimpleNamespace(find_uv_bin=lambda: "/site/bin/uv"))
+    assert venv_mod.find_uv() == "/site/bin/uv"
+
+    def missing():
+        raise FileNotFoundError
+
+    monkeypatch.setitem(sys.modules, "uv", types.SimpleNamespace(find_uv_bin=missing))
+    monkeypatch.setattr(venv_mod.shutil, "which", lambda name: "/usr/bin/uv" if name == "uv" else None)
+    assert venv_mod.find_uv() == "/usr/bin/uv"
+    monkeypatch.setattr(venv_mod.shutil, "which", lambda name: None)
+    assert venv_mod.find_uv() is None

@@ -1,0 +1,214 @@
+"""The host against a build, before anything starts (`wheelfactory doctor`, and the fatal checks
+at the start of `build`): an interpreter that really runs, disk, memory, ccache, the CUDA
+toolkit, Docker. A multi-hour build should not find a broken pyenv shim or a full disk an hour in.
+
+Every check is one line: ok, warn (the build runs, maybe slower or worse) or FAIL (the build
+would fail: `build` stops with exit 2 before any work). The host is read through a `Probe`, so
+each check is tested against a fake good or broken host without running anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .host import Host
+from .plan import BUILD, Plan, Step
+from .toolkit import is_wheel_label, mismatch_warning
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+# Peak disk of one step's work tree (source copy, build directory, venv, wheels), in GB, from
+# builds of these components; rough on purpose. A table rather than a Recipe field: a Recipe's
+# declaration enters every build key, and an estimate must not rebuild the world when it changes.
+DISK_GB = {"torch": 40.0, "vllm": 25.0, "triton": 15.0, "flashinfer": 10.0, "nccl": 5.0,
+           "torchvision": 3.0, "torchaudio": 3.0}
+DEFAULT_DISK_GB = 5.0
+LIGHT_VLLM_GB = 3.0  # vLLM with options.kernels = false compiles nothing
+TOOLKIT_GB = 5.0  # a CUDA toolkit from wheels: the wheels plus their unpacked tree
+PER_STEP_GB = 1.0  # what each step leaves behind: its source in the cache, its wheels
+PROBE_TIMEOUT_S = 30
+
+# Run by the target interpreter: its version, and whether it can make the venvs builds need
+# (Debian's python3.X without python3.X-venv has no ensurepip, and `-m venv` fails mid-build).
+_PY_PROBE = ("import sys; print('%d.%d' % sys.version_info[:2]); import importlib.util as u; "
+             "print('venv-ok' if u.find_spec('venv') and u.find_spec('ensurepip') else 'venv-missing')")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: str  # OK, WARN or FAIL
+    message: str
+
+    def line(self) -> str:
+        return f"{self.level:<4}  {self.name:<7} {self.message}"
+
+
+def _run(argv: Sequence[str]) -> tuple[int, str]:
+    try:
+        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                           stdin=subprocess.DEVNULL)
+    except OSError as e:
+        return 127, str(e)
+    except subprocess.TimeoutExpired:
+        return 124, f"no answer in {PROBE_TIMEOUT_S}s"
+    return p.returncode, (p.stdout + p.stderr).strip()
+
+
+def _disk_free(path: Path) -> int:
+    """Free bytes on the file system that holds path, or would hold it once created."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return shutil.disk_usage("/").free
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How the checks see the host; tests pass fakes."""
+
+    run: Callable[[Sequence[str]], tuple[int, str]] = _run  # exit code (127: cannot start) and output
+    which: Callable[[str], str | None] = shutil.which
+    disk_free: Callable[[Path], int] = _disk_free
+    exists: Callable[[str], bool] = os.path.exists
+    current_python: tuple[str, str] = field(
+        default_factory=lambda: (f"{sys.version_info.major}.{sys.version_info.minor}", sys.executable))
+
+
+def check_python(version: str, override: str | None, probe: Probe) -> Check:
+    """The interpreter build venvs are made with runs, is the release's version and can make venvs."""
+    if override:
+        if not probe.exists(override) and probe.which(override) is None:
+            return Check("python", FAIL, f"--python {override}: no such file")
+        candidate = override
+    elif probe.current_python[0] == version:
+        candidate = probe.current_python[1]
+    else:
+        found = probe.which(f"python{version}")
+        if found is None:
+            return Check("python", FAIL, f"the release targets Python {version} and there is no python{version} "
+                                         f"on PATH; install it or pass --python /path/to/python{version}")
+        candidate = found
+    code, out = probe.run([candidate, "-c", _PY_PROBE])
+    lines = out.splitlines()
+    if code != 0 or not lines:
+        first = lines[0] if lines else f"exit code {code}"
+        shim = " (a pyenv shim for a version pyenv does not have installed?)" if "shims" in candidate else ""
+        return Check("python", FAIL, f"{candidate} does not run: {first}{shim}; install Python {version} or "
+                                     f"pass --python /path/to/python{version}")
+    if lines[0] != version:
+        return Check("python", FAIL, f"{candidate} is Python {lines[0]}, the release targets {version}; "
+                                     f"pass --python /path/to/python{version}")
+    if "venv-missing" in lines:
+        return Check("python", FAIL, f"{candidate} (Python {version}) cannot create venvs: no venv/ensurepip "
+                                     f"module (Debian/Ubuntu: apt-get install python{version}-venv)")
+    return Check("python", OK, f"{candidate} runs Python {version} and can create venvs")
+
+
+def step_disk_gb(step: Step) -> float:
+    if step.component == "vllm" and step.options.get("kernels") is False:
+        return LIGHT_VLLM_GB
+    return DISK_GB.get(step.component, DEFAULT_DISK_GB)
+
+
+def check_disk(cache_dir: Path, steps: Sequence[Step], toolkit_needed: bool, probe: Probe) -> Check:
+    """Free space where work trees go against the peak need: work trees are removed after each
+    successful step, so the largest one counts, plus what every step leaves and the toolkit."""
+    if not steps:
+        return Check("disk", OK, "nothing to build")
+    largest = max(steps, key=step_disk_gb)
+    need = step_disk_gb(largest) + PER_STEP_GB * len(steps) + (TOOLKIT_GB if toolkit_needed else 0.0)
+    free = probe.disk_free(cache_dir) / 1e9
+    text = f"{free:.1f} GB free for {cache_dir}; the build needs ~{need:.0f} GB ({largest.component}'s work " \
+           f"tree ~{step_disk_gb(largest):.0f} GB)"
+    if free < need:
+        return Check("disk", FAIL, f"{text}: free space or pass --cache-dir on a larger disk")
+    if free < 1.5 * need:
+        return Check("disk", WARN, f"{text}: tight, estimates are rough")
+    return Check("disk", OK, text)
+
+
+def check_memory(host: Host, steps: Sequence[Step]) -> Check:
+    """Available memory against one compile job of the hungriest step (jobs are capped to fit)."""
+    if not steps:
+        return Check("memory", OK, f"{host.mem_available_gb:.0f} GB available")
+    hungry = max(steps, key=lambda s: s.mem_per_job_gb)
+    if host.mem_available_gb < hungry.mem_per_job_gb:
+        return Check("memory", WARN, f"{host.mem_available_gb:.1f} GB available; {hungry.component} needs "
+                                     f"~{hungry.mem_per_job_gb:.0f} GB per compile job: it runs one job and may "
+                                     "run out of memory")
+    jobs = max(1, min(host.cpus, int(host.mem_available_gb // max(hungry.mem_per_job_gb, 0.1))))
+    return Check("memory", OK, f"{host.mem_available_gb:.0f} GB available, {host.cpus} CPUs: {hungry.component} "
+                               f"runs {jobs} compile job(s)")
+
+
+def check_ccache(cache_dir: Path, probe: Probe) -> Check:
+    found = probe.which("ccache")
+    if found is None:
+        return Check("ccache", WARN, "not found: every rebuild compiles from scratch; install ccache "
+                                     "(apt-get install ccache) and builds cache objects in "
+                                     f"{cache_dir / 'ccache'}")
+    return Check("ccache", OK, f"{found}: compiled objects are cached in {cache_dir / 'ccache'}")
+
+
+def check_cuda(plan: Plan, host: Host, probe: Probe) -> Check:
+    t = plan.target
+    if is_wheel_label(t.toolkit):
+        return Check("cuda", OK, f"CUDA {t.cuda} from NVIDIA's wheels (fetched and assembled once, in the cache)")
+    nvcc = Path(host.cuda_home, "bin", "nvcc") if host.cuda_home else None
+    if nvcc is None or not probe.exists(str(nvcc)):
+        return Check("cuda", WARN, "--system-cuda and no nvcc on this host: steps that compile CUDA will fail")
+    if warning := mismatch_warning(t.cuda, host.toolkit):
+        return Check("cuda", WARN, warning.removeprefix("warning: "))
+    return Check("cuda", OK, f"host nvcc {host.toolkit} at {nvcc} (--system-cuda)")
+
+
+def check_docker(probe: Probe) -> list[Check]:
+    """Docker with BuildKit, for `wheelfactory images` only; never fatal for a wheel build."""
+    docker = probe.which("docker")
+    if docker is None:
+        return [Check("docker", WARN, "not found: `wheelfactory images` needs a Docker engine with BuildKit")]
+    code, out = probe.run([docker, "version", "--format", "{{.Server.Version}}"])
+    if code != 0:
+        first = out.splitlines()[-1] if out else f"exit code {code}"
+        return [Check("docker", WARN, f"{docker}: no engine answers ({first}); `wheelfactory images` needs one")]
+    checks = [Check("docker", OK, f"{docker}: engine {out.splitlines()[0] if out else '?'}")]
+    code, out = probe.run([docker, "buildx", "version"])
+    if code != 0:
+        checks.append(Check("buildx", WARN, "docker buildx is not installed: images build with the classic "
+                                            "client and DOCKER_BUILDKIT=1 (no bake file builds)"))
+    else:
+        checks.append(Check("buildx", OK, out.splitlines()[0] if out else "installed"))
+    return checks
+
+
+def steps_to_run(plan: Plan, rebuild: Iterable[str] = ()) -> list[Step]:
+    """The plan's steps that will do work (not cached, or forced)."""
+    forced = set(rebuild)
+    return [s for s in plan.steps if s.action != "cached" or s.component in forced]
+
+
+def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, probe: Probe | None = None,
+                rebuild: Iterable[str] = (), images: bool = False) -> list[Check]:
+    """Every check for building the plan on this host (and for its images, with images)."""
+    probe = probe or Probe()
+    work = steps_to_run(plan, rebuild)
+    building = [s for s in work if s.action == BUILD or (s.action == "cached" and not s.adopt)]
+    checks = []
+    if work or python:
+        checks.append(check_python(plan.target.python, python, probe))
+    checks += [check_disk(cache_dir, building, is_wheel_label(plan.target.toolkit), probe),
+               check_memory(host, building), check_ccache(cache_dir, probe), check_cuda(plan, host, probe)]
+    if images:
+        checks += check_docker(probe)
+    return checks
+
+
+def failures(checks: Sequence[Check]) -> list[Check]:
+    return [c for c in checks if c.level == FAIL]
