@@ -57,13 +57,15 @@ data = requests.get(f["url"], timeout=600).content
 assert hashlib.sha256(data).hexdigest() == f["hashes"]["sha256"], "sdist hash mismatch"
 open(f"{dest}/vllm-{version}.tar.gz", "wb").write(data)
 PY
-    # The CMake dependencies without docs, tests, examples and ROCm code (CMake reads none of them).
-    tar -C "$DEPS" --exclude=.git --exclude='./*/docs' --exclude='./*/test' --exclude='./*/examples' \
+    # The CMake dependencies without docs, tests and ROCm code. CUTLASS's examples/ stays: vLLM's MLA
+    # kernels include examples/common and examples/77_blackwell_fmha/common (found on the GPU machine).
+    tar -C "$DEPS" --exclude=.git --exclude='./*/docs' --exclude='./*/test' \
         --exclude='./flash-attention/csrc/cutlass/docs' --exclude='./flash-attention/csrc/cutlass/test' \
         --exclude='./flash-attention/csrc/cutlass/examples' --exclude='./flash-attention/csrc/composable_kernel' \
         --exclude='./flashmla/csrc/cutlass' -cJf "$carry/src/deps.tar.xz" ./cutlass ./flash-attention ./flashmla ./qutlass
     # What the factory and vLLM's build need that the GPU machine's Python lacks.
     download "$carry/wheels" click build pyproject_hooks wheel auditwheel pyelftools "cmake>=3.26.1" ninja \
+        requests urllib3 idna certifi charset_normalizer \
         "setuptools>=77.0.3,<81" "setuptools-scm>=8,<9" "packaging>=24.2" jinja2 markupsafe \
         "grpcio-tools>=1.76.0" grpcio "protobuf>=6.33.2"  # vLLM 0.14.1's [build-system] requires
     # The factory's flashinfer-python (vLLM's release carries it; a pure-Python wheel from the sdist).
@@ -88,7 +90,7 @@ setup() {
     # The factory, in a venv that sees the machine's packages (requests, ...).
     "$GPU_PYTHON" -m venv --system-site-packages "$WORK/wf"
     "$WORK/wf/bin/pip" install -q --no-index --find-links "$carry/wheels" --no-deps click build \
-        pyproject_hooks wheel auditwheel pyelftools
+        pyproject_hooks wheel auditwheel pyelftools requests urllib3 idna certifi charset_normalizer
     "$WORK/wf/bin/pip" install -q --no-index --no-deps --no-build-isolation -e .
     cp "$carry"/wheels/*.whl "$WORK/cache/pydeps/"
     local started=$SECONDS dist
@@ -173,8 +175,9 @@ build() {
 test_wheel() {
     local carry=${1:-.gpucarry-vllm}
     export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+    python3 tests/gpu/vllm_deps.py join "$WORK/deps-wheels" "$carry"/deps-part*  # rejoins split wheels, checks sha256
     "$GPU_PYTHON" -m pip install -q --no-index --no-deps --target "$WORK/site" "$WORK"/wh/vllm-*.whl \
-        "$carry"/deps-part*/*.whl
+        "$WORK"/deps-wheels/*.whl
     PYTHONPATH="$WORK/site" "$GPU_PYTHON" tests/gpu/vllm_ops.py
     PYTHONPATH="$WORK/site" "$GPU_PYTHON" tests/gpu/vllm_generate.py
 }
