@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 from packaging.utils import canonicalize_name, parse_sdist_filename
 
+from .download import download_checked
 from .errors import BuildError, InputError
 from .resolve import SourceRecords, commit_of, record_key
 from .runner import Runner
@@ -192,23 +193,7 @@ class SourceCache:
             cached = self.archives / f"{sha256}-{name}"
             if cached.exists() and sha256_file(cached) == sha256:
                 return cached
-        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=self.archives)
-        try:
-            with os.fdopen(fd, "wb") as f, requests.get(url, stream=True, timeout=60) as r:
-                r.raise_for_status()
-                for chunk in r.iter_content(1 << 20):
-                    f.write(chunk)
-            got = sha256_file(Path(tmp))
-            if sha256 and got != sha256:
-                raise BuildError(f"{url}: sha256 is {got}, expected {sha256}; refusing to use it")
-            final = self.archives / f"{got}-{name}"
-            os.replace(tmp, final)
-            return final
-        except requests.RequestException as e:
-            raise BuildError(f"cannot download {url}: {e}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        return download_checked(url, self.archives, name, sha256)
 
     def _index_file(self, source: PypiSource) -> dict[str, str]:
         """The sdist's filename, absolute URL and published sha256 ("" when the index gives none),

@@ -41,6 +41,7 @@ from typing import Any
 import requests
 from packaging.utils import canonicalize_name
 
+from .download import download_checked
 from .errors import BuildError, InputError
 from .wheelmeta import sha256_file
 
@@ -334,26 +335,8 @@ class ToolkitCache:
                              f"({pin.name}=={pin.version}); the pins in recipes/data/cuda_wheels.toml do not "
                              "match the index")
         filename = match[0]["filename"]
-        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=self.wheels)
-        try:
-            h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as f, requests.get(requests.compat.urljoin(url, match[0]["url"]),
-                                                         stream=True, timeout=60) as resp:
-                resp.raise_for_status()
-                for chunk in resp.iter_content(1 << 20):
-                    f.write(chunk)
-                    h.update(chunk)
-            if h.hexdigest() != pin.sha256:
-                raise BuildError(f"{filename}: sha256 is {h.hexdigest()}, the pin says {pin.sha256}; "
-                                 "refusing to use it")
-            final = self.wheels / f"{pin.sha256}-{filename}"
-            os.replace(tmp, final)
-            return final
-        except requests.RequestException as e:
-            raise BuildError(f"cannot download {filename}: {e}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        return download_checked(requests.compat.urljoin(url, match[0]["url"]), self.wheels, filename,
+                                pin.sha256, what=f"{filename} (pinned in recipes/data/cuda_wheels.toml)")
 
     def ensure(self, toolkit: WheelToolkit, *, offline: bool, echo: Callable[[str], None] = lambda s: None,
                cc: str = "gcc") -> Path:
