@@ -43,3 +43,9 @@ lint:
 .PHONY: gpu-proof-flashinfer
 gpu-proof-flashinfer:
 	bash bench/gpu-proof.sh prepare $(GPU_CARRY)
+
+# vLLM with kernels built by the factory on a GPU machine without network: prepare the carry
+# directory here (DEPS= the CMake dependency trees); then there `bash bench/gpu-vllm.sh setup|build|test`.
+.PHONY: gpu-proof-vllm
+gpu-proof-vllm:
+	bash bench/gpu-vllm.sh prepare $(GPU_CARRY)
