@@ -55,5 +55,5 @@ def write_context(context: Path, layers: Sequence[Layer], wheel_dir: Path) -> No
         for p in layer.packages:
             _link(wheel_dir / p.filename, d / p.filename)
         atomic_write_text(d / "requirements.txt", requirements_txt(layer))
-        # atomic_write_text creates 0600 files; BuildKit hashes the mode into the cache key.
+        # A fixed mode whatever the umask: BuildKit hashes the mode into the cache key.
         (d / "requirements.txt").chmod(0o644)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -18,6 +19,7 @@ from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
 from .installed import repack_installed
+from .interrupt import Interrupted, install_handlers
 from .lock import lock_paths, lock_release
 from .plan import CACHED, Plan
 from .rebuild import components_to_rebuild
@@ -38,7 +40,22 @@ release_option = click.option("--release", "-r", default=DEFAULT_RELEASE, show_d
                               envvar="WHEELFACTORY_RELEASE",
                               help="Release name (recipes/releases/NAME.toml) or path to a release TOML file.")
 env_option = click.option("--env", "env", multiple=True, metavar="COMPONENT:KEY=VALUE",
-                          help="Extra build environment for one component (repeatable; enters the build key).")
+                          help="Extra build environment for one component (repeatable; enters the build key). "
+                               "For non-secret values: pass tokens with --secret-env (a KEY that looks secret, "
+                               "such as *TOKEN*, *SECRET*, *PASSWORD*, *KEY, is treated as one and shown as ***).")
+
+
+def _secret_env(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
+    # On the Factory, as --system-cuda: every planning command sees it without a new parameter.
+    if value:
+        ctx.find_object(Factory).secret_env = value
+
+
+secret_env_option = click.option(
+    "--secret-env", multiple=True, metavar="COMPONENT:NAME", expose_value=False, callback=_secret_env,
+    help="Pass the environment variable NAME (a token) to COMPONENT's build (repeatable). Its value is read "
+         "from this environment, shown as *** in plans, logs, build_env.sh and the manifest, and does not "
+         "enter the build key (its name does). Other secrets of this environment are not passed to builds.")
 source_dir_option = click.option("--source-dir", "source_dirs", multiple=True,
                                  metavar="COMPONENT[.EXTRA]=PATH",
                                  help="Build a component from a local checkout instead of its release source; "
@@ -76,8 +93,8 @@ verify_option = click.option(
 
 def plan_inputs(command):
     """The options every planning command takes: release, targets, --env, --source-dir, --adopt."""
-    for decorate in reversed((release_option, targets_argument, env_option, source_dir_option, adopt_option,
-                              system_cuda_option)):
+    for decorate in reversed((release_option, targets_argument, env_option, secret_env_option, source_dir_option,
+                              adopt_option, system_cuda_option)):
         command = decorate(command)
     return command
 
@@ -223,6 +240,7 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
           no_host_check: bool) -> None:
     """Build TARGETS (default: the whole release) and their dependencies into the wheelhouse."""
     started = time.monotonic()
+    check_jobs(jobs)
     if until and not targets:
         raise InputError(f"--until {until} needs the components to stop, e.g. `wheelfactory build vllm --until "
                          f"{until}` (their dependencies are built in full first)")
@@ -245,6 +263,19 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")
+
+
+# More compile jobs than this many per CPU only thrash (and each needs GBs of memory): a typo such
+# as --jobs 1000000 is refused up front instead of forking until the machine stops answering.
+JOBS_PER_CPU = 4
+
+
+def check_jobs(jobs: int | None, cpus: int | None = None) -> None:
+    """InputError (exit 2) for a --jobs above JOBS_PER_CPU x the CPU count."""
+    cpus = cpus or os.cpu_count() or 1
+    if jobs is not None and jobs > JOBS_PER_CPU * cpus:
+        raise InputError(f"--jobs {jobs}: more than {JOBS_PER_CPU} x the {cpus} CPUs of this machine; "
+                         f"use at most --jobs {JOBS_PER_CPU * cpus} (or leave it out for a memory-aware default)")
 
 
 def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset[str]) -> None:
@@ -544,11 +575,15 @@ cli.add_command(images)
 
 def main() -> None:
     """Entry point: one place turns errors into messages and exit codes."""
+    # SIGTERM/SIGHUP (kill PID, a closed terminal) end the factory like Ctrl-C does: an exception,
+    # so the running command's process group is killed and locks are released on the way out.
+    install_handlers()
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
         _echo("interrupted")
-        sys.exit(130)
+        # click turns KeyboardInterrupt into Abort; 128+signal number, as a shell reports it.
+        sys.exit(128 + e.__cause__.signum if isinstance(e.__cause__, Interrupted) else 130)
     except click.ClickException as e:
         e.show()
         sys.exit(2 if e.exit_code == 2 else e.exit_code)

@@ -4,6 +4,7 @@ knows the order of operations."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from .context import BuildContext
 from .errors import BuildError, InputError
 from .fetch import SourceCache
 from .host import Host, default_jobs
+from .interrupt import file_lock, pid_alive
 from .patches import SOURCE, apply_patches
 from .plan import ADOPT, BUILD, CACHED, Plan, Step
 from .progress import StepClock, Timings, fmt_duration
@@ -183,27 +185,34 @@ class Executor:
                           f"{' (--rebuild)' if forced else ''} (log: {log}{estimate})")
                 runner = Runner(step.component, log, verbose=self.opts.verbose)
                 runner.step = StepClock(started, previous)  # heartbeats show step time and ETA
-                if step.action == ADOPT:
-                    wheels, saved = [self._adopted_wheel(step, runner)], 0
-                    origin = {"origin": "adopted", "from": step.adopt}
-                    if audits := self._audit_wheels(step, wheels, runner, strict=False):
-                        origin["device_code"] = audits
-                else:
-                    try:
-                        wheels, saved, origin = self._build_step(step, runner,
-                                                                 self.opts.until if stopping else None)
-                    except StoppedAfter as stop:
-                        took = time.monotonic() - started
-                        self.echo(f"[{i}/{total}] {step.component}: stopped after {stop.phase} in {took:.1f}s "
-                                  f"(nothing published); work tree: {stop.work}")
-                        results.append(StepResult(step.component, f"until-{stop.phase}", (), took, str(log)))
-                        continue
-                if forced:  # same key, maybe the same file name: the old build goes to attic/ first
-                    self.wheelhouse.quarantine(sorted(n for n, e in self.wheelhouse.manifest().items()
-                                                      if e.get("key") == step.key))
-                published = self.wheelhouse.publish(wheels, origin | {
-                    "component": step.component, "key": step.key, "inputs": step.key_inputs,
-                    "log": str(log), "bytes_stripped": saved})
+                # One process at a time per build key: its work dir, venv and staged wheels are shared
+                # by every wheelhouse using this cache; the lock is held until the wheels are published.
+                with self._key_lock(step):
+                    runner.hide(step.secrets.values())  # a secret passed to the build never reaches its log
+                    if step.action == ADOPT:
+                        wheels, saved = [self._adopted_wheel(step, runner)], 0
+                        origin = {"origin": "adopted", "from": step.adopt}
+                        if audits := self._audit_wheels(step, wheels, runner, strict=False):
+                            origin["device_code"] = audits
+                    else:
+                        try:
+                            wheels, saved, origin = self._build_step(step, runner,
+                                                                     self.opts.until if stopping else None)
+                        except StoppedAfter as stop:
+                            took = time.monotonic() - started
+                            self.echo(f"[{i}/{total}] {step.component}: stopped after {stop.phase} in {took:.1f}s "
+                                      f"(nothing published); work tree: {stop.work}")
+                            results.append(StepResult(step.component, f"until-{stop.phase}", (), took, str(log)))
+                            continue
+                    if forced:  # same key, maybe the same file name: the old build goes to attic/ first
+                        self.wheelhouse.quarantine(sorted(n for n, e in self.wheelhouse.manifest().items()
+                                                          if e.get("key") == step.key))
+                    published = self.wheelhouse.publish(wheels, origin | {
+                        "component": step.component, "key": step.key, "inputs": step.key_inputs,
+                        "log": str(log), "bytes_stripped": saved})
+                    # Published: the wheelhouse holds the only copy now; staged/ would keep a second
+                    # one (GBs for torch) forever.
+                    shutil.rmtree(self.opts.cache_dir / "staged" / step.key[:12], ignore_errors=True)
                 took = time.monotonic() - started
                 if step.action == BUILD:
                     timings.record(step.component, took, version=step.version, key=step.key)
@@ -212,6 +221,16 @@ class Executor:
                 results.append(StepResult(step.component, step.action, tuple(w.path.name for w in published),
                                           took, str(log), saved))
         return results
+
+    def _work_dir(self, step: Step) -> Path:
+        return self.opts.cache_dir / "work" / f"{step.component}-{step.key[:12]}"
+
+    def _key_lock(self, step: Step) -> contextlib.AbstractContextManager[None]:
+        """The per-key lock in the cache (work/<component>-<key>.lock): a second build of the same
+        key, into this or another wheelhouse, waits here and says for whom."""
+        work = self._work_dir(step)
+        return file_lock(work.parent / f"{work.name}.lock", on_wait=lambda holder: self.echo(
+            f"[{step.component}] waiting: {work} is in use by another build of the same key ({holder})"))
 
     def _cached(self, step: Step) -> bool:
         """Whether the step's wheels are in the wheelhouse and still the files the manifest recorded
@@ -243,9 +262,8 @@ class Executor:
 
         # fetch
         tree = self.sources.fetch(step.source, runner, offline=self.opts.offline)
-        work = self.opts.cache_dir / "work" / f"{step.component}-{step.key[:12]}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        work = self._work_dir(step)
+        fresh_dir(work)  # a dead run's leftovers (venv included) are moved aside, never a FileExistsError
         done("fetch")
         # prepare: a private copy of the source, patched, the venv, the recipe's own edits
         src = work / "src"
@@ -260,8 +278,10 @@ class Executor:
                            echo=self.echo)
         ctx.dist.mkdir()
         ctx.env = self._step_env(step, ctx)
-        (work / "build_env.sh").write_text("".join(f"export {k}={_sh(v)}\n" for k, v in sorted(ctx.env.items()))
-                                          + f"cd {_sh(str(src))}\n")
+        # A secret's value is not written into the work tree: the script takes it from the shell.
+        (work / "build_env.sh").write_text("".join(
+            f'export {k}="${{{k}:?{k} is a secret of this build; export it first}}"\n' if k in step.secrets
+            else f"export {k}={_sh(v)}\n" for k, v in sorted(ctx.env.items())) + f"cd {_sh(str(src))}\n")
         try:
             if (prepare := loaded.hook("prepare")) is not None:
                 prepare(ctx)
@@ -307,8 +327,7 @@ class Executor:
             raise
         # The wheels move out before the work tree goes.
         keep = self.opts.cache_dir / "staged" / step.key[:12]
-        shutil.rmtree(keep, ignore_errors=True)
-        keep.mkdir(parents=True)
+        fresh_dir(keep)
         staged = [Path(shutil.move(str(w), keep / w.name)) for w in wheels]
         if not self.opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -372,6 +391,7 @@ class Executor:
             except (KeyError, ValueError) as e:
                 raise InputError(f"[{step.component}] env {k}={v!r}: unknown placeholder {e}; "
                                  f"known: {', '.join('${' + n + '}' for n in values)}") from None
+        env |= step.secrets  # the values behind the plan's *** (secretenv.py), for the build only
         path = [str(ctx.venv / "bin")] + ([f"{self.host.cuda_home}/bin"] if self.host.cuda_home else [])
         env |= {
             "PATH": os.pathsep.join(path + [os.environ.get("PATH", "")]),
@@ -507,6 +527,29 @@ class Executor:
         missing = {canonicalize_name(n) for n in required} - names
         if missing:
             raise BuildError(f"[{step.component}] declared output(s) {sorted(missing)} were not produced")
+
+
+def fresh_dir(path: Path) -> None:
+    """Make `path` an empty directory. What is there is renamed away first, then deleted: a run
+    killed with SIGKILL can leave commands writing into it, so deleting in place may fail or race
+    with them. Renamed leftovers of dead processes (.trash-<pid>-*) are swept here too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(".trash-*"):
+        pid = old.name.split("-")[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    if path.exists() or path.is_symlink():
+        trash = path.parent / f".trash-{os.getpid()}-{time.time_ns()}-{path.name}"
+        try:
+            os.replace(path, trash)
+        except OSError as e:
+            raise BuildError(f"{path} is left from an earlier run and cannot be moved aside ({e}); "
+                             "remove it and run again") from None
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink()
+    path.mkdir()
 
 
 def check_installed_from(site: Path, wheel: Path) -> None:

@@ -17,6 +17,7 @@ from .plan import Plan, PlanOptions, make_target, plan_release
 from .recipe import LoadedRecipe, load_recipes
 from .release import Release, load_release
 from .runner import Runner
+from .secretenv import parse_secret_env
 from .sources import Source, is_local_wheel, local_source
 from .toolkit import WheelToolkit, load_toolkit, mismatch_warning
 from .wheelhouse import Wheelhouse
@@ -85,6 +86,8 @@ class Factory:
     host_probe: Callable[[], Host] = field(default=detect_host)
     system_cuda: bool = False  # --system-cuda: build with the host's toolkit, not the release's from wheels
     verify: bool = False  # build --verify: hash cached wheels in full before trusting them
+    # --secret-env COMPONENT:NAME values (set by the CLI's callback, as system_cuda is)
+    secret_env: tuple[str, ...] = ()
     # The layer under recipes_dir: --recipes-dir adds the user's recipes, releases and data on top
     # of the shipped ones instead of replacing them all. None: recipes_dir alone.
     shipped_recipes_dir: Path | None = None
@@ -124,7 +127,8 @@ class Factory:
         """Plan a release for this host, marking steps the wheelhouse already holds."""
         sources = {c: local_source(Path(p).expanduser(), f"--source-dir {c}")
                    for c, p in parse_source_dirs(source_dirs).items()}
-        options = PlanOptions(env=parse_env_options(env), sources=sources, adopt=parse_adopt_options(adopt))
+        options = PlanOptions(env=parse_env_options(env), sources=sources, adopt=parse_adopt_options(adopt),
+                              secrets=parse_secret_env(self.secret_env))
         toolkit = self.toolkit(release)
         target = make_target(release, self.host.platform, toolkit.label if toolkit else self.host.toolkit)
         cached = self.wheelhouse.cached_keys()

@@ -26,6 +26,7 @@ from packaging.utils import canonicalize_name, parse_sdist_filename
 
 from .download import download_checked
 from .errors import BuildError, InputError
+from .interrupt import file_lock
 from .resolve import SourceRecords, commit_of, record_key
 from .runner import Runner
 from .sources import GitSource, LocalSource, PypiSource, Source, UrlSource, check_transport
@@ -142,28 +143,34 @@ class SourceCache:
             raise BuildError(f"source {source.describe()} is not in the cache {self.root} and --offline forbids "
                              "downloading; run `wheelfactory fetch --release ...` while online first")
         self.trees.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.trees))
-        try:
-            if isinstance(source, GitSource):
-                info = self._git(source, content, tmp / "t", runner)
-                top = tmp / "t"
-            else:
-                if isinstance(source, PypiSource):
-                    found = self._index_file(source)
-                    if found["sha256"] and found["sha256"] != content:
-                        raise BuildError(f"{found['filename']}: {self.index_url} now publishes sha256 "
-                                         f"{found['sha256']}, recorded {content}; run `wheelfactory fetch` to "
-                                         "see the change and accept it or not")
-                    archive = self._download(found["url"], content)
-                    info = {"url": found["url"].split("#")[0], "filename": found["filename"]}
+        # One process at a time per tree: a second `fetch` or build of the same source waits, then
+        # finds the tree the first one made (os.replace onto a finished tree would fail).
+        with file_lock(self.trees / f".{tree.name}.lock", on_wait=lambda holder: runner.note(
+                f"waiting for another process fetching {source.describe()} ({holder})")):
+            if (tree / MARKER).exists():
+                return tree
+            tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.trees))
+            try:
+                if isinstance(source, GitSource):
+                    info = self._git(source, content, tmp / "t", runner)
+                    top = tmp / "t"
                 else:
-                    archive, info = self._download(source.url, content, source.allow_insecure), {"url": source.url}
-                info["archive_sha256"] = content
-                top = extract_archive(archive, tmp / "x")
-            (top / MARKER).write_text(json.dumps({"source": source.describe()} | info, indent=2) + "\n")
-            os.replace(top, tree)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                    if isinstance(source, PypiSource):
+                        found = self._index_file(source)
+                        if found["sha256"] and found["sha256"] != content:
+                            raise BuildError(f"{found['filename']}: {self.index_url} now publishes sha256 "
+                                             f"{found['sha256']}, recorded {content}; run `wheelfactory fetch` to "
+                                             "see the change and accept it or not")
+                        archive = self._download(found["url"], content)
+                        info = {"url": found["url"].split("#")[0], "filename": found["filename"]}
+                    else:
+                        archive, info = self._download(source.url, content, source.allow_insecure), {"url": source.url}
+                    info["archive_sha256"] = content
+                    top = extract_archive(archive, tmp / "x")
+                (top / MARKER).write_text(json.dumps({"source": source.describe()} | info, indent=2) + "\n")
+                os.replace(top, tree)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return tree
 
     def _git(self, source: GitSource, commit: str, dest: Path, runner: Runner) -> dict[str, str]:

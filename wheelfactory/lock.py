@@ -87,12 +87,19 @@ def read_lock(wheelhouse: Wheelhouse, release: str) -> Lock:
     if not path.exists():
         raise InputError(f"release {release!r} is not locked in {wheelhouse.root}; run "
                          f"`wheelfactory lock --release {release}` first")
-    data = json.loads(path.read_text())
-    if data.get("format") != LOCK_FORMAT:
-        raise InputError(f"{path}: lock format {data.get('format')} is not {LOCK_FORMAT}; "
-                         "run `wheelfactory lock` again")
-    return Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
-                tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}))
+    again = f"run `wheelfactory lock --release {release}` again"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: corrupt lock file ({e}); {again}") from None
+    if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise InputError(f"{path}: lock format {found} is not {LOCK_FORMAT}; {again}")
+    try:
+        return Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
+                    tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}))
+    except (KeyError, TypeError) as e:  # a key missing, a package that is not an object or has odd keys
+        raise InputError(f"{path}: not a lock file wheelfactory wrote ({type(e).__name__}: {e}); {again}") from None
 
 
 def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]]:

@@ -24,6 +24,7 @@ from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
 from .recipe import EnvSpec, LoadedRecipe, Target
 from .release import Release
+from .secretenv import REDACTED, is_secret_name
 from .sources import Source
 
 BUILD, CACHED, ADOPT = "build", "cached", "adopt"
@@ -36,6 +37,8 @@ class PlanOptions:
     env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # component -> extra env
     sources: Mapping[str, Source] = field(default_factory=dict)  # component -> source override
     adopt: Mapping[str, str] = field(default_factory=dict)  # component -> wheel/requirement to adopt
+    # component -> {name: value} passed to its build only (--secret-env); see secretenv.py
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class Step:
     key_inputs: Mapping[str, Any]
     # Patch files by tree ("source" or an extra source's name), applied in the prepare phase.
     patches: Mapping[str, tuple[Patch, ...]] = field(default_factory=dict)
+    # Secret values for the build's processes only (env shows them as REDACTED): kept out of
+    # repr, to_json and the key inputs, so no plan, manifest or log can print them.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -182,7 +188,8 @@ def plan_release(
     except hashing a local source directory. `recorded` gives the content (commit, sha256) that
     `fetch` recorded for a source; a source without one is keyed by its name, marked unresolved."""
     options = options or PlanOptions()
-    for name in list(targets) + list(options.env) + [n.split(".")[0] for n in options.sources] + list(options.adopt):
+    named = list(options.env) + list(options.secrets) + [n.split(".")[0] for n in options.sources]
+    for name in list(targets) + named + list(options.adopt):
         if name not in recipes:
             raise InputError(f"unknown component {name!r}{did_you_mean(name, recipes)}; "
                              f"known: {', '.join(sorted(recipes))}")
@@ -212,6 +219,7 @@ def plan_release(
             source_identity = source.identity(recorded(source))
             action = BUILD
         env: dict[str, str] = {}
+        secrets: dict[str, str] = {}
         build_requires: list[str] = []
         extra_sources: dict[str, Source] = {}
         if action == BUILD:
@@ -230,6 +238,11 @@ def plan_release(
                                                     release)
             env.update(spec.env)
             env.update(options.env.get(name, {}))
+            # A secret (--secret-env, or an --env whose name looks secret) enters env and the key
+            # by name only; the executor puts the value back for the build (secretenv.py says why).
+            secrets = {k: v for k, v in options.env.get(name, {}).items() if is_secret_name(k)}
+            secrets |= options.secrets.get(name, {})
+            env.update(dict.fromkeys(secrets, REDACTED))
         patches = (declared_patches(loaded.path.parent, name, spec.version, tuple(extra_sources),
                                     known=_possible_trees(loaded, spec.version, target, versions))
                    if action == BUILD else {})
@@ -258,7 +271,8 @@ def plan_release(
                           source if action == BUILD else None, adopt, env if action == BUILD else {},
                           tuple(build_requires) if action == BUILD else (),
                           extra_sources if action == BUILD else {}, recipe.outputs,
-                          recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches))
+                          recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
+                          secrets=secrets if action == BUILD else {}))
     return Plan(release, target, tuple(steps), dict(release.pins))
 
 

@@ -120,6 +120,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib raises this one, not TOMLDecodeError
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,8 @@ def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mappi
     Returns the smoke checks that ran. Every package is installed with --require-hashes, so each
     factory wheel in the venv is byte-for-byte the one the lock names.
     """
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a directory; pick a new path for the venv")
     lock = read_lock(wheelhouse, release)
     _, txt = lock_paths(wheelhouse, release)
     if path.exists() and any(path.iterdir()):

@@ -20,9 +20,10 @@ import html
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,14 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .errors import BuildError, LockedError
+from .errors import BuildError, InputError, LockedError
+from .interrupt import deferred_signals
 from .pep658 import index_attributes, write_metadata_files
 from .wheelmeta import WheelInfo, sha256_file, verify_wheel
 
 MANIFEST_FORMAT = 1
+# What every manifest entry has (publish and add_entries write them; list, index and checks read them).
+ENTRY_KEYS = ("dist", "version", "sha256", "size")
 
 
 @dataclass(frozen=True)
@@ -51,13 +55,28 @@ class Mismatch:
         return f"{self.name}: sha256 {self.actual}, the manifest recorded {self.recorded}"
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and setting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: Path, mode: int = 0o666) -> None:
+    """Give a file (0666) or directory (0777) made by mkstemp/mkdtemp (always 0600/0700) the mode
+    open()/mkdir() would have given it: the wheelhouse is meant to be read by other users and
+    served by a web server, and the user's umask still decides (022 gives 0644/0755)."""
+    os.chmod(path, mode & ~current_umask())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file through a temporary sibling and a rename."""
+    """Write a file through a temporary sibling and a rename (with the mode open() would give)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        shareable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -76,14 +95,30 @@ class Wheelhouse:
 
     def manifest(self) -> dict[str, dict[str, Any]]:
         """filename -> entry, for every wheel the wheelhouse holds."""
+        self.check_root()
         if not self.manifest_path.exists():
             return {}
+        fix = "restore it or remove the wheelhouse to start over"
         try:
-            data = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise BuildError(f"{self.manifest_path}: corrupt manifest ({e}); restore it or remove the "
-                             "wheelhouse to start over") from None
-        return data.get("wheels", {})
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{self.manifest_path}: corrupt manifest ({e}); {fix}") from None
+        # Anything else than what _write_manifest writes is refused here, with the file named,
+        # instead of a KeyError or AttributeError wherever an entry is first read.
+        wheels = data.get("wheels", {}) if isinstance(data, dict) else None
+        if not isinstance(wheels, dict):
+            raise InputError(f"{self.manifest_path}: not a wheelfactory manifest (expected an object with a "
+                             f"\"wheels\" object); {fix}")
+        for name, entry in wheels.items():
+            missing = [k for k in ENTRY_KEYS if k not in entry] if isinstance(entry, dict) else list(ENTRY_KEYS)
+            if missing:
+                raise InputError(f"{self.manifest_path}: entry {name!r} lacks {', '.join(missing)}; {fix}")
+        return wheels
+
+    def check_root(self) -> None:
+        """InputError unless the wheelhouse path is a directory or absent (made on first write)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"--wheelhouse {self.root} is a file, not a directory; pass a directory")
 
     def check_file(self, name: str, entry: Mapping[str, Any], full: bool = False) -> Mismatch | None:
         """Whether a published wheel is still the file the manifest recorded. Fast path: size and
@@ -129,8 +164,14 @@ class Wheelhouse:
     @contextlib.contextmanager
     def lock(self, timeout: float | None = None, on_wait: Any = None) -> Iterator[None]:
         """Hold the wheelhouse's write lock; wait for another process, up to timeout seconds."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as f:
+        self.check_root()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            f = open(self.root / ".lock", "a+")  # noqa: SIM115 -- closed by the with below
+        except OSError as e:  # read-only file system, no permission, an immutable directory
+            raise InputError(f"cannot write to the wheelhouse {self.root}: {e.strerror}; pass a --wheelhouse "
+                             "this user can write") from None
+        with f:
             started = time.monotonic()
             told = False
             while True:
@@ -161,6 +202,7 @@ class Wheelhouse:
         moved to attic/, never deleted.
         """
         infos = [verify_wheel(w) for w in wheels]  # all verified before anything is visible
+        self.recover()
         manifest = self.manifest()
         incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
         try:
@@ -171,28 +213,50 @@ class Wheelhouse:
                 if sha256_file(tmp) != sha256_file(info.path):
                     raise BuildError(f"{info.path}: copy into the wheelhouse does not match the original")
                 staged.append((info, tmp))
-            for info, tmp in staged:
-                for name, old in list(manifest.items()):
-                    if _same_slot(old, info) and (name != info.path.name or old.get("key") != entry.get("key")):
-                        self._to_attic(name)
-                        del manifest[name]
-                final = self.root / info.path.name
-                os.replace(tmp, final)
-                manifest[final.name] = dict(entry) | {
-                    "dist": info.dist,
-                    "version": str(info.version),
-                    "tags": sorted(info.tags),
-                    "sha256": sha256_file(final),
-                    "size": final.stat().st_size,
-                    "mtime_ns": final.stat().st_mtime_ns,  # with size: the fast check of check_file
-                    "requires_python": info.requires_python,
-                    "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                }
-            self._write_manifest(manifest)
-            self.write_index(manifest)
+            # From the first wheel moved in to the index that lists it, one step: SIGINT/SIGTERM/SIGHUP
+            # wait until it is done, so an interrupt never leaves a wheel the manifest does not list.
+            # (SIGKILL cannot wait: recover() repairs what it leaves, at the next publish.)
+            with deferred_signals():
+                for info, tmp in staged:
+                    for name, old in list(manifest.items()):
+                        if _same_slot(old, info) and (name != info.path.name or old.get("key") != entry.get("key")):
+                            self._to_attic(name)
+                            del manifest[name]
+                    final = self.root / info.path.name
+                    os.replace(tmp, final)
+                    manifest[final.name] = dict(entry) | {
+                        "dist": info.dist,
+                        "version": str(info.version),
+                        "tags": sorted(info.tags),
+                        "sha256": sha256_file(final),
+                        "size": final.stat().st_size,
+                        "mtime_ns": final.stat().st_mtime_ns,  # with size: the fast check of check_file
+                        "requires_python": info.requires_python,
+                        "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                self._write_manifest(manifest)
+                self.write_index(manifest)
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
         return infos
+
+    def recover(self, echo: Callable[[str], None] | None = None) -> list[str]:
+        """Repair what a publish killed by SIGKILL (which cannot be deferred) left behind; caller
+        holds the lock, so no publish is running. Temporary .incoming-*/.simple-* directories are
+        removed, and a wheel the manifest does not list (moved in, manifest not yet written) goes
+        to attic/ with a message: it was never in the index, so nothing could have used it.
+        Returns the messages."""
+        notes = []
+        for leftover in [*self.root.glob(".incoming-*"), *self.root.glob(".simple-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+        listed = self.manifest()
+        for wheel in sorted(self.root.glob("*.whl")):
+            if wheel.name not in listed and (dest := self._to_attic(wheel.name)) is not None:
+                notes.append(f"{wheel.name} is in the wheelhouse but not in its manifest (an interrupted "
+                             f"publish); moved to {dest}")
+        for note in notes:
+            (echo or (lambda line: print(line, file=sys.stderr)))(f"wheelhouse {self.root}: {note}")
+        return notes
 
     def _to_attic(self, name: str) -> Path | None:
         src = self.root / name
@@ -224,6 +288,7 @@ class Wheelhouse:
         for name, e in manifest.items():
             projects.setdefault(canonicalize_name(e["dist"]), []).append((name, e))
         new = Path(tempfile.mkdtemp(prefix=".simple-", dir=self.root))
+        shareable(new, 0o777)  # mkdtemp makes 0700: nobody else could read the index
         page = "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\">" \
                "<title>{t}</title></head><body>\n{body}</body></html>\n"
         links = "".join(f'<a href="{p}/">{p}</a><br>\n' for p in sorted(projects))

@@ -1,0 +1,117 @@
+"""Secrets given to a build (--secret-env, or an --env whose name looks secret) reach the build's
+processes and nothing else: not the plan, the key, the manifest, the log or build_env.sh; and the
+parent environment's own tokens are not handed to build scripts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from tests.test_executor import OK_BODY, setup
+from wheelfactory.cli import cli
+from wheelfactory.errors import InputError
+from wheelfactory.runner import Runner, clean_environ
+from wheelfactory.secretenv import is_secret_name, parse_secret_env
+
+CANARY = "canary-5f3a9c1e77"
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "GITHUB_TOKEN",
+                                  "PYPI_PASSWORD", "WANDB_API_KEY", "npm_token"])
+def test_secret_names(name):
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["PATH", "CUDA_HOME", "MAX_JOBS", "NCCL_KEYS_FILE", "GIT_CONFIG_KEY_0",
+                                  "TORCH_CUDA_ARCH_LIST"])
+def test_ordinary_names(name):
+    assert not is_secret_name(name)
+
+
+def test_secret_env_reads_the_value_from_the_environment_only():
+    assert parse_secret_env(["a:MY_TOKEN"], {"MY_TOKEN": CANARY}) == {"a": {"MY_TOKEN": CANARY}}
+    with pytest.raises(InputError, match=r"^--secret-env a:MY_TOKEN: \$MY_TOKEN is not set in this environment; "
+                                         "export it first$"):
+        parse_secret_env(["a:MY_TOKEN"], {})
+    with pytest.raises(InputError, match=r"^--secret-env 'a:MY_TOKEN=x': expected COMPONENT:NAME"):
+        parse_secret_env(["a:MY_TOKEN=x"], {"MY_TOKEN": CANARY})
+
+
+def test_parent_secrets_are_not_in_the_build_environment(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CANARY)
+    monkeypatch.setenv("CUDA_HOME", "/opt/cuda")
+    env = clean_environ()
+    assert "HF_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["CUDA_HOME"] == "/opt/cuda"
+
+
+def test_runner_hides_secret_values_in_log_and_error(tmp_path):
+    r = Runner("c", tmp_path / "log", base_env={"PATH": "/usr/bin:/bin"})
+    r.hide([CANARY])
+    with pytest.raises(Exception) as e:
+        r.run(["sh", "-c", f"echo got $T; echo {CANARY}; exit 4"], env={"T": CANARY})
+    log = (tmp_path / "log").read_text()
+    assert CANARY not in log and CANARY not in str(e.value)
+    assert "[c] env T=***\n" in log and "[c] got ***\n" in log
+
+
+def _plan_json(f, *args):
+    return json.dumps(f.plan(f.release("r"), ("a",), *args).to_json())
+
+
+def test_plan_shows_a_secret_as_stars_and_its_value_does_not_enter_the_key(tmp_path, monkeypatch):
+    f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
+    one = f.plan(f.release("r"), ("a",), ["a:API_TOKEN=" + CANARY])
+    two = f.plan(f.release("r"), ("a",), ["a:API_TOKEN=another-value"])
+    none = f.plan(f.release("r"), ("a",))
+    assert one.steps[0].env["API_TOKEN"] == "***" and one.steps[0].secrets == {"API_TOKEN": CANARY}
+    assert one.steps[0].key == two.steps[0].key != none.steps[0].key  # the name enters the key, not the value
+    assert CANARY not in json.dumps(one.to_json()) and CANARY not in repr(one)
+    # --secret-env: the same, the value from the environment
+    monkeypatch.setenv("MY_SECRET_THING", CANARY)
+    f.secret_env = ("a:MY_SECRET_THING",)
+    p = f.plan(f.release("r"), ("a",))
+    assert p.steps[0].env["MY_SECRET_THING"] == "***" and CANARY not in json.dumps(p.to_json())
+
+
+def test_cli_plan_and_plan_json_never_print_the_secret(tmp_path, monkeypatch):
+    f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    base = ["--recipes-dir", str(f.recipes_dir), "--wheelhouse", str(f.wheelhouse_dir), "--cache-dir",
+            str(f.cache_dir)]
+    for extra in ([], ["--json"]):
+        res = CliRunner().invoke(cli, [*base, "plan", "--release", "r", "a", "--secret-env", "a:HF_TOKEN",
+                                       "--env", f"a:DB_PASSWORD={CANARY}", "--system-cuda", *extra],
+                                 obj=None, catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert CANARY not in res.output and "HF_TOKEN" in res.output and "***" in res.output
+
+
+SECRET_BODY = ("import os\n"
+               "    ctx.run(['sh', '-c', 'echo build sees $MY_TOKEN; echo parent ${HF_TOKEN:-unset}'])\n"
+               "    (ctx.work / 'seen').write_text(ctx.env['MY_TOKEN'])\n"
+               "    ctx.runner.note('recipe says ' + ctx.env['MY_TOKEN'])\n"
+               f"    {OK_BODY}")
+
+
+def test_a_build_gets_the_secret_and_nothing_stores_it(tmp_path, monkeypatch):
+    f, _ = setup(tmp_path, {"a": (SECRET_BODY, ())})
+    monkeypatch.setenv("MY_TOKEN", CANARY)
+    monkeypatch.setenv("HF_TOKEN", "parent-" + CANARY)
+    f.secret_env = ("a:MY_TOKEN",)
+    plan = f.plan(f.release("r"), ("a",))
+    f.executor(plan, echo=lambda m: None, python=shutil.which("python3"), keep_work=True).build()
+    work = next((f.cache_dir / "work").glob("a-*"))
+    assert (work / "seen").read_text() == CANARY  # the build had it
+    log = next((f.cache_dir / "logs").glob("a-*.log")).read_text()
+    assert "[a] build sees ***\n" in log and "[a] parent unset\n" in log and "[a] recipe says ***\n" in log
+    assert ('export MY_TOKEN="${MY_TOKEN:?MY_TOKEN is a secret of this build; export it first}"\n'
+            in (work / "build_env.sh").read_text())
+    stored = [p for root in (f.wheelhouse.root, f.cache_dir) for p in root.rglob("*")
+              if p.is_file() and p.name != "seen" and CANARY.encode() in p.read_bytes()]
+    assert stored == []  # manifest, index, log, build_env.sh, the wheel's provenance: none holds it
+    assert "MY_TOKEN" in f.wheelhouse.manifest_path.read_text()
