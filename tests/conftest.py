@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from wheelfactory.host import Host
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FATBIN_SOURCES = Path(__file__).resolve().parent / "data" / "fatbin"
 CI_RELEASES = Path(__file__).resolve().parent / "releases"
 
 # A Spark-like host, fixed so plan tests do not depend on the machine running them.
@@ -70,3 +73,26 @@ def ci_wheelhouse(tmp_path_factory) -> tuple[Path, Path]:
         r = run_cli(*common, *args)
         assert r.returncode == 0, f"wheelfactory {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
     return wheelhouse, cache
+
+
+@functools.cache
+def _built_fatbin_dir() -> Path | None:
+    # The toolkit's own path first, as cuobjdump.txt was recorded: nvcc's device-link stub (in
+    # nvcc_shared.so) embeds where nvcc was started from, so a wrapper elsewhere changes its size.
+    default = "/usr/local/cuda/bin/nvcc"
+    nvcc = os.environ.get("NVCC") or (default if Path(default).exists() else shutil.which("nvcc"))
+    if not nvcc or not Path(nvcc).exists():
+        return None
+    out = Path(tempfile.mkdtemp(prefix="wf-fatbin-"))
+    subprocess.run(["bash", str(FATBIN_SOURCES / "make_fixtures.sh"), str(out)], check=True,
+                   env=dict(os.environ) | {"NVCC": nvcc}, capture_output=True)
+    return out
+
+
+def fatbin_fixture(name: str) -> Path:
+    """A small ELF file with device code, built from tests/data/fatbin/ by its make_fixtures.sh with
+    the real nvcc, once per session (the binaries are generated, never committed); skips without nvcc."""
+    built = _built_fatbin_dir()
+    if built is None:
+        pytest.skip("needs nvcc to build the fatbin fixtures")
+    return built / name

@@ -17,7 +17,10 @@ from wheelfactory.audit import JIT_ONLY, NATIVE, NONE, WheelAudit, audit_wheel, 
 from wheelfactory.cli import main
 from wheelfactory.errors import InputError
 
-from .conftest import needs_nvcc
+from .conftest import fatbin_fixture, needs_nvcc
+
+# The device-code fixtures are built with nvcc once per session (conftest.fatbin_fixture).
+pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parent / "data" / "fatbin"
 
@@ -29,7 +32,7 @@ def make_wheel(tmp_path: Path, members: dict[str, str | bytes], *, name: str = "
     dist = "-".join(name.split("-")[:2])
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for arcname, src in members.items():
-            zf.writestr(arcname, src if isinstance(src, bytes) else (DATA / src).read_bytes())
+            zf.writestr(arcname, src if isinstance(src, bytes) else fatbin_fixture(src).read_bytes())
         zf.writestr(f"{dist}.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
         if provenance is not None:
             text = provenance if isinstance(provenance, str) else json.dumps(provenance)
@@ -199,7 +202,7 @@ def test_missing_file_and_non_wheels_are_bad_input(tmp_path):
 
 
 def test_corrupt_fatbin_in_a_wheel_names_the_member(tmp_path):
-    data = bytearray((DATA / "sass_ptx.so").read_bytes())
+    data = bytearray(fatbin_fixture("sass_ptx.so").read_bytes())
     data[data.index(b"\x50\xed\x55\xba")] ^= 0xFF
     w = make_wheel(tmp_path, {"demo/lib/bad.so.1": bytes(data)})
     with pytest.raises(InputError, match=r"demo-1.0-py3-none-linux_x86_64.whl:demo/lib/bad.so.1: section"):

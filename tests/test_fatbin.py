@@ -14,8 +14,12 @@ from wheelfactory import fatbin
 from wheelfactory.errors import InputError
 from wheelfactory.fatbin import FatbinError, read_elf, read_elf_bytes, read_elf_path, read_fatbin_bytes
 
+from .conftest import fatbin_fixture
+
+# The fixtures are built with nvcc once per session (conftest.fatbin_fixture), so the module is slow.
+pytestmark = pytest.mark.slow
+
 DATA = Path(__file__).resolve().parent / "data" / "fatbin"
-FIXTURES = sorted(p.name for p in DATA.iterdir() if p.suffix in (".so", ".o"))
 _CUOBJDUMP_KIND = {"elf": "sass", "ptx": "ptx", "nvvm": "lto"}
 
 
@@ -41,14 +45,16 @@ def cuobjdump_record() -> dict[str, dict]:
 
 
 RECORD = cuobjdump_record()
+FIXTURES = sorted(RECORD)
 
 
 def entries(name: str, **kw) -> list[fatbin.FatbinEntry]:
-    return read_elf_path(DATA / name, **kw)
+    return read_elf_path(fatbin_fixture(name), **kw)
 
 
 def test_every_fixture_has_a_cuobjdump_record():
-    assert set(FIXTURES) == set(RECORD)
+    built = fatbin_fixture("sass_ptx.so").parent
+    assert {p.name for p in built.iterdir()} == set(RECORD)
     assert sum(len(r["entries"]) for r in RECORD.values()) >= 25
 
 
@@ -125,7 +131,7 @@ def _first_container(data: bytes) -> int:
 
 
 def test_truncated_container_is_an_error():
-    data = bytearray((DATA / "sass_ptx.so").read_bytes())
+    data = bytearray(fatbin_fixture("sass_ptx.so").read_bytes())
     at = _first_container(data)
     (size,) = struct.unpack_from("<Q", data, at + 8)
     struct.pack_into("<Q", data, at + 8, size + 4096)  # claims more than the section holds
@@ -134,7 +140,7 @@ def test_truncated_container_is_an_error():
 
 
 def test_corrupt_entry_is_an_error():
-    data = bytearray((DATA / "sass_ptx.so").read_bytes())
+    data = bytearray(fatbin_fixture("sass_ptx.so").read_bytes())
     at = _first_container(data) + 16
     struct.pack_into("<Q", data, at + 8, 1 << 40)  # an entry payload past its container
     with pytest.raises(FatbinError, match="runs past its container"):
@@ -142,21 +148,21 @@ def test_corrupt_entry_is_an_error():
 
 
 def test_corrupt_magic_is_an_error():
-    data = bytearray((DATA / "sass_ptx.so").read_bytes())
+    data = bytearray(fatbin_fixture("sass_ptx.so").read_bytes())
     data[_first_container(data)] ^= 0xFF
     with pytest.raises(FatbinError, match="no fatbin container at offset 0x0"):
         read_elf_bytes(bytes(data), "broken.so")
 
 
 def test_truncated_elf_is_an_error_and_bad_input():
-    data = (DATA / "sass_ptx.so").read_bytes()
+    data = fatbin_fixture("sass_ptx.so").read_bytes()
     with pytest.raises(FatbinError, match="cut.so: truncated ELF file") as err:
         read_elf_bytes(data[: len(data) // 2], "cut.so")
     assert isinstance(err.value, InputError) and err.value.exit_code == 2
 
 
 def test_bare_fatbin_with_padding_between_containers():
-    data = (DATA / "two_modules.so").read_bytes()
+    data = fatbin_fixture("two_modules.so").read_bytes()
     at = _first_container(data)
     first = data[at:at + 16 + struct.unpack_from("<Q", data, at + 8)[0]]
     got = read_fatbin_bytes(first + bytes(8) + first)
@@ -167,7 +173,7 @@ def test_streams_from_a_deflated_zip_member():
     """A wheel member is read in place; what it reads is the same as from the file."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(DATA / "arch_specific.so", "pkg/arch_specific.so")
+        zf.write(fatbin_fixture("arch_specific.so"), "pkg/arch_specific.so")
     with zipfile.ZipFile(buf) as zf:
         info = zf.getinfo("pkg/arch_specific.so")
         with zf.open(info) as member:
@@ -189,7 +195,7 @@ class _CountingFile(io.BytesIO):
 def test_payloads_are_skipped_not_read(monkeypatch):
     """Only headers are read: the memory and time of an audit do not grow with the device code."""
     monkeypatch.setattr(fatbin._Reader, "WINDOW", 256)
-    data = (DATA / "uncompressed.so").read_bytes()
+    data = fatbin_fixture("uncompressed.so").read_bytes()
     f = _CountingFile(data)
     got = read_elf(f, len(data))
     payload = sum(e.stored_size for e in got)

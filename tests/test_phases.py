@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import fatbin_fixture, run_cli
 from wheelfactory.errors import BuildError, InputError
 from wheelfactory.factory import Factory
 from wheelfactory.host import Host
@@ -19,7 +19,6 @@ from wheelfactory.patches import declared_patches
 # Each test makes build venvs and runs the executor for real: the slow tier.
 pytestmark = pytest.mark.slow
 
-FATBIN = Path(__file__).parent / "data" / "fatbin"
 HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
 
 # configure() writes a build.ninja as CMake would and has the context judge it; build() packs the
@@ -64,7 +63,7 @@ def setup(tmp_path: Path, code: str = "121a", patch: str | None = None, so: str 
     src.mkdir()
     (src / "kernel.txt").write_text('KERNEL = "sm_120a"\n')
     if so is not None:  # a shared object with device code, from the fatbin fixtures
-        shutil.copyfile(FATBIN / so, src / "lib.so")
+        shutil.copyfile(fatbin_fixture(so), src / "lib.so")
     (recipes / "demo.py").write_text(RECIPE.replace("{code}", code))
     (recipes / "releases" / "r.toml").write_text(
         "[target]\npython = '3.11'\ncuda = '13.0'\ncuda_arch_list = ['12.1a']\nplatform = 'linux_x86_64'\n"

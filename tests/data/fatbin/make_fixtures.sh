@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Regenerates the fatbin fixtures with the real nvcc (13.0 here) and records what NVIDIA's
-# cuobjdump says about each of them in cuobjdump.txt, which tests/test_fatbin.py compares
-# wheelfactory.fatbin against. Run from anywhere: bash tests/data/fatbin/make_fixtures.sh
+# Builds the fatbin fixtures with the real nvcc into OUTDIR (the tests do this once per session:
+# the binaries are generated, never committed). With RECORD=1 it also records what NVIDIA's
+# cuobjdump says about each of them in cuobjdump.txt here, which tests/test_fatbin.py compares
+# wheelfactory.fatbin against: bash tests/data/fatbin/make_fixtures.sh OUTDIR
 # cuobjdump comes from `pip install nvidia-cuda-cuobjdump` (CUOBJDUMP=path overrides).
 set -euo pipefail
-cd "$(dirname "$0")"
+src=$(cd "$(dirname "$0")" && pwd)
+out=$(mkdir -p "${1:?usage: make_fixtures.sh OUTDIR}" && cd "$1" && pwd)
+cp "$src"/kernel.cu "$src"/other.cu "$src"/host.c "$out/"
+cd "$out"
 here=$PWD
 NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
 CUOBJDUMP=${CUOBJDUMP:-cuobjdump}
@@ -13,9 +17,9 @@ G() { for a in "$@"; do printf -- '-gencode=arch=%s,code=%s ' "${a%%:*}" "${a##*
 so() { # so NAME "NVCC FLAGS" SOURCES...
     local name=$1 flags=$2; shift 2
     local objs=()
-    for src in "$@"; do
-        $NVCC -c -Xcompiler -fPIC -Xcompiler -Os $flags -o "/tmp/$name.${src%.cu}.o" "$src"
-        objs+=("/tmp/$name.${src%.cu}.o")
+    for f in "$@"; do
+        $NVCC -c -Xcompiler -fPIC -Xcompiler -Os $flags -o "$out/$name.${f%.cu}.o" "$f"
+        objs+=("$out/$name.${f%.cu}.o")
     done
     g++ -shared -s -Wl,-z,noseparate-code -o "$name" "${objs[@]}"
     rm -f "${objs[@]}"
@@ -27,9 +31,9 @@ so uncompressed.so "-Xfatbin -compress=false $(G compute_90a:sm_90a compute_80:c
 so lz4.so "-compress-mode=speed -Xfatbin -compress-all $(G compute_89:sm_89 compute_89:compute_89)" kernel.cu
 so zstd_size.so "-compress-mode=size -Xfatbin -compress-all $(G compute_121a:sm_121a compute_121a:compute_121a)" kernel.cu
 # two translation units with different arch lists in one shared object
-$NVCC -c -Xcompiler -fPIC -Xcompiler -Os -Xfatbin -compress-all $(G compute_121a:sm_121a) -o /tmp/tm.a.o kernel.cu
-$NVCC -c -Xcompiler -fPIC -Xcompiler -Os -Xfatbin -compress-all $(G compute_80:sm_80) -o /tmp/tm.b.o other.cu
-g++ -shared -s -Wl,-z,noseparate-code -o two_modules.so /tmp/tm.a.o /tmp/tm.b.o && rm -f /tmp/tm.a.o /tmp/tm.b.o
+$NVCC -c -Xcompiler -fPIC -Xcompiler -Os -Xfatbin -compress-all $(G compute_121a:sm_121a) -o tm.a.o kernel.cu
+$NVCC -c -Xcompiler -fPIC -Xcompiler -Os -Xfatbin -compress-all $(G compute_80:sm_80) -o tm.b.o other.cu
+g++ -shared -s -Wl,-z,noseparate-code -o two_modules.so tm.a.o tm.b.o && rm -f tm.a.o tm.b.o
 # nvcc's own link: adds the device-link stub container (an empty cubin per SASS arch)
 $NVCC -shared -Xcompiler -fPIC -cudart shared -Xlinker -s -Xlinker -z,noseparate-code \
     $(G compute_80:sm_80 compute_80:compute_80) -o nvcc_shared.so kernel.cu
@@ -37,6 +41,8 @@ $NVCC -shared -Xcompiler -fPIC -cudart shared -Xlinker -s -Xlinker -z,noseparate
 $NVCC -c -rdc=true -Xfatbin -compress-all $(G compute_80:sm_80 compute_120a:sm_120a compute_120a:compute_120a) -o rdc.o kernel.cu
 $NVCC -c -rdc=true $(G compute_90:lto_90 compute_121a:lto_121a) -o lto.o kernel.cu
 gcc -shared -fPIC -Os -s -o host_only.so host.c
+rm -f kernel.cu other.cu host.c
+[ "${RECORD:-0}" = 1 ] || exit 0
 {
     echo "# $($NVCC --version | tail -1)"
     echo "# $($CUOBJDUMP --version | tail -1)"
@@ -51,5 +57,5 @@ gcc -shared -fPIC -Os -s -o host_only.so host.c
         for x in $(ls "$tmp" | sort -t. -k1,1 -k2,2n); do echo "extracted ${x#*.} $(stat -c %s "$tmp/$x")"; done
         rm -rf "$tmp"
     done
-} > cuobjdump.txt
+} > "$src/cuobjdump.txt"
 ls -l *.so *.o
