@@ -1,7 +1,8 @@
-"""One hash-checked download into a content-addressed folder, shared by the source cache and the
-toolkit cache: stream to a temporary file beside the destination, hash while writing, refuse a
-mismatch, and only then rename into place as `<sha256>-<name>`, so a partial or wrong file is never
-seen under its final name."""
+"""Downloads shared by the source cache and the toolkit cache: a project's files from a simple
+index (its JSON form, with hashes), and one hash-checked download into a content-addressed folder:
+stream to a temporary file beside the destination, hash while writing, refuse a mismatch, and only
+then rename into place as `<sha256>-<name>`, so a partial or wrong file is never seen under its
+final name."""
 
 from __future__ import annotations
 
@@ -38,3 +39,14 @@ def download_checked(url: str, folder: Path, name: str, sha256: str | None = Non
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def index_files(index_url: str, project: str) -> tuple[str, list[dict]]:
+    """The page URL and the `files` of a project on a PEP 691 simple index (JSON form)."""
+    url = f"{index_url}/{project}/"
+    try:
+        r = requests.get(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"}, timeout=60)
+        r.raise_for_status()
+        return url, r.json()["files"]
+    except (requests.RequestException, ValueError, KeyError) as e:
+        raise BuildError(f"cannot read the index page {url}: {e}") from None

@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 from packaging.utils import canonicalize_name, parse_sdist_filename
 
-from .download import download_checked
+from .download import download_checked, index_files
 from .errors import BuildError, InputError
 from .interrupt import file_lock
 from .resolve import SourceRecords, commit_of, record_key
@@ -206,13 +206,7 @@ class SourceCache:
         """The sdist's filename, absolute URL and published sha256 ("" when the index gives none),
         from the simple index's JSON form; a hash pinned in the release must match the index's."""
         project = canonicalize_name(source.name)
-        url = f"{self.index_url}/{project}/"
-        try:
-            r = requests.get(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"}, timeout=60)
-            r.raise_for_status()
-            files = r.json()["files"]
-        except (requests.RequestException, ValueError, KeyError) as e:
-            raise BuildError(f"cannot read the index page {url}: {e}") from None
+        url, files = index_files(self.index_url, project)
         for f in files:
             if not f["filename"].endswith((".tar.gz", ".zip")):
                 continue

@@ -41,7 +41,7 @@ from typing import Any
 import requests
 from packaging.utils import canonicalize_name
 
-from .download import download_checked
+from .download import download_checked, index_files
 from .errors import BuildError, InputError
 from .wheelmeta import sha256_file
 
@@ -322,13 +322,7 @@ class ToolkitCache:
         return [self.cached_wheel(p) for p in toolkit.wheels]  # type: ignore[misc]
 
     def _download(self, pin: WheelPin) -> Path:
-        url = f"{self.index_url}/{pin.name}/"
-        try:
-            r = requests.get(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"}, timeout=60)
-            r.raise_for_status()
-            files = r.json()["files"]
-        except (requests.RequestException, ValueError, KeyError) as e:
-            raise BuildError(f"cannot read the index page {url}: {e}") from None
+        url, files = index_files(self.index_url, pin.name)
         match = [f for f in files if f.get("hashes", {}).get("sha256") == pin.sha256]
         if not match:
             raise BuildError(f"{url} publishes no file with the pinned sha256 {pin.sha256} "
