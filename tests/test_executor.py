@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wheelfactory.errors import BuildError
-from wheelfactory.executor import check_installed_from
+from wheelfactory.installer import check_installed_from
 from wheelfactory.factory import Factory
 from wheelfactory.host import Host
 
@@ -56,6 +56,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
             and p.name != ".lock"}
 
 
+@pytest.mark.slow  # runs a build: venv, pip, sh
 def test_failed_build_shows_command_exit_code_tail_and_log_and_changes_nothing(tmp_path):
     body = ("(ctx.dist / 'b-1.0-py3-none-any.whl').write_text('partial')\n"
             "    ctx.run(['sh', '-c', 'for i in $(seq 1 60); do echo line $i; done; exit 3'])")
@@ -74,6 +75,7 @@ def test_failed_build_shows_command_exit_code_tail_and_log_and_changes_nothing(t
     assert snapshot(f.wheelhouse.root) == before  # the partial wheel never became visible
 
 
+@pytest.mark.slow  # runs a build: venv, pip, sh
 def test_interrupted_build_publishes_nothing(tmp_path):
     f, _ = setup(tmp_path, {"a": ("raise KeyboardInterrupt", ())})
     with pytest.raises(KeyboardInterrupt):
@@ -82,6 +84,7 @@ def test_interrupted_build_publishes_nothing(tmp_path):
     assert not list(f.wheelhouse.root.glob("*.whl"))
 
 
+@pytest.mark.slow  # runs a build: venv, pip
 def test_undeclared_output_is_refused(tmp_path):
     body = OK_BODY.replace("ctx.step.component", "'surprise'")
     f, _ = setup(tmp_path, {"a": (body, ())})
@@ -90,6 +93,7 @@ def test_undeclared_output_is_refused(tmp_path):
     assert not f.wheelhouse.manifest_path.exists()
 
 
+@pytest.mark.slow  # runs builds: venv, pip
 def test_success_then_noop_then_rebuild_on_source_change(tmp_path):
     f, src = setup(tmp_path, {"a": (OK_BODY, ()), "b": (OK_BODY, ("a",))})
     assert [r.action for r in build(f, "b")] == ["build", "build"]
@@ -101,6 +105,7 @@ def test_success_then_noop_then_rebuild_on_source_change(tmp_path):
     assert [r.action for r in build(f, "b")] == ["build", "build"]
 
 
+@pytest.mark.slow  # runs a build: venv, pip
 def test_a_dependency_installed_from_elsewhere_is_caught(tmp_path):
     f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
     build(f, "a")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.executor import fresh_dir
+from wheelfactory.stepbuild import fresh_dir
 from wheelfactory.fetch import SourceCache
 from wheelfactory.interrupt import deferred_signals, file_lock, pid_alive
 from wheelfactory.runner import Runner

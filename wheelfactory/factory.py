@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import BuildError, InputError
 from .executor import ExecOptions, Executor
+from .installer import Installer
 from .fetch import SourceCache
 from .host import Host, detect_host
 from .plan import Plan, PlanOptions, make_target, plan_release
@@ -181,10 +182,11 @@ class Factory:
         return load_toolkit(self.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml", release.target.cuda,
                             self.host.platform)
 
-    def executor(self, plan: Plan, echo: Callable[[str], None], **options: object) -> Executor:
+    def executor(self, plan: Plan, echo: Callable[[str], None], installer: Installer | None = None,
+                 **options: object) -> Executor:
         toolkit = self.toolkit(plan.release)
         if toolkit is None and (warning := mismatch_warning(plan.target.cuda, self.host.toolkit)):
             echo(warning)  # before anything is fetched or built
         return Executor(plan, self.wheelhouse, self.recipes, self.host,
                         ExecOptions(cache_dir=self.cache_dir, index_url=self.index_url, verify=self.verify, **options),  # type: ignore[arg-type]
-                        echo, toolkit=toolkit)
+                        echo, toolkit=toolkit, installer=installer)

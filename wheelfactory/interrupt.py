@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 # The signals that mean "stop now" from a terminal, a service manager or a closed session.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -109,20 +110,48 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# While waiting for a lock: how often to poll it, and how often to say again who holds it.
+LOCK_POLL_S = 0.5
+LOCK_REMIND_S = 60.0
+
+
+def lock_holder(f: IO[str]) -> str:
+    """The holder line a lock file carries (pid, command, since when)."""
+    f.seek(0)
+    return f.read().strip() or "another process"
+
+
 @contextlib.contextmanager
-def file_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """An exclusive flock on `path`, waiting for another process as long as it takes. The holder
-    writes its pid, command and start time into the file, so a waiting process can say who it
-    waits for (on_wait gets that line once). The lock dies with its holder, SIGKILL included."""
+def file_lock(path: Path, on_wait: Callable[[str], None] | None = None, *, timeout: float | None = None,
+              what: str = "") -> Iterator[None]:
+    """An exclusive flock on `path`. The holder writes its pid, command and start time into the
+    file, so a waiting process can say who it waits for: on_wait gets that line at once and again
+    every LOCK_REMIND_S seconds. Without a timeout it waits as long as it takes; after `timeout`
+    seconds it gives up with LockedError (exit 3) naming the holder. The lock dies with its
+    holder, SIGKILL included (the descriptor is not inherited by the commands it starts)."""
+    from .errors import LockedError  # errors imports nothing of ours; kept local to stay a leaf
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
+        started = told = time.monotonic()
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if on_wait is not None:
-                f.seek(0)
-                on_wait(f.read().strip() or "another process")
-            fcntl.flock(f, fcntl.LOCK_EX)
+                on_wait(lock_holder(f))
+            while True:
+                time.sleep(LOCK_POLL_S)
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if timeout is not None and now - started >= timeout:
+                        raise LockedError(f"{what or path}: held by {lock_holder(f)}; gave up after "
+                                          f"{timeout:.0f}s (--wait). Try again when it finishes.") from None
+                    if on_wait is not None and now - told >= LOCK_REMIND_S:
+                        told = now
+                        on_wait(f"{lock_holder(f)}; waiting {now - started:.0f}s so far")
         try:
             f.seek(0)
             f.truncate()
@@ -130,5 +159,25 @@ def file_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Itera
                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             f.flush()
             yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def try_file_lock(path: Path) -> contextlib.AbstractContextManager[bool]:
+    """Take `path`'s lock only if it is free: yields True when held, False when another process
+    holds it (for housekeeping that must skip what a running build uses)."""
+    return _try_lock(path)
+
+
+@contextlib.contextmanager
+def _try_lock(path: Path) -> Iterator[bool]:
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -53,6 +53,17 @@ class Repair:
     mode: str = "none"
     strip: bool = True
 
+    def __post_init__(self) -> None:
+        if self.mode not in REPAIR_MODES:
+            raise InputError(f"Repair(mode={self.mode!r}): unknown repair mode; expected one of "
+                             f"{', '.join(REPAIR_MODES)}. The factory never grafts libraries into a wheel "
+                             "(auditwheel repair would copy libcuda, cuBLAS or NCCL in): 'retag' keeps RPATHs "
+                             "into the nvidia/* wheels and only sets the platform tag")
+
+
+# The repair modes (see Repair). There is deliberately no mode that grafts or vendors libraries.
+REPAIR_MODES = ("none", "retag")
+
 
 # The value types an option may have, as TOML writes them; bool is not an int here (TOML's
 # `true` must not pass for a count, nor 1 for a switch).
@@ -107,6 +118,9 @@ class Recipe:
     # Files under recipes/data/ the hooks read (through recipe_data/version_table only): their
     # sha256 enters the key of every build of the recipe, so editing one rebuilds what it shapes.
     data_files: tuple[str, ...] = ()
+    # Variables of the factory's environment the build may read besides buildenv's allowlist (a
+    # build system's own cache location, say). Credentials never pass; --secret-env gives those.
+    pass_env: tuple[str, ...] = ()
 
     def option_defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from .errors import BuildError, InputError
+from .installer import find_uv
 from .lock import lock_paths, read_lock
 from .recipe import LoadedRecipe
 from .runner import Runner
 from .wheelhouse import Wheelhouse
-
-
-def find_uv() -> str | None:
-    """uv's binary: the one the uv package (a dependency) installed, else a uv on PATH, else None."""
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
 
 
 def install_command(uv: str | None, py: Path, wheelhouse: Path, txt: Path, uv_cache: Path | None) -> list[str]:
@@ -77,9 +72,29 @@ def check_consistency(python: Path, overrides: Mapping[str, str], runner: Runner
     for line in out.splitlines():
         if not line.strip() or line.startswith("No broken requirements"):
             continue
-        if any(f" {name} " in f" {line} " or f"requirement {name}" in line for name in overrides):
+        if _names_in(line) & {canonicalize_name(name) for name in overrides}:
             runner.note(f"accepted by the release's [overrides]: {line}")
         else:
             problems.append(line)
     if problems:
         raise BuildError("pip check found broken requirements in the venv:\n  " + "\n  ".join(problems))
+
+
+# pip check's lines: "A 1.0 has requirement B<2,>=1, but you have B 2.0." and "A 1.0 requires B, which
+# is not installed."
+_HAS_REQUIREMENT = re.compile(r"^(?P<dist>\S+) \S+ has requirement (?P<req>.+?), but you have (?P<have>\S+) ")
+_REQUIRES = re.compile(r"^(?P<dist>\S+) \S+ requires ")
+
+
+def _names_in(line: str) -> set[str]:
+    """The packages a pip check line is about (normalized): the one that declares the requirement and,
+    for a version conflict, the one required. Matched whole, so torch is not torchaudio."""
+    if m := _HAS_REQUIREMENT.match(line):
+        try:
+            required = {canonicalize_name(Requirement(m["req"]).name)}
+        except InvalidRequirement:
+            required = set()
+        return {canonicalize_name(m["dist"]), canonicalize_name(m["have"])} | required
+    if m := _REQUIRES.match(line):
+        return {canonicalize_name(m["dist"])}
+    return set()

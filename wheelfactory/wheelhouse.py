@@ -15,7 +15,6 @@ build never leaves a partial or wrong wheel visible. One process at a time write
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import html
 import json
 import os
@@ -31,8 +30,8 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .errors import BuildError, InputError, LockedError
-from .interrupt import deferred_signals
+from .errors import BuildError, InputError
+from .interrupt import deferred_signals, file_lock
 from .pep658 import index_attributes, write_metadata_files
 from .wheelmeta import WheelInfo, sha256_file, verify_wheel
 
@@ -162,34 +161,19 @@ class Wheelhouse:
     # -- writing -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, timeout: float | None = None, on_wait: Any = None) -> Iterator[None]:
-        """Hold the wheelhouse's write lock; wait for another process, up to timeout seconds."""
+    def lock(self, timeout: float | None = None, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the wheelhouse's write lock (publishing, locking, verifying: seconds, never a whole
+        build). A waiting process hears who holds it (on_wait, then once a minute); after
+        `timeout` seconds it gives up with exit 3."""
         self.check_root()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            f = open(self.root / ".lock", "a+")  # noqa: SIM115 -- closed by the with below
+            open(self.root / ".lock", "a").close()  # noqa: SIM115 -- only proves the wheelhouse is writable
         except OSError as e:  # read-only file system, no permission, an immutable directory
             raise InputError(f"cannot write to the wheelhouse {self.root}: {e.strerror}; pass a --wheelhouse "
                              "this user can write") from None
-        with f:
-            started = time.monotonic()
-            told = False
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if on_wait and not told:
-                        on_wait()
-                        told = True
-                    if timeout is not None and time.monotonic() - started > timeout:
-                        raise LockedError(f"{self.root}: another wheelfactory process holds the wheelhouse "
-                                          f"lock; waited {timeout:.0f}s. Try again when it finishes.") from None
-                    time.sleep(0.5)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(self.root / ".lock", on_wait, timeout=timeout, what=f"the wheelhouse lock {self.root}/.lock"):
+            yield
 
     def _write_manifest(self, wheels: Mapping[str, Any]) -> None:
         body = {"format": MANIFEST_FORMAT, "wheels": dict(sorted(wheels.items()))}

@@ -1,0 +1,220 @@
+"""A build step's life beyond the happy path: a failed step resumes, a dead one starts over, the
+wheelhouse lock is held only to publish, the venv installer is injectable, and the build inherits
+only the allowlisted part of the factory's environment."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from wheelfactory.buildenv import inherited_environ
+from wheelfactory.errors import BuildError, LockedError
+from wheelfactory.factory import Factory
+from wheelfactory.host import Host
+from wheelfactory.installer import PipInstaller
+from wheelfactory.stepbuild import STATE_FILE
+from wheelfactory.wheelhouse import Wheelhouse
+
+HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
+
+# A recipe that "compiles" one object into its source tree (once per tree), logs every hook call
+# to an events file outside the cache, and fails at the end while a flag file exists.
+RECIPE = '''
+import os
+from pathlib import Path
+from wheelfactory.errors import BuildError
+from wheelfactory.recipe import Recipe
+from wheelfactory.wheelpack import pack_tree
+
+RECIPE = Recipe(name="c", summary="test", source=None, outputs=("c",))
+EVENTS = Path({events!r})
+FAIL = Path({fail!r})
+
+def _event(text):
+    with EVENTS.open("a") as f:
+        f.write(text + "\\n")
+
+def prepare(ctx):
+    _event("prepare")
+
+def build(ctx):
+    obj = ctx.src / "obj.o"
+    if not obj.exists():
+        obj.write_text("compiled")
+        _event("compile")
+    ctx.run(["sh", "-c", "env > " + str(EVENTS.parent / "build.env")])
+    if FAIL.exists():
+        raise BuildError("[c] the link failed")
+    tree = ctx.work / "t"
+    (tree / "c").mkdir(parents=True, exist_ok=True)
+    (tree / "c" / "__init__.py").write_text("")
+    return [pack_tree(tree, "c", "1.0", "py3-none-any", ctx.dist, summary="t")]
+'''
+
+
+def setup(tmp_path: Path) -> Factory:
+    recipes = tmp_path / "recipes"
+    (recipes / "releases").mkdir(parents=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "README").write_text("source")
+    (recipes / "c.py").write_text(RECIPE.format(events=str(tmp_path / "events"), fail=str(tmp_path / "FAIL")))
+    (recipes / "releases" / "r.toml").write_text(
+        "[target]\npython = '3.11'\ncuda = '13.0'\ncuda_arch_list = ['9.0']\nplatform = 'linux_x86_64'\n"
+        f"[components.c]\nversion = '1.0'\nsource = {{ path = '{src}' }}\n")
+    return Factory(recipes, tmp_path / "wh", tmp_path / "cache", host_probe=lambda: HOST, system_cuda=True)
+
+
+def build(f: Factory, said: list[str] | None = None, installer=None, **options):
+    plan = f.plan(f.release("r"))
+    echo = said.append if said is not None else (lambda m: None)
+    return f.executor(plan, echo=echo, installer=installer, python=shutil.which("python3"), **options).build()
+
+
+def events(tmp_path: Path) -> list[str]:
+    return (tmp_path / "events").read_text().split()
+
+
+@pytest.mark.slow  # venvs, pip, sh
+def test_a_failed_step_resumes_without_preparing_or_compiling_again(tmp_path):
+    f = setup(tmp_path)
+    (tmp_path / "FAIL").touch()
+    with pytest.raises(BuildError, match="the next run of this step resumes it; --fresh starts over"):
+        build(f)
+    assert events(tmp_path) == ["prepare", "compile"]
+    (tmp_path / "FAIL").unlink()
+    said: list[str] = []
+    build(f, said)
+    assert events(tmp_path) == ["prepare", "compile"]  # neither prepared nor compiled again
+    assert any("resuming the work tree a run left (failed)" in m for m in said)
+    assert [e["component"] for e in f.wheelhouse.manifest().values()] == ["c"]
+    assert not list((f.cache_dir / "work").glob("c-*/src"))  # a finished step's tree is removed
+
+
+@pytest.mark.slow
+def test_fresh_starts_over(tmp_path):
+    f = setup(tmp_path)
+    (tmp_path / "FAIL").touch()
+    with pytest.raises(BuildError):
+        build(f)
+    (tmp_path / "FAIL").unlink()
+    build(f, fresh=True)
+    assert events(tmp_path) == ["prepare", "compile", "prepare", "compile"]
+
+
+@pytest.mark.slow
+def test_a_tree_whose_run_died_is_not_resumed(tmp_path):
+    f = setup(tmp_path)
+    (tmp_path / "FAIL").touch()
+    with pytest.raises(BuildError):
+        build(f)
+    # What a SIGKILLed run leaves: prepared, no end recorded, its pid gone.
+    state_file = next(p for p in (f.cache_dir / "work").glob("c-*") if p.is_dir()) / STATE_FILE
+    state = json.loads(state_file.read_text())
+    del state["stopped"]
+    state["pid"] = 2**22 + 7  # above pid_max's default: no such process
+    state_file.write_text(json.dumps(state))
+    (tmp_path / "FAIL").unlink()
+    said: list[str] = []
+    build(f, said)
+    assert events(tmp_path) == ["prepare", "compile", "prepare", "compile"]
+    assert any("was left by a run that died; starting over" in m for m in said)
+
+
+def _hold_wheelhouse(root: str, started, release) -> None:
+    with Wheelhouse(Path(root)).lock():
+        started.set()
+        release.wait(60)
+
+
+@pytest.mark.slow
+def test_the_wheelhouse_lock_is_taken_only_to_publish(tmp_path):
+    """A build runs while another process holds the wheelhouse lock; only publishing waits, and
+    with --wait it gives up with exit 3 naming the holder, keeping the built wheels for the next run."""
+    f = setup(tmp_path)
+    started, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_wheelhouse, args=(str(f.wheelhouse_dir), started, release))
+    holder.start()
+    try:
+        assert started.wait(10)
+        said: list[str] = []
+        with pytest.raises(LockedError, match=rf"held by pid {holder.pid} .*gave up after 1s") as e:
+            build(f, said, wait=1.0)
+        assert e.value.exit_code == 3
+        assert "the next run publishes them without building again" in str(e.value)
+        assert events(tmp_path) == ["prepare", "compile"]  # it built while the lock was held
+        assert any(f"waiting to publish: the wheelhouse lock is held by pid {holder.pid}" in m for m in said)
+        assert not list(f.wheelhouse_dir.glob("*.whl"))
+    finally:
+        release.set()
+        holder.join()
+    said = []
+    build(f, said)
+    assert events(tmp_path) == ["prepare", "compile"]  # published from staged/, not built again
+    assert any("publishing the wheels an earlier run built" in m for m in said)
+    assert [e["component"] for e in f.wheelhouse.manifest().values()] == ["c"]
+    assert not list((f.cache_dir / "staged").glob("*/*.whl"))  # the staged copy is gone once published
+
+
+class RecordingInstaller(PipInstaller):
+    """pip, but every call is written down."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def install(self, runner, python, requirements, find_links, env):
+        self.calls.append([str(r) for r in requirements])
+        super().install(runner, python, requirements, find_links, env)
+
+
+@pytest.mark.slow
+def test_the_installer_is_injected_and_the_build_env_is_an_allowlist(tmp_path, monkeypatch):
+    monkeypatch.setenv("WF_UNLISTED_SETTING", "leaks-if-seen")
+    monkeypatch.setenv("LC_MEASUREMENT", "en_GB.UTF-8")
+    monkeypatch.setenv("HF_TOKEN", "hf_canary_0123")
+    f = setup(tmp_path)
+    installer = RecordingInstaller()
+    build(f, installer=installer)
+    assert installer.calls == [["build", "wheel", "setuptools"]]
+    env = dict(line.split("=", 1) for line in (tmp_path / "build.env").read_text().splitlines() if "=" in line)
+    assert "WF_UNLISTED_SETTING" not in env and "HF_TOKEN" not in env
+    assert env["LC_MEASUREMENT"] == "en_GB.UTF-8"
+    assert env["SOURCE_DATE_EPOCH"] == "315532800" and env["PIP_CONFIG_FILE"] == os.devnull
+
+
+def test_inherited_environment_is_the_allowlist_plus_what_the_recipe_declares():
+    parent = {"PATH": "/usr/bin", "HOME": "/home/u", "LANG": "C.UTF-8", "LC_ALL": "C", "https_proxy": "http://p:3128",
+              "SSL_CERT_FILE": "/etc/ca.pem", "CCACHE_MAXSIZE": "80G", "PIP_INDEX_URL": "http://evil/simple",
+              "PYTHONPATH": "/tmp/x", "AWS_SECRET_ACCESS_KEY": "s", "GITHUB_TOKEN": "t", "TORCH_CUDA_ARCH_LIST": "8.0",
+              "MY_CACHE": "/big", "MY_API_TOKEN": "t2"}
+    env = inherited_environ(parent, pass_env=("MY_CACHE", "MY_API_TOKEN"))
+    assert set(env) == {"PATH", "HOME", "LANG", "LC_ALL", "https_proxy", "SSL_CERT_FILE", "CCACHE_MAXSIZE",
+                        "MY_CACHE", "PIP_CONFIG_FILE", "PIP_DISABLE_PIP_VERSION_CHECK"}
+    # a stray TORCH_CUDA_ARCH_LIST in the shell would change what is compiled without changing the key
+    assert "TORCH_CUDA_ARCH_LIST" not in env
+    assert env["PIP_CONFIG_FILE"] == os.devnull
+
+
+def test_the_wait_for_a_lock_is_bounded_and_names_the_holder(tmp_path):
+    """--wait: a lock file held by this very process through another descriptor times out."""
+    import fcntl
+
+    from wheelfactory.interrupt import file_lock
+
+    path = tmp_path / "x.lock"
+    path.write_text("pid 4242 (wheelfactory build torch) since 2026-11-27 10:00:00\n")
+    with open(path, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        told: list[str] = []
+        t0 = time.monotonic()
+        with pytest.raises(LockedError, match=r"held by pid 4242 \(wheelfactory build torch\).*gave up after 1s"):
+            with file_lock(path, told.append, timeout=1.0):
+                pass
+        assert time.monotonic() - t0 < 5
+        assert told == ["pid 4242 (wheelfactory build torch) since 2026-11-27 10:00:00"]

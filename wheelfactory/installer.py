@@ -1,0 +1,131 @@
+"""Filling a build venv: the dependency components' own wheels and the build requirements.
+
+The Executor is handed an Installer, so tests can give it one that records instead of running
+and users can choose pip over uv. Both install from local files only — the wheelhouse and the
+cache's pydeps/ directory (filled by `download`, the one place that talks to an index) — so a
+build never picks up a PyPI copy of a component the factory builds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from .errors import BuildError
+from .interrupt import file_lock
+from .runner import Runner
+from .wheelmeta import read_wheel
+
+# Always in a build venv: the PEP 517 front end and the usual backends' basics.
+BASE_BUILD_REQUIRES = ("build", "wheel", "setuptools")
+
+
+def find_uv() -> str | None:
+    """uv's binary: the one the uv package (a dependency) installed, else a uv on PATH, else None."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+class Installer(Protocol):
+    """How requirements get into a build venv."""
+
+    name: str
+
+    def install(self, runner: Runner, python: Path, requirements: Sequence[str], find_links: Sequence[Path],
+                env: Mapping[str, str]) -> None:
+        """Install `requirements` into the venv of `python` from the `find_links` directories only."""
+
+
+class PipInstaller:
+    """pip: unpacks and copies every wheel into every venv (minutes for torch with its CUDA wheels)."""
+
+    name = "pip"
+
+    def install(self, runner: Runner, python: Path, requirements: Sequence[str], find_links: Sequence[Path],
+                env: Mapping[str, str]) -> None:
+        links = [a for d in find_links for a in ("--find-links", str(d))]
+        runner.run([python, "-m", "pip", "install", "-q", "--no-index", *links, *requirements], env=env)
+
+
+class UvInstaller:
+    """uv: unpacks a wheel once into its cache and hard-links the files into each venv, so the
+    same torch in five build venvs costs seconds after the first. Same files, same resolution
+    rules over the same local directories; --no-config keeps a user's uv.toml out."""
+
+    name = "uv"
+
+    def __init__(self, uv: str, cache: Path):
+        self.uv = uv
+        self.cache = cache  # inside the factory's cache: one file system, so hard links work
+
+    def install(self, runner: Runner, python: Path, requirements: Sequence[str], find_links: Sequence[Path],
+                env: Mapping[str, str]) -> None:
+        links = [a for d in find_links for a in ("--find-links", str(d))]
+        runner.run([self.uv, "pip", "install", "--no-config", "--quiet", "--python", python, "--no-index",
+                    "--cache-dir", self.cache, "--link-mode", "hardlink", *links, *requirements], env=env)
+
+
+def default_installer(cache_dir: Path, prefer: str = "uv") -> Installer:
+    """uv when there is one (it is a dependency), else pip; `prefer="pip"` forces pip."""
+    uv = find_uv() if prefer == "uv" else None
+    return UvInstaller(uv, cache_dir / "uv") if uv else PipInstaller()
+
+
+def download(runner: Runner, python: str, requirements: Sequence[str], pydeps: Path, *,
+             wheelhouse: Path, index_url: str, local_names: Iterable[str]) -> None:
+    """Fill pydeps/ (the build requirements' wheels and sdists) from the index, so later installs
+    need none. One process at a time: two builds downloading into one directory would each see
+    the other's half-written files."""
+    pydeps.mkdir(parents=True, exist_ok=True)
+    with file_lock(pydeps.parent / "pydeps.lock", on_wait=lambda holder: runner.note(
+            f"waiting for {pydeps}: another download is filling it ({holder})")):
+        runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", pydeps,
+                    "--find-links", wheelhouse, "--index-url", index_url, *requirements])
+        # pip copies local wheels it was given into -d; the wheelhouse stays their only home.
+        for name in list(local_names) + [Path(r).name for r in requirements if r.endswith(".whl")]:
+            (pydeps / name).unlink(missing_ok=True)
+
+
+def build_requirements(tree: Path, declared_by_recipe: Sequence[str], provided: set[str]) -> list[str]:
+    """Build requirements from PyPI: the base set and the recipe's, plus the source's pyproject
+    [build-system] requires minus anything a dependency component provides (torch comes from the
+    wheelhouse, never from PyPI)."""
+    reqs = list(BASE_BUILD_REQUIRES) + list(declared_by_recipe)
+    pyproject = tree / "pyproject.toml"
+    if pyproject.exists():
+        try:
+            declared = tomllib.loads(pyproject.read_text()).get("build-system", {}).get("requires", [])
+        except tomllib.TOMLDecodeError as e:
+            raise BuildError(f"{pyproject}: not valid TOML: {e}") from None
+        for text in declared:
+            try:
+                if canonicalize_name(Requirement(text).name) not in provided:
+                    reqs.append(text)
+            except InvalidRequirement:
+                raise BuildError(f"{pyproject}: bad build requirement {text!r}") from None
+    return reqs
+
+
+def check_installed_from(site: Path, wheel: Path) -> None:
+    """Prove a venv's copy of a distribution came from this exact wheelhouse file (PEP 610 record)."""
+    info = read_wheel(wheel)
+    dist_info = site / f"{info.dist.replace('-', '_')}-{info.version}.dist-info"
+    direct = dist_info / "direct_url.json"
+    if not direct.exists():
+        raise BuildError(f"{info.dist} {info.version} in {site} was not installed from {wheel} "
+                         "(no direct_url.json); a copy from another index replaced the factory's wheel")
+    url = json.loads(direct.read_text()).get("url", "")
+    if Path(unquote(urlparse(url).path)).resolve() != wheel.resolve():
+        raise BuildError(f"{info.dist} in {site} came from {url}, not the wheelhouse file {wheel}")
