@@ -11,15 +11,17 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from wheelfactory.errors import BuildError, InputError
 from wheelfactory.factory import Factory
-from wheelfactory.lock import Lock, read_lock
+from wheelfactory.lock import Lock, lock_paths, read_lock
+from wheelfactory.recipe import LoadedRecipe
 from wheelfactory.release import Release
 from wheelfactory.wheelhouse import atomic_write_text
 
@@ -32,6 +34,7 @@ from .dockerfile import render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
 from .report import SizeReport, measure
 from .spec import ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
+from .syslibs import needed_system_packages, variant_sets
 
 
 @dataclass
@@ -46,11 +49,15 @@ class Prepared:
     build_keys: dict[str, str]  # build arg -> the wheelhouse's build key
     log: Path
     timings: dict[str, float] = field(default_factory=dict)
+    # (python package, why, system package names) installed before the venv (system_libraries.toml)
+    system: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    preview: bool = False  # written from the release's pins without a lock: not buildable
 
     @property
     def run_names(self) -> list[str]:
         """Names of the image's RUN layers, in order."""
-        return (["python"] if self.base.needs_python else []) + ["venv"] + [x.name for x in self.layers]
+        return (["python"] if self.base.needs_python else []) + (["system"] if self.system else []) + \
+            ["venv"] + [x.name for x in self.layers]
 
 
 def _public(version: str) -> str:
@@ -91,6 +98,13 @@ def check_lock(release: Release, lock: Lock, wheel_dir: Path) -> None:
                          f"{', '.join(p.filename for p in missing[:5])}{' ...' if len(missing) > 5 else ''}; run {cmd}")
 
 
+def preview_packages(release: Release, recipes: Mapping[str, LoadedRecipe]) -> set[str]:
+    """The packages a release names without a lock: each component's wheels (its recipe's outputs)
+    and its [pins]."""
+    names = {canonicalize_name(o) for c in release.components for o in recipes[c].recipe.outputs}
+    return names | {canonicalize_name(p) for p in release.pins}
+
+
 def check_base(spec: ImageSpec, base: BaseImage, lock: Lock) -> None:
     """Every locked wheel installs on the base's Python and platform."""
     bad = incompatible_wheels((p.filename for p in lock.packages), base)
@@ -125,12 +139,17 @@ class Assembler:
 
     # -- without Docker ---------------------------------------------------------------------
 
-    def prepare(self, release_name: str) -> list[Prepared]:
-        """Check the release, its lock and bases, and write Dockerfiles, bake file and context."""
+    def prepare(self, release_name: str, preview_without_lock: bool = False) -> list[Prepared]:
+        """Check the release, its lock and bases, and write Dockerfiles, bake file and context.
+
+        With `preview_without_lock`, a release that has no lock yet gets a preview instead: its
+        Dockerfiles and bake file written from the release's pins (no context, no build keys)."""
         release = self.factory.release(release_name)
         specs = image_specs(release, self.factory.data_root("cuda_wheels.toml"), self.settings)
         bases = [find_base(s.base, self.bases) for s in specs]
         wh = self.factory.wheelhouse
+        if preview_without_lock and not lock_paths(wh, release.name)[0].exists():
+            return self._preview(release, specs, bases)
         lock = read_lock(wh, release.name)
         check_lock(release, lock, wh.root)
         for spec, base in zip(specs, bases, strict=True):
@@ -151,11 +170,34 @@ class Assembler:
         write_context(context, layers, wh.root)
         prepared = []
         for spec, base in zip(specs, bases, strict=True):
+            system = needed_system_packages((p.name for p in lock.packages), base.family, base.ref)
             dockerfile = out / f"{spec.name}.Dockerfile"
-            atomic_write_text(dockerfile, render_dockerfile(spec, base, [(x.name, x.group.about) for x in layers]))
-            prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log"))
+            atomic_write_text(dockerfile, render_dockerfile(spec, base, [(x.name, x.group.about) for x in layers],
+                                                            system=system))
+            prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log",
+                                     system=system))
         bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
+        return prepared
+
+    def _preview(self, release: Release, specs: list[ImageSpec], bases: list[BaseImage]) -> list[Prepared]:
+        """Dockerfiles and bake file of a release with no lock, from its pins: the components'
+        wheels and [pins] stand for the package set; one layer per layer group, no context."""
+        names = preview_packages(release, self.factory.recipes)
+        self.echo(f"{release.name}: PREVIEW: no lock in {self.factory.wheelhouse.root}; the package list is a preview "
+                  f"from the release pins ({', '.join(sorted(names))}), not a locked set. No build context was "
+                  f"written; the layer split and the system libraries of dependencies outside the pins come with "
+                  f"`wheelfactory lock --release {release.name}`.")
+        out = self.output_dir / release.name
+        prepared = []
+        for spec, base in zip(specs, bases, strict=True):
+            system = needed_system_packages(names, base.family, base.ref)
+            dockerfile = out / f"{spec.name}.Dockerfile"
+            atomic_write_text(dockerfile, render_dockerfile(spec, base, [(g.name, g.about) for g in spec.groups],
+                                                            system=system, preview=True))
+            prepared.append(Prepared(spec, base, [], dockerfile, out / "context", {}, out / f"{spec.name}.build.log",
+                                     system=system, preview=True))
+        atomic_write_text(out / "docker-bake.hcl", render_bake(specs, self.settings.registry))
         return prepared
 
     def _other_locks(self, release: str) -> list[Lock]:
@@ -190,8 +232,13 @@ class Assembler:
 
     def build(self, p: Prepared, buildx: bool) -> None:
         """Build one image (no network unless the base must install Python)."""
+        if p.preview:
+            raise InputError(f"{p.dockerfile} is a preview without a lock; run `wheelfactory lock --release "
+                             f"{p.spec.release}` first")
+        # The network only for a package manager: Python or system libraries to install.
         cmd = self.docker.build_command(p.dockerfile, p.context, p.spec.ref(self.settings.registry),
-                                        self.build_args(p), network_none=not p.base.needs_python, buildx=buildx)
+                                        self.build_args(p), network_none=not (p.base.needs_python or p.system),
+                                        buildx=buildx)
         started = time.monotonic()
         self.docker.build(cmd, p.log)
         p.timings["build_s"] = time.monotonic() - started
@@ -205,7 +252,7 @@ class Assembler:
         with tempfile.TemporaryDirectory(dir=self.output_dir) as tmp:
             tar = Path(tmp) / "image.tar"
             self.docker.export(ref, tar)
-            report = check_tar(tar, env)
+            report = check_tar(tar, env, variants=variant_sets())
         p.timings["closure_s"] = time.monotonic() - started
         return report
 

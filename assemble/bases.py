@@ -30,6 +30,7 @@ class BaseImage:
     dev_packages: tuple[str, ...]  # build tooling for -dev images
     cuda: str | None = None
     jit_packages: tuple[str, ...] = ()  # the host compiler of images with a JIT toolkit
+    family: str | None = None  # distribution family (debian), for system_libraries.toml
 
     @property
     def needs_python(self) -> bool:
@@ -48,7 +49,7 @@ def load_bases(data: Mapping[str, Any] | None = None) -> dict[str, BaseImage]:
         pkgs = provision.get(how, {})
         out[ref] = BaseImage(ref, t["python"], t.get("python_executable", "/usr/bin/python3"),
                              tuple(t["platforms"]), t["glibc"], how, tuple(pkgs.get("python", ())),
-                             tuple(pkgs.get("dev", ())), t.get("cuda"), tuple(pkgs.get("jit", ())))
+                             tuple(pkgs.get("dev", ())), t.get("cuda"), tuple(pkgs.get("jit", ())), t.get("family"))
     return out
 
 

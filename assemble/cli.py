@@ -56,7 +56,8 @@ def _releases(factory: Factory, names: tuple[str, ...], all_: bool) -> list[str]
 @click.option("--base-image", help="Build on this base instead of the release's (known in assemble/data/bases.toml).")
 @click.option("--max-layer-gb", type=click.FloatRange(min=0.001), default=8.0, show_default=True,
               help="Split a layer group whose wheels install more than this (registries reject layers over 10 GB).")
-@click.option("--no-build", is_flag=True, help="Only write the Dockerfiles, bake file and build contexts.")
+@click.option("--no-build", is_flag=True, help="Only write the Dockerfiles, bake file and build contexts; a release "
+              "without a lock gets a preview from its pins (Dockerfiles and bake file only).")
 @click.option("--no-check", is_flag=True, help="Skip the shared-library closure check of the built images.")
 @click.option("--docker", "docker_bin", envvar="WHEELFACTORY_DOCKER", default=None,
               help="The docker client (default: /usr/bin/docker when present, else docker on PATH).")
@@ -70,9 +71,13 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
     names = _releases(factory, releases, all_)
     prepared: list[Prepared] = []
     for name in names:  # every release is checked before Docker runs
-        prepared += asm.prepare(name)
+        prepared += asm.prepare(name, preview_without_lock=no_build)
     for p in prepared:
-        _echo(f"wrote {p.dockerfile} ({len(p.layers)} wheel layers) and {p.dockerfile.parent / 'docker-bake.hcl'}")
+        if p.preview:
+            _echo(f"wrote PREVIEW {p.dockerfile} ({len(p.spec.groups)} layer groups, from the release pins, not a "
+                  f"locked set) and {p.dockerfile.parent / 'docker-bake.hcl'}")
+        else:
+            _echo(f"wrote {p.dockerfile} ({len(p.layers)} wheel layers) and {p.dockerfile.parent / 'docker-bake.hcl'}")
     if no_build:
         return
     buildx = asm.require_engine()
@@ -90,6 +95,8 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
                 _echo(f"  warning: {w}")
             for e in closure.errors:
                 _echo(f"  error: {e}")
+            for note in closure.notes:
+                _echo(f"  {note}")
             _echo(f"closure of {ref}: {closure.checked} ELF objects, {len(closure.errors)} missing, "
                   f"{len(closure.warnings)} warning(s) ({p.timings['closure_s']:.1f}s)")
             if not closure.ok:

@@ -5,12 +5,17 @@ loader would: DT_RPATH (when there is no DT_RUNPATH), LD_LIBRARY_PATH of the ima
 DT_RUNPATH, the directories of /etc/ld.so.conf (and its includes), then the default directories,
 with $ORIGIN expanded and symbolic links followed inside the image. Libraries the NVIDIA container
 runtime injects from the host (assemble/data/host_libraries.toml) count as found.
+
+A package that ships alternative builds of one library (torchcodec: one per FFmpeg major, loaded
+by trying each) declares them as a variant set (assemble/data/system_libraries.toml `variants`):
+the image passes when the files of at least one variant resolve; the others are noted, not failed.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +65,7 @@ class ClosureReport:
     checked: int = 0
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how each variant set was decided
 
     @property
     def ok(self) -> bool:
@@ -193,8 +199,11 @@ def _expand(entries: Iterable[str], origin: str) -> list[str]:
 
 
 def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], optional: Mapping[str, str],
-               only_under: Sequence[str] = ()) -> ClosureReport:
-    """Check every ELF object of the image (or those under `only_under`) against the image."""
+               only_under: Sequence[str] = (), variants: Mapping[str, re.Pattern[str]] | None = None) -> ClosureReport:
+    """Check every ELF object of the image (or those under `only_under`) against the image.
+
+    `variants`: name -> a pattern over ELF paths whose first group names the variant of a set of
+    alternatives; one variant whose files all resolve suffices (see `accept_variants`)."""
     objects: dict[str, ElfObject] = {}
     for path, m in tree.entries.items():
         if m.isfile() and m.size >= 52 or m.islnk():
@@ -235,7 +244,45 @@ def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], opti
                                                "`import torch`) provides it"))
             else:
                 report.errors.append(Finding(obj.path, needed, "found nowhere in the image"))
+    checked_paths = [o.path for o in objects.values()
+                     if (not only_under or any(o.path.startswith(p.rstrip("/") + "/") for p in only_under))
+                     and not (machine and o.machine != machine)]
+    for name, pattern in sorted((variants or {}).items()):
+        accept_variants(report, name, pattern, checked_paths)
     return report
+
+
+def _variant_key(v: str) -> tuple[int, str]:
+    return (int(v), v) if v.isdigit() else (1 << 30, v)
+
+
+def accept_variants(report: ClosureReport, name: str, pattern: re.Pattern[str], paths: Iterable[str]) -> None:
+    """Decide one variant set: when the files of some variant have no error, the errors of the
+    other variants leave `report.errors` (they are alternatives never loaded); a note says which."""
+    members: dict[str, str] = {}
+    for path in paths:
+        if (m := pattern.search(path)) is not None:
+            members[path] = m.group(1)
+    if not members:
+        return
+    variants = sorted(set(members.values()), key=_variant_key)
+    failing: dict[str, list[Finding]] = {v: [] for v in variants}
+    for e in report.errors:
+        if e.path in members:
+            failing[members[e.path]].append(e)
+    ok = [v for v in variants if not failing[v]]
+    if not ok:
+        report.notes.append(f"{name}: none of its variants {', '.join(variants)} resolves in the image "
+                            "(any one would do); its errors stand")
+        return
+    missing = sorted({e.needed for v in variants for e in failing[v]})
+    report.errors = [e for e in report.errors if e.path not in members]
+    others = [v for v in variants if failing[v]]
+    note = f"{name}: variant {', '.join(ok)} of {', '.join(variants)} resolves"
+    if others:
+        note += (f"; variants {', '.join(others)} do not ({len(missing)} libraries not in the image, e.g. "
+                 f"{', '.join(missing[:3])}) and are accepted as unused alternatives")
+    report.notes.append(note)
 
 
 def _find(tree: ImageTree, objects: Mapping[str, ElfObject], obj: ElfObject, needed: str, dirs: list[str]) -> bool:
@@ -249,8 +296,9 @@ def _find(tree: ImageTree, objects: Mapping[str, ElfObject], obj: ElfObject, nee
     return False
 
 
-def check_tar(tar_path: Path, env: Mapping[str, str], only_under: Sequence[str] = ()) -> ClosureReport:
-    """Check an exported image file system with the host-library data file."""
+def check_tar(tar_path: Path, env: Mapping[str, str], only_under: Sequence[str] = (),
+              variants: Mapping[str, re.Pattern[str]] | None = None) -> ClosureReport:
+    """Check an exported image file system with the host-library data file (and variant sets)."""
     injected, optional = host_libraries()
     with tarfile.open(tar_path) as tar:
-        return check_tree(ImageTree(tar), env, injected, optional, only_under)
+        return check_tree(ImageTree(tar), env, injected, optional, only_under, variants)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import click.testing
 import pytest
 
+import wheelfactory.cli
 from wheelfactory.factory import Factory
-from wheelfactory.host import Host
+from wheelfactory.host import Host, detect_host
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -23,6 +28,126 @@ CI_RELEASES = Path(__file__).resolve().parent / "releases"
 
 # A Spark-like host, fixed so plan tests do not depend on the machine running them.
 SPARK = Host(platform="linux_aarch64", cuda_home="/usr/local/cuda", toolkit="13.1", cpus=20, mem_available_gb=110.0)
+
+
+class HermeticGuard:
+    """The fast tier is hermetic: a test not marked `slow` may neither reach the network (a socket
+    connect to anything but an AF_UNIX path) nor start a process (subprocess.Popen, os.posix_spawn,
+    os.fork, os.system). A test that needs either is marked slow, or calls the CLI in-process
+    (`invoke` below) instead of through `run_cli`.
+
+    The guard is installed around each phase (setup, call, teardown) of every fast test, so it also
+    covers the fixtures that test sets up. A violation fails the test with pytest.fail (a
+    BaseException, so no `except OSError` in the code under test can swallow it) and is recorded, so
+    a violation that something swallowed anyway still fails the test when its phase ends.
+    """
+
+    def __init__(self) -> None:
+        self.test = ""
+        self.violations: list[str] = []
+        self._saved: list[tuple[object, str, object]] = []
+
+    def _refuse(self, what: str) -> None:
+        message = (f"{self.test}: {what}. Tests not marked `slow` are hermetic (no network, no subprocess): "
+                   "call the CLI in-process with tests.conftest.invoke, or mark the test @pytest.mark.slow "
+                   "if it really runs an external tool")
+        self.violations.append(message)
+        pytest.fail(message, pytrace=True)
+
+    def _patch(self, owner: object, name: str, replacement: object) -> None:
+        if hasattr(owner, name):
+            self._saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, replacement)
+
+    def install(self, test: str) -> None:
+        self.test, self.violations = test, []
+        guard = self
+        real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+        def connect(sock, address):
+            if sock.family != socket.AF_UNIX:
+                guard._refuse(f"network access: socket connect to {address!r}")
+            return real_connect(sock, address)
+
+        def connect_ex(sock, address):
+            if sock.family != socket.AF_UNIX:
+                guard._refuse(f"network access: socket connect_ex to {address!r}")
+            return real_connect_ex(sock, address)
+
+        real_getaddrinfo = socket.getaddrinfo
+
+        def getaddrinfo(host, *args, **kwargs):
+            # A name lookup asks a DNS server; a numeric address or localhost asks nobody.
+            name = host.decode() if isinstance(host, bytes) else host
+            if name not in (None, "", "localhost") and not _numeric(name):
+                guard._refuse(f"network access: name lookup of {name!r}")
+            return real_getaddrinfo(host, *args, **kwargs)
+
+        def execute_child(popen, args, *rest, **kwargs):
+            guard._refuse(f"subprocess start: {args!r}")
+
+        def refused(what: str):
+            def call(*args, **kwargs):
+                guard._refuse(f"process start: {what}({', '.join(repr(a) for a in args[:2])})")
+            return call
+
+        self._patch(socket.socket, "connect", connect)
+        self._patch(socket.socket, "connect_ex", connect_ex)
+        self._patch(socket, "getaddrinfo", getaddrinfo)
+        self._patch(subprocess.Popen, "_execute_child", execute_child)
+        for name in ("posix_spawn", "posix_spawnp", "fork", "forkpty", "system"):
+            self._patch(os, name, refused(f"os.{name}"))
+
+    def remove(self) -> list[str]:
+        while self._saved:
+            owner, name, original = self._saved.pop()
+            setattr(owner, name, original)
+        return self.violations
+
+
+def pytest_sessionstart(session):
+    """The host's facts are read once per process (detect_host is cached), with `nvcc --version`
+    where a CUDA toolkit is installed: read them here, before any test, so that a fast test planning
+    through the CLI in-process sees the real host as a subprocess of the CLI did, and starts nothing."""
+    detect_host()
+
+
+def _numeric(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield from _hermetic(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    yield from _hermetic(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield from _hermetic(item)
+
+
+def _hermetic(item):
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    guard = HermeticGuard()
+    guard.install(item.nodeid)
+    try:
+        outcome = yield
+    finally:
+        violations = guard.remove()
+    if violations and outcome.excinfo is None:
+        # Refused, and the refusal swallowed on the way (an `except BaseException`): still a failure.
+        outcome.force_exception(pytest.fail.Exception(violations[0], pytrace=False))
 
 
 @pytest.fixture
@@ -36,6 +161,44 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     full_env = dict(os.environ) | (env or {})
     return subprocess.run([sys.executable, "-m", "wheelfactory", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+           input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the `wheelfactory` entry point in this process, as `run_cli` runs it in a subprocess:
+    the same `main()` (its error messages and exit codes), given `args` as the command line, with
+    `env` added to the environment and `cwd` as the working directory for the call. Only the signal
+    handlers main() installs are left out (pytest's own must stay). Returns what run_cli returns:
+    returncode, stdout and stderr."""
+    runner = click.testing.CliRunner()
+    code = 0
+    with contextlib.ExitStack() as stack:
+        stdout, stderr, _ = stack.enter_context(runner.isolation(input=input, env=env))
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        stack.enter_context(_patched(sys, "argv", ["wheelfactory", *args]))
+        stack.enter_context(_patched(wheelfactory.cli, "install_handlers", lambda: None))
+        try:
+            wheelfactory.cli.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        out, err = stdout.getvalue().decode(), stderr.getvalue().decode()
+    return subprocess.CompletedProcess(["wheelfactory", *args], code, out, err)
+
+
+@contextlib.contextmanager
+def _patched(owner: object, name: str, value: object):
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
 
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),

@@ -11,7 +11,7 @@ from wheelfactory.errors import InputError
 from wheelfactory.recipe import Recipe, Target
 from wheelfactory.wheelpack import pack_tree
 
-from .conftest import CI_RELEASES, run_cli
+from .conftest import CI_RELEASES, invoke
 
 TORCH = Recipe(name="torch", summary="", source=None, outputs=("torch",))
 NCCL = Recipe(name="nccl", summary="", source=None, outputs=("nvidia-nccl-cu13",), version_pattern=r"\d+\.\d+\.\d+-\d+")
@@ -85,7 +85,7 @@ def test_good_adopt_specs_pass(spec):
 
 
 def test_unparseable_requirement_exits_2_and_publishes_nothing(tmp_path):
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch",
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch",
                 "torch>>>=!!2", "-r", str(CI_RELEASES / "ci.toml"))
     assert r.returncode == 2, r.stderr
     assert "--adopt torch=torch>>>=!!2: 'torch>>>=!!2' is neither a wheel path" in r.stderr
@@ -101,7 +101,7 @@ def test_adopting_a_wrong_wheel_exits_2_and_publishes_nothing(tmp_path, version,
     (tree / "torch").mkdir(parents=True)
     (tree / "torch" / "__init__.py").write_text("")
     wheel = pack_tree(tree, "torch", version, tag, tmp_path / "dist", summary="a wrong torch")
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch",
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch",
                 str(wheel), "-r", str(CI_RELEASES / "ci.toml"))
     assert r.returncode == 2, r.stderr
     assert f"[torch] adopted wheel {wheel.name}: " in r.stderr and why in r.stderr

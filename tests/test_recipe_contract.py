@@ -16,7 +16,7 @@ from wheelfactory.errors import InputError
 from wheelfactory.factory import Factory
 from wheelfactory.recipe import Option, load_recipes, recipe_data, version_table
 
-from .conftest import RECIPES, SPARK, run_cli
+from .conftest import RECIPES, SPARK, invoke
 
 HEADER = "from wheelfactory.recipe import Recipe\nRECIPE = Recipe(name='x', summary='', source=None, outputs=('x',))\n"
 
@@ -132,7 +132,7 @@ def test_bad_options_are_refused_at_load(tmp_path, factory, text, expected):
 
 def test_option_typo_exits_2_through_the_cli(tmp_path):
     p = release_file(tmp_path, '[components.vllm]\nversion = "0.15.0"\noptions = { kernel = false }\n')
-    r = run_cli("--wheelhouse", str(tmp_path / "wh"), "plan", "-r", str(p))
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "plan", "-r", str(p))
     assert r.returncode == 2
     assert "options.kernel: unknown option 'kernel' (did you mean 'kernels'?)" in r.stderr
     assert "Traceback" not in r.stderr
@@ -164,13 +164,13 @@ def _with_options(rel, name, options):
 
 
 def test_list_options_shows_each_declared_option():
-    r = run_cli("list", "--options")
+    r = invoke("list", "--options")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert ("      options.kernels (bool, default true): false: VLLM_TARGET_DEVICE=empty, a pure-Python wheel "
             "without CUDA kernels (CI, plan-only checks)") in lines
     assert any(line.startswith("      options.jit_cache (bool, default false): ") for line in lines)
-    assert "options." not in run_cli("list").stdout
+    assert "options." not in invoke("list").stdout
 
 
 # -- data files ----------------------------------------------------------------------------------

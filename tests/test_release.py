@@ -127,7 +127,20 @@ def test_release_by_path_and_user_extends(tmp_path, recipes):
     (BASE + '[image]\nkind = "vlm"\n',
      "{p} [image].kind: unknown kind 'vlm' (did you mean 'vllm'?); expected one of ['pytorch', 'vllm']"),
     (BASE + '[overrides]\ntransformers = "why"\n',
-     "{p} [overrides].transformers: only a pin can override; add transformers = '<version>' under [pins]"),
+     "{p} [overrides].transformers: only a pin or a component can override; add transformers = '<version>' "
+     "under [pins], or [components.transformers] with its version"),
+    (BASE + '[overrides]\nnccl = ""\n',
+     "{p} [overrides].nccl: an override needs its reason, a non-empty string saying why nccl 2.29.2-1 wins over "
+     "what other packages declare; got ''"),
+    (BASE + '[overrides]\nnccl = "   "\n',
+     "{p} [overrides].nccl: an override needs its reason, a non-empty string saying why nccl 2.29.2-1 wins over "
+     "what other packages declare; got '   '"),
+    (BASE + '[pins]\nray = "2.53.0"\n[overrides]\nray = true\n',
+     "{p} [overrides].ray: an override needs its reason, a non-empty string saying why ray 2.53.0 wins over "
+     "what other packages declare; got True"),
+    (BASE + '[overrides]\nnccl = { version = "2.30.7-1" }\n',
+     "{p} [overrides].nccl: an override is the reason as a string (the version is the component's), e.g. "
+     'nccl = "vLLM pins nccl==X; this release runs Y"'),
     ('extends = "0.15.0-t9"\n', "{p}: extends: unknown release '0.15.0-t9' (did you mean '0.15.0-t5'?); "
      "`wheelfactory list` shows the releases, or pass a path to a TOML file"),
 ])
@@ -174,3 +187,23 @@ def test_recipe_name_must_match_file(tmp_path):
                                    "RECIPE = Recipe(name='y', summary='', source=None, outputs=('y',))\n")
     with pytest.raises(InputError, match="must match the file name"):
         load_recipes(tmp_path)
+
+
+def test_a_component_override_carries_its_reason_and_the_components_version(tmp_path, recipes):
+    p = write(tmp_path, 'extends = "0.33.0-t5"\n[components.torch]\nversion = "2.14.1"\nadopt = "torch==2.14.1"\n'
+                        '[overrides]\ntorch = "  vLLM pins torch==2.14.0; the official 2.14.1 wheel is adopted  "\n')
+    rel = load(str(p), recipes)
+    assert rel.overrides == {"torch": "vLLM pins torch==2.14.0; the official 2.14.1 wheel is adopted"}
+    assert rel.override_table() == {"torch": {
+        "kind": "component", "version": "2.14.1",
+        "reason": "vLLM pins torch==2.14.0; the official 2.14.1 wheel is adopted"}}
+
+
+def test_overrides_of_pins_and_components_are_inherited_and_merged(tmp_path, recipes):
+    write(tmp_path, 'extends = "0.15.0-t5"\n[overrides]\ntriton = "torch 2.10.0 wants another triton"\n',
+          name="parent.toml")
+    p = write(tmp_path, 'extends = "parent.toml"\n')
+    table = load(str(p), recipes).override_table()
+    assert sorted(table) == ["transformers", "triton"]
+    assert table["transformers"]["kind"] == "pin" and table["transformers"]["version"] == "5.0.0"
+    assert table["triton"] == {"kind": "component", "version": "3.5.1", "reason": "torch 2.10.0 wants another triton"}

@@ -49,6 +49,7 @@ def test_parent_secrets_are_not_in_the_build_environment(monkeypatch):
     assert env["CUDA_HOME"] == "/opt/cuda"
 
 
+@pytest.mark.slow  # runs sh through the Runner
 def test_runner_hides_secret_values_in_log_and_error(tmp_path):
     r = Runner("c", tmp_path / "log", base_env={"PATH": "/usr/bin:/bin"})
     r.hide([CANARY])
@@ -98,6 +99,7 @@ SECRET_BODY = ("import os\n"
                f"    {OK_BODY}")
 
 
+@pytest.mark.slow  # runs a build: venv, pip, sh
 def test_a_build_gets_the_secret_and_nothing_stores_it(tmp_path, monkeypatch):
     f, _ = setup(tmp_path, {"a": (SECRET_BODY, ())})
     monkeypatch.setenv("MY_TOKEN", CANARY)

@@ -33,6 +33,7 @@ def test_atomic_write_honours_the_umask(tmp_path, umask022):
     assert mode(tmp_path / "b") == 0o600
 
 
+@pytest.mark.slow  # runs a build: venv, pip
 def test_published_wheelhouse_is_world_readable_and_staged_is_emptied(tmp_path, umask022):
     f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
     plan = f.plan(f.release("r"), ("a",))

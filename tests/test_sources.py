@@ -107,6 +107,7 @@ def make_tar(members: dict[str, bytes], links: dict[str, str] | None = None) -> 
     return buf.getvalue()
 
 
+@pytest.mark.slow  # an HTTP server on the loopback
 def test_url_archive_verified_and_unpacked(tmp_path, server, runner):
     root, base = server
     data = make_tar({"pkg-1.0/setup.py": b"# hi\n", "pkg-1.0/src/x.c": b"int x;\n"})
@@ -116,6 +117,7 @@ def test_url_archive_verified_and_unpacked(tmp_path, server, runner):
     assert (tree / "src" / "x.c").read_text() == "int x;\n"
 
 
+@pytest.mark.slow  # an HTTP server on the loopback
 def test_url_archive_with_wrong_sha_is_refused(tmp_path, server, runner):
     root, base = server
     (root / "pkg.tar.gz").write_bytes(make_tar({"pkg/a": b"a"}))

@@ -218,3 +218,27 @@ def test_the_wait_for_a_lock_is_bounded_and_names_the_holder(tmp_path):
                 pass
         assert time.monotonic() - t0 < 5
         assert told == ["pid 4242 (wheelfactory build torch) since 2026-11-27 10:00:00"]
+
+
+def test_the_build_commands_options_reach_the_executor(tmp_path, monkeypatch):
+    from wheelfactory.factory import Factory as FactoryClass
+
+    from .conftest import CI_RELEASES, invoke
+
+    seen: dict[str, object] = {}
+
+    class NoBuild:
+        def build(self):
+            return []
+
+    def capture(self, plan, echo, installer=None, **options):
+        seen.update(options)
+        return NoBuild()
+
+    monkeypatch.setattr(FactoryClass, "executor", capture)
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "cache"), "build", "--offline",
+               "--no-host-check", "--fresh", "--wait", "90", "--pip", "-r", str(CI_RELEASES / "ci.toml"), "nccl")
+    assert r.returncode == 0, r.stderr
+    assert (seen["fresh"], seen["wait"], seen["use_pip"], seen["offline"]) == (True, 90.0, True, True)
+    r = invoke("build", "--wait", "-1", "-r", str(CI_RELEASES / "ci.toml"))
+    assert r.returncode == 2 and "--wait" in r.stderr

@@ -15,7 +15,7 @@ from wheelfactory.factory import Factory
 from wheelfactory.wheelhouse import Wheelhouse
 from wheelfactory.wheelpack import pack_tree
 
-from .conftest import RECIPES, SPARK, run_cli
+from .conftest import RECIPES, SPARK, invoke
 
 
 def make_wheel(tmp: Path, dist: str, version: str, payload: str = "") -> Path:
@@ -143,7 +143,7 @@ def test_verify_option_catches_a_flip_the_fast_path_trusts(adopting):
 
 
 def test_build_help_documents_verify():
-    r = run_cli("build", "--help")
+    r = invoke("build", "--help")
     assert r.returncode == 0 and "--verify" in r.stdout
 
 
@@ -166,7 +166,7 @@ def full_wheelhouse(tmp_path) -> Wheelhouse:
 
 
 def verify(wh: Wheelhouse):
-    return run_cli("--wheelhouse", str(wh.root), "verify")
+    return invoke("--wheelhouse", str(wh.root), "verify")
 
 
 def test_verify_passes_a_clean_wheelhouse(full_wheelhouse):
@@ -210,6 +210,6 @@ def test_verify_finds_an_index_missing_a_project(full_wheelhouse):
 
 
 def test_verify_of_a_missing_wheelhouse_is_bad_input(tmp_path):
-    r = run_cli("--wheelhouse", str(tmp_path / "nowhere"), "verify")
+    r = invoke("--wheelhouse", str(tmp_path / "nowhere"), "verify")
     assert r.returncode == 2 and f"no wheelhouse at {tmp_path / 'nowhere'}" in r.stderr
     assert not (tmp_path / "nowhere").exists()

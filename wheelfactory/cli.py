@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -22,6 +23,7 @@ from .installed import repack_installed
 from .interrupt import Interrupted, install_handlers
 from .lock import lock_paths, lock_release
 from .plan import CACHED, Plan
+from .progress import QUIET, output_mode_set
 from .rebuild import components_to_rebuild
 from .release import list_releases
 from .runner import Runner
@@ -170,6 +172,10 @@ def _print_plan(plan: Plan) -> None:
             click.echo(f"      {k}={v}")
     if plan.pins:
         click.echo("pinned from PyPI: " + ", ".join(f"{n}=={v}" for n, v in sorted(plan.pins.items())))
+    if plan.overrides:
+        click.echo("overrides (win over what other packages declare; `lock` resolves with them):")
+        for name, o in plan.overrides.items():
+            click.echo(f"  {name}=={o['version']} ({o['kind']}): {o['reason']}")
 
 
 def _python_first(plan: Plan, python: str | None) -> None:
@@ -229,16 +235,28 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                    "tree, publish nothing. `--until configure` prints the device code the build would compile.")
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo build output as well as logging it.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print only warnings, errors and the final summary: no status line, no step lines.")
 @click.option("--rebuild", "rebuild", multiple=True, metavar="COMPONENT",
               help="Build COMPONENT again even if cached (repeatable); its old wheels go to attic/.")
 @click.option("--force", is_flag=True, help="Build every step of the plan again even if cached.")
 @click.option("--no-host-check", is_flag=True, help="Skip the host checks that run first (see `wheelfactory doctor`).")
+@click.option("--fresh", is_flag=True,
+              help="Start every step over: never resume a work tree a failed or stopped run left.")
+@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Give up (exit 3) when the wheelhouse lock is still held by another process after SECONDS "
+                   "(default: wait as long as it takes, saying who holds it once a minute). Builds run outside "
+                   "the lock; only publishing waits.")
+@click.option("--pip", "use_pip", is_flag=True, help="Fill build venvs with pip instead of uv (slower; the same files).")
 @click.pass_obj
 def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
           source_dirs: tuple[str, ...], adopt: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool,
-          until: str | None, python: str | None, verbose: bool, rebuild: tuple[str, ...], force: bool,
-          no_host_check: bool) -> None:
+          until: str | None, python: str | None, verbose: bool, quiet: bool, rebuild: tuple[str, ...],
+          force: bool, no_host_check: bool, fresh: bool, wait: float | None, use_pip: bool) -> None:
     """Build TARGETS (default: the whole release) and their dependencies into the wheelhouse."""
+    if quiet and verbose:
+        raise InputError("--quiet and --verbose contradict each other; pass one of them")
+    echo = _quiet_echo if quiet else _echo
     started = time.monotonic()
     check_jobs(jobs)
     if until and not targets:
@@ -246,16 +264,18 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                          f"{until}` (their dependencies are built in full first)")
     rel = factory.release(release)
     p = factory.plan(rel, targets, env, source_dirs, adopt)
-    if not offline and any(s.unresolved for s in p.steps):
-        # A source never fetched is resolved first, so that the wheels are keyed by its content.
-        _python_first(p, python)
-        if factory.resolve_sources(p, _echo):
-            p = factory.plan(rel, targets, env, source_dirs, adopt)
-    forced = components_to_rebuild(p, rebuild, force, factory.recipes)
-    if not no_host_check:
-        _host_check(factory, p, python, forced)
-    results = factory.executor(p, _echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
-                               verbose=verbose, until=until, until_steps=tuple(targets), rebuild=forced).build()
+    with output_mode_set(QUIET if quiet else None):  # every runner's status line: none with --quiet
+        if not offline and any(s.unresolved for s in p.steps):
+            # A source never fetched is resolved first, so that the wheels are keyed by its content.
+            _python_first(p, python)
+            if factory.resolve_sources(p, echo):
+                p = factory.plan(rel, targets, env, source_dirs, adopt)
+        forced = components_to_rebuild(p, rebuild, force, factory.recipes)
+        if not no_host_check:
+            _host_check(factory, p, python, forced, echo)
+        results = factory.executor(p, echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
+                                   verbose=verbose, until=until, until_steps=tuple(targets), rebuild=forced,
+                                   fresh=fresh, wait=wait, use_pip=use_pip).build()
     stopped = [r for r in results if r.action.startswith("until-")]
     if stopped:
         _echo(f"stopped {', '.join(r.component for r in stopped)} after {until}; nothing of them was published")
@@ -263,6 +283,12 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")
+
+
+def _quiet_echo(msg: str) -> None:
+    """`build --quiet`'s echo: warnings only (errors are raised, and main prints them)."""
+    if msg.lstrip().lower().startswith(("warning", "error")):
+        _echo(msg)
 
 
 # More compile jobs than this many per CPU only thrash (and each needs GBs of memory): a typo such
@@ -278,14 +304,15 @@ def check_jobs(jobs: int | None, cpus: int | None = None) -> None:
                          f"use at most --jobs {JOBS_PER_CPU * cpus} (or leave it out for a memory-aware default)")
 
 
-def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset[str]) -> None:
+def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset[str],
+                echo: Callable[[str], None] = _echo) -> None:
     """`doctor`'s checks before a build: problems and the ccache line shown, a failure stops it (exit 2)."""
     from .doctor import FAIL, OK, failures, host_checks
 
     checks = host_checks(p, factory.host, factory.cache_dir, python, rebuild=forced)
     for c in checks:
         if c.level != OK or c.name == "ccache":
-            _echo(f"host: {c.line()}")
+            echo(f"host: {c.line()}")
     if bad := failures(checks):
         raise InputError(f"the host check found {len(bad)} problem(s) that would fail the build ({FAIL} above); "
                          "nothing was built. `wheelfactory doctor` shows every check; --no-host-check skips them")
@@ -374,7 +401,7 @@ def lock(factory: Factory, release: str, offline: bool, python: str | None, verb
     rel = factory.release(release)
     p = factory.plan(rel)
     runner = Runner("lock", factory.cache_dir / "logs" / f"lock-{rel.name}.log", verbose=verbose)
-    with factory.wheelhouse.lock(on_wait=lambda: _echo("waiting for the wheelhouse lock ...")):
+    with factory.wheelhouse.lock(on_wait=lambda holder: _echo(f"waiting for the wheelhouse lock, held by {holder} ...")):
         locked = lock_release(p, factory.wheelhouse, runner, find_python(rel.target.python, python),
                               factory.index_url, offline=offline)
     json_path, txt_path = lock_paths(factory.wheelhouse, rel.name)
@@ -443,7 +470,7 @@ def verify(factory: Factory) -> None:
     if not factory.wheelhouse.root.is_dir():
         raise InputError(f"no wheelhouse at {factory.wheelhouse.root} (set --wheelhouse)")
     # Under the write lock: a publish in progress would otherwise look like a mismatch.
-    with factory.wheelhouse.lock(on_wait=lambda: _echo("waiting for the wheelhouse lock ...")):
+    with factory.wheelhouse.lock(on_wait=lambda holder: _echo(f"waiting for the wheelhouse lock, held by {holder} ...")):
         problems = verify_wheelhouse(factory.wheelhouse)
     if problems:
         raise BuildError(f"{factory.wheelhouse.root}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
@@ -477,7 +504,7 @@ def serve(factory: Factory, host: str, port: int, quiet: bool) -> None:
 
 @cli.group("release")
 def release_group() -> None:
-    """Derive releases from upstream and check shipped ones against it."""
+    """Derive releases from upstream, check shipped ones against it, print the release file schema."""
 
 
 def _upstream(factory: Factory, vllm_git: str, triton_git: str):
@@ -567,6 +594,82 @@ def release_check(factory: Factory, releases: tuple[str, ...], vllm_git: str, tr
     if drift:
         raise FactoryError(f"release check: {summary}")
     _echo(f"release check: clean ({summary})")
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """What the build cache holds, and removing what no build needs (gc)."""
+
+
+@cache_group.command("list")
+@click.pass_obj
+def cache_list(factory: Factory) -> None:
+    """Show each area of the cache with its size, the work trees and staged copies (in use or not),
+    and the wheelhouse's attic."""
+    from .cachestore import CacheStore, busy, fmt_bytes, tree_size
+
+    store = CacheStore(factory.cache_dir, factory.wheelhouse)
+    rows = store.usage()
+    click.echo(f"cache {factory.cache_dir}: {fmt_bytes(sum(r[3] for r in rows))}")
+    for label, _path, count, size in rows:
+        click.echo(f"  {label:<28} {count:>5}  {fmt_bytes(size):>10}")
+    for tree, lock in store.work_trees():
+        click.echo(f"  work    {fmt_bytes(tree_size(tree)):>10}  {tree.name}{'  (in use)' if busy(lock) else ''}")
+    for staged in sorted(store.staged.iterdir()) if store.staged.is_dir() else ():
+        click.echo(f"  staged  {fmt_bytes(tree_size(staged)):>10}  {staged.name}")
+    attic = store.attic_entries()
+    if attic:
+        gone = [p for p, superseded in attic if superseded]
+        click.echo(f"wheelhouse attic {factory.wheelhouse.root / 'attic'}: {len(attic)} wheel(s), "
+                   f"{fmt_bytes(sum(p.stat().st_size for p, _ in attic))}; {len(gone)} superseded "
+                   f"({fmt_bytes(sum(p.stat().st_size for p in gone))})")
+
+
+@cache_group.command("gc")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed and the bytes freed; remove nothing.")
+@click.option("--release", "-r", "releases", multiple=True, metavar="NAME|PATH",
+              help="A release whose sources to keep besides the shipped and --recipes-dir ones (repeatable; "
+                   "a release file kept elsewhere must be named here, or its sources are removed).")
+@click.option("--keep-sources", is_flag=True, help="Leave the source trees and archives alone.")
+@click.pass_obj
+def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_sources: bool) -> None:
+    """Remove work trees, staged copies, superseded attic entries and the sources no known release
+    uses. What a running build holds is skipped with a message; published wheels are never touched."""
+    from .cachestore import CacheStore, fmt_bytes, sources_in_use
+
+    for name in releases:
+        factory.release(name)  # a --release that does not exist is bad input (exit 2), before anything goes
+    keep, note = None, "--keep-sources"
+    if not keep_sources:
+        names = list(dict.fromkeys([*list_releases(factory.recipes_dirs), *releases]))
+        try:
+            keep, planned = sources_in_use(factory, names)
+            _echo(f"sources kept: those of {len(planned)} release(s) ({', '.join(planned)})")
+        except FactoryError as e:  # a release that cannot be planned here: its sources are unknown
+            note = f"cannot tell which sources the releases use: {e}"
+    store = CacheStore(factory.cache_dir, factory.wheelhouse)
+    gc_plan = store.plan_gc(keep, note)
+    for line in gc_plan.skipped:
+        _echo(line)
+    for item in gc_plan.remove:
+        click.echo(f"{'would remove' if dry_run else 'remove'} {item.kind:<11} {fmt_bytes(item.size):>10}  "
+                   f"{item.path}  ({item.why})")
+    if dry_run:
+        _echo(f"--dry-run: {len(gc_plan.remove)} item(s), {fmt_bytes(gc_plan.bytes)} would be freed; nothing removed")
+        return
+    freed = store.run_gc(gc_plan, _echo)
+    _echo(f"freed {fmt_bytes(freed)} ({len(gc_plan.remove)} item(s))")
+
+
+@release_group.command("schema")
+@click.pass_obj
+def release_schema_cmd(factory: Factory) -> None:
+    """Print the JSON Schema of release files for the recipes in use (the shipped ones and
+    --recipes-dir): keys, source tables, each component's version form and declared options.
+    Editors check a release against it with `#:schema PATH` on its first line (taplo, Even Better TOML)."""
+    from .release_schema import release_schema
+
+    click.echo(json.dumps(release_schema(factory.recipes), indent=2))
 
 
 # The image assembler lives in its own package; it only reads releases, plans and locks.

@@ -63,7 +63,7 @@ class ExecOptions:
     # Seconds to wait for the wheelhouse lock before giving up with exit 3 (None: as long as it takes).
     wait: float | None = None
     fresh: bool = False  # never resume a kept work tree: start every step over
-    installer: str = "uv"  # what fills build venvs: "uv" (hard links from its cache) or "pip"
+    use_pip: bool = False  # fill build venvs with pip instead of uv (hard links from uv's cache)
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class Executor:
         self.host = host
         self.opts = options
         self.echo = echo
-        self.installer = installer or default_installer(options.cache_dir, options.installer)
+        self.installer = installer or default_installer(options.cache_dir, "pip" if options.use_pip else "uv")
         self.sources = SourceCache(options.cache_dir, options.index_url)
         self.pydeps = options.cache_dir / "pydeps"
         self.logs = options.cache_dir / "logs"

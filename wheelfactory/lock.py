@@ -11,8 +11,11 @@ index's hashes), resolves again with no index at all, and writes:
 Components are named by file (`torch @ file://...`), never by version: PyPI may publish the
 same version (torch 2.10.0 for aarch64 is a CPU build there), and only the file is unambiguous.
 A release's [overrides] replace what other packages declare (vLLM 0.14/0.15 declare
-transformers<5, the -t5 images run 5.x, as the reference images do); uv resolves them
-(`--override`), which pip cannot.
+transformers<5, the -t5 images run 5.x, as the reference images do; vLLM 0.33.0 pins
+torch==2.14.0, a release adopting the official torch 2.14.1 overrides torch); uv resolves them
+(`--override`), which pip cannot. An overridden pin becomes `name==version` in the override file,
+an overridden component its wheels by file (`torch @ file://...`), the same requirement as the
+top-level one, so no other copy of that version can stand in for it.
 """
 
 from __future__ import annotations
@@ -120,6 +123,27 @@ def _top_level(plan: Plan, dists: Mapping[Path, str]) -> list[str]:
         [f"{name}=={version}" for name, version in sorted(plan.pins.items())]
 
 
+def override_requirements(plan: Plan, dists: Mapping[Path, str], wheels: Mapping[str, list[Path]]) -> list[str]:
+    """The lines of uv's override file: each overridden pin at its version, each overridden component's
+    wheels by file."""
+    lines = []
+    for name, o in sorted(plan.overrides.items()):
+        if o["kind"] == "component":
+            lines += [f"{dists[w]} @ {w.resolve().as_uri()}" for w in wheels.get(name, [])]
+        else:
+            lines.append(f"{name}=={o['version']}")
+    return lines
+
+
+def override_reasons(plan: Plan, dists: Mapping[Path, str], wheels: Mapping[str, list[Path]]) -> dict[str, str]:
+    """The lock's overrides: package name -> why (a component's reason under each of its wheels' names)."""
+    out = {}
+    for name, o in sorted(plan.overrides.items()):
+        names = [dists[w] for w in wheels.get(name, [])] if o["kind"] == "component" else [name]
+        out |= dict.fromkeys((canonicalize_name(n) for n in names), o["reason"])
+    return out
+
+
 def _uv_compile(runner: Runner, python: str, workdir: Path, name: str, sources: list[str]) -> list[dict[str, Any]]:
     """`uv pip compile` of workdir/requirements.in (with overrides.txt) into a PEP 751 pylock; its packages."""
     out = workdir / f"pylock.{name}.toml"
@@ -150,12 +174,12 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
     """Resolve, download what is missing into the wheelhouse, resolve offline, verify, write the lock."""
     wheels = component_wheels(plan, wheelhouse)
     dists = {w: read_wheel(w).dist for files in wheels.values() for w in files}
-    overrides = dict(plan.release.overrides)
+    overrides = override_reasons(plan, dists, wheels)
     root = wheelhouse.root.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "requirements.in").write_text("\n".join(_top_level(plan, dists)) + "\n")
-        (work / "overrides.txt").write_text("".join(f"{n}=={plan.pins[n]}\n" for n in sorted(overrides)))
+        (work / "overrides.txt").write_text("".join(f"{line}\n" for line in override_requirements(plan, dists, wheels)))
         if not offline:
             online = _uv_compile(runner, python, work, "online", ["--find-links", str(root), "--index-url", index_url])
             _download_missing(wheelhouse, runner, python, index_url, online, work)

@@ -29,6 +29,11 @@ from .sources import Source
 
 BUILD, CACHED, ADOPT = "build", "cached", "adopt"
 
+# The version of `plan --json`'s shape (Plan.to_json). Bump it whenever a key is added, removed or
+# changes type, and regenerate tests/golden/plan-json-shape.json (see tests/test_golden.py), so
+# that scripts reading the plan can tell which shape they were given.
+PLAN_FORMAT_VERSION = 1
+
 
 @dataclass(frozen=True)
 class PlanOptions:
@@ -99,6 +104,9 @@ class Plan:
     target: Target
     steps: tuple[Step, ...]
     pins: Mapping[str, str]
+    # The release's [overrides]: name -> {kind (pin | component), version, reason}. The lock makes
+    # each version win over what other packages declare (vLLM's torch==X when the release adopts Y).
+    overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def step(self, component: str) -> Step:
         for s in self.steps:
@@ -107,11 +115,14 @@ class Plan:
         raise KeyError(component)
 
     def to_json(self) -> dict[str, Any]:
+        """`plan --json`: a stable contract, its shape pinned by tests/golden/plan-json-shape.json."""
         return {
+            "format_version": PLAN_FORMAT_VERSION,
             "release": self.release.name,
             "target": dataclasses.asdict(self.target),
             "steps": [s.to_json() for s in self.steps],
             "pins": dict(self.pins),
+            "overrides": {name: dict(o) for name, o in self.overrides.items()},
         }
 
 
@@ -273,7 +284,7 @@ def plan_release(
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
                           secrets=secrets if action == BUILD else {}))
-    return Plan(release, target, tuple(steps), dict(release.pins))
+    return Plan(release, target, tuple(steps), dict(release.pins), release.override_table())
 
 
 def _override_extra_sources(name: str, extra: dict[str, Source], from_release: Mapping[str, Source],

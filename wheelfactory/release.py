@@ -7,8 +7,10 @@ A release names the target and, for each component, its version and optional ove
     [image]    kind, repository, base, tag (optional; derived from versions)
     [components.<name>]  version, source = {git,ref | url,sha256 | pypi | path}, env, adopt, options
     [pins]     pure-Python packages taken from PyPI at exact versions (transformers, ray, ...)
-    [overrides] pins that win over what other packages declare, each with the reason:
+    [overrides] pins or components whose version wins over what other packages declare, each
+               with the reason (the version is the pin's or the component's):
                transformers = "vLLM 0.15 declares transformers<5; the -t5 images run 5.x"
+               torch = "vLLM 0.33.0 pins torch==2.14.0; this release adopts the official 2.14.1"
 """
 
 from __future__ import annotations
@@ -72,13 +74,19 @@ class Release:
     image: Mapping[str, str]
     components: Mapping[str, ComponentSpec]
     pins: Mapping[str, str]  # name -> exact version
-    overrides: Mapping[str, str] = field(default_factory=dict)  # pin name -> why it overrides
+    overrides: Mapping[str, str] = field(default_factory=dict)  # pin or component name -> why it overrides
 
     def version_of(self, name: str) -> str | None:
         """The version of a component or pin, or None."""
         if name in self.components:
             return self.components[name].version
         return self.pins.get(name)
+
+    def override_table(self) -> dict[str, dict[str, str]]:
+        """Each override with what it overrides to: name -> {kind (pin | component), version, reason}."""
+        return {name: {"kind": "component" if name in self.components else "pin",
+                       "version": self.version_of(name) or "", "reason": why}
+                for name, why in sorted(self.overrides.items())}
 
 
 def releases_dir(recipes_dir: Path) -> Path:
@@ -289,10 +297,19 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
 
     overrides: dict[str, str] = {}
     for name, why in _table(data, "overrides", where).items():
-        if name not in pins:
-            raise InputError(f"{where} [overrides].{name}: only a pin can override; add {name} = '<version>' "
-                             "under [pins]")
-        overrides[name] = _string(why, f"{where} [overrides].{name} (the reason for the override)")
+        owhere = f"{where} [overrides].{name}"
+        if name not in pins and name not in components:
+            raise InputError(f"{owhere}: only a pin or a component can override; add {name} = '<version>' "
+                             f"under [pins], or [components.{name}] with its version")
+        if isinstance(why, dict):
+            raise InputError(f"{owhere}: an override is the reason as a string (the version is the "
+                             f"{'component' if name in components else 'pin'}'s), e.g. "
+                             f"{name} = \"vLLM pins {name}==X; this release runs Y\"")
+        if not isinstance(why, str) or not why.strip():
+            raise InputError(f"{owhere}: an override needs its reason, a non-empty string saying why "
+                             f"{name} {components[name].version if name in components else pins[name]} wins over "
+                             f"what other packages declare; got {why!r}")
+        overrides[name] = why.strip()
 
     description = data.get("description", "")
     return Release(path.stem, path, _string(description, f"{where}.description") if description else "",

@@ -1,28 +1,46 @@
 """The one place subprocesses run: every command is logged, its output streamed to a per-build
 log with the component name as prefix, and a failure raised with the command, exit code, the
-last lines of the log and the log's path. Recipes never call `subprocess` themselves."""
+last lines of the log and the log's path. Recipes never call `subprocess` themselves.
+
+While a command runs, its output also drives the step's status (progress.py): the last line and
+the ninja/make `[N/M]` counter; a timer shows it (a live line on a terminal, plain lines else)."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from .errors import BuildError
 from .interrupt import kill_group
-from .progress import Heartbeat, StepClock, interval_from_env
+from .progress import (
+    BOARD,
+    LIVE,
+    PLAIN,
+    QUIET,
+    STEP_PHASES,
+    Heartbeat,
+    StepClock,
+    StepStatus,
+    fmt_duration,
+    interval_from_env,
+    output_mode,
+)
 from .secretenv import is_secret_name, redact
 
 TAIL_LINES = 40
-# A status line this often while a command runs, printed by a timer: a torch build, a quiet pip
-# install or a long link is silent on the console for minutes to hours otherwise.
+# Off a terminal, a status line this often while a command runs, printed by a timer: a torch
+# build, a quiet pip install or a long link is silent in a CI log for minutes to hours otherwise.
 HEARTBEAT_S = interval_from_env()
+_PHASE_DONE = re.compile(r"phase (\S+) done")
 
 # pip reads these from the environment and config files; the factory's own pip calls must see
 # only the indexes it names, or a machine's find-links (say, a CPU torch on disk) slips in.
@@ -45,14 +63,62 @@ class Runner:
     """Runs commands for one build step, teeing output to its log."""
 
     def __init__(self, component: str, log_path: Path, *, verbose: bool = False,
-                 base_env: Mapping[str, str] | None = None):
+                 base_env: Mapping[str, str] | None = None, output: str | None = None):
         self.component = component
         self.log_path = log_path
         self.verbose = verbose
+        # progress.LIVE, PLAIN or QUIET; None: progress.output_mode() when a command runs (the
+        # terminal decides, unless the command line set a mode, as `build --quiet` does).
+        self.output = output
         self.base_env = dict(base_env if base_env is not None else clean_environ())
-        self.step: StepClock | None = None  # set by the executor: step elapsed time and ETA in heartbeats
+        self.status = StepStatus(component)  # what the status line shows
         self.hidden: list[str] = []  # secret values (hide()): replaced by *** in the log and errors
+        self._showing = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def step(self) -> StepClock | None:
+        """The build step's clock (set by the executor): step time, previous build, its ETA."""
+        return self.status.step
+
+    @step.setter
+    def step(self, clock: StepClock | None) -> None:
+        self.status.step = clock
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.phase
+
+    @phase.setter
+    def phase(self, phase: str | None) -> None:
+        self.set_phase(phase)
+
+    def mode(self) -> str:
+        return self.output or output_mode()
+
+    def set_phase(self, phase: str | None) -> None:
+        """The step's current phase (fetch, prepare, configure, build, repair, publish), shown on its
+        status line; off a terminal a change is a line of its own."""
+        if phase == self.status.phase:
+            return
+        self.status.phase = phase
+        if phase and self.mode() == PLAIN:
+            step = f" (step {fmt_duration(self.status.clock() - self.step.started)})" if self.step else ""
+            sys.stderr.write(f"[{self.component}] phase {phase}{step}\n")
+
+    @contextlib.contextmanager
+    def showing(self) -> Iterator[Runner]:
+        """Keep the live status line up for the whole block (a whole step: copying sources and
+        publishing too, between commands), not only while a command runs. Nests; no-op off a terminal."""
+        if self._showing or self.mode() != LIVE:
+            yield self
+            return
+        self._showing = True
+        try:
+            with BOARD.showing(self.status):
+                yield self
+        finally:
+            self._showing = False
 
     def hide(self, values: Iterable[str]) -> None:
         """Never write these values (secrets passed to the build) to the log, the console or an
@@ -62,13 +128,19 @@ class Runner:
     def _log(self, f: TextIO, line: str) -> None:
         line = redact(line, self.hidden)
         f.write(f"[{self.component}] {line}\n")
-        if self.verbose:
-            sys.stderr.write(f"[{self.component}] {line}\n")
+        if self.verbose and (mode := self.mode()) != QUIET:
+            if mode == LIVE and self._showing:
+                BOARD.print(f"[{self.component}] {line}")  # above the live line
+            else:
+                sys.stderr.write(f"[{self.component}] {line}\n")
 
     def note(self, text: str) -> None:
-        """Write a line to the log (source edits, decisions) without running anything."""
+        """Write a line to the log (source edits, decisions) without running anything. A note
+        `phase X done` moves the status line on to the phase after X."""
         with open(self.log_path, "a", encoding="utf-8") as f:
             self._log(f, text)
+        if (m := _PHASE_DONE.fullmatch(text)) and m[1] in STEP_PHASES[:-1]:
+            self.set_phase(STEP_PHASES[STEP_PHASES.index(m[1]) + 1])
 
     def run(self, cmd: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
             env: Mapping[str, str] | None = None, capture: bool = False, check: bool = True) -> str:
@@ -96,16 +168,16 @@ class Runner:
                 self._log(f, f"cannot start: {e}")
                 raise BuildError(f"[{self.component}] cannot run {argv[0]!r}: {e}\nlog: {self.log_path}") from None
             assert proc.stdout is not None
+            self.status.start_command([redact(a, self.hidden) for a in argv], self.log_path)
             try:
-                with Heartbeat(self.component, argv, self.log_path, interval=HEARTBEAT_S, step=self.step,
-                               only_when_quiet=self.verbose) as heartbeat:
+                with self._progress():
                     for line in proc.stdout:
                         line = line.rstrip("\n")
                         tail.append(line)
                         if capture:
                             captured.append(line)
                         self._log(f, line)
-                        heartbeat.seen(line)
+                        self.status.seen(redact(line, self.hidden))
                     code = proc.wait()
             except BaseException:
                 # Ctrl-C, SIGTERM/SIGHUP (interrupt.Interrupted) or any error while it runs: the
@@ -114,6 +186,8 @@ class Runner:
                 self._log(f, f"interrupted after {time.monotonic() - started:.1f}s: stopped the command's "
                              f"process group {proc.pid}")
                 raise
+            finally:
+                self.status.end_command()
             self._log(f, f"exit {code} after {time.monotonic() - started:.1f}s")
         if code != 0 and check:
             shown = redact("\n".join(f"  {t}" for t in tail), self.hidden)
@@ -121,3 +195,13 @@ class Runner:
                              f"  $ {redact(shlex.join(argv), self.hidden)}\n"
                              f"last {len(tail)} lines of the log:\n{shown}\nfull log: {self.log_path}")
         return "\n".join(captured)
+
+    def _progress(self) -> contextlib.AbstractContextManager[object]:
+        """What shows a running command's progress: the live line on a terminal, a timer of plain
+        lines elsewhere (only after a quiet interval when --verbose echoes the output), or nothing."""
+        mode = self.mode()
+        if mode == LIVE:
+            return self.showing()
+        if mode == PLAIN:
+            return Heartbeat(self.status, interval=HEARTBEAT_S, only_when_quiet=self.verbose)
+        return contextlib.nullcontext()

@@ -1,0 +1,194 @@
+"""System libraries per package, variant sets in the closure check, and `images --no-build` without a lock."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from assemble.bases import load_bases
+from assemble.cli import images
+from assemble.closure import ClosureReport, Finding, accept_variants, check_tree
+from assemble.syslibs import load_system_libraries, needed_system_packages, variant_sets
+from wheelfactory.errors import InputError
+
+from .test_assemble_bad_input import setup, write_lock  # noqa: F401  (setup is a fixture)
+from .test_assemble_closure import CONF, LIBC, LIBDIR, LIBZ, make_tree
+
+TORCHCODEC = re.compile(r"/torchcodec/libtorchcodec_[a-z_]+?(\d+)\.so$")
+LIBSSL = LIBDIR / "libssl.so.3"  # needs libcrypto.so.3 and libc.so.6
+
+
+def out_dir(factory) -> Path:
+    return factory.wheelhouse_dir.parent / "out"
+
+
+def run_images(factory, docker: Path, *args: str):
+    return CliRunner().invoke(images, [*args, "--output-dir", str(out_dir(factory)), "--docker", str(docker)],
+                              obj=factory)
+
+
+# -- the data ---------------------------------------------------------------------------------
+
+def test_torchcodec_needs_ffmpeg_from_apt_and_declares_its_variants() -> None:
+    libs = load_system_libraries()["torchcodec"]
+    assert libs.packages == {"debian": ("ffmpeg",)}
+    pattern = variant_sets()["torchcodec"]
+    # file names of the torchcodec 0.17.0 wheel
+    site = "/opt/venv/lib/python3.12/site-packages/torchcodec"
+    assert pattern.search(f"{site}/libtorchcodec_core6.so").group(1) == "6"
+    assert pattern.search(f"{site}/libtorchcodec_custom_ops6.so").group(1) == "6"
+    assert pattern.search(f"{site}/libtorchcodec_pybind_ops.so") is None
+    assert pattern.search(f"{site}/libtorchcodec_heic.so") is None
+
+
+def test_every_known_base_has_a_family_with_names() -> None:
+    for ref, base in load_bases().items():
+        assert base.family == "debian", ref
+        assert needed_system_packages(["torchcodec", "numpy"], base.family, ref)[0][2] == ("ffmpeg",)
+
+
+def test_a_base_without_names_for_a_needed_package_is_refused() -> None:
+    with pytest.raises(InputError, match="torchcodec needs system libraries .* base example/alpine:3 "
+                                         r"\(family alpine\)"):
+        needed_system_packages(["torchcodec"], "alpine", "example/alpine:3")
+    assert needed_system_packages(["numpy"], "alpine", "example/alpine:3") == []
+
+
+def test_bad_data_names_the_key() -> None:
+    with pytest.raises(InputError, match=r"\[packages.x\]: unknown key\(s\) \['apk'\]"):
+        load_system_libraries({"packages": {"x": {"apk": ["y"]}}})
+    with pytest.raises(InputError, match=r"\[packages.x\].variants: needs a group"):
+        load_system_libraries({"packages": {"x": {"debian": ["y"], "variants": "core\\d+"}}})
+
+
+# -- the Dockerfile, from a lock ----------------------------------------------------------------
+
+def test_locked_torchcodec_gets_one_apt_layer_before_the_venv(setup) -> None:  # noqa: F811
+    factory, release, docker = setup
+    write_lock(factory.wheelhouse_dir, ["transformers-4.57.6-py3-none-any.whl",
+                                        "torchcodec-0.17.0-py3-none-any.whl"])
+    result = run_images(factory, docker, "--release", str(release), "--no-build")
+    assert result.exit_code == 0, result.output
+    text = (out_dir(factory) / "tiny" / "runtime.Dockerfile").read_text()
+    runs = [line for line in text.splitlines() if line.startswith("RUN")]
+    assert runs[0] == "RUN apt-get update \\"
+    assert "apt-get install -y --no-install-recommends ffmpeg" in text
+    assert text.index("ffmpeg") < text.index("-m venv") < text.index("pip install")
+    assert text.count("apt-get update") == 1  # the local base provisions no Python: one apt layer only
+    assert not (docker.parent / "docker-ran").exists()
+
+
+def test_without_torchcodec_in_the_lock_there_is_no_apt_layer(setup) -> None:  # noqa: F811
+    factory, release, docker = setup
+    write_lock(factory.wheelhouse_dir, ["transformers-4.57.6-py3-none-any.whl"])
+    result = run_images(factory, docker, "--release", str(release), "--no-build")
+    assert result.exit_code == 0, result.output
+    text = (out_dir(factory) / "tiny" / "runtime.Dockerfile").read_text()
+    assert "apt-get" not in text and "ffmpeg" not in text
+
+
+# -- images --no-build without a lock -----------------------------------------------------------
+
+def test_no_build_without_a_lock_writes_a_marked_preview(setup) -> None:  # noqa: F811
+    factory, release, docker = setup
+    result = run_images(factory, docker, "--release", str(release), "--no-build")
+    assert result.exit_code == 0, result.output
+    assert "tiny: PREVIEW: no lock in" in result.output
+    assert "the package list is a preview from the release pins (transformers), not a locked set" in result.output
+    assert "wheelfactory lock --release tiny" in result.output
+    out = out_dir(factory) / "tiny"
+    text = (out / "runtime.Dockerfile").read_text()
+    assert text.splitlines()[1].startswith("# PREVIEW, not buildable: no lock of the release yet.")
+    assert "RUN --mount=type=bind,source=layers/stack,target=/wheels" in text
+    assert "RUN --mount=type=bind,source=layers/transformers,target=/wheels" in text
+    assert 'target "runtime-tiny"' in (out / "docker-bake.hcl").read_text()
+    assert not (out / "context").exists()
+    assert not (docker.parent / "docker-ran").exists()
+
+
+def test_preview_of_a_shipped_release_lists_its_components_and_pins(setup) -> None:  # noqa: F811
+    factory, _, docker = setup
+    result = run_images(factory, docker, "--release", "0.33.0-t5-fast", "--no-build")
+    assert result.exit_code == 0, result.output
+    for name in ("torch", "torchvision", "vllm", "flashinfer-python", "nvidia-nccl-cu13", "transformers", "ray"):
+        assert re.search(rf"[ (]{re.escape(name)}[,)]", result.output), name
+    text = (out_dir(factory) / "0.33.0-t5-fast" / "runtime.Dockerfile").read_text()
+    assert "dgx-spark-vllm:0.33.0-t5-fast" in text and "PREVIEW" in text
+    assert 'dev.wheelfactory.torch_version="2.14.1"' in text
+
+
+def test_a_build_without_a_lock_is_still_refused(setup) -> None:  # noqa: F811
+    factory, release, docker = setup
+    result = run_images(factory, docker, "--release", str(release))
+    assert isinstance(result.exception, InputError)
+    assert "release 'tiny' is not locked" in str(result.exception)
+    assert not (out_dir(factory) / "tiny" / "runtime.Dockerfile").exists()
+    assert not (docker.parent / "docker-ran").exists()
+
+
+# -- variant sets in the closure check ----------------------------------------------------------
+
+def _report(*errors: tuple[str, str]) -> ClosureReport:
+    return ClosureReport(checked=10, errors=[Finding(p, n, "found nowhere in the image") for p, n in errors])
+
+
+TC = "/opt/venv/lib/python3.12/site-packages/torchcodec"
+
+
+def test_one_resolving_variant_accepts_the_set_and_keeps_other_errors() -> None:
+    report = _report((f"{TC}/libtorchcodec_core4.so", "libavutil.so.56"),
+                     (f"{TC}/libtorchcodec_custom_ops4.so", "libavutil.so.56"),
+                     (f"{TC}/libtorchcodec_core7.so", "libavutil.so.59"),
+                     ("/opt/venv/lib/other.so", "libfoo.so.1"))
+    paths = [f"{TC}/libtorchcodec_{kind}{n}.so" for kind in ("core", "custom_ops") for n in (4, 6, 7)]
+    accept_variants(report, "torchcodec", TORCHCODEC, paths + ["/opt/venv/lib/other.so"])
+    assert [(e.path, e.needed) for e in report.errors] == [("/opt/venv/lib/other.so", "libfoo.so.1")]
+    assert report.notes == ["torchcodec: variant 6 of 4, 6, 7 resolves; variants 4, 7 do not (2 libraries not in "
+                            "the image, e.g. libavutil.so.56, libavutil.so.59) and are accepted as unused "
+                            "alternatives"]
+
+
+def test_no_resolving_variant_keeps_every_error() -> None:
+    report = _report((f"{TC}/libtorchcodec_core4.so", "libavutil.so.56"),
+                     (f"{TC}/libtorchcodec_core5.so", "libavutil.so.57"))
+    accept_variants(report, "torchcodec", TORCHCODEC, [f"{TC}/libtorchcodec_core4.so", f"{TC}/libtorchcodec_core5.so"])
+    assert len(report.errors) == 2 and not report.ok
+    assert report.notes == ["torchcodec: none of its variants 4, 5 resolves in the image (any one would do); "
+                            "its errors stand"]
+
+
+def test_a_variant_missing_one_of_its_files_libraries_does_not_count() -> None:
+    # core5 resolves but custom_ops5 does not: variant 5 is not usable; nor is 4
+    report = _report((f"{TC}/libtorchcodec_core4.so", "libavutil.so.56"),
+                     (f"{TC}/libtorchcodec_custom_ops5.so", "libavcodec.so.59"))
+    paths = [f"{TC}/libtorchcodec_{kind}{n}.so" for kind in ("core", "custom_ops") for n in (4, 5)]
+    accept_variants(report, "torchcodec", TORCHCODEC, paths)
+    assert not report.ok and "none of its variants 4, 5" in report.notes[0]
+
+
+needs_libs = pytest.mark.skipif(not all(p.exists() for p in (LIBZ, LIBC, LIBSSL, Path("/lib64/ld-linux-x86-64.so.2"))),
+                                reason="needs x86_64 Debian libz, libssl, libc and ld.so")
+
+
+@needs_libs
+def test_check_tree_accepts_a_variant_set_with_one_resolving_member(tmp_path: Path) -> None:
+    # variant 4 needs libcrypto.so.3, which the image lacks; variant 6 needs only libc
+    tree = make_tree(tmp_path, {**CONF, "/usr/lib/x86_64-linux-gnu/libc.so.6": LIBC,
+                                f"{TC}/libtorchcodec_core4.so": LIBSSL, f"{TC}/libtorchcodec_core6.so": LIBZ}, {})
+    assert not check_tree(tree, {}, set(), {}).ok  # without the variant set: libcrypto.so.3 is an error
+    report = check_tree(tree, {}, set(), {}, variants={"torchcodec": TORCHCODEC})
+    assert report.ok, report.errors
+    assert report.notes and report.notes[0].startswith("torchcodec: variant 6 of 4, 6 resolves")
+
+
+@needs_libs
+def test_check_tree_refuses_a_variant_set_with_no_resolving_member(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path, {**CONF, "/usr/lib/x86_64-linux-gnu/libc.so.6": LIBC,
+                                f"{TC}/libtorchcodec_core4.so": LIBSSL, f"{TC}/libtorchcodec_core5.so": LIBSSL}, {})
+    report = check_tree(tree, {}, set(), {}, variants={"torchcodec": TORCHCODEC})
+    assert not report.ok
+    assert sorted((e.path.rsplit("/", 1)[1], e.needed) for e in report.errors) == [
+        ("libtorchcodec_core4.so", "libcrypto.so.3"), ("libtorchcodec_core5.so", "libcrypto.so.3")]
