@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from wheelfactory.errors import BuildError
 from wheelfactory.factory import Factory, default_recipes_dir
 from wheelfactory.installer import PipInstaller, UvInstaller, find_uv
 from wheelfactory.runner import Runner
@@ -43,7 +44,14 @@ def main() -> int:
     runner = Runner(step.component, scratch / "bench.log")
     assert step.source is not None
     tree = factory.sources.fetch(step.source, runner, offline=True)
-    reqs = [str(w) for w in dependency_wheels(step, plan, factory.wheelhouse)]
+    try:
+        deps = dependency_wheels(step, plan, factory.wheelhouse)
+    except BuildError:
+        # The wheelhouse was built by another version of the tool (other keys): the same
+        # components' wheels serve a timing just as well.
+        manifest = factory.wheelhouse.manifest()
+        deps = [factory.wheelhouse.root / name for name, e in manifest.items() if e.get("component") in step.build_with]
+    reqs = [str(w) for w in deps]
     reqs += step_build_requirements(step, tree, factory.recipes)
     links = [d for d in (factory.wheelhouse.root, args.cache_dir / "pydeps") if d.is_dir()]
     uv = find_uv()

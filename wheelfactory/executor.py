@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .buildenv import inherited_environ
 from .ccache import ensure_ccache
+from .context import FetchContext
 from .errors import InputError
 from .fetch import SourceCache
 from .host import Host
@@ -157,6 +158,8 @@ class Executor:
             tree = self.sources.fetch(step.source, runner)
             for extra in step.extra_sources.values():
                 self.sources.fetch(extra, runner)
+            if (hook := self.recipes[step.component].hook("fetch")) is not None:
+                hook(FetchContext(step, tree, self.opts.cache_dir, runner, offline=False, echo=self.echo))
             deps = [str(w) for d in step.build_with for w in known.get(d, [])]
             download(runner, self.python, deps + step_build_requirements(step, tree, self.recipes), self.pydeps,
                      wheelhouse=self.wheelhouse.root, index_url=self.opts.index_url,
@@ -201,28 +204,13 @@ class Executor:
                             base_env=inherited_environ(os.environ, recipe.pass_env))
             runner.step = StepClock(started, previous)  # heartbeats show step time and ETA
             runner.hide(step.secrets.values())  # a secret passed to the build never reaches its log
-            if step.action == ADOPT:
-                wheels = [self._adopted_wheel(step, runner)]
-                built = BuiltStep(wheels, 0, {"origin": "adopted", "from": step.adopt})
-                if audits := audit_wheels(step, wheels, self.plan.target.cuda_arch_list, runner, strict=False,
-                                          echo=self.echo):
-                    built.origin["device_code"] = audits
-            else:
-                built = self._staged(step)
-                if built is not None:
-                    self.echo(f"[{i}/{total}] {step.component}: publishing the wheels an earlier run built "
-                              f"(staged/{step.key[:12]})")
-                else:
-                    try:
-                        built = StepBuild(step, runner, self._services(), until=self.opts.until if stopping else None,
-                                          fresh=self.opts.fresh).run()
-                    except StoppedAfter as stop:
-                        took = time.monotonic() - started
-                        self.echo(f"[{i}/{total}] {step.component}: stopped after {stop.phase} in {took:.1f}s "
-                                  f"(nothing published); work tree: {stop.work}")
-                        return StepResult(step.component, f"until-{stop.phase}", (), took, str(log))
-                    self._remember_staged(step, built)
-            published = self._publish(step, built, forced, log)
+            runner.set_phase("adopt" if step.action == ADOPT else "fetch")
+            with runner.showing():  # the live status line stays up between commands too
+                built = self._produce(i, step, runner, stopping, started)
+                if isinstance(built, StepResult):
+                    return built  # stopped on purpose (--until)
+                runner.set_phase("publish")
+                published = self._publish(step, built, forced, log)
         took = time.monotonic() - started
         if step.action == BUILD:
             timings.record(step.component, took, version=step.version, key=step.key)
@@ -231,6 +219,32 @@ class Executor:
                   + ", ".join(w.path.name for w in published))
         return StepResult(step.component, step.action, tuple(w.path.name for w in published), took, str(log),
                           built.bytes_saved)
+
+    def _produce(self, i: int, step: Step, runner: Runner, stopping: bool, started: float) -> BuiltStep | StepResult:
+        """The step's wheels, ready to publish: adopted, left staged by an earlier run that could not
+        publish, or built; a StepResult when --until stopped the build on purpose."""
+        total = len(self.plan.steps)
+        if step.action == ADOPT:
+            wheels = [self._adopted_wheel(step, runner)]
+            built = BuiltStep(wheels, 0, {"origin": "adopted", "from": step.adopt})
+            if audits := audit_wheels(step, wheels, self.plan.target.cuda_arch_list, runner, strict=False,
+                                      echo=self.echo):
+                built.origin["device_code"] = audits
+            return built
+        if (staged := self._staged(step)) is not None:
+            self.echo(f"[{i}/{total}] {step.component}: publishing the wheels an earlier run built "
+                      f"(staged/{step.key[:12]})")
+            return staged
+        try:
+            built = StepBuild(step, runner, self._services(), until=self.opts.until if stopping else None,
+                              fresh=self.opts.fresh).run()
+        except StoppedAfter as stop:
+            took = time.monotonic() - started
+            self.echo(f"[{i}/{total}] {step.component}: stopped after {stop.phase} in {took:.1f}s "
+                      f"(nothing published); work tree: {stop.work}")
+            return StepResult(step.component, f"until-{stop.phase}", (), took, str(runner.log_path))
+        self._remember_staged(step, built)
+        return built
 
     def _publish(self, step: Step, built: BuiltStep, forced: bool, log: Path) -> list:
         """Into the wheelhouse under its lock (seconds); the staged copy goes once published."""

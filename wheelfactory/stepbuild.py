@@ -25,7 +25,7 @@ from packaging.utils import canonicalize_name
 
 from .buildenv import StepPaths, env_script, step_environment
 from .ccache import CacheStats, ccache_env, read_stats
-from .context import BuildContext
+from .context import BuildContext, FetchContext
 from .errors import BuildError
 from .fetch import SourceCache
 from .host import Host, default_jobs
@@ -34,6 +34,7 @@ from .interrupt import pid_alive
 from .outputs import audit_wheels, check_outputs
 from .patches import SOURCE, apply_patches
 from .plan import Plan, Step
+from .progress import STEP_PHASES
 from .provenance import build_provenance, fetched_source_info, stamp_wheel
 from .recipe import LoadedRecipe
 from .repair import repair_wheel
@@ -41,9 +42,10 @@ from .runner import Runner
 from .toolkit import ToolkitCache, WheelToolkit, nvcc_version
 from .wheelhouse import Wheelhouse
 
-# The phases of a build step, in order. `build --until PHASE` stops a target's step after PHASE:
-# configure takes minutes where the build takes hours, and shows what the build would compile.
-PHASES = ("fetch", "prepare", "configure", "build", "repair", "publish")
+# The phases of a build step, in order (defined with the status line that shows them). `build
+# --until PHASE` stops a target's step after PHASE: configure takes minutes where the build takes
+# hours, and shows what the build would compile.
+PHASES = STEP_PHASES
 STATE_FILE = ".wf-state.json"
 
 
@@ -122,6 +124,8 @@ class StepBuild:
         assert step.source is not None
         # fetch
         tree = self.s.sources.fetch(step.source, runner, offline=self.s.offline)
+        if (fetch := loaded.hook("fetch")) is not None:  # the recipe's own fetch work (or its check, offline)
+            fetch(FetchContext(step, tree, self.s.cache_dir, runner, offline=self.s.offline, echo=self.s.echo))
         resumed = self._prepared = self._resumable()
         if resumed:
             self._record()  # running again: a death from here on must not look like a clean stop
