@@ -242,3 +242,93 @@ def test_the_build_commands_options_reach_the_executor(tmp_path, monkeypatch):
     assert (seen["fresh"], seen["wait"], seen["use_pip"], seen["offline"]) == (True, 90.0, True, True)
     r = invoke("build", "--wait", "-1", "-r", str(CI_RELEASES / "ci.toml"))
     assert r.returncode == 2 and "--wait" in r.stderr
+
+
+# A recipe whose build starts a long command and reports its process group, for kill tests.
+LONG_RECIPE = '''
+from pathlib import Path
+from wheelfactory.recipe import Recipe
+from wheelfactory.wheelpack import pack_tree
+
+RECIPE = Recipe(name="c", summary="test", source=None, outputs=("c",))
+
+def build(ctx):
+    if not Path("{marker}").exists():
+        # the leader ignores SIGTERM (so the parent-death signal does not end it)
+        ctx.run(["sh", "-c", "trap '' TERM; echo $$ > {marker}; sleep 300 & wait"])
+    tree = ctx.work / "t"
+    (tree / "c").mkdir(parents=True, exist_ok=True)
+    (tree / "c" / "__init__.py").write_text("")
+    return [pack_tree(tree, "c", "1.0", "py3-none-any", ctx.dist, summary="t")]
+'''
+
+
+@pytest.mark.slow
+def test_commands_a_killed_factory_left_are_stopped_by_the_next_run(tmp_path):
+    """SIGKILL of the factory process alone: its command's group is recorded in the work tree,
+    and the next run of the step stops what is still alive before it starts over."""
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    f = setup(tmp_path)
+    marker = tmp_path / "leader.pid"
+    (f.recipes_dirs[0] / "c.py").write_text(LONG_RECIPE.replace("{marker}", str(marker)))
+    release = f.recipes_dirs[0] / "releases" / "r.toml"
+    argv = [sys.executable, "-m", "wheelfactory", "--recipes-dir", str(f.recipes_dirs[0]), "--wheelhouse",
+            str(f.wheelhouse_dir), "--cache-dir", str(f.cache_dir), "build", "--no-host-check", "--system-cuda",
+            "-r", str(release)]
+    factory = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the build's long command never started"
+    leader = int(marker.read_text())
+    os.kill(factory.pid, signal.SIGKILL)
+    factory.wait()
+    time.sleep(0.5)
+    assert _running(leader)  # it survived: it ignores the parent-death SIGTERM
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, input="")
+    assert r.returncode == 0, r.stderr
+    assert "stopped 1 command(s) a dead run left running" in r.stdout + r.stderr
+    assert not _running(leader)
+
+
+PARENT = '''
+import sys
+from pathlib import Path
+from wheelfactory.runner import Runner
+Runner("t", Path(sys.argv[1])).run(["sh", "-c", "echo $$ > " + sys.argv[2] + "; exec sleep 300"])
+'''
+
+
+@pytest.mark.slow
+def test_a_command_dies_with_the_factory_even_on_sigkill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "log"), str(pidfile)], cwd=REPO)
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pidfile.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)  # the parent-death signal ended it
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a container's pid 1 may be slow to reap an orphan)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -7,12 +7,14 @@ The factory then turns SIGINT, SIGTERM and SIGHUP into an exception (`Interrupte
 KeyboardInterrupt), and the Runner kills the running command's whole group on its way out. So when
 the factory stops, its children stop with it, and the CLI's "interrupted" message is true.
 
-SIGKILL (an OOM kill, `kill -9`) cannot be caught: the running command's group outlives the factory.
-The next run copes with what it left: a work directory is moved aside and recreated (never a
-FileExistsError), a per-key lock keeps two builds out of one work directory, and the wheelhouse
-repairs an interrupted publish under its lock (see Wheelhouse.recover). The orphaned commands
-themselves run on until they finish or are killed (`kill -- -PGID`; the build log names the
-command).
+SIGKILL (an OOM kill, `kill -9`) cannot be caught. Two things keep its commands from running on:
+each command is started with a parent-death signal (Linux prctl), so its leader gets SIGTERM when
+the factory dies (make and ninja pass it on to what they started); and the Runner writes each
+running command's process group into the work tree (`.wf-groups`), so the next run of that step
+stops whatever of the group is still alive (a member that ignored SIGTERM, a compiler whose make
+was killed) before it moves the dead run's work tree aside. A per-key lock keeps two builds out of
+one work directory, and the wheelhouse repairs an interrupted publish under its lock (see
+Wheelhouse.recover).
 """
 
 from __future__ import annotations
@@ -98,6 +100,78 @@ def _group_ends(proc: subprocess.Popen, within: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec function: the child gets SIGTERM when `parent` (the factory) dies, even by SIGKILL.
+    Linux only; elsewhere (or if prctl fails) it does nothing and the next run's cleanup remains."""
+    def preexec() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the factory died between fork and prctl
+            os._exit(128 + signal.SIGTERM)
+    return preexec
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (from /proc; empty where there is none)."""
+    members = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _belongs(pid: int, marker: str) -> bool:
+    """Whether a process works in the tree `marker` names: its directory, command line or
+    environment mentions it (a process group number can be reused by an unrelated process once
+    the group is gone; such a process is left alone)."""
+    try:
+        if os.readlink(f"/proc/{pid}/cwd").startswith(marker):
+            return True
+        return any(marker.encode() in Path(f"/proc/{pid}/{part}").read_bytes() for part in ("cmdline", "environ"))
+    except OSError:
+        return False
+
+
+def stop_leftover_groups(groups_file: Path, marker: str, grace: float = 3.0) -> list[int]:
+    """Stop the process groups a dead run recorded in `groups_file` that still have a member
+    working in `marker` (the work tree): SIGTERM, then SIGKILL after `grace`. Returns the groups
+    stopped; the file is removed."""
+    try:
+        recorded = {int(line) for line in groups_file.read_text().split() if line.isdigit()}
+    except OSError:
+        return []
+    stopped = []
+    for pgid in sorted(recorded):
+        members = _group_members(pgid)
+        if not members or not any(_belongs(p, marker) for p in members):
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+            deadline = time.monotonic() + grace
+            while _group_members(pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _group_members(pgid):
+                break
+        stopped.append(pgid)
+    groups_file.unlink(missing_ok=True)
+    return stopped
 
 
 def pid_alive(pid: int) -> bool:

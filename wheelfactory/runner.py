@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import BuildError
-from .interrupt import kill_group
+from .interrupt import die_with_parent, kill_group
 from .progress import (
     BOARD,
     LIVE,
@@ -73,6 +73,8 @@ class Runner:
         self.base_env = dict(base_env if base_env is not None else clean_environ())
         self.status = StepStatus(component)  # what the status line shows
         self.hidden: list[str] = []  # secret values (hide()): replaced by *** in the log and errors
+        # Where the running commands' process groups are listed (a step's work tree), or None.
+        self.groups_file: Path | None = None
         self._showing = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -163,11 +165,14 @@ class Runner:
                                         text=True, errors="replace", bufsize=1,
                                         # Its own process group: a signal to the factory does not hit
                                         # make/nvcc/pip directly; on our way out we kill the whole group.
-                                        start_new_session=True)
+                                        start_new_session=True,
+                                        # ... and it dies with the factory, SIGKILL included.
+                                        preexec_fn=die_with_parent(os.getpid()))
             except OSError as e:
                 self._log(f, f"cannot start: {e}")
                 raise BuildError(f"[{self.component}] cannot run {argv[0]!r}: {e}\nlog: {self.log_path}") from None
             assert proc.stdout is not None
+            self._record_group(proc.pid, running=True)
             self.status.start_command([redact(a, self.hidden) for a in argv], self.log_path)
             try:
                 with self._progress():
@@ -188,6 +193,7 @@ class Runner:
                 raise
             finally:
                 self.status.end_command()
+                self._record_group(proc.pid, running=False)
             self._log(f, f"exit {code} after {time.monotonic() - started:.1f}s")
         if code != 0 and check:
             shown = redact("\n".join(f"  {t}" for t in tail), self.hidden)
@@ -195,6 +201,16 @@ class Runner:
                              f"  $ {redact(shlex.join(argv), self.hidden)}\n"
                              f"last {len(tail)} lines of the log:\n{shown}\nfull log: {self.log_path}")
         return "\n".join(captured)
+
+    def _record_group(self, pgid: int, *, running: bool) -> None:
+        """Keep groups_file (when set) listing the process groups of the commands running now, so
+        that a run after this process's death can stop what it left (interrupt.stop_leftover_groups)."""
+        if self.groups_file is None:
+            return
+        with contextlib.suppress(OSError):
+            groups = set(self.groups_file.read_text().split()) if self.groups_file.exists() else set()
+            groups = groups | {str(pgid)} if running else groups - {str(pgid)}
+            self.groups_file.write_text("".join(f"{g}\n" for g in sorted(groups)))
 
     def _progress(self) -> contextlib.AbstractContextManager[object]:
         """What shows a running command's progress: the live line on a terminal, a timer of plain

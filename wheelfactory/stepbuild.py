@@ -30,7 +30,7 @@ from .errors import BuildError
 from .fetch import SourceCache
 from .host import Host, default_jobs
 from .installer import Installer, build_requirements, check_installed_from, download
-from .interrupt import pid_alive
+from .interrupt import pid_alive, stop_leftover_groups
 from .outputs import audit_wheels, check_outputs
 from .patches import SOURCE, apply_patches
 from .plan import Plan, Step
@@ -47,6 +47,7 @@ from .wheelhouse import Wheelhouse
 # hours, and shows what the build would compile.
 PHASES = STEP_PHASES
 STATE_FILE = ".wf-state.json"
+GROUPS_FILE = ".wf-groups"  # process groups of the commands running in the tree (runner.py)
 
 
 class StoppedAfter(Exception):
@@ -126,11 +127,14 @@ class StepBuild:
         tree = self.s.sources.fetch(step.source, runner, offline=self.s.offline)
         if (fetch := loaded.hook("fetch")) is not None:  # the recipe's own fetch work (or its check, offline)
             fetch(FetchContext(step, tree, self.s.cache_dir, runner, offline=self.s.offline, echo=self.s.echo))
+        self._stop_leftovers()
         resumed = self._prepared = self._resumable()
+        self.runner.groups_file = self.work / GROUPS_FILE if resumed else None
         if resumed:
             self._record()  # running again: a death from here on must not look like a clean stop
         else:
             fresh_dir(self.work)  # a dead run's leftovers (venv included) are moved aside, never a FileExistsError
+            self.runner.groups_file = self.work / GROUPS_FILE
         self._done("fetch")
         # prepare: a private copy of the source, patched, the venv, the recipe's own edits
         ctx = self._context()
@@ -239,6 +243,15 @@ class StepBuild:
             state["stopped"] = stopped
         with contextlib.suppress(OSError):
             (self.work / STATE_FILE).write_text(json.dumps(state))
+
+    def _stop_leftovers(self) -> None:
+        """Commands a dead run of this key left running in its work tree (the per-key lock is ours,
+        so no live run uses it) are stopped before anything else touches the tree."""
+        stopped = stop_leftover_groups(self.work / GROUPS_FILE, str(self.work))
+        if stopped:
+            self.s.echo(f"[{self.step.component}] stopped {len(stopped)} command(s) a dead run left running in "
+                        f"{self.work} (process group {', '.join(map(str, stopped))})")
+            self.runner.note(f"stopped leftover process groups {stopped}")
 
     def _resumable(self) -> bool:
         if self.fresh or not self.work.is_dir():
