@@ -332,3 +332,43 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+MAKE_RECIPE = '''
+from pathlib import Path
+from wheelfactory.recipe import Recipe
+from wheelfactory.wheelpack import pack_tree
+
+RECIPE = Recipe(name="c", summary="test", source=None, outputs=("c",))
+
+def build(ctx):
+    ctx.run(["make", "-j1", "-C", str(ctx.src), "FAILFLAG={fail}", "EVENTS={events}"])
+    tree = ctx.work / "t"
+    (tree / "c").mkdir(parents=True, exist_ok=True)
+    (tree / "c" / "__init__.py").write_text("")
+    return [pack_tree(tree, "c", "1.0", "py3-none-any", ctx.dist, summary="t")]
+'''
+
+MAKEFILE = """all: a.o b.o c.o
+%.o: %.c
+\t@if [ "$@" = c.o ] && [ -e "$(FAILFLAG)" ]; then echo "$@: injected failure"; exit 1; fi
+\tgcc -c $< -o $@
+\techo $@ >> $(EVENTS)
+"""
+
+
+@pytest.mark.slow  # gcc and make
+def test_a_failed_make_build_resumes_without_recompiling_finished_objects(tmp_path):
+    f = setup(tmp_path)
+    src = tmp_path / "src"
+    (src / "Makefile").write_text(MAKEFILE)
+    for name in "abc":
+        (src / f"{name}.c").write_text(f"int {name}(void) {{ return 1; }}\n")
+    (f.recipes_dirs[0] / "c.py").write_text(MAKE_RECIPE.format(fail=tmp_path / "FAIL", events=tmp_path / "objects"))
+    (tmp_path / "FAIL").touch()
+    with pytest.raises(BuildError, match="c.o: injected failure"):
+        build(f)
+    assert (tmp_path / "objects").read_text().split() == ["a.o", "b.o"]
+    (tmp_path / "FAIL").unlink()
+    build(f)
+    assert (tmp_path / "objects").read_text().split() == ["a.o", "b.o", "c.o"]  # a.o and b.o kept
