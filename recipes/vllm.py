@@ -10,15 +10,21 @@ Steps, as the anchors do them and with their traps closed:
   vllm.toml per version, fetched as extra sources and passed through their *_SRC_DIR variables;
 - for CUDA >= 13, vLLM's CMake intersects the requested arches with its supported list and can
   rewrite 12.1a to 12.0, silently dropping NVFP4 kernels (vllm-project/vllm PRs 38126, 38484,
-  41738): the build log is checked for "Not building ..." lines of families the arch supports.
+  41738): the build log is checked for "Not building ..." lines of families the arch supports;
+- from 0.33, vLLM ships a Rust frontend (vllm-rs, a cargo workspace under rust/) that setup.py builds
+  with setuptools-rust, downloading 600-odd crates from crates.io and GitHub, and skips silently when
+  that fails: `fetch` vendors the crates its Cargo.lock names into the cache (wheelfactory/cargo.py),
+  the build runs cargo offline against them with VLLM_REQUIRE_RUST_FRONTEND=1, so a failure fails the
+  step; options.rust_frontend = false leaves vllm-rs out instead (no cargo needed).
 """
 
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
-from wheelfactory import devicecode
+from wheelfactory import cargo, devicecode
 from wheelfactory.cuda_arch import torch_arch_list
 from wheelfactory.errors import BuildError
 from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair, recipe_data, version_table
@@ -37,8 +43,12 @@ RECIPE = Recipe(
     repair=Repair(mode="retag", strip=True),
     smoke=("import vllm; print('vllm', vllm.__version__)",),
     options=(Option("kernels", bool, True, "false: VLLM_TARGET_DEVICE=empty, a pure-Python wheel without CUDA "
-                    "kernels (CI, plan-only checks)"),),
+                    "kernels (CI, plan-only checks)"),
+             Option("rust_frontend", bool, True, "vLLM >= 0.33: build the Rust frontend (vllm-rs) from crates "
+                    "vendored at fetch, offline; false leaves it out (no cargo needed)")),
     data_files=("vllm.toml", "vllm_kernels.toml"),
+    # rustup's own location, where it is not ~/.rustup: cargo and rustc are its proxies.
+    pass_env=("RUSTUP_HOME",),
 )
 
 
@@ -53,6 +63,28 @@ def _kernels_enabled(spec_or_options) -> bool:
     wheel with no CUDA kernels (CI, and plan-only checks)."""
     options = getattr(spec_or_options, "options", spec_or_options)
     return options["kernels"]
+
+
+def _rust_table(version: str) -> dict | None:
+    """The version's Rust frontend table in recipes/data/vllm.toml, if any (a version without
+    kernels needs no table at all)."""
+    return recipe_data(RECIPE, __file__, "vllm.toml").get(version, {}).get("rust")
+
+
+def _rust(version: str, options) -> dict | None:
+    """The Rust frontend table when the build compiles it: the version has one and
+    options.rust_frontend is on."""
+    rust = _rust_table(version)
+    return rust if rust and options["rust_frontend"] else None
+
+
+def _check_rust_declared(version: str, tree: Path) -> None:
+    """A tree with a Cargo.lock under rust/ and no [<version>.rust] table would build (or skip)
+    its Rust frontend behind the factory's back: refuse, saying what to add."""
+    if _rust_table(version) is None and (tree / "rust" / "Cargo.lock").is_file():
+        raise BuildError(f"vLLM {version}'s source has a Rust frontend (rust/Cargo.lock) and recipes/data/vllm.toml "
+                         f"has no [\"{version}\".rust] table; add one (lock, manifest, toolchain, disable) as "
+                         "0.33.0 has, so that its crates are vendored at fetch")
 
 
 def extra_sources(spec: EnvSpec) -> dict[str, Source]:
@@ -75,7 +107,23 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     if _kernels_enabled(spec):
         for name, dep in _data(spec.version)["deps"].items():
             env[dep["env"]] = "${source_" + name + "}" + (f"/{dep['subdir']}" if "subdir" in dep else "")
+    if _rust(spec.version, spec.options):
+        # setuptools-rust treats vllm-rs as optional and skips it when cargo fails: not here.
+        env["VLLM_REQUIRE_RUST_FRONTEND"] = "1"
+        # cargo's own home in the work tree (its config.toml points at the vendored crates), and
+        # no network for cargo, online or not.
+        env["CARGO_HOME"] = "${work}/cargo-home"
+        env["CARGO_NET_OFFLINE"] = "true"
     return env
+
+
+def fetch(ctx) -> None:
+    """The Rust frontend's crates, vendored into the cache (online), or checked there (offline)."""
+    _check_rust_declared(ctx.version, ctx.src)
+    if (rust := _rust(ctx.version, ctx.step.options)) is None:
+        return
+    dest = cargo.vendor(ctx.runner, ctx.cache, ctx.src / rust["manifest"], ctx.src / rust["lock"], offline=ctx.offline)
+    ctx.runner.note(f"Rust frontend crates: {dest}")
 
 
 def prepare(ctx) -> None:
@@ -84,6 +132,10 @@ def prepare(ctx) -> None:
     script = "tools/use_existing_torch.py" if (ctx.src / "tools" / "use_existing_torch.py").is_file() \
         else "use_existing_torch.py"
     ctx.run([ctx.python, script])
+    _check_rust_declared(ctx.version, ctx.src)
+    rust = _rust_table(ctx.version)
+    if rust and not ctx.step.options["rust_frontend"]:
+        ctx.replace_in_file(ctx.src / "setup.py", *rust["disable"])  # no vllm-rs, and no cargo run at all
     if not _kernels_enabled(ctx.step.options):
         return  # VLLM_TARGET_DEVICE=empty reads only requirements/common.txt, which pins none of them
     # Then pin what the factory builds to the factory's versions, so a locked install can only
@@ -105,9 +157,24 @@ def _nvcc_threads(ctx) -> int:
     return max(1, min(4, ctx.cpus // max(ctx.jobs, 1)))
 
 
+def _rust_env(ctx) -> dict[str, str]:
+    """cargo's config (the vendored crates, offline) written into the step's CARGO_HOME, and the
+    toolchain chosen without rustup downloading one; {} when the build compiles no Rust."""
+    rust = _rust(ctx.version, ctx.step.options)
+    if rust is None:
+        return {}
+    summary, vendor_dir = cargo.vendored(ctx.cache, ctx.src / rust["lock"])
+    cargo_home = Path(ctx.env["CARGO_HOME"])
+    cargo.write_config(cargo_home, summary, vendor_dir)
+    env = cargo.build_env(cargo_home, ctx.jobs)
+    return env | cargo.select_toolchain(ctx.runner, ctx.src, ctx.work, ctx.env | env)
+
+
 def configure(ctx) -> None:
     """vLLM's own CMake configure, with the arguments its setup.py passes (cmake_build_ext.configure
-    in 0.13-0.16), in a directory of its own; then the device-code plan from its build.ninja."""
+    in 0.13-0.16), in a directory of its own; then the device-code plan from its build.ninja. The
+    Rust toolchain and crates are checked first, before minutes of CMake."""
+    _rust_env(ctx)
     if not _kernels_enabled(ctx.step.options):
         return  # VLLM_TARGET_DEVICE=empty: no CMake, no device code
     build_dir = ctx.work / "cmake-configure"
@@ -144,10 +211,23 @@ def _allowances() -> list:
 
 def build(ctx) -> list[Path]:
     threads = _nvcc_threads(ctx)
-    wheels = ctx.build_wheel(env={"NVCC_THREADS": str(threads), "MAX_JOBS": str(ctx.jobs * threads)})
+    env = {"NVCC_THREADS": str(threads), "MAX_JOBS": str(ctx.jobs * threads)} | _rust_env(ctx)
+    wheels = ctx.build_wheel(env=env)
     if _kernels_enabled(ctx.step.options):
         _check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.cuda_arch_list)
+    if _rust(ctx.version, ctx.step.options):
+        _check_rust_frontend(wheels)
     return wheels
+
+
+def _check_rust_frontend(wheels: list[Path]) -> None:
+    """The wheel carries vllm/vllm-rs (VLLM_REQUIRE_RUST_FRONTEND already fails a failed cargo)."""
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            if "vllm/vllm-rs" in zf.namelist():
+                return
+    raise BuildError(f"the Rust frontend was built, and no wheel carries vllm/vllm-rs "
+                     f"({', '.join(w.name for w in wheels)})")
 
 
 # vLLM's CMake words it "... as no compatible archs were found." or "... as no compatible archs found

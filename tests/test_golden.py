@@ -83,7 +83,7 @@ def test_golden_file_is_what_it_claims():
     assert {c: s["version"] for c, s in steps.items()} == {
         "nccl": "2.29.2-1", "torch": "2.10.0", "torchvision": "0.25.0", "torchaudio": "2.10.0",
         "triton": "3.5.1", "flashinfer": "0.6.2", "vllm": "0.15.0"}
-    assert steps["vllm"]["options"] == {"kernels": True}
+    assert steps["vllm"]["options"] == {"kernels": True, "rust_frontend": True}  # 0.15 has no Rust: moot
     assert steps["flashinfer"]["options"] == {"cubin": False, "jit_cache": False}
     assert steps["vllm"]["recipe"]["data"] == {"vllm.toml": "<sha256 of recipes/data/vllm.toml>",
                                                "vllm_kernels.toml": "<sha256 of recipes/data/vllm_kernels.toml>"}

@@ -42,7 +42,7 @@ def test_public_helper_must_start_with_underscore(tmp_path):
     with pytest.raises(InputError) as e:
         load_recipes(d)
     assert str(e.value) == (f"{d / 'x.py'}: def kernels_on(spec) is not a recipe hook (hooks: environment, "
-                            "requirements, extra_sources, prepare, configure, build); name a helper with a leading "
+                            "requirements, extra_sources, fetch, prepare, configure, build); name a helper with a leading "
                             "underscore, e.g. _kernels_on")
 
 
@@ -77,7 +77,7 @@ def test_asking_for_an_unknown_hook_name_is_a_programming_error(tmp_path):
 def test_shipped_recipes_declare_the_options_they_read():
     recipes = load_recipes(RECIPES)
     declared = {n: {o.name: (o.type, o.default) for o in lr.recipe.options} for n, lr in recipes.items()}
-    assert declared["vllm"] == {"kernels": (bool, True)}
+    assert declared["vllm"] == {"kernels": (bool, True), "rust_frontend": (bool, True)}
     assert declared["flashinfer"] == {"cubin": (bool, False), "jit_cache": (bool, False)}
     assert all(not declared[n] for n in ("nccl", "torch", "torchvision", "torchaudio", "triton"))
 
@@ -112,7 +112,7 @@ def release_file(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("text, expected", [
     ('[components.vllm]\nversion = "0.15.0"\noptions = { kernel = false }\n',
      "{p} [components.vllm] options.kernel: unknown option 'kernel' (did you mean 'kernels'?); "
-     "vllm options: kernels (`wheelfactory list --options`)"),
+     "vllm options: kernels, rust_frontend (`wheelfactory list --options`)"),
     ('[components.vllm]\nversion = "0.15.0"\noptions = { kernels = "false" }\n',
      "{p} [components.vllm] options.kernels: expected true or false, got 'false'"),
     ('[components.flashinfer]\nversion = "0.6.2"\noptions = { cubin = 1 }\n',
@@ -151,8 +151,8 @@ def test_defaults_are_filled_in_and_keyed(tmp_path, factory):
 def test_writing_a_default_out_keeps_the_key_and_changing_it_rekeys(tmp_path, factory):
     rel = factory.release("0.15.0-t4")
     implicit = factory.plan(rel).step("vllm").key
-    explicit = _with_options(rel, "vllm", {"kernels": True})
-    off = _with_options(rel, "vllm", {"kernels": False})
+    explicit = _with_options(rel, "vllm", {"kernels": True, "rust_frontend": True})
+    off = _with_options(rel, "vllm", {"kernels": False, "rust_frontend": True})
     assert factory.plan(explicit).step("vllm").key == implicit
     assert factory.plan(off).step("vllm").key != implicit
 

@@ -118,8 +118,9 @@ def config_toml(summary: LockSummary, vendor_dir: Path | str) -> str:
         if registry in (CRATES_IO, CRATES_IO_SPARSE):
             lines += ["[source.crates-io]", f'replace-with = "{VENDORED}"', ""]
         else:
-            url = registry.split("+", 1)[1]
-            lines += [f"[source.{_toml_str(registry)}]", f"registry = {_toml_str(registry if registry.startswith('sparse+') else url)}",
+            # cargo's `registry` key takes a sparse index with its prefix, a git index without.
+            index = registry if registry.startswith("sparse+") else registry.split("+", 1)[1]
+            lines += [f"[source.{_toml_str(registry)}]", f"registry = {_toml_str(index)}",
                       f'replace-with = "{VENDORED}"', ""]
     for source in summary.git_sources:
         name, keys = _git_source_table(source)
@@ -132,8 +133,10 @@ def config_toml(summary: LockSummary, vendor_dir: Path | str) -> str:
 
 
 def build_env(cargo_home: Path | str, jobs: int) -> dict[str, str]:
-    """The runtime settings of a cargo build against vendored crates (not keyed: paths and jobs)."""
-    return {"CARGO_HOME": str(cargo_home), "CARGO_NET_OFFLINE": "true", "CARGO_BUILD_JOBS": str(max(1, jobs))}
+    """The runtime settings of a cargo build against vendored crates (not keyed: paths and jobs);
+    rustup must not download a toolchain mid-build either."""
+    return {"CARGO_HOME": str(cargo_home), "CARGO_NET_OFFLINE": "true", "CARGO_BUILD_JOBS": str(max(1, jobs)),
+            "RUSTUP_AUTO_INSTALL": "0"}
 
 
 # -- the toolchain pin ----------------------------------------------------------------------------

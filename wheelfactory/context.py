@@ -1,4 +1,5 @@
-"""What a recipe's prepare() and build() hooks receive: paths, target, jobs and a runner.
+"""What a recipe's hooks receive: fetch() a FetchContext (the fetched tree, the cache, a runner);
+prepare(), configure() and build() a BuildContext (paths, target, jobs and a runner).
 
 Hooks only call methods of this object; they never start processes or touch the wheelhouse
 themselves, so a test can hand them a context whose runner records instead of running.
@@ -19,6 +20,24 @@ from .errors import BuildError
 from .plan import Step
 from .recipe import Target
 from .runner import Runner
+
+
+@dataclass
+class FetchContext:
+    """A recipe's fetch() hook: the source tree is in the cache; fetch what else the build will
+    need into the cache (never into the tree, which every build of that content shares). With
+    offline, nothing may be downloaded: check that it is there, or fail saying what to run."""
+
+    step: Step
+    src: Path  # the fetched tree in the source cache: shared, read only
+    cache: Path
+    runner: Runner
+    offline: bool
+    echo: Callable[[str], None] = print
+
+    @property
+    def version(self) -> str:
+        return self.step.version
 
 
 @dataclass

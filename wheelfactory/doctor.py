@@ -1,6 +1,7 @@
 """The host against a build, before anything starts (`wheelfactory doctor`, and the fatal checks
 at the start of `build`): an interpreter that really runs, disk, memory, ccache, the CUDA
-toolkit, Docker. A multi-hour build should not find a broken pyenv shim or a full disk an hour in.
+toolkit, cargo for steps that compile Rust, Docker. A multi-hour build should not find a broken
+pyenv shim, a missing cargo or a full disk an hour in.
 
 Every check is one line: ok, warn (the build runs, maybe slower or worse) or FAIL (the build
 would fail: `build` stops with exit 2 before any work). The host is read through a `Probe`, so
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cargo import RUSTUP_HINT
 from .ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
 from .host import Host
 from .plan import BUILD, Plan, Step
@@ -182,6 +184,31 @@ def check_cuda(plan: Plan, host: Host, probe: Probe) -> Check:
     return Check("cuda", OK, f"host nvcc {host.toolkit} at {nvcc} (--system-cuda)")
 
 
+def rust_steps(steps: Sequence[Step]) -> list[Step]:
+    """The steps that run cargo: their recipe gives the build a CARGO_HOME of its own (cargo.py's
+    vendored crates; vLLM's Rust frontend from 0.33 on)."""
+    return [s for s in steps if "CARGO_HOME" in s.env]
+
+
+def check_rust(steps: Sequence[Step], probe: Probe) -> list[Check]:
+    """cargo and rustc on PATH for steps that compile Rust; nothing to say for the others."""
+    needing = rust_steps(steps)
+    if not needing:
+        return []
+    names = ", ".join(f"{s.component} {s.version}" for s in needing)
+    missing = [tool for tool in ("cargo", "rustc") if probe.which(tool) is None]
+    if missing:
+        return [Check("rust", FAIL, f"{names} compiles Rust and {' and '.join(missing)} "
+                                    f"{'is' if len(missing) == 1 else 'are'} not on PATH: {RUSTUP_HINT}, or "
+                                    "leave the Rust part out (vLLM: options = { rust_frontend = false })")]
+    code, out = probe.run(["cargo", "--version"])
+    if code != 0:
+        last = out.splitlines()[-1] if out else f"exit code {code}"
+        return [Check("rust", FAIL, f"{names} compiles Rust and `cargo --version` fails here ({last}): {RUSTUP_HINT}")]
+    return [Check("rust", OK, f"{out.splitlines()[0] if out else 'cargo'} for {names} (crates vendored by `fetch`, "
+                              "built offline)")]
+
+
 def check_docker(probe: Probe) -> list[Check]:
     """Docker with BuildKit, for `wheelfactory images` only; never fatal for a wheel build."""
     docker = probe.which("docker")
@@ -218,6 +245,7 @@ def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, pro
         checks.append(check_python(plan.target.python, python, probe))
     checks += [check_disk(cache_dir, building, is_wheel_label(plan.target.toolkit), probe),
                check_memory(host, building), check_ccache(cache_dir, probe), check_cuda(plan, host, probe)]
+    checks += check_rust([s for s in work if s.action == BUILD], probe)
     if images:
         checks += check_docker(probe)
     return checks

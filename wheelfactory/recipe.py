@@ -9,6 +9,9 @@ A recipe module under `recipes/` defines:
   extra_sources(spec) -> {name: Source}
                             optional; further sources the build needs (vLLM's CMake dependencies,
                             Triton's LLVM), fetched by `fetch` so that `build --offline` works
+  fetch(ctx)                optional; more fetch work once the source tree is in the cache (vLLM's
+                            Rust crates, vendored with cargo), run by `fetch` and by every build's
+                            fetch phase; with ctx.offline it only checks that the work was done
   prepare(ctx)              optional; edits the unpacked source before building
   configure(ctx)            optional; runs the build system's configure step only (build --until configure)
   build(ctx) -> [Path]      optional; default is `pip wheel --no-build-isolation` of the source
@@ -37,7 +40,7 @@ from .errors import InputError, did_you_mean
 from .sources import Source
 
 # The hooks a recipe module may define, each called with one argument (see the module docstring).
-HOOKS = ("environment", "requirements", "extra_sources", "prepare", "configure", "build")
+HOOKS = ("environment", "requirements", "extra_sources", "fetch", "prepare", "configure", "build")
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,7 @@ def check_hooks(module: ModuleType, path: Path) -> None:
                              f"name a helper with a leading underscore, e.g. _{name}")
         if not inspect.isfunction(obj) or len(params) != 1:
             raise InputError(f"{path}: {shown}: the {name} hook takes exactly one argument "
-                             f"({'ctx' if name in ('prepare', 'configure', 'build') else 'spec'})")
+                             f"({'ctx' if name in ('fetch', 'prepare', 'configure', 'build') else 'spec'})")
 
 
 def load_recipe_module(path: Path) -> LoadedRecipe:
