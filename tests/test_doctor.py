@@ -13,11 +13,13 @@ from wheelfactory.doctor import (
     WARN,
     Check,
     Probe,
+    check_arch,
     check_ccache,
     check_cuda,
     check_disk,
     check_docker,
     check_memory,
+    check_network,
     check_python,
     failures,
     host_checks,
@@ -31,13 +33,16 @@ GOOD_PY = "3.12\nvenv-ok"
 
 
 def probe(runs: dict[str, tuple[int, str]] | None = None, paths: dict[str, str] | None = None,
-          free_gb: float = 500, files: set[str] = frozenset(), current: str = "3.11") -> Probe:
-    """A fake host: `runs` maps a program to (exit code, output); `paths` is what is on PATH."""
+          free_gb: float = 500, files: set[str] = frozenset(), current: str = "3.11",
+          unreachable: dict[str, str] | None = None) -> Probe:
+    """A fake host: `runs` maps a program to (exit code, output); `paths` is what is on PATH;
+    `unreachable` maps a URL to why it does not answer (every other URL answers)."""
     runs = runs or {}
     paths = paths or {}
+    unreachable = unreachable or {}
     return Probe(run=lambda argv: runs.get(argv[0], (127, f"{argv[0]}: not found")),
                  which=paths.get, disk_free=lambda p: int(free_gb * 1e9), exists=files.__contains__,
-                 current_python=(current, "/usr/bin/python3.11"))
+                 current_python=(current, "/usr/bin/python3.11"), reach=unreachable.get)
 
 
 def test_a_working_interpreter_passes():
@@ -149,3 +154,36 @@ def test_build_stops_with_exit_2_before_any_work(factory, monkeypatch, capsys):
     assert e.value.exit_code == 2 and "nothing was built" in str(e.value)
     err = capsys.readouterr().err
     assert "host: FAIL  disk    1 GB free" in err and "host: warn  ccache  not found" in err
+
+
+# `nvcc --list-gpu-arch` of CUDA 13.0, as printed
+LIST_13_0 = "compute_75\ncompute_80\ncompute_86\ncompute_87\ncompute_88\ncompute_89\ncompute_90\ncompute_100\n" \
+            "compute_110\ncompute_103\ncompute_120\ncompute_121\n"
+
+
+def test_arch_list_against_what_nvcc_knows():
+    from wheelfactory.cuda_arch import parse_arch_list
+
+    nvcc = Path("/t/bin/nvcc")
+    known = probe({"/t/bin/nvcc": (0, LIST_13_0)}, files={"/t/bin/nvcc"})
+    c = check_arch(parse_arch_list(["12.1a", "9.0+PTX"]), nvcc, known)
+    assert c.level == OK and c.message == "/t/bin/nvcc compiles for 12.1a 9.0+PTX"
+    c = check_arch(parse_arch_list(["12.1a", "7.0", "13.0f"]), nvcc, known)
+    assert c.level == FAIL
+    assert c.message.startswith("/t/bin/nvcc cannot compile for 7.0, 13.0f (it knows compute_75..compute_121)")
+    assert check_arch(parse_arch_list(["12.1a"]), nvcc, probe()).level == OK  # not assembled yet: nvcc decides later
+    assert check_arch(parse_arch_list(["12.1a"]), None, probe()) is None
+
+
+def test_network_or_a_complete_cache(factory):
+    steps = [s for s in factory.plan(factory.release(str(CI_RELEASES / "ci.toml"))).steps if not s.adopt]
+    # an empty cache: flashinfer and vllm come from the index (nccl's stand-in is a local path)
+    c = check_network(steps, factory.sources, "https://pypi.org/simple", False, probe())
+    assert c.level == OK and c.message == "to fetch: flashinfer, vllm; their hosts answer"
+    down = probe(unreachable={"https://pypi.org/simple": "ConnectionError: no route"})
+    c = check_network(steps, factory.sources, "https://pypi.org/simple", False, down)
+    assert c.level == FAIL and "https://pypi.org/simple does not answer (ConnectionError: no route)" in c.message
+    c = check_network(steps, factory.sources, "https://pypi.org/simple", True, probe())
+    assert c.level == FAIL and "--offline and not in the cache: flashinfer, vllm" in c.message
+    only_local = [s for s in steps if s.component == "nccl"]
+    assert check_network(only_local, factory.sources, "https://pypi.org/simple", True, down).level == OK

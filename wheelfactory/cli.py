@@ -272,7 +272,7 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                 p = factory.plan(rel, targets, env, source_dirs, adopt)
         forced = components_to_rebuild(p, rebuild, force, factory.recipes)
         if not no_host_check:
-            _host_check(factory, p, python, forced, echo)
+            _host_check(factory, p, python, forced, echo, offline=offline)
         results = factory.executor(p, echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
                                    verbose=verbose, until=until, until_steps=tuple(targets), rebuild=forced,
                                    fresh=fresh, wait=wait, use_pip=use_pip).build()
@@ -305,11 +305,12 @@ def check_jobs(jobs: int | None, cpus: int | None = None) -> None:
 
 
 def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset[str],
-                echo: Callable[[str], None] = _echo) -> None:
+                echo: Callable[[str], None] = _echo, offline: bool = False) -> None:
     """`doctor`'s checks before a build: problems and the ccache line shown, a failure stops it (exit 2)."""
     from .doctor import FAIL, OK, failures, host_checks
 
-    checks = host_checks(p, factory.host, factory.cache_dir, python, rebuild=forced)
+    checks = host_checks(p, factory.host, factory.cache_dir, python, rebuild=forced, nvcc=factory.build_nvcc(p.release),
+                         sources=factory.sources, index_url=factory.index_url, offline=offline)
     for c in checks:
         if c.level != OK or c.name == "ccache":
             echo(f"host: {c.line()}")
@@ -326,11 +327,13 @@ def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset
 @click.pass_obj
 def doctor(factory: Factory, release: str, targets: tuple[str, ...], python: str | None) -> None:
     """Check this host against building TARGETS (default: the whole release) before anything starts:
-    the interpreter, disk, memory, ccache, CUDA, Docker. Exit 2 if a build would fail."""
+    the interpreter, disk, memory, ccache, CUDA and its arch support, the network or a complete
+    source cache, Docker. Exit 2 if a build would fail."""
     from .doctor import failures, host_checks
 
     p = factory.plan(factory.release(release), targets)
-    checks = host_checks(p, factory.host, factory.cache_dir, python, images=True)
+    checks = host_checks(p, factory.host, factory.cache_dir, python, images=True, nvcc=factory.build_nvcc(p.release),
+                         sources=factory.sources, index_url=factory.index_url)
     for c in checks:
         click.echo(c.line())
     if bad := failures(checks):

@@ -11,6 +11,7 @@ each check is tested against a fake good or broken host without running anything
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,11 @@ from pathlib import Path
 
 from .cargo import RUSTUP_HINT
 from .ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
+from .cuda_arch import CudaArch
+from .fetch import SourceCache
 from .host import Host
 from .plan import BUILD, Plan, Step
+from .sources import LocalSource, PypiSource, Source
 from .toolkit import is_wheel_label, mismatch_warning
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -73,6 +77,17 @@ def _disk_free(path: Path) -> int:
     return shutil.disk_usage("/").free
 
 
+def _reach(url: str) -> str | None:
+    """Whether an HTTP(S) server answers at url (any status counts: it is the network we test)."""
+    import requests
+
+    try:
+        requests.head(url, timeout=10, allow_redirects=False)
+    except requests.RequestException as e:
+        return type(e).__name__ + (f": {e.args[0]}" if e.args and isinstance(e.args[0], str) else "")
+    return None
+
+
 @dataclass(frozen=True)
 class Probe:
     """How the checks see the host; tests pass fakes."""
@@ -81,6 +96,7 @@ class Probe:
     which: Callable[[str], str | None] = shutil.which
     disk_free: Callable[[Path], int] = _disk_free
     exists: Callable[[str], bool] = os.path.exists
+    reach: Callable[[str], str | None] = lambda url: _reach(url)  # None: it answers; else why not
     current_python: tuple[str, str] = field(
         default_factory=lambda: (f"{sys.version_info.major}.{sys.version_info.minor}", sys.executable))
 
@@ -228,6 +244,65 @@ def check_docker(probe: Probe) -> list[Check]:
     return checks
 
 
+def check_arch(archs: Sequence[CudaArch], nvcc: Path | None, probe: Probe) -> Check | None:
+    """The nvcc the build will use knows every arch of the release (`nvcc --list-gpu-arch`)."""
+    if nvcc is None:
+        return None
+    if not probe.exists(str(nvcc)):
+        return Check("arch", OK, f"{nvcc} is not there yet (the toolkit is assembled by `fetch` or the first "
+                                 "build); nvcc itself refuses an arch it does not know")
+    code, out = probe.run([str(nvcc), "--list-gpu-arch"])
+    known = set(re.findall(r"compute_(\d+)", out))
+    if code != 0 or not known:
+        return Check("arch", WARN, f"`{nvcc} --list-gpu-arch` gave nothing usable (exit {code})")
+    missing = [str(a) for a in archs if a.sm not in known]
+    listed = " ".join(str(a) for a in archs)
+    if missing:
+        newest = max(known, key=int)
+        return Check("arch", FAIL, f"{nvcc} cannot compile for {', '.join(missing)} (it knows compute_{min(known, key=int)}"
+                                   f"..compute_{newest}): use a newer CUDA or drop them from cuda_arch_list")
+    return Check("arch", OK, f"{nvcc} compiles for {listed}")
+
+
+def missing_sources(steps: Sequence[Step], sources: SourceCache) -> list[tuple[str, Source]]:
+    """The sources of building steps the cache does not hold: (what, source) pairs."""
+    missing = []
+    for step in steps:
+        named = ([(step.component, step.source)] if step.source is not None else []) + \
+                [(f"{step.component}.{name}", src) for name, src in step.extra_sources.items()]
+        for what, source in named:
+            if isinstance(source, LocalSource):
+                continue
+            content = sources.recorded(source)
+            if content is None or not sources.tree_path(source, content).exists():
+                missing.append((what, source))
+    return missing
+
+
+def source_url(source: Source, index_url: str) -> str:
+    """Where fetching a source goes first: the index for an sdist, the repository or URL otherwise."""
+    if isinstance(source, PypiSource):
+        return index_url
+    return getattr(source, "url", index_url)
+
+
+def check_network(steps: Sequence[Step], sources: SourceCache, index_url: str, offline: bool,
+                  probe: Probe) -> Check:
+    """Either the cache holds every source the build needs, or the places they come from answer."""
+    missing = missing_sources(steps, sources)
+    if not missing:
+        return Check("network", OK, "every source of the plan is in the cache: no network needed")
+    names = ", ".join(what for what, _ in missing)
+    if offline:
+        return Check("network", FAIL, f"--offline and not in the cache: {names}; run `wheelfactory fetch` "
+                                      "where there is a network first")
+    for url in dict.fromkeys(source_url(src, index_url) for _, src in missing):
+        if (why := probe.reach(url)) is not None:
+            return Check("network", FAIL, f"{url} does not answer ({why}) and the cache lacks {names}: run on a "
+                                          "network, or `wheelfactory fetch` where there is one and bring the cache")
+    return Check("network", OK, f"to fetch: {names}; their hosts answer")
+
+
 def steps_to_run(plan: Plan, rebuild: Iterable[str] = ()) -> list[Step]:
     """The plan's steps that will do work (not cached, or forced)."""
     forced = set(rebuild)
@@ -235,8 +310,12 @@ def steps_to_run(plan: Plan, rebuild: Iterable[str] = ()) -> list[Step]:
 
 
 def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, probe: Probe | None = None,
-                rebuild: Iterable[str] = (), images: bool = False) -> list[Check]:
-    """Every check for building the plan on this host (and for its images, with images)."""
+                rebuild: Iterable[str] = (), images: bool = False, *, nvcc: Path | None = None,
+                sources: SourceCache | None = None, index_url: str = "https://pypi.org/simple",
+                offline: bool = False) -> list[Check]:
+    """Every check for building the plan on this host (and for its images, with images). With
+    `nvcc` (the compiler builds will use) the arch list is checked against it; with `sources`,
+    the cache against the network."""
     probe = probe or Probe()
     work = steps_to_run(plan, rebuild)
     building = [s for s in work if s.action == BUILD or (s.action == "cached" and not s.adopt)]
@@ -246,6 +325,10 @@ def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, pro
     checks += [check_disk(cache_dir, building, is_wheel_label(plan.target.toolkit), probe),
                check_memory(host, building), check_ccache(cache_dir, probe), check_cuda(plan, host, probe)]
     checks += check_rust([s for s in work if s.action == BUILD], probe)
+    if building and (arch := check_arch(plan.target.archs, nvcc, probe)) is not None:
+        checks.append(arch)
+    if sources is not None:
+        checks.append(check_network(building, sources, index_url, offline, probe))
     if images:
         checks += check_docker(probe)
     return checks

@@ -20,7 +20,7 @@ from .release import Release, load_release
 from .runner import Runner
 from .secretenv import parse_secret_env
 from .sources import Source, is_local_wheel, local_source
-from .toolkit import WheelToolkit, load_toolkit, mismatch_warning
+from .toolkit import ToolkitCache, WheelToolkit, load_toolkit, mismatch_warning, toolkits_dir
 from .wheelhouse import Wheelhouse
 
 DEFAULT_RELEASE = "0.15.0-t4"
@@ -181,6 +181,14 @@ class Factory:
             return None
         return load_toolkit(self.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml", release.target.cuda,
                             self.host.platform)
+
+    def build_nvcc(self, release: Release) -> Path | None:
+        """The nvcc builds of the release will run: the wheel toolkit's (assembled or not yet), or
+        the host's with --system-cuda; None where there is none."""
+        toolkit = self.toolkit(release)
+        if toolkit is not None:
+            return ToolkitCache(toolkits_dir(self.cache_dir), self.index_url).root_of(toolkit) / "bin" / "nvcc"
+        return Path(self.host.cuda_home, "bin", "nvcc") if self.host.cuda_home else None
 
     def executor(self, plan: Plan, echo: Callable[[str], None], installer: Installer | None = None,
                  **options: object) -> Executor:
