@@ -90,19 +90,6 @@ def find_python(version: str, override: str | None) -> str:
     return found
 
 
-def find_python(version: str, override: str | None) -> str:
-    """The interpreter build venvs are made with: it decides the wheels' cpXY tag."""
-    if override:
-        return override
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
-        return sys.executable
-    found = shutil.which(f"python{version}")
-    if not found:
-        raise InputError(f"the release targets Python {version}, and there is no python{version} on PATH; "
-                         f"install it or pass --python /path/to/python{version}")
-    return found
-
-
 class Executor:
     def __init__(self, plan: Plan, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe], host: Host,
                  options: ExecOptions, echo: Callable[[str], None] = print, toolkit: WheelToolkit | None = None,
