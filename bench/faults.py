@@ -104,7 +104,6 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
 
     survived = sum(r.ok for r in kills) + sum(p.ok for p in points)
-    known_gap = sum(r.known_index_gap for r in kills) + sum(not p.ok for p in points)
     lost = sum(len(r.lost) for r in kills) + sum(len(p.lost) for p in points)
     figures = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -114,7 +113,7 @@ def main() -> None:
         "kills_sigkill_pid": sum(r.signal == "SIGKILL-pid" for r in kills) + len(points),
         "kills_in_publish_window": sum(r.where.startswith("publish") for r in kills) + len(points),
         "interruptions_survived": survived,
-        "interruptions_with_stale_index (known gap)": known_gap,
+        "orphans_left_after_the_next_build": sum(r.orphans for r in kills),
         "verify_failed_right_after_kill": sum(r.verify_after_kill.rc != 0 for r in kills)
         + sum(p.verify_after_kill.rc != 0 for p in points),
         "concurrent_runs": len(conc.builders) + len(same.builders) + len(gc.builders),
@@ -133,7 +132,8 @@ def main() -> None:
     rows = [
         ("interruptions survived", f"{survived}/{figures['kills']} ({figures['kills_sigint_group']} SIGINT to the "
          f"group, {figures['kills_sigkill_pid']} SIGKILL to the pid; {figures['kills_in_publish_window']} in the "
-         f"publish window; {known_gap} left a stale index: known gap)"),
+         f"publish window; {figures['orphans_left_after_the_next_build']} orphaned command(s) left after the "
+         "next build)"),
         ("concurrent runs", f"{figures['concurrent_runs_ok']}/{figures['concurrent_runs']} succeeded"),
         ("corruptions caught", f"{figures['corruptions_caught']}/{len(corruptions)} by verify, "
          f"{figures['corruptions_rebuilt']} rebuilt"),

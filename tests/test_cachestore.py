@@ -19,7 +19,6 @@ from wheelfactory.cli import cli
 from wheelfactory.factory import Factory
 from wheelfactory.interrupt import file_lock
 from wheelfactory.verify import verify_wheelhouse
-from wheelfactory.wheelhouse import Wheelhouse
 
 USED_COMMIT = "a" * 40
 OLD_COMMIT = "b" * 40
@@ -48,8 +47,10 @@ def lab(tmp_path) -> Factory:
     (recipes / "releases" / "r.toml").write_text(
         "[target]\npython = '3.11'\ncuda = '13.0'\ncuda_arch_list = ['9.0']\nplatform = 'linux_x86_64'\n"
         "system_cuda = true\n"
-        f"[components.a]\nversion = '1.0'\nsource = {{ git = 'https://example.invalid/a.git', ref = '{USED_COMMIT}' }}\n"
-        f"[components.b]\nversion = '1.0'\nsource = {{ url = 'https://example.invalid/b.tar.gz', sha256 = '{URL_SHA}' }}\n"
+        f"[components.a]\nversion = '1.0'\n"
+        f"source = {{ git = 'https://example.invalid/a.git', ref = '{USED_COMMIT}' }}\n"
+        f"[components.b]\nversion = '1.0'\n"
+        f"source = {{ url = 'https://example.invalid/b.tar.gz', sha256 = '{URL_SHA}' }}\n"
         "[components.c]\nversion = '1.0'\nsource = { pypi = 'c' }\n")
     cache = tmp_path / "cache"
     sources = cache / "sources"

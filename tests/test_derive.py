@@ -1,14 +1,17 @@
 """`wheelfactory release derive` and `release check`: the CMake reader, the requirement edits, the
 derivation with its sources, writing without clobbering, and the shipped 0.33 release.
 
-Fast tests read the stand-in trees in tests/fixtures/vllm-standin-*/ (not vLLM; made-up pins)
-through a stand-in upstream. Slow tests read the real vLLM sdists and torch METADATA from PyPI.
+Fast tests read the stand-in trees in tests/fixtures/vllm-standin-*/ (not vLLM; made-up pins;
+vllm-standin-rust is an overlay adding a Rust frontend) through a stand-in upstream. Slow tests
+read the real vLLM sdists and torch METADATA from PyPI.
 """
 
 from __future__ import annotations
 
 import email.parser
+import hashlib
 import io
+import re
 import shutil
 import subprocess
 import tomllib
@@ -42,6 +45,7 @@ from .test_recipe_hooks import load, make_ctx  # noqa: F401  (make_ctx is a fixt
 
 OLD = FIXTURES / "vllm-standin-old"
 NEW = FIXTURES / "vllm-standin-new"
+RUST = FIXTURES / "vllm-standin-rust"  # an overlay on NEW: setup.py, tools/build_rust.py, rust/
 
 TORCH_METADATA = """Metadata-Version: 2.1
 Name: torch
@@ -224,6 +228,121 @@ def test_derive_says_when_the_release_cuda_has_no_wheel_pins():
     assert 'cuda_wheels.toml ["12.77"]' in dict(d.missing)
 
 
+# -- the Rust frontend table ------------------------------------------------------------------
+
+def _rust_tree(tmp_path: Path, base: Path = NEW) -> Path:
+    """A stand-in tree with the Rust frontend overlay: a 0.33-shaped source tree."""
+    tree = tmp_path / "vllm-rust"
+    shutil.copytree(base, tree)
+    shutil.copytree(RUST, tree, dirs_exist_ok=True)
+    return tree
+
+
+STANDIN_RUST = {"lock": "rust/Cargo.lock", "manifest": "rust/Cargo.toml", "toolchain": "1.77",
+                "disable": ["rust_extensions=rust_extensions,", "rust_extensions=[],"]}
+
+
+def test_derive_writes_the_rust_table_with_every_source(tmp_path):
+    d = derive(StandinUpstream(_rust_tree(tmp_path)), RECIPES, Request("9.9.9", 5, cuda="13.1.0"))
+    assert d.data["vllm.toml"]["9.9.9"]["rust"] == STANDIN_RUST
+    assert not [k for k, _ in d.missing if k.startswith("vllm rust")]
+    lock_sha = hashlib.sha256((RUST / "rust" / "Cargo.lock").read_bytes()).hexdigest()
+    sources = {k: (v, s) for k, v, s in d.values if k.startswith("vllm rust")}
+    assert sources == {
+        # the workspace above the RustExtension's member manifest (the commented-out one is no code)
+        "vllm rust manifest": ("rust/Cargo.toml", "vllm-standin/rust/Cargo.toml:1 ([workspace] above RustExtension "
+                                                  "path rust/src/cli/Cargo.toml at tools/build_rust.py:9)"),
+        "vllm rust lock": ("rust/Cargo.lock", "vllm-standin/rust/Cargo.lock (the lock of rust/Cargo.toml: 1 crates "
+                                              f"and 1 git dependency (Cargo.lock sha256 {lock_sha[:12]}))"),
+        "vllm rust toolchain": ("1.77", "vllm-standin/rust-toolchain.toml:3"),
+        # the argument of setup(), not the comment above it
+        "vllm rust disable": ("'rust_extensions=rust_extensions,' -> 'rust_extensions=[],'",
+                              "vllm-standin/setup.py:25 (setup()'s argument, emptied for options.rust_frontend = "
+                              "false)"),
+    }
+    assert "vllm rust toolchain: 1.77" in d.report() and "<- vllm-standin/rust-toolchain.toml:3" in d.report()
+
+
+def test_the_rust_table_has_the_fields_the_recipe_reads():
+    """The shipped 0.33.0 table (read by recipes/vllm.py) and a derived one have the same fields, in
+    the same order, so a derived entry renders as the shipped one is written."""
+    shipped = tomllib.loads((RECIPES / "data" / "vllm.toml").read_text())["0.33.0"]["rust"]
+    assert list(shipped) == list(STANDIN_RUST)
+    entry = {"deps": {"a": {"git": "g", "ref": "r", "env": "A_SRC_DIR"}}, "rust": STANDIN_RUST}
+    text = render_entry("vllm.toml", "9.9.9", entry)
+    assert '["9.9.9".rust]\nlock = "rust/Cargo.lock"\n' in text
+    assert tomllib.loads(text) == {"9.9.9": entry}
+
+
+def test_the_disable_edit_matches_setup_py_once_and_empties_the_argument(tmp_path):
+    tree = _rust_tree(tmp_path)
+    d = Derivation()
+    old, new = vllm_entry(tree, "vllm-standin", d)["rust"]["disable"]
+    text = (tree / "setup.py").read_text()
+    assert text.count(old) == 1
+    assert "    rust_extensions=[],\n    install_requires" in text.replace(old, new)
+
+
+def test_a_tree_without_rust_gets_no_table():
+    d = derive(StandinUpstream(NEW), RECIPES, Request("9.9.9", 5, cuda="13.1.0"))
+    assert "rust" not in d.data["vllm.toml"]["9.9.9"]
+    assert not [k for k, _, _ in d.values if k.startswith("vllm rust")]
+    assert not [k for k, _ in d.missing if k.startswith("vllm rust")]
+
+
+def _break(tree: Path, rel: str, old: str | None, new: str = "") -> None:
+    path = tree / rel
+    if old is None:
+        path.unlink()
+    else:
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, new))
+
+
+@pytest.mark.parametrize("rel, old, new, field, why", [
+    ("rust/Cargo.lock", None, "", "lock", "no rust/Cargo.lock beside rust/Cargo.toml"),
+    ("rust/Cargo.lock", 'checksum = "' + "3" * 64 + '"\n', "", "lock", r"without a checksum \(itoa 1.0.99\)"),
+    ("tools/build_rust.py", "        RustExtension(\n            target=\"standin.standin-rs\"",
+     "        dict(\n            target=\"standin.standin-rs\"", "manifest",
+     r"no RustExtension\(...\) in setup.py or tools/\*.py says which Cargo.toml"),
+    ("tools/build_rust.py", 'path="rust/src/cli/Cargo.toml"', 'path=os.path.join("rust", "Cargo.toml")', "manifest",
+     r"tools/build_rust.py:7: RustExtension's path is not a plain string \(os.path.join"),
+    ("tools/build_rust.py", 'path="rust/src/cli/Cargo.toml"', 'path="rust/src/gone/Cargo.toml"', "manifest",
+     "RustExtension path rust/src/gone/Cargo.toml is not in the tree"),
+    ("setup.py", "    rust_extensions=rust_extensions,\n", "", "disable",
+     "setup.py passes no rust_extensions= to setup()"),
+    ("setup.py", "# The argument", "# rust_extensions=rust_extensions, The argument", "disable",
+     r"setup.py:25: 'rust_extensions=rust_extensions,' occurs 2 times in setup.py"),
+    ("rust-toolchain.toml", "[toolchain]", "[toolchain", "toolchain", "rust-toolchain.toml: not valid TOML"),
+])
+def test_what_cannot_be_derived_is_listed_and_no_partial_table_written(tmp_path, rel, old, new, field, why):
+    tree = _rust_tree(tmp_path)
+    _break(tree, rel, old, new)
+    d = derive(StandinUpstream(tree), RECIPES, Request("9.9.9", 5, cuda="13.1.0"))
+    assert "rust" not in d.data["vllm.toml"]["9.9.9"]
+    missing = dict(d.missing)
+    assert re.search(why, missing[f"vllm rust {field}"]), missing[f"vllm rust {field}"]
+    assert f"NOT DERIVED vllm rust {field}: " in d.report()
+
+
+def test_a_tree_without_a_toolchain_pin_gets_a_table_without_toolchain(tmp_path):
+    tree = _rust_tree(tmp_path)
+    (tree / "rust-toolchain.toml").unlink()
+    d = derive(StandinUpstream(tree), RECIPES, Request("9.9.9", 5, cuda="13.1.0"))
+    assert d.data["vllm.toml"]["9.9.9"]["rust"] == {k: v for k, v in STANDIN_RUST.items() if k != "toolchain"}
+    assert any("no rust-toolchain.toml" in n for n in d.notes)
+
+
+def test_a_package_outside_any_workspace_is_its_own_manifest(tmp_path):
+    tree = _rust_tree(tmp_path)
+    _break(tree, "rust/Cargo.toml", None)
+    (tree / "rust" / "src" / "cli" / "Cargo.lock").write_bytes((tree / "rust" / "Cargo.lock").read_bytes())
+    d = Derivation()
+    rust = vllm_entry(tree, "vllm-standin", d)["rust"]
+    assert (rust["manifest"], rust["lock"]) == ("rust/src/cli/Cargo.toml", "rust/src/cli/Cargo.lock")
+    assert "in no workspace" in {k: s for k, _, s in d.values}["vllm rust manifest"]
+
+
 # -- writing -------------------------------------------------------------------------------
 
 def _recipes_copy(tmp_path: Path) -> Path:
@@ -317,6 +436,54 @@ def test_cli_check_exit_codes(cli_on_copy, monkeypatch):
     drift = run("release", "check", "9.9.9-t4")
     assert isinstance(drift.exception, FactoryError) and drift.exception.exit_code == 1
     assert "DRIFT   vllm.toml [\"9.9.9\"]" in drift.output and "'ref': 'v1.2.2'" in drift.output
+
+
+@pytest.fixture
+def rust_cli_on_copy(cli_on_copy, tmp_path, monkeypatch):
+    root, run = cli_on_copy
+    tree = _rust_tree(tmp_path, OLD)  # every CMake dependency of the old stand-in is usable: check is clean
+    monkeypatch.setattr(cli_module, "_upstream", lambda factory, vllm_git, triton_git: StandinUpstream(tree))
+    return root, run, tree
+
+
+def test_cli_derive_and_check_the_rust_table(rust_cli_on_copy):
+    root, run, tree = rust_cli_on_copy
+    result = run("release", "derive", "--vllm", "9.9.9", "--transformers", "4", "--cuda", "13.1.0")
+    assert result.exception is None, result.output
+    assert "vllm rust lock: rust/Cargo.lock" in result.output and "<- vllm-standin/rust/Cargo.lock" in result.output
+    data = root / "data" / "vllm.toml"
+    assert tomllib.loads(data.read_text())["9.9.9"]["rust"] == STANDIN_RUST
+    assert '["9.9.9".rust]\nlock = "rust/Cargo.lock"' in data.read_text()
+    clean = run("release", "check", "9.9.9-t4")
+    assert "ok      vllm.toml [\"9.9.9\"] matches vllm-standin" in clean.output
+    assert "the Rust frontend table" in clean.output
+    # drift in one field: exit 1, the field named
+    data.write_text(data.read_text().replace('toolchain = "1.77"', 'toolchain = "1.76"'))
+    drift = run("release", "check", "9.9.9-t4")
+    assert isinstance(drift.exception, FactoryError) and drift.exception.exit_code == 1
+    assert "DRIFT   vllm.toml [\"9.9.9\"] vs vllm-standin: rust.toolchain: shipped '1.76' | upstream '1.77'" \
+        in drift.output
+    # a shipped entry without the table, where upstream has one
+    data.write_text(re.sub(r'\["9\.9\.9"\.rust\]\n(?:.+\n)+', "", data.read_text()))
+    assert "rust" not in tomllib.loads(data.read_text())["9.9.9"]
+    missing = run("release", "check", "9.9.9-t4")
+    assert isinstance(missing.exception, FactoryError)
+    assert "rust: no table shipped | upstream {'lock': 'rust/Cargo.lock'" in missing.output
+    # and derive does not replace it without --force
+    blocked = run("release", "derive", "--vllm", "9.9.9", "--transformers", "4", "--cuda", "13.1.0",
+                  "--data-only")
+    assert isinstance(blocked.exception, FactoryError) and "pass --force" in str(blocked.exception)
+    assert '+["9.9.9".rust]' in blocked.output
+
+
+def test_check_reports_a_rust_table_upstream_no_longer_supports(rust_cli_on_copy):
+    root, run, tree = rust_cli_on_copy
+    assert run("release", "derive", "--vllm", "9.9.9", "--transformers", "4", "--cuda", "13.1.0").exception is None
+    _break(tree, "setup.py", "    rust_extensions=rust_extensions,\n", "")
+    drift = run("release", "check", "9.9.9-t4")
+    assert isinstance(drift.exception, FactoryError) and drift.exception.exit_code == 1
+    assert "rust: shipped {'lock'" in drift.output
+    assert "vllm rust disable: setup.py passes no rust_extensions= to setup()" in drift.output
 
 
 def test_check_counts_an_unusable_dependency_as_drift(cli_on_copy):
@@ -435,6 +602,16 @@ def test_real_0_33_derivation_matches_the_shipped_release(live, factory):
     assert derived["target"] == shipped["target"]
     values = {k: v for k, v, _ in d.values}
     assert values["nvidia-nccl-cu13"] == "2.30.7"  # torch 2.14.0's METADATA, read by range requests
+    # the Rust frontend table, exactly as shipped, each value from the sdist's files
+    shipped_data = tomllib.loads((RECIPES / "data" / "vllm.toml").read_text())["0.33.0"]
+    assert d.data["vllm.toml"]["0.33.0"]["rust"] == shipped_data["rust"]
+    assert list(d.data["vllm.toml"]["0.33.0"]["rust"]) == list(shipped_data["rust"])
+    sources = {k: s for k, _, s in d.values if k.startswith("vllm rust")}
+    assert sources["vllm rust manifest"].startswith("vllm-0.33.0/rust/Cargo.toml:1 ([workspace] above RustExtension "
+                                                    "path rust/src/cmd/Cargo.toml at tools/build_rust.py:")
+    assert "606 crates and 3 git dependencies" in sources["vllm rust lock"]
+    assert sources["vllm rust toolchain"] == "vllm-0.33.0/rust-toolchain.toml:2"
+    assert sources["vllm rust disable"].startswith("vllm-0.33.0/setup.py:")
     with pytest.raises(InputError, match="transformers >= 5.16.1, < 5.21.0"):
         derive(live, RECIPES, Request("0.33.0", 4, cuda="13.1.0"))
 
@@ -449,7 +626,6 @@ def test_real_use_existing_torch_leaves_lines_the_edits_match(live, tmp_path):
     subprocess.run(["python3", "tools/use_existing_torch.py"], cwd=work, check=True, capture_output=True)
     edits, _, _ = requirement_edits(tree)
     text = (work / "requirements" / "cuda.txt").read_text()
-    import re
     for pattern, _ in edits["requirements/cuda.txt"]:
         assert len(re.findall(pattern, text, re.M)) == 1, pattern
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from wheelfactory.errors import BuildError
-from wheelfactory.installer import check_installed_from
 from wheelfactory.factory import Factory
 from wheelfactory.host import Host
+from wheelfactory.installer import check_installed_from
 
 HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
 

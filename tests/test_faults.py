@@ -9,9 +9,12 @@ The full-size campaign, with its figures: `python bench/faults.py --kills 40 --c
 
 from __future__ import annotations
 
+import shutil
 import signal
 
 import pytest
+
+from wheelfactory.stepbuild import fresh_dir
 
 from .faultcampaign import (
     BAD_INPUTS,
@@ -37,7 +40,7 @@ CONCURRENCY = 4
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("faults"), components=CONCURRENCY, payload_mb=4.0)
+    lab = Lab(tmp_path_factory.mktemp("faults"), components=CONCURRENCY, payload_mb=4.0, sleep_s=0.3)
     lab.build_seconds = measure_build(lab)  # type: ignore[attr-defined]
     yield lab
     lab.reap_orphans()
@@ -53,26 +56,38 @@ def test_kills_at_random_points_leave_a_consistent_wheelhouse(lab):
     assert {r.signal for r in results} == {"SIGINT-group", "SIGKILL-pid"}, report
     assert any(r.where.startswith("publish") for r in results), f"no kill hit the publish window:\n{report}"
     for r in results:
+        report += f"\nkill {r.n}'s own output:\n{r.killed.err[-2000:]}" if r.killed and r.rc not in (
+            0, 130, -signal.SIGINT, -signal.SIGKILL) else ""
+    for r in results:
         if r.signal == "SIGINT-group":
-            # Ctrl-C: exit 130, or 0 when the signal came after the work (or a deferred publish) ended;
-            # -2 when it came before the handlers were installed (Python start-up).
-            assert r.rc in (130, 0, -signal.SIGINT), report
+            # Ctrl-C: exit 130 (-2 when it came during Python's start-up), 0 only when it came too late.
+            done = r.where in ("already finished", "exit (work done)")
+            assert r.rc in ((0,) if done else (130, -signal.SIGINT)), report
         else:
             assert r.rc in (-signal.SIGKILL, 0), report
-        assert r.ok or r.known_index_gap, f"{report}\n{_details(r.verify_after_kill, r.rebuild, r.verify_after_rebuild)}"
+        details = _details(r.verify_after_kill, r.rebuild, r.verify_after_rebuild)
+        assert r.ok, f"{report}\n{details}"
+
+
+def test_an_orphan_writing_into_the_work_path_does_not_fail_the_next_build(tmp_path, monkeypatch):
+    work = tmp_path / "work" / "fault0-0123456789ab"
+    (work / "venv" / "bin").mkdir(parents=True)
+    real_rmtree = shutil.rmtree
+
+    def orphan_writes_meanwhile(path, *args, **kwargs):
+        (work / "venv" / "lib").mkdir(parents=True, exist_ok=True)  # the orphan's next write, by path
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", orphan_writes_meanwhile)
+    fresh_dir(work)
+    assert work.is_dir() and not (work / "venv" / "bin").exists()  # the old tree went aside
 
 
 @pytest.mark.parametrize("point", [
     "old wheel moved to attic",
     "new wheel moved in",
-    pytest.param("manifest written", marks=pytest.mark.xfail(strict=True, reason=(
-        "a SIGKILL after the manifest is written and before simple/ is swapped in leaves the index stale; the "
-        "next build finds the step cached and publishes nothing, and neither it nor verify runs "
-        "Wheelhouse.recover or rewrites the index, so verify keeps failing until some other publish"))),
-    pytest.param("index swap", marks=pytest.mark.xfail(strict=True, reason=(
-        "a SIGKILL between moving simple/ aside and moving the new index in leaves no simple/ at all; the next "
-        "build finds the step cached and publishes nothing, and recover() deletes the moved-aside old index "
-        "without writing a new one, so the wheelhouse has no index until some other publish"))),
+    "manifest written",  # simple/ stale: the next build's recovery writes it again from the manifest
+    "index swap",  # simple/ moved aside, the new one not yet in: likewise
 ])
 def test_sigkill_at_each_point_of_the_publish_window_is_repaired_by_the_next_build(lab, point):
     assert point in PUBLISH_POINTS
@@ -95,7 +110,7 @@ def test_the_same_key_into_two_wheelhouses_at_once(lab):
 def test_cache_gc_while_a_build_runs_skips_its_work_tree(lab):
     r = gc_during_a_build(lab)
     assert r.ok, _details(*r.builders, *r.verify, r.gc)
-    assert "in use by a running build" in r.gc.err or "freed" in r.gc.err, r.gc.err
+    assert "in use by a running build" in r.gc.err, r.gc.err  # the build waited in its hook meanwhile
 
 
 @pytest.mark.parametrize("kind", CORRUPTIONS)

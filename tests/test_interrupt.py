@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.stepbuild import fresh_dir
 from wheelfactory.fetch import SourceCache
 from wheelfactory.interrupt import deferred_signals, file_lock, pid_alive
 from wheelfactory.runner import Runner
 from wheelfactory.sources import GitSource
+from wheelfactory.stepbuild import fresh_dir
 from wheelfactory.wheelhouse import Wheelhouse
 
 from .test_wheelhouse import make_wheel

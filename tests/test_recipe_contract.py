@@ -42,8 +42,8 @@ def test_public_helper_must_start_with_underscore(tmp_path):
     with pytest.raises(InputError) as e:
         load_recipes(d)
     assert str(e.value) == (f"{d / 'x.py'}: def kernels_on(spec) is not a recipe hook (hooks: environment, "
-                            "requirements, extra_sources, fetch, prepare, configure, build); name a helper with a leading "
-                            "underscore, e.g. _kernels_on")
+                            "requirements, extra_sources, fetch, prepare, configure, build); name a helper with a "
+                            "leading underscore, e.g. _kernels_on")
 
 
 def test_hook_taking_two_arguments_is_refused(tmp_path):

@@ -122,3 +122,40 @@ def test_a_rebuild_under_the_same_file_name_keeps_the_old_bytes(tmp_path):
         wh.publish([b], {"component": "c", "key": "k-new", "origin": "built"})
     assert wh.manifest()[b.name]["key"] == "k-new"
     assert (wh.root / "attic" / a.name).read_bytes() == a.read_bytes()
+
+
+def _index_links(wh: Wheelhouse, project: str) -> str:
+    return (wh.simple / project / "index.html").read_text()
+
+
+def test_an_index_older_than_the_manifest_is_written_again(tmp_path):
+    """A SIGKILL after the manifest was written and before the new simple/ was swapped in."""
+    wh = Wheelhouse(tmp_path / "wh")
+    a = make_wheel(tmp_path / "a", "pure", "1.0", b"a")
+    b = make_wheel(tmp_path / "b", "other", "2.0", b"b")
+    with wh.lock():
+        wh.publish([a], {"component": "c", "key": "k1", "origin": "built"})
+        stale = {p.relative_to(wh.simple): p.read_bytes() for p in wh.simple.rglob("*") if p.is_file()}
+        wh.publish([b], {"component": "d", "key": "k2", "origin": "built"})
+    # put the old index back, as if the new one never got in
+    for rel, data in stale.items():
+        (wh.simple / rel).write_bytes(data)
+    assert "other" not in (wh.simple / "index.html").read_text()
+    assert wh.recover_if_idle(lambda line: None) == [
+        "simple/ did not match manifest.json (an interrupted publish); index written again"]
+    assert b.name in _index_links(wh, "other") and a.name in _index_links(wh, "pure")
+    assert wh.recover_if_idle(lambda line: None) == []  # once repaired, nothing more to say
+
+
+def test_a_missing_index_is_written_again_from_the_manifest(tmp_path):
+    """A SIGKILL between moving simple/ aside and moving the new one in."""
+    import os
+
+    wh = Wheelhouse(tmp_path / "wh")
+    a = make_wheel(tmp_path / "a", "pure", "1.0", b"a")
+    with wh.lock():
+        wh.publish([a], {"component": "c", "key": "k1", "origin": "built"})
+    os.replace(wh.simple, wh.root / ".simple-old-4242")
+    assert wh.recover_if_idle(lambda line: None)[-1].startswith("simple/ did not match manifest.json")
+    assert a.name in _index_links(wh, "pure")
+    assert not list(wh.root.glob(".simple-*"))

@@ -4,7 +4,8 @@
       work/<component>-<key12>/     a step's work tree (kept by --keep-work, --until or a failed build)
       work/<component>-<key12>.lock its per-key lock: held by the build that uses the tree
       work/.trash-<pid>-*           trees moved aside by fresh_dir, deleted once their process is gone
-      staged/<key12>/               built wheels between the build and the publish
+      staged/<key12>/               built wheels between the build and the publish (or a publish that
+                                    gave up: the next run publishes them; after gc it builds again)
       sources/trees/, archives/     sources by content (fetch.py); resolved.json names them
       pydeps/, adopt/, logs/, toolkits/, ccache/, uv/, timings.json
 
@@ -27,12 +28,11 @@ and never removes what is in use:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +41,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .errors import LockedError
-from .interrupt import pid_alive
+from .interrupt import pid_alive, try_lock
 from .sources import GitSource, PypiSource, Source, UrlSource
 from .wheelhouse import Wheelhouse
 
@@ -86,28 +86,6 @@ def tree_size(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(top, name)).st_size
     return total
-
-
-@contextlib.contextmanager
-def try_lock(path: Path) -> Iterator[bool]:
-    """An exclusive flock on an existing lock file without waiting: yields True while held, False
-    when another process holds it. A missing lock file yields True (nobody can hold it) and is
-    not created."""
-    try:
-        f = open(path, "r+")  # noqa: SIM115 -- closed below
-    except FileNotFoundError:
-        yield True
-        return
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def busy(path: Path) -> bool:

@@ -247,7 +247,8 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
               help="Give up (exit 3) when the wheelhouse lock is still held by another process after SECONDS "
                    "(default: wait as long as it takes, saying who holds it once a minute). Builds run outside "
                    "the lock; only publishing waits.")
-@click.option("--pip", "use_pip", is_flag=True, help="Fill build venvs with pip instead of uv (slower; the same files).")
+@click.option("--pip", "use_pip", is_flag=True,
+              help="Fill build venvs with pip instead of uv (slower; the same files).")
 @click.pass_obj
 def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
           source_dirs: tuple[str, ...], adopt: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool,
@@ -283,6 +284,10 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")
+
+
+def _say_lock_holder(holder: str) -> None:
+    _echo(f"waiting for the wheelhouse lock, held by {holder} ...")
 
 
 def _quiet_echo(msg: str) -> None:
@@ -404,7 +409,7 @@ def lock(factory: Factory, release: str, offline: bool, python: str | None, verb
     rel = factory.release(release)
     p = factory.plan(rel)
     runner = Runner("lock", factory.cache_dir / "logs" / f"lock-{rel.name}.log", verbose=verbose)
-    with factory.wheelhouse.lock(on_wait=lambda holder: _echo(f"waiting for the wheelhouse lock, held by {holder} ...")):
+    with factory.wheelhouse.lock(on_wait=_say_lock_holder):
         locked = lock_release(p, factory.wheelhouse, runner, find_python(rel.target.python, python),
                               factory.index_url, offline=offline)
     json_path, txt_path = lock_paths(factory.wheelhouse, rel.name)
@@ -473,7 +478,7 @@ def verify(factory: Factory) -> None:
     if not factory.wheelhouse.root.is_dir():
         raise InputError(f"no wheelhouse at {factory.wheelhouse.root} (set --wheelhouse)")
     # Under the write lock: a publish in progress would otherwise look like a mismatch.
-    with factory.wheelhouse.lock(on_wait=lambda holder: _echo(f"waiting for the wheelhouse lock, held by {holder} ...")):
+    with factory.wheelhouse.lock(on_wait=_say_lock_holder):
         problems = verify_wheelhouse(factory.wheelhouse)
     if problems:
         raise BuildError(f"{factory.wheelhouse.root}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))

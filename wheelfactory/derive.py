@@ -1,7 +1,8 @@
 """`wheelfactory release derive`: a release and its recipe data, read from upstream.
 
-From a vLLM version (its sdist, or a git tag or commit): the CMake dependencies and requirement
-edits for recipes/data/vllm.toml, the torch family and FlashInfer pins, the transformers range;
+From a vLLM version (its sdist, or a git tag or commit): the CMake dependencies, requirement
+edits and Rust frontend table (vLLM >= 0.33) for recipes/data/vllm.toml, the torch family and
+FlashInfer pins, the transformers range;
 from torch's published METADATA: the Triton range, the NCCL pin and the CUDA of its build; from
 Triton's source at its tag: the LLVM hash for recipes/data/triton.toml. Every value carries the
 file and line (or index entry) it came from, and what could not be read here is listed with the
@@ -25,7 +26,7 @@ from packaging.version import Version
 from .cmake_deps import CmakeDep, read_cmake_deps
 from .errors import FactoryError, InputError
 from .upstream import Unreachable
-from .vllm_tree import CUDA_REQUIREMENTS, find_pin, requirement_edits, use_existing_torch
+from .vllm_tree import CUDA_REQUIREMENTS, find_pin, requirement_edits, rust_frontend, use_existing_torch
 
 POLICY = Path(__file__).with_name("data") / "derive.toml"
 
@@ -79,8 +80,23 @@ def source_name(dep: CmakeDep) -> str:
     return dep.name.replace("-", "_").removeprefix("vllm_")
 
 
+def rust_table(tree: Path, label: str, d: Derivation) -> dict[str, Any] | None:
+    """The entry's `rust` table (the Rust frontend's lock, manifest, toolchain, setup.py switch),
+    each value shown with its source; None for a tree without rust/, or while a value could not
+    be derived (listed in d.missing: a partial table would vendor or switch off the wrong thing)."""
+    rust = rust_frontend(tree)
+    if rust is None:
+        return None
+    for name, value, where in rust.values:
+        d.add(f"vllm rust {name}", value, f"{label}/{where}")
+    d.notes += [f"{label}: {n}" for n in rust.notes]
+    d.missing += [(f"vllm rust {name}", why) for name, why in rust.problems]
+    return rust.table
+
+
 def vllm_entry(tree: Path, label: str, d: Derivation) -> dict[str, Any] | None:
-    """recipes/data/vllm.toml's entry for the tree: deps from CMake, requirement edits."""
+    """recipes/data/vllm.toml's entry for the tree: deps from CMake, requirement edits, the Rust
+    frontend."""
     policy = _policy()
     deps: dict[str, dict[str, Any]] = {}
     for dep in read_cmake_deps(tree):
@@ -120,11 +136,14 @@ def vllm_entry(tree: Path, label: str, d: Derivation) -> dict[str, Any] | None:
         d.add("vllm use_existing_torch", script, f"{label}/{script}")
     except InputError as e:
         d.missing.append(("vllm use_existing_torch", str(e)))
-    if not deps and not edits:
+    rust = rust_table(tree, label, d)
+    if not deps and not edits and rust is None:
         return None
     entry = {"deps": deps}
     if edits:
         entry["requirements"] = edits
+    if rust is not None:
+        entry["rust"] = rust
     return entry
 
 
@@ -435,6 +454,9 @@ def render_entry(file: str, key: str, entry: dict[str, Any]) -> str:
             lines.append(f"{json.dumps(rel)} = [")
             lines += [f"    [{_toml_literal(p)}, {_toml_literal(r)}]," for p, r in edits]
             lines.append("]")
+        if "rust" in entry:
+            lines.append(f"[{json.dumps(key)}.rust]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in entry["rust"].items()]
         return "\n".join(lines) + "\n"
     lines = [f"[{json.dumps(key)}]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
     return "\n".join(lines) + "\n"
@@ -463,10 +485,23 @@ def entry_span(text: str, key: str) -> tuple[int, int] | None:
 
 
 def normalize_vllm_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """Equal meaning, equal value: an absent `submodules` is false in the recipe."""
+    """Equal meaning, equal value: an absent `submodules` is false in the recipe; no `rust` table
+    is None."""
     deps = {n: {k: v for k, v in d.items() if not (k == "submodules" and v is False)}
             for n, d in entry.get("deps", {}).items()}
-    return {"deps": deps, "requirements": entry.get("requirements", {})}
+    return {"deps": deps, "requirements": entry.get("requirements", {}), "rust": entry.get("rust")}
+
+
+def rust_differences(shipped: dict[str, Any] | None, derived: dict[str, Any] | None) -> list[str]:
+    """The `rust` table's differences, field by field."""
+    if shipped == derived:
+        return []
+    if shipped is None:
+        return [f"rust: no table shipped | upstream {derived}"]
+    if derived is None:
+        return [f"rust: shipped {shipped} | upstream none (no rust/ directory, or a value not derived)"]
+    return [f"rust.{k}: shipped {shipped.get(k)!r} | upstream {derived.get(k)!r}"
+            for k in [*derived, *(k for k in shipped if k not in derived)] if shipped.get(k) != derived.get(k)]
 
 
 def entry_differences(file: str, shipped: dict[str, Any] | None, derived: dict[str, Any]) -> list[str]:
@@ -481,7 +516,7 @@ def entry_differences(file: str, shipped: dict[str, Any] | None, derived: dict[s
                 out.append(f"dep {name}: shipped {a} | upstream {b}")
         if shipped["requirements"] != derived["requirements"]:
             out.append(f"requirements: shipped {shipped['requirements']} | upstream {derived['requirements']}")
-        return out
+        return out + rust_differences(shipped["rust"], derived["rust"])
     return [f"{k}: shipped {shipped.get(k)!r} | upstream {v!r}" for k, v in derived.items() if shipped.get(k) != v]
 
 
@@ -564,8 +599,9 @@ def check_release(up: Upstream, recipes_dir: Path, rel: Any) -> CheckResult:
         if diffs:
             result.drift += [f"vllm.toml [\"{vllm.version}\"] vs {label}: {x}" for x in diffs]
         else:
+            rust = ", the Rust frontend table" if entry.get("rust") else ""
             result.checked.append(f"vllm.toml [\"{vllm.version}\"] matches {label} ({len(entry['deps'])} CMake deps, "
-                                  "requirement edits)")
+                                  f"requirement edits{rust})")
     triton = rel.components.get("triton")
     if triton is not None and triton.adopt is None:
         shipped = _data_table(recipes_dir, "triton.toml").get(triton.version)

@@ -259,7 +259,8 @@ def check_arch(archs: Sequence[CudaArch], nvcc: Path | None, probe: Probe) -> Ch
     listed = " ".join(str(a) for a in archs)
     if missing:
         newest = max(known, key=int)
-        return Check("arch", FAIL, f"{nvcc} cannot compile for {', '.join(missing)} (it knows compute_{min(known, key=int)}"
+        oldest = min(known, key=int)
+        return Check("arch", FAIL, f"{nvcc} cannot compile for {', '.join(missing)} (it knows compute_{oldest}"
                                    f"..compute_{newest}): use a newer CUDA or drop them from cuda_arch_list")
     return Check("arch", OK, f"{nvcc} compiles for {listed}")
 

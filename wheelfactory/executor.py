@@ -37,8 +37,16 @@ from .plan import ADOPT, BUILD, CACHED, Plan, Step
 from .progress import StepClock, Timings, fmt_duration
 from .recipe import LoadedRecipe
 from .runner import Runner
-from .stepbuild import (PHASES, BuiltStep, StepBuild, StepServices, StoppedAfter, read_state, step_build_requirements,
-                        work_dir)
+from .stepbuild import (
+    PHASES,
+    BuiltStep,
+    StepBuild,
+    StepServices,
+    StoppedAfter,
+    read_state,
+    step_build_requirements,
+    work_dir,
+)
 from .toolkit import ToolkitCache, WheelToolkit, toolkits_dir
 from .wheelhouse import Wheelhouse
 
@@ -156,6 +164,9 @@ class Executor:
         """Build (or adopt) every step not already in the wheelhouse, in order."""
         if any(s.action != CACHED for s in self.plan.steps):
             self.python  # noqa: B018 -- fail on a missing interpreter before building anything
+        # A publish killed by SIGKILL is repaired first, even when every step is cached and
+        # nothing will be published (a stale index would otherwise stay until the next publish).
+        self.wheelhouse.recover_if_idle(self.echo)
         return [self._step(i, step) for i, step in enumerate(self.plan.steps, 1)]
 
     # -- one step ------------------------------------------------------------------------------

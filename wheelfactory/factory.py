@@ -11,9 +11,9 @@ from pathlib import Path
 
 from .errors import BuildError, InputError
 from .executor import ExecOptions, Executor
-from .installer import Installer
 from .fetch import SourceCache
 from .host import Host, detect_host
+from .installer import Installer
 from .plan import Plan, PlanOptions, make_target, plan_release
 from .recipe import LoadedRecipe, load_recipes
 from .release import Release, load_release

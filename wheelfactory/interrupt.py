@@ -237,15 +237,17 @@ def file_lock(path: Path, on_wait: Callable[[str], None] | None = None, *, timeo
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def try_file_lock(path: Path) -> contextlib.AbstractContextManager[bool]:
-    """Take `path`'s lock only if it is free: yields True when held, False when another process
-    holds it (for housekeeping that must skip what a running build uses)."""
-    return _try_lock(path)
-
-
 @contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    with open(path, "a+") as f:
+def try_lock(path: Path) -> Iterator[bool]:
+    """An exclusive flock on an existing lock file without waiting: yields True while held, False
+    when another process holds it. A missing lock file yields True (nobody can hold it) and is
+    not created. For housekeeping that must skip what a running process uses."""
+    try:
+        f = open(path, "r+")  # noqa: SIM115 -- closed below
+    except FileNotFoundError:
+        yield True
+        return
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

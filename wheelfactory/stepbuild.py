@@ -385,6 +385,7 @@ def fresh_dir(path: Path) -> None:
         pid = old.name.split("-")[1]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
+    trash = None
     if path.exists() or path.is_symlink():
         trash = path.parent / f".trash-{os.getpid()}-{time.time_ns()}-{path.name}"
         try:
@@ -392,8 +393,11 @@ def fresh_dir(path: Path) -> None:
         except OSError as e:
             raise BuildError(f"{path} is left from an earlier run and cannot be moved aside ({e}); "
                              "remove it and run again") from None
+    # The new directory first, the old one deleted after: deleting a large tree takes a while,
+    # and nothing may slip in between and make the path exist again.
+    path.mkdir()
+    if trash is not None:
         if trash.is_dir() and not trash.is_symlink():
             shutil.rmtree(trash, ignore_errors=True)
         else:
             trash.unlink()
-    path.mkdir()

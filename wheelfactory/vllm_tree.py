@@ -1,18 +1,23 @@
 """What a vLLM source tree (sdist or git checkout) pins, each value with the file and line it
 came from: requirement pins of the CUDA build, the transformers range, where
-use_existing_torch.py lives, and the requirement edits the factory's vLLM recipe applies.
+use_existing_torch.py lives, the requirement edits the factory's vLLM recipe applies, and the
+Rust frontend's workspace, lock, toolchain and setup.py switch (vLLM >= 0.33).
 """
 
 from __future__ import annotations
 
+import ast
+import posixpath
 import re
+import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import InputError
+from .cargo import read_lock, toolchain_channel
+from .errors import BuildError, InputError
 
 # The file vLLM's setup.py reads for a CUDA build (get_requirements: "cuda.txt", which names
 # "-r common.txt"); it stayed at requirements/cuda.txt when the build requirements moved to
@@ -120,3 +125,188 @@ def requirement_edits(tree: Path) -> tuple[dict[str, list[list[str]]], list[str]
             problems.append(f"{CUDA_REQUIREMENTS}: edit pattern {pattern!r} does not match exactly one line after "
                             "use_existing_torch.py")
     return {CUDA_REQUIREMENTS: edits} if edits else {}, notes, problems
+
+
+# -- the Rust frontend (vLLM >= 0.33) ------------------------------------------------------------
+#
+# vLLM's setup.py hands setuptools-rust the RustExtensions that tools/build_rust.py declares
+# (`path=` a member manifest of the cargo workspace under rust/); cargo takes the workspace root
+# (the nearest Cargo.toml above with a [workspace] table) and its Cargo.lock; rustup takes the
+# channel of rust-toolchain.toml where cargo runs (the source root, where setup.py runs). The
+# recipe's table records those, and the setup.py edit that leaves the frontend out.
+
+RUST_DIR = "rust"
+# Where the RustExtension declarations are looked for: setup.py, and the helpers it loads.
+RUST_DECLARING = ("setup.py", "tools/*.py")
+
+
+@dataclass
+class RustFrontend:
+    """recipes/data/vllm.toml's `rust` table for a tree (None while a problem stands), each value
+    with the file:line it came from, and what could not be derived, with why."""
+
+    table: dict[str, object] | None
+    values: list[tuple[str, str, str]]  # (field, value as shown, file:line and what)
+    notes: list[str]
+    problems: list[tuple[str, str]]  # (field, why)
+
+
+def _parse(tree: Path, rel: str) -> tuple[str, ast.Module]:
+    text = (tree / rel).read_text()
+    try:
+        return text, ast.parse(text, rel)
+    except SyntaxError as e:
+        raise InputError(f"{rel}:{e.lineno}: not Python this reader can parse: {e.msg}") from None
+
+
+def _called(node: ast.Call, name: str) -> bool:
+    func = node.func
+    return (isinstance(func, ast.Name) and func.id == name) or (isinstance(func, ast.Attribute) and func.attr == name)
+
+
+def rust_extensions(tree: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """The manifests the tree's RustExtension(...) calls name (setup.py, tools/*.py; comments are
+    not code), each with its file:line, and the calls whose path is not a plain string."""
+    found, problems = [], []
+    files = [rel for pattern in RUST_DECLARING for rel in sorted(p.relative_to(tree).as_posix()
+                                                                 for p in tree.glob(pattern) if p.is_file())]
+    for rel in files:
+        text = (tree / rel).read_text()
+        if "RustExtension" not in text:
+            continue
+        _, module = _parse(tree, rel)
+        for node in ast.walk(module):
+            if not (isinstance(node, ast.Call) and _called(node, "RustExtension")):
+                continue
+            path = next((k.value for k in node.keywords if k.arg == "path"), None)
+            if path is None and len(node.args) > 1:
+                path = node.args[1]
+            if path is None:  # setuptools-rust's default
+                found.append(("Cargo.toml", f"{rel}:{node.lineno}"))
+            elif isinstance(path, ast.Constant) and isinstance(path.value, str):
+                found.append((posixpath.normpath(path.value), f"{rel}:{path.lineno}"))
+            else:
+                problems.append(f"{rel}:{node.lineno}: RustExtension's path is not a plain string "
+                                f"({ast.get_source_segment(text, path)})")
+    return found, problems
+
+
+def _line_of(text: str, pattern: str) -> int | None:
+    return next((n for n, line in enumerate(text.splitlines(), 1) if re.match(pattern, line)), None)
+
+
+def workspace_root(tree: Path, manifest: str) -> tuple[str, int | None]:
+    """The manifest cargo resolves `manifest` in (the nearest Cargo.toml at or above its directory
+    with a [workspace] table, as cargo looks for one) and the line of that table; the manifest
+    itself and None when no workspace holds it."""
+    start = PurePosixPath(manifest).parent
+    for directory in (start, *start.parents):
+        rel = (directory / "Cargo.toml").as_posix()
+        path = tree / rel
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(f"{rel}: not valid TOML: {e}") from None
+        if "workspace" in data:
+            return rel, _line_of(text, r"\s*\[workspace\]")
+    return manifest, None
+
+
+def _disable_edit(tree: Path) -> tuple[list[str], str]:
+    """The setup.py edit that builds no Rust: its `rust_extensions=...` argument of setup()
+    replaced by an empty list; with where it is."""
+    text, module = _parse(tree, "setup.py")
+    found = [(node, k) for node in ast.walk(module) if isinstance(node, ast.Call) and _called(node, "setup")
+             for k in node.keywords if k.arg == "rust_extensions"]
+    if not found:
+        raise InputError("setup.py passes no rust_extensions= to setup(); there is no argument to empty")
+    if len(found) > 1:
+        raise InputError(f"setup.py passes rust_extensions= to setup() {len(found)} times (lines "
+                         f"{', '.join(str(k.lineno) for _, k in found)}); the edit must name one")
+    _, kw = found[0]
+    old = ast.get_source_segment(text, kw)
+    line = text.splitlines()[kw.end_lineno - 1]
+    if line[kw.end_col_offset:].lstrip().startswith(","):
+        old += ","
+    new = "rust_extensions=[]" + ("," if old.endswith(",") else "")
+    if text.count(old) != 1:
+        raise InputError(f"setup.py:{kw.lineno}: {old!r} occurs {text.count(old)} times in setup.py; the edit "
+                         "replaces text, so it must occur once")
+    return [old, new], f"setup.py:{kw.lineno}"
+
+
+def rust_frontend(tree: Path) -> RustFrontend | None:
+    """The `rust` table of a tree with a rust/ directory (None without one): `lock` and
+    `manifest` (the workspace of the RustExtensions), `toolchain` (rust-toolchain.toml's channel
+    at the source root, when pinned) and `disable` (the setup.py edit for rust_frontend = false)."""
+    if not (tree / RUST_DIR).is_dir():
+        return None
+    out = RustFrontend(None, [], [], [])
+    table: dict[str, object] = {}
+    try:
+        extensions, bad = rust_extensions(tree)
+    except InputError as e:
+        extensions, bad = [], [str(e)]
+    out.problems += [("manifest", b) for b in bad]
+    roots = {}
+    for manifest, where in extensions:
+        if not (tree / manifest).is_file():
+            out.problems.append(("manifest", f"{where}: RustExtension path {manifest} is not in the tree"))
+            continue
+        try:
+            roots.setdefault(workspace_root(tree, manifest), []).append((manifest, where))
+        except InputError as e:
+            out.problems.append(("manifest", str(e)))
+    if not extensions and not bad:
+        out.problems.append(("manifest", f"{RUST_DIR}/ is there and no RustExtension(...) in "
+                                         f"{' or '.join(RUST_DECLARING)} says which Cargo.toml setup.py builds"))
+    elif len(roots) > 1:
+        out.problems.append(("manifest", "the RustExtensions are in more than one cargo workspace ("
+                             + "; ".join(f"{m} at {w}" for members in roots.values() for m, w in members)
+                             + "); the recipe vendors one Cargo.lock"))
+    elif len(roots) == 1:
+        (root, line), members = next(iter(roots.items()))
+        named = ", ".join(f"{m} at {w}" for m, w in members)
+        how = (f"[workspace] above RustExtension path {named}" if line is not None
+               else f"RustExtension path {named}, in no workspace")
+        table["manifest"] = root
+        out.values.append(("manifest", root, f"{root}:{line or 1} ({how})"))
+        lock = posixpath.join(posixpath.dirname(root), "Cargo.lock")
+        if not (tree / lock).is_file():
+            out.problems.append(("lock", f"no {lock} beside {root}: cargo would resolve the crates at build time, "
+                                         "and only a lock's crates are vendored"))
+        else:
+            try:
+                summary = read_lock((tree / lock).read_bytes(), lock)
+            except BuildError as e:
+                out.problems.append(("lock", str(e)))
+            else:
+                table["lock"] = lock
+                out.values.append(("lock", lock, f"{lock} (the lock of {root}: {summary.describe()})"))
+    try:
+        channel = toolchain_channel(tree)
+    except BuildError as e:
+        out.problems.append(("toolchain", str(e)))
+    else:
+        if channel is None:
+            out.notes.append("no rust-toolchain.toml (or rust-toolchain) with a channel at the source root: the "
+                             "Rust frontend builds with the host's default toolchain; the table has no `toolchain`")
+        else:
+            rel = "rust-toolchain.toml" if (tree / "rust-toolchain.toml").is_file() else "rust-toolchain"
+            line = _line_of((tree / rel).read_text(), r"\s*channel\s*=") if rel.endswith(".toml") else 1
+            table["toolchain"] = channel
+            out.values.append(("toolchain", channel, f"{rel}:{line or 1}"))
+    try:
+        edit, where = _disable_edit(tree)
+    except InputError as e:
+        out.problems.append(("disable", str(e)))
+    else:
+        table["disable"] = edit
+        out.values.append(("disable", f"{edit[0]!r} -> {edit[1]!r}", f"{where} (setup()'s argument, emptied for "
+                                                                       "options.rust_frontend = false)"))
+    if not out.problems:
+        out.table = {k: table[k] for k in ("lock", "manifest", "toolchain", "disable") if k in table}
+    return out

@@ -15,6 +15,7 @@ build never leaves a partial or wrong wheel visible. One process at a time write
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import json
 import os
@@ -31,7 +32,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import BuildError, InputError
-from .interrupt import deferred_signals, file_lock
+from .interrupt import deferred_signals, file_lock, try_lock
 from .pep658 import index_attributes, write_metadata_files
 from .wheelmeta import WheelInfo, sha256_file, verify_wheel
 
@@ -39,6 +40,14 @@ MANIFEST_FORMAT = 1
 # What every manifest entry has (publish and add_entries write them; list, index and checks read them).
 ENTRY_KEYS = ("dist", "version", "sha256", "size")
 
+
+
+# In simple/: the sha256 of the manifest the index was written from (served files skip dotfiles).
+INDEX_STAMP = ".manifest-sha256"
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -238,6 +247,11 @@ class Wheelhouse:
             if wheel.name not in listed and (dest := self._to_attic(wheel.name)) is not None:
                 notes.append(f"{wheel.name} is in the wheelhouse but not in its manifest (an interrupted "
                              f"publish); moved to {dest}")
+        # Killed between writing the manifest and swapping the new index in, or in the swap itself:
+        # simple/ is stale or gone. It is a pure function of the manifest, so it is written again.
+        if (listed or self.simple.exists()) and self._index_stamp() != _manifest_digest(listed):
+            self.write_index(listed)
+            notes.append("simple/ did not match manifest.json (an interrupted publish); index written again")
         for note in notes:
             (echo or (lambda line: print(line, file=sys.stderr)))(f"wheelhouse {self.root}: {note}")
         return notes
@@ -288,11 +302,27 @@ class Wheelhouse:
                 href = f"../../{html.escape(name)}#sha256={e['sha256']}"
                 rows.append(f'<a href="{href}"{attr}>{html.escape(name)}</a><br>\n')
             (new / project / "index.html").write_text(page.format(t=f"Links for {project}", body="".join(rows)))
+        # Which manifest this index was written from: recover() rewrites an index that does not match.
+        (new / INDEX_STAMP).write_text(_manifest_digest(manifest) + "\n")
         old = self.root / f".simple-old-{os.getpid()}"
         if self.simple.exists():
             os.replace(self.simple, old)
         os.replace(new, self.simple)
         shutil.rmtree(old, ignore_errors=True)
+
+    def _index_stamp(self) -> str | None:
+        try:
+            return (self.simple / INDEX_STAMP).read_text().strip()
+        except OSError:
+            return None
+
+    def recover_if_idle(self, echo: Callable[[str], None] | None = None) -> list[str]:
+        """recover(), if nobody holds the lock now (a process that does is publishing, and
+        publishing recovers first); for the start of a command that may publish nothing."""
+        if not (self.root / ".lock").exists():
+            return []
+        with try_lock(self.root / ".lock") as held:
+            return self.recover(echo) if held else []
 
     def add_entries(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """Record wheels already moved into the wheelhouse (e.g. by the lock's download)."""
