@@ -219,6 +219,19 @@ def shared_toolkits(tmp_path_factory):
     del os.environ["WHEELFACTORY_TOOLKITS_DIR"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_uv_cache(tmp_path_factory):
+    """One uv cache for the session's build venvs and `venv` installs (WHEELFACTORY_UV_CACHE_DIR):
+    the same torch wheel is unpacked once, not once per test cache (GBs on a small CI disk)."""
+    if os.environ.get("WHEELFACTORY_UV_CACHE_DIR"):
+        yield Path(os.environ["WHEELFACTORY_UV_CACHE_DIR"])
+        return
+    shared = tmp_path_factory.mktemp("uv-cache")
+    os.environ["WHEELFACTORY_UV_CACHE_DIR"] = str(shared)
+    yield shared
+    del os.environ["WHEELFACTORY_UV_CACHE_DIR"]
+
+
 @pytest.fixture(scope="session")
 def ci_wheelhouse(tmp_path_factory) -> tuple[Path, Path]:
     """The CI release built and locked (with its -t5 sibling) through the real CLI, once per session.

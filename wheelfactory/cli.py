@@ -20,6 +20,7 @@ from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
 from .installed import repack_installed
+from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
 from .lock import lock_paths, lock_release
 from .plan import CACHED, Plan
@@ -432,7 +433,7 @@ def venv(factory: Factory, path: Path, release: str, python: str | None, verbose
     runner = Runner("venv", factory.cache_dir / "logs" / f"venv-{rel.name}.log", verbose=verbose)
     ran = create_venv(path.expanduser().absolute(), rel.name, factory.wheelhouse, factory.recipes,
                       find_python(rel.target.python, python), runner, use_uv=not use_pip,
-                      uv_cache=factory.cache_dir / "uv")
+                      uv_cache=uv_cache_dir(factory.cache_dir))
     _echo(f"venv ready at {path} ({len(ran)} smoke check(s) and pip check passed); "
           f"activate with: source {path}/bin/activate")
 

@@ -9,6 +9,7 @@ build never picks up a PyPI copy of a component the factory builds.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -77,10 +78,16 @@ class UvInstaller:
                     "--cache-dir", self.cache, "--link-mode", "hardlink", *links, *requirements], env=env)
 
 
+def uv_cache_dir(cache_dir: Path) -> Path:
+    """uv's cache: <cache>/uv, or WHEELFACTORY_UV_CACHE_DIR to share one between cache directories
+    (it must be on the same file system as the venvs for hard links; uv copies otherwise)."""
+    return Path(os.environ.get("WHEELFACTORY_UV_CACHE_DIR") or cache_dir / "uv").expanduser()
+
+
 def default_installer(cache_dir: Path, prefer: str = "uv") -> Installer:
     """uv when there is one (it is a dependency), else pip; `prefer="pip"` forces pip."""
     uv = find_uv() if prefer == "uv" else None
-    return UvInstaller(uv, cache_dir / "uv") if uv else PipInstaller()
+    return UvInstaller(uv, uv_cache_dir(cache_dir)) if uv else PipInstaller()
 
 
 def download(runner: Runner, python: str, requirements: Sequence[str], pydeps: Path, *,
