@@ -42,7 +42,7 @@ for pyc in site.rglob("*.pyc"):
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # torn down with this (slow) module, never in a hermetic test's teardown
 def docker() -> Docker:
     d = Docker()
     error = d.engine_error()
@@ -53,7 +53,7 @@ def docker() -> Docker:
     return d
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def built(docker: Docker, ci_wheelhouse, tmp_path_factory: pytest.TempPathFactory):
     """Both images (ci and ci-t5, from the session's CI wheelhouse) built through the `images` command;
     yields the factory, the output dir, the sibling's ref and the command's output, then removes them."""

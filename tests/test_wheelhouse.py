@@ -159,3 +159,16 @@ def test_a_missing_index_is_written_again_from_the_manifest(tmp_path):
     assert wh.recover_if_idle(lambda line: None)[-1].startswith("simple/ did not match manifest.json")
     assert a.name in _index_links(wh, "pure")
     assert not list(wh.root.glob(".simple-*"))
+
+
+def test_the_attic_never_overwrites_a_copy_moved_in_the_same_second(tmp_path):
+    """Three builds of one file name quarantined back to back: every copy stays in the attic."""
+    wh = Wheelhouse(tmp_path / "wh")
+    payloads = [b"first", b"second", b"third", b"fourth"]
+    wheels = [make_wheel(tmp_path / str(i), "pure", "1.0", p) for i, p in enumerate(payloads)]
+    with wh.lock():
+        for i, wheel in enumerate(wheels):
+            wh.publish([wheel], {"component": "c", "key": f"k{i}", "origin": "built"})
+    kept = sorted(p.read_bytes() for p in (wh.root / "attic").iterdir())
+    assert kept == sorted(w.read_bytes() for w in wheels[:3])
+    assert (wh.root / wheels[3].name).read_bytes() == wheels[3].read_bytes()

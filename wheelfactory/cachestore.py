@@ -61,7 +61,8 @@ AREAS = (
     ("uv", "uv cache"),
     ("logs", "logs"),
 )
-_STAMPED = re.compile(r"^\d{8}T\d{6}-(?P<name>.+\.whl)$")  # attic/<time>-<name>: a second copy of one name
+# attic/<time>-<name> (or <time>.<n>-<name> within one second): a second copy of one name
+_STAMPED = re.compile(r"^\d{8}T\d{6}(\.\d+)?-(?P<name>.+\.whl)$")
 _TEMP_AGE_S = 3600  # a .fetch-*/.dl-* younger than this may belong to a download in progress
 
 

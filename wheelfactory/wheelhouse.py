@@ -262,8 +262,11 @@ class Wheelhouse:
             attic = self.root / "attic"
             attic.mkdir(exist_ok=True)
             dest = attic / name
-            if dest.exists():  # an older build of the very same file name: keep both
-                dest = attic / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}"
+            stamp = time.strftime('%Y%m%dT%H%M%S')
+            n = 0
+            while dest.exists():  # an older build of the very same file name: keep both, never overwrite
+                dest = attic / (f"{stamp}-{name}" if n == 0 else f"{stamp}.{n}-{name}")
+                n += 1
             os.replace(src, dest)
             return dest
         return None
