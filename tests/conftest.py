@@ -27,6 +27,16 @@ FATBIN_SOURCES = Path(__file__).resolve().parent / "data" / "fatbin"
 CI_RELEASES = Path(__file__).resolve().parent / "releases"
 
 # A Spark-like host, fixed so plan tests do not depend on the machine running them.
+# The smallest complete release: a target and one component; tests add what they need below it.
+MINIMAL_RELEASE = """
+[target]
+python = "3.12"
+cuda = "13.1.0"
+cuda_arch_list = ["12.1a"]
+platform = "linux_aarch64"
+[components.nccl]
+version = "2.29.2-1"
+"""
 SPARK = Host(platform="linux_aarch64", cuda_home="/usr/local/cuda", toolkit="13.1", cpus=20, mem_available_gb=110.0)
 
 
@@ -210,31 +220,31 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/
                                 reason="needs nvcc (CUDA toolkit)")
 
 
+def _session_dir(tmp_path_factory, variable: str, name: str):
+    """A directory for the whole session through an environment variable the factory reads; a
+    variable already set (yours, to keep the directory across sessions) is used as it is."""
+    if os.environ.get(variable):
+        yield Path(os.environ[variable])
+        return
+    shared = tmp_path_factory.mktemp(name)
+    os.environ[variable] = str(shared)
+    yield shared
+    del os.environ[variable]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_toolkits(tmp_path_factory):
     """One directory of CUDA toolkit wheels and assembled roots for the whole session (~1.3 GB of
     wheels and ~2 GB unpacked per CUDA version), shared by every build's cache directory through
-    WHEELFACTORY_TOOLKITS_DIR. Set that variable yourself to keep them across sessions."""
-    if os.environ.get("WHEELFACTORY_TOOLKITS_DIR"):
-        yield Path(os.environ["WHEELFACTORY_TOOLKITS_DIR"])
-        return
-    shared = tmp_path_factory.mktemp("toolkits")
-    os.environ["WHEELFACTORY_TOOLKITS_DIR"] = str(shared)
-    yield shared
-    del os.environ["WHEELFACTORY_TOOLKITS_DIR"]
+    WHEELFACTORY_TOOLKITS_DIR."""
+    yield from _session_dir(tmp_path_factory, "WHEELFACTORY_TOOLKITS_DIR", "toolkits")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_uv_cache(tmp_path_factory):
     """One uv cache for the session's build venvs and `venv` installs (WHEELFACTORY_UV_CACHE_DIR):
     the same torch wheel is unpacked once, not once per test cache (GBs on a small CI disk)."""
-    if os.environ.get("WHEELFACTORY_UV_CACHE_DIR"):
-        yield Path(os.environ["WHEELFACTORY_UV_CACHE_DIR"])
-        return
-    shared = tmp_path_factory.mktemp("uv-cache")
-    os.environ["WHEELFACTORY_UV_CACHE_DIR"] = str(shared)
-    yield shared
-    del os.environ["WHEELFACTORY_UV_CACHE_DIR"]
+    yield from _session_dir(tmp_path_factory, "WHEELFACTORY_UV_CACHE_DIR", "uv-cache")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from wheelfactory.errors import InputError
 from wheelfactory.factory import Factory
 from wheelfactory.recipe import Option, load_recipes, recipe_data, version_table
 
-from .conftest import RECIPES, SPARK, invoke
+from .conftest import MINIMAL_RELEASE, RECIPES, SPARK, invoke
 
 HEADER = "from wheelfactory.recipe import Recipe\nRECIPE = Recipe(name='x', summary='', source=None, outputs=('x',))\n"
 
@@ -87,15 +87,7 @@ def test_option_default_must_have_its_type():
         Option("kernels", bool, "yes", "help")
 
 
-BASE = """
-[target]
-python = "3.12"
-cuda = "13.1.0"
-cuda_arch_list = ["12.1a"]
-platform = "linux_aarch64"
-[components.nccl]
-version = "2.29.2-1"
-"""
+BASE = MINIMAL_RELEASE
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from wheelfactory.errors import InputError
 from wheelfactory.recipe import load_recipes
 from wheelfactory.release import list_releases, load_release
 
-from .conftest import RECIPES
+from .conftest import MINIMAL_RELEASE, RECIPES
 
 MATRIX = {
     # release: (vllm, torch, vision, audio, cuda, nccl, triton, flashinfer, transformers)
@@ -73,15 +73,7 @@ def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
     return p
 
 
-BASE = """
-[target]
-python = "3.12"
-cuda = "13.1.0"
-cuda_arch_list = ["12.1a"]
-platform = "linux_aarch64"
-[components.nccl]
-version = "2.29.2-1"
-"""
+BASE = MINIMAL_RELEASE
 
 
 def test_release_by_path_and_user_extends(tmp_path, recipes):

@@ -22,7 +22,7 @@ from wheelfactory.recipe import load_recipes
 from wheelfactory.release import load_release
 from wheelfactory.release_schema import release_schema
 
-from .conftest import CI_RELEASES, RECIPES, REPO, invoke
+from .conftest import CI_RELEASES, MINIMAL_RELEASE, RECIPES, REPO, invoke
 
 COMMITTED = REPO / "wheelfactory" / "data" / "release.schema.json"
 SHIPPED = sorted((RECIPES / "releases").glob("*.toml")) + sorted(CI_RELEASES.glob("*.toml"))
@@ -85,15 +85,7 @@ def test_every_shipped_release_meets_the_schema(path, validator):
     assert not problems, f"{path}:\n  " + "\n  ".join(problems)
 
 
-BASE = """
-[target]
-python = "3.12"
-cuda = "13.1.0"
-cuda_arch_list = ["12.1a"]
-platform = "linux_aarch64"
-[components.nccl]
-version = "2.29.2-1"
-"""
+BASE = MINIMAL_RELEASE
 
 # (a release file's text, whether it is a valid release). Both the schema and the loader are asked;
 # each case is one a user would type.

@@ -372,3 +372,25 @@ def test_a_failed_make_build_resumes_without_recompiling_finished_objects(tmp_pa
     (tmp_path / "FAIL").unlink()
     build(f)
     assert (tmp_path / "objects").read_text().split() == ["a.o", "b.o", "c.o"]  # a.o and b.o kept
+
+
+def test_the_step_environment_points_every_compiler_launcher_at_the_ccache_it_was_given(factory, monkeypatch):
+    from wheelfactory.buildenv import StepPaths, step_environment
+
+    from .conftest import CI_RELEASES
+
+    monkeypatch.delenv("CCACHE_MAXSIZE", raising=False)
+    step = factory.plan(factory.release(str(CI_RELEASES / "ci.toml"))).step("nccl")
+    paths = StepPaths(src=Path("/w/src"), work=Path("/w"), venv=Path("/w/venv"), site=Path("/w/site"),
+                      cache=Path("/c"))
+    env = step_environment(step, paths, cuda_home="/cuda", jobs=3, offline=False, ccache="/t/ccache", trees={},
+                           parent_path="/usr/bin")
+    assert {k: env[k] for k in env if "CCACHE" in k or k.endswith("_LAUNCHER")} == {
+        "CCACHE_DIR": "/c/ccache", "CCACHE_MAXSIZE": "40G", "CCACHE_BASEDIR": "/w", "CCACHE_NOHASHDIR": "1",
+        "CMAKE_C_COMPILER_LAUNCHER": "/t/ccache", "CMAKE_CXX_COMPILER_LAUNCHER": "/t/ccache",
+        "CMAKE_CUDA_COMPILER_LAUNCHER": "/t/ccache"}
+    assert env["PATH"] == "/w/venv/bin:/cuda/bin:/usr/bin" and env["MAX_JOBS"] == "3"
+    without = step_environment(step, paths, cuda_home=None, jobs=3, offline=True, ccache=None, trees={},
+                               parent_path="/usr/bin")
+    assert not [k for k in without if "CCACHE" in k or k.endswith("_LAUNCHER")]
+    assert without["UV_OFFLINE"] == "1" and "CUDA_HOME" not in without

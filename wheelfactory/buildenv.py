@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ccache import ccache_env
 from .errors import InputError
 from .plan import Step
 from .secretenv import is_secret_name
@@ -104,8 +105,8 @@ def step_environment(step: Step, paths: StepPaths, *, cuda_home: str | None, job
         env.setdefault("CUDA_TOOLKIT_ROOT_DIR", cuda_home)
     if ccache:
         # Object files survive version bumps and failed runs: a rebuild recompiles only what changed.
-        env |= {"CCACHE_DIR": str(paths.cache / "ccache"), "CCACHE_BASEDIR": str(paths.work),
-                "CCACHE_NOHASHDIR": "1", "CMAKE_C_COMPILER_LAUNCHER": ccache,
+        env |= ccache_env(paths.cache) | {
+                "CCACHE_BASEDIR": str(paths.work), "CCACHE_NOHASHDIR": "1", "CMAKE_C_COMPILER_LAUNCHER": ccache,
                 "CMAKE_CXX_COMPILER_LAUNCHER": ccache, "CMAKE_CUDA_COMPILER_LAUNCHER": ccache}
     if offline:
         env |= {"PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "FETCHCONTENT_FULLY_DISCONNECTED": "ON",

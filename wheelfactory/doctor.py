@@ -96,7 +96,7 @@ class Probe:
     which: Callable[[str], str | None] = shutil.which
     disk_free: Callable[[Path], int] = _disk_free
     exists: Callable[[str], bool] = os.path.exists
-    reach: Callable[[str], str | None] = lambda url: _reach(url)  # None: it answers; else why not
+    reach: Callable[[str], str | None] = _reach  # None: it answers; else why not
     current_python: tuple[str, str] = field(
         default_factory=lambda: (f"{sys.version_info.major}.{sys.version_info.minor}", sys.executable))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from .buildenv import StepPaths, env_script, step_environment
-from .ccache import CacheStats, ccache_env, read_stats
+from .ccache import CacheStats, read_stats
 from .context import BuildContext, FetchContext
 from .errors import BuildError
 from .fetch import SourceCache
@@ -303,8 +303,6 @@ class StepBuild:
         env = step_environment(self.step, paths, cuda_home=self.s.host.cuda_home, jobs=ctx.jobs,
                                offline=self.s.offline, ccache=ccache, trees=ctx.trees,
                                parent_path=self.s.parent_env.get("PATH", os.defpath))
-        if ccache:
-            env |= ccache_env(self.s.cache_dir)
         return env
 
     def _prepare_cuda(self) -> None:
