@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tests.test_executor import OK_BODY, setup
 from wheelfactory.cli import cli
-from wheelfactory.errors import InputError
+from wheelfactory.errors import BuildError, InputError
 from wheelfactory.runner import Runner, clean_environ
 from wheelfactory.secretenv import is_secret_name, parse_secret_env
 
@@ -53,7 +53,7 @@ def test_parent_secrets_are_not_in_the_build_environment(monkeypatch):
 def test_runner_hides_secret_values_in_log_and_error(tmp_path):
     r = Runner("c", tmp_path / "log", base_env={"PATH": "/usr/bin:/bin"})
     r.hide([CANARY])
-    with pytest.raises(Exception) as e:
+    with pytest.raises(BuildError, match="command failed with exit code 4") as e:
         r.run(["sh", "-c", f"echo got $T; echo {CANARY}; exit 4"], env={"T": CANARY})
     log = (tmp_path / "log").read_text()
     assert CANARY not in log and CANARY not in str(e.value)
