@@ -220,6 +220,20 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/
                                 reason="needs nvcc (CUDA toolkit)")
 
 
+@contextlib.contextmanager
+def scratch(tmp_path_factory, name: str):
+    """A directory for a module's fixture, removed when the module is done (CI's disk is small and
+    shared: a session's leftovers add up to more than it has). WHEELFACTORY_TEST_KEEP=1 keeps it."""
+    path = tmp_path_factory.mktemp(name)
+    yield path
+    if not os.environ.get("WHEELFACTORY_TEST_KEEP"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# Set before the session (to keep toolkits across sessions), or None: the session then makes its own.
+USER_TOOLKITS_DIR = os.environ.get("WHEELFACTORY_TOOLKITS_DIR")
+
+
 def _session_dir(tmp_path_factory, variable: str, name: str):
     """A directory for the whole session through an environment variable the factory reads; a
     variable already set (yours, to keep the directory across sessions) is used as it is."""

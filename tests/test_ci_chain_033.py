@@ -10,14 +10,13 @@ toolkit wheels included), the offline rebuild 93-120 s, lock 64 s (162 packages)
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
 
 import pytest
 
-from .conftest import CI_RELEASES, REPO, run_cli
+from .conftest import CI_RELEASES, REPO, run_cli, scratch
 from .test_ci_chain import no_network_prefix
 
 pytestmark = pytest.mark.slow
@@ -28,12 +27,11 @@ TRANSFORMERS = "5.20.2"  # the release's [pins]; vLLM 0.33.0 requires transforme
 
 @pytest.fixture(scope="module")
 def ci033(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ci033")
-    common = ["--wheelhouse", str(root / "wh"), "--cache-dir", str(root / "cache")]
-    r = run_cli(*common, "build", "--release", RELEASE, "vllm", cwd=REPO)
-    assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-4000:]}"
-    yield root, r
-    shutil.rmtree(root, ignore_errors=True)  # 2.5 GB of sources and caches: CI's disk is small
+    with scratch(tmp_path_factory, "ci033") as root:  # 2.5 GB of sources and caches
+        common = ["--wheelhouse", str(root / "wh"), "--cache-dir", str(root / "cache")]
+        r = run_cli(*common, "build", "--release", RELEASE, "vllm", cwd=REPO)
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-4000:]}"
+        yield root, r
 
 
 def test_vllm_033_builds_from_its_sdist_without_kernels_or_rust(ci033):

@@ -18,7 +18,7 @@ import pytest
 
 from wheelfactory.host import find_cuda_home
 
-from .conftest import FIXTURES, needs_nvcc, run_cli
+from .conftest import FIXTURES, needs_nvcc, run_cli, scratch
 
 pytestmark = [pytest.mark.slow, needs_nvcc]
 
@@ -36,15 +36,15 @@ source = {{ path = "{src}" }}
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("nccl")
-    release = tmp / "nccl-only.toml"
-    release.write_text(RELEASE.format(py=f"{sys.version_info.major}.{sys.version_info.minor}",
-                                      src=FIXTURES / "nccl-standin"))
-    common = ["--wheelhouse", str(tmp / "wh"), "--cache-dir", str(tmp / "cache")]
-    r = run_cli(*common, "build", "-r", str(release), "nccl", "--env",
-                "nccl:ONLY_FUNCS=AllReduce Sum f32 RING SIMPLE|SendRecv")
-    assert r.returncode == 0, r.stderr
-    return tmp, common, release, r
+    with scratch(tmp_path_factory, "nccl") as tmp:
+        release = tmp / "nccl-only.toml"
+        release.write_text(RELEASE.format(py=f"{sys.version_info.major}.{sys.version_info.minor}",
+                                          src=FIXTURES / "nccl-standin"))
+        common = ["--wheelhouse", str(tmp / "wh"), "--cache-dir", str(tmp / "cache")]
+        r = run_cli(*common, "build", "-r", str(release), "nccl", "--env",
+                    "nccl:ONLY_FUNCS=AllReduce Sum f32 RING SIMPLE|SendRecv")
+        assert r.returncode == 0, r.stderr
+        yield tmp, common, release, r
 
 
 def test_wheel_name_layout_and_version(built):

@@ -41,7 +41,7 @@ from wheelfactory.toolkit import (
     unversioned_links,
 )
 
-from .conftest import FIXTURES, RECIPES, SPARK, needs_nvcc, run_cli
+from .conftest import FIXTURES, RECIPES, SPARK, USER_TOOLKITS_DIR, needs_nvcc, run_cli, scratch
 
 PINS = RECIPES / "data" / "cuda_wheels.toml"
 # What the issue asks the toolkit to carry: the compiler, the runtime and the libraries with headers.
@@ -245,18 +245,22 @@ def host_nvcc_minor() -> str:
 
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory, shared_toolkits):
-    """`wheelfactory fetch` of a CUDA 13.1 release: downloads and assembles the 13.1 toolkit."""
-    tmp = tmp_path_factory.mktemp("tk131")
-    release = tmp / "nccl-131.toml"
-    release.write_text(RELEASE_131.format(py=f"{sys.version_info.major}.{sys.version_info.minor}",
-                                          src=FIXTURES / "nccl-standin"))
-    common = ["--wheelhouse", str(tmp / "wh"), "--cache-dir", str(tmp / "cache")]
-    r = run_cli(*common, "fetch", "-r", str(release), "nccl")
-    assert r.returncode == 0, r.stderr
-    tk = load_toolkit(PINS, "13.1.0", detect_host().platform)
-    root = ToolkitCache(shared_toolkits).root_of(tk)
-    assert (root / ".wf-toolkit.json").exists()
-    return tmp, common, release, root
+    """`wheelfactory fetch` of a CUDA 13.1 release: downloads and assembles the 13.1 toolkit. Only
+    this module uses 13.1, so its ~3.3 GB go when the module is done (unless WHEELFACTORY_TOOLKITS_DIR
+    was yours before the session: then it lands there to stay)."""
+    with scratch(tmp_path_factory, "tk131") as tmp, pytest.MonkeyPatch.context() as mp:
+        toolkits = shared_toolkits if USER_TOOLKITS_DIR else tmp / "toolkits"
+        mp.setenv("WHEELFACTORY_TOOLKITS_DIR", str(toolkits))
+        release = tmp / "nccl-131.toml"
+        release.write_text(RELEASE_131.format(py=f"{sys.version_info.major}.{sys.version_info.minor}",
+                                              src=FIXTURES / "nccl-standin"))
+        common = ["--wheelhouse", str(tmp / "wh"), "--cache-dir", str(tmp / "cache")]
+        r = run_cli(*common, "fetch", "-r", str(release), "nccl")
+        assert r.returncode == 0, r.stderr
+        tk = load_toolkit(PINS, "13.1.0", detect_host().platform)
+        root = ToolkitCache(toolkits).root_of(tk)
+        assert (root / ".wf-toolkit.json").exists()
+        yield tmp, common, release, root
 
 
 @pytest.mark.slow

@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
 from .cargo import RUSTUP_HINT
 from .ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
 from .cuda_arch import CudaArch
@@ -40,7 +43,16 @@ LIGHT_VLLM_GB = 3.0  # vLLM with options.kernels = false compiles nothing
 LIGHT_FLASHINFER_GB = 2.0  # flashinfer-python alone copies sources; only the AOT jit-cache compiles
 TOOLKIT_GB = 5.0  # a CUDA toolkit from wheels: the wheels plus their unpacked tree
 PER_STEP_GB = 1.0  # what each step leaves behind: its source in the cache, its wheels
+MIN_FREE_GB = 1.0  # below this no step gets through fetch and prepare, whatever it builds
 PROBE_TIMEOUT_S = 30
+
+# The oldest GCC a component's configure accepts, from its own build files: (component, versions,
+# GCC major, why). Only GCC is held to it (vLLM's CMake tests CMAKE_CXX_COMPILER_ID STREQUAL "GNU");
+# a clang passes. Only steps that compile native code count (vLLM with kernels).
+MIN_GCC = (
+    ("vllm", ">=0.33", 13, "DeepGEMM and DeepSelect host code uses C++20 <format>; vLLM's CMake stops "
+                           "below GCC 13 (vllm-project/vllm#58158)"),
+)
 
 # Run by the target interpreter: its version, and whether it can make the venvs builds need
 # (Debian's python3.X without python3.X-venv has no ensurepip, and `-m venv` fails mid-build).
@@ -142,8 +154,9 @@ def step_disk_gb(step: Step) -> float:
 def check_disk(cache_dir: Path, steps: Sequence[Step], toolkit_needed: bool, probe: Probe) -> Check:
     """Free space where work trees go against the peak need: work trees are removed after each
     successful step, so the largest one counts, plus what every step leaves and the toolkit.
-    The estimates are rough, so only a disk that cannot hold the largest work tree by itself
-    fails; short of the whole estimate is a warning."""
+    The estimates are per component, not per source (a stand-in or a trimmed checkout needs a
+    fraction of them), so short of them is a warning; only a disk below MIN_FREE_GB, where no
+    step can get through fetch and prepare, fails."""
     if not steps:
         return Check("disk", OK, "nothing to build")
     largest = max(steps, key=step_disk_gb)
@@ -151,8 +164,12 @@ def check_disk(cache_dir: Path, steps: Sequence[Step], toolkit_needed: bool, pro
     free = probe.disk_free(cache_dir) / 1e9
     text = f"{free:.1f} GB free for {cache_dir}; the build needs ~{need:.0f} GB ({largest.component}'s work " \
            f"tree ~{step_disk_gb(largest):.0f} GB)"
+    if free < MIN_FREE_GB:
+        return Check("disk", FAIL, f"{text}: under {MIN_FREE_GB:.0f} GB nothing builds; free space or pass "
+                                   "--cache-dir on a larger disk")
     if free < step_disk_gb(largest):
-        return Check("disk", FAIL, f"{text}: free space or pass --cache-dir on a larger disk")
+        return Check("disk", WARN, f"{text}: likely to run out unless the sources are small; free space or "
+                                   "pass --cache-dir on a larger disk")
     if free < need:
         return Check("disk", WARN, f"{text}: may run out; free space or pass --cache-dir on a larger disk")
     if free < 1.5 * need:
@@ -198,6 +215,44 @@ def check_cuda(plan: Plan, host: Host, probe: Probe) -> Check:
     if warning := mismatch_warning(t.cuda, host.toolkit):
         return Check("cuda", WARN, warning.removeprefix("warning: "))
     return Check("cuda", OK, f"host nvcc {host.toolkit} at {nvcc} (--system-cuda)")
+
+
+def compiler_of(out: str) -> tuple[str, int] | None:
+    """("gcc" | "clang", major) from a compiler's predefined macros (`c++ -E -dM -x c++ /dev/null`):
+    unlike --version or -dumpversion (clang answers 4.2.1 to that), the macros cannot mislead."""
+    macros = dict(m.groups() for m in re.finditer(r"^#define (__clang_major__|__GNUC__) (\d+)$", out, re.M))
+    if "__clang_major__" in macros:
+        return "clang", int(macros["__clang_major__"])
+    if "__GNUC__" in macros:
+        return "gcc", int(macros["__GNUC__"])
+    return None
+
+
+def check_compiler(steps: Sequence[Step], probe: Probe) -> list[Check]:
+    """The C++ compiler a step's configure will find (its env's CXX, else c++ on PATH) against
+    MIN_GCC, before a download and a venv are spent on a configure that stops."""
+    checks = []
+    for step in steps:
+        rules = [(gcc, why) for component, versions, gcc, why in MIN_GCC
+                 if component == step.component and Version(step.version) in SpecifierSet(versions)]
+        if not rules or not step.options.get("kernels", True):
+            continue
+        gcc, why = max(rules)
+        cxx = step.env.get("CXX", "c++")
+        code, out = probe.run([cxx, "-E", "-dM", "-x", "c++", "/dev/null"])
+        found = compiler_of(out) if code == 0 else None
+        label = f"{step.component} {step.version}"
+        if found is None:
+            checks.append(Check("cxx", FAIL, f"{label} compiles C++ and `{cxx}` does not run as a C++ "
+                                                  f"compiler here (exit code {code}): install GCC {gcc} or newer "
+                                                  f"(g++-{gcc}) and pass --env {step.component}:CXX=g++-{gcc}"))
+        elif found[0] == "gcc" and found[1] < gcc:
+            checks.append(Check("cxx", FAIL, f"{label} needs GCC {gcc} or newer and `{cxx}` is GCC {found[1]}: "
+                                                  f"{why}; install g++-{gcc} and pass --env {step.component}:"
+                                                  f"CXX=g++-{gcc} (or CC/CXX of a clang)"))
+        else:
+            checks.append(Check("cxx", OK, f"`{cxx}` is {found[0]} {found[1]} for {label}"))
+    return checks
 
 
 def rust_steps(steps: Sequence[Step]) -> list[Step]:
@@ -326,6 +381,7 @@ def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, pro
     checks += [check_disk(cache_dir, building, is_wheel_label(plan.target.toolkit), probe),
                check_memory(host, building), check_ccache(cache_dir, probe), check_cuda(plan, host, probe)]
     checks += check_rust([s for s in work if s.action == BUILD], probe)
+    checks += check_compiler([s for s in work if s.action == BUILD], probe)
     if building and (arch := check_arch(plan.target.archs, nvcc, probe)) is not None:
         checks.append(arch)
     if sources is not None:
