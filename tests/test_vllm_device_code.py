@@ -1,6 +1,6 @@
-"""The device-code check on data captured from real configure runs of the vLLM 0.14.1 sdist
-(tests/data/vllm-configure/: vLLM's CMake with its real dependencies, CUDA 13.0, trimmed to the
-CUDA objects' flags), before and after recipes/patches/vllm/0.14.1/."""
+"""The device-code check on data captured from real configure runs of the vLLM 0.14.1 and 0.33.0
+sdists (tests/data/vllm-configure/, see its README: vLLM's CMake with its dependencies, trimmed to
+the CUDA objects' flags), before and after recipes/patches/vllm/<version>/."""
 
 from __future__ import annotations
 
@@ -78,6 +78,46 @@ def test_patched_hopper_and_spark_release_passes_with_declared_hopper_allowances
     assert len([o for o in objs if o.target == "_vllm_fa3_C"]) == 222  # FA3 stays for Hopper
 
 
+# vLLM 0.33.0 for 12.1a. The expected sets were counted from the trimmed build.ninja with awk
+# (gencode pairs per build statement), not with the parser under test.
+def test_unpatched_0_33_0_still_has_jit_only_and_fa3_objects_on_12_1():
+    objs = objects("0.33.0-12.1a")
+    assert code_sets(objs, targets_except=("_vllm_fa3_C",)) == Counter({
+        "compute_80 sm_80": 81, "compute_89 sm_89": 1, "compute_90 sm_90": 1, "sm_120": 47, "sm_120f": 61})
+    fa3 = [o for o in objs if o.target == "_vllm_fa3_C"]
+    assert len(fa3) == 192 and all(o.codes == () for o in fa3)
+    plan = dc.evaluate(objs, ["12.1a"], shipped_allowances())
+    assert not plan.ok and len(plan.dead_objects) == 192  # no sm_120a left in 0.33: only FA3 is dead
+    families = sorted(e.split(":", 2)[0] + ":" + e.split(":", 2)[1] for e in plan.errors)
+    assert families == sorted([
+        "_vllm_fa3_C:hopper", "_vllm_fa3_C:hopper/instantiations", "_vllm_fa2_C:csrc/flash_attn/src",
+        "_C_stable_libtorch:csrc/quantization/hadamard/hadacore", "_C_stable_libtorch:csrc/quantization/marlin",
+        "_C_stable_libtorch:csrc/quantization/w8a8/cutlass", "_moe_C_stable_libtorch:csrc/moe/marlin_moe_wna16"])
+    assert plan.warnings == []
+
+
+def test_patched_0_33_0_is_native_everywhere_and_builds_no_fa3():
+    objs = objects("0.33.0-12.1a-patched")
+    plan = dc.evaluate(objs, ["12.1a"], shipped_allowances())
+    assert plan.ok, plan.errors
+    assert plan.warnings == []
+    assert len(objs) == 191 and not any(o.target == "_vllm_fa3_C" for o in objs)
+    assert code_sets(objs) == Counter({"sm_120": 130, "sm_120f": 61})
+    before = {(o.target, o.source) for o in objects("0.33.0-12.1a") if o.target != "_vllm_fa3_C"}
+    assert {(o.target, o.source) for o in objs} == before  # the same objects, other flags
+
+
+def test_the_0_33_0_patches_are_declared_and_say_why():
+    patches = declared_patches(RECIPES, "vllm", "0.33.0", ("flash_attn",))
+    assert [p.name.rsplit("/", 1)[1] for p in patches["source"]] == [
+        "0001-marlin-ops-sm120-native.patch", "0002-hadacore-c2x-sm120-native.patch"]
+    assert [p.name.rsplit("/", 1)[1] for p in patches["flash_attn"]] == [
+        "flash-attn-0001-fa2-sm120-native.patch", "flash-attn-0002-fa3-only-with-hopper.patch"]
+    for p in patches["source"] + patches["flash_attn"]:
+        header = p.path.read_text().split("\n--- a/", 1)[0]
+        assert "Why:" in header and "Upstream" in header and "0.33.0" in header
+
+
 def test_the_0_14_1_patches_are_declared_for_both_trees():
     patches = declared_patches(RECIPES, "vllm", "0.14.1", ("cutlass", "flash_attn", "flashmla", "qutlass",
                                                            "triton_kernels"))
@@ -96,14 +136,12 @@ def test_the_patches_enter_vllm_s_key(factory):
     assert [p["name"] for p in inputs["source"]][0] == "vllm/0.14.1/0001-marlin-sm120-native.patch"
 
 
-@pytest.fixture(scope="session")
-def vllm_sdist(request) -> Path:
-    """The real vLLM 0.14.1 sdist from PyPI (18 MB), hash-checked, kept in pytest's cache."""
+def vllm_sdist(cache_dir: Path, version: str) -> Path:
+    """The real vLLM sdist from PyPI (0.14.1: 18 MB, 0.33.0: 47 MB), hash-checked, kept in pytest's cache."""
     import hashlib
 
     import requests
-    cache = Path(request.config.cache.mkdir("vllm-sdist"))
-    path = cache / "vllm-0.14.1.tar.gz"
+    path = cache_dir / f"vllm-{version}.tar.gz"
     index = requests.get("https://pypi.org/simple/vllm/", timeout=60,
                          headers={"Accept": "application/vnd.pypi.simple.v1+json"}).json()
     [entry] = [f for f in index["files"] if f["filename"] == path.name]
@@ -114,18 +152,22 @@ def vllm_sdist(request) -> Path:
 
 
 @pytest.mark.slow
-def test_the_vllm_patches_apply_to_the_real_sdist(tmp_path, vllm_sdist):
+@pytest.mark.parametrize(("version", "expected"), [
+    ("0.14.1", 'cuda_archs_loose_intersection(MARLIN_ARCHS "8.0+PTX;12.0" "${CUDA_ARCHS}")'),
+    ("0.33.0", 'cuda_archs_loose_intersection(MARLIN_OTHER_ARCHS "7.5;8.0+PTX;12.0" "${CUDA_ARCHS}")'),
+])
+def test_the_vllm_patches_apply_to_the_real_sdist(tmp_path, request, version, expected):
     import tarfile
 
     from wheelfactory.patches import apply_patches
     from wheelfactory.runner import Runner
-    with tarfile.open(vllm_sdist) as tf:
+    sdist = vllm_sdist(Path(request.config.cache.mkdir("vllm-sdist")), version)
+    with tarfile.open(sdist) as tf:
         tf.extractall(tmp_path, filter="data")
-    tree = tmp_path / "vllm-0.14.1"
-    patches = declared_patches(RECIPES, "vllm", "0.14.1", ("flash_attn",))["source"]
+    tree = tmp_path / f"vllm-{version}"
+    patches = declared_patches(RECIPES, "vllm", version, ("flash_attn",))["source"]
     apply_patches(tree, patches, Runner("vllm", tmp_path / "log"), "vllm")
-    cmake = (tree / "CMakeLists.txt").read_text()
-    assert 'cuda_archs_loose_intersection(MARLIN_ARCHS "8.0+PTX;12.0" "${CUDA_ARCHS}")' in cmake
+    assert expected in (tree / "CMakeLists.txt").read_text()
 
 
 def test_extra_sources_can_be_replaced_by_the_release_or_the_command_line(factory, tmp_path):
