@@ -35,7 +35,7 @@ test-fast:
 	$(PYTHON) -m pytest -v -m "not slow"
 
 lint:
-	ruff check wheelfactory assemble recipes tests
+	ruff check wheelfactory assemble recipes tests bench tools
 
 # FlashInfer JIT with the wheel toolkit on a GPU machine: prepare the carry directory here (the
 # factory's flashinfer-python, the toolkit wheels, apache-tvm-ffi) and print the commands to run

@@ -230,8 +230,9 @@ def scratch(tmp_path_factory, name: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
-# Set before the session (to keep toolkits across sessions), or None: the session then makes its own.
+# Set before the session (to keep them across sessions), or None: the tests then make their own.
 USER_TOOLKITS_DIR = os.environ.get("WHEELFACTORY_TOOLKITS_DIR")
+USER_UV_CACHE_DIR = os.environ.get("WHEELFACTORY_UV_CACHE_DIR")
 
 
 def _session_dir(tmp_path_factory, variable: str, name: str):
@@ -254,11 +255,19 @@ def shared_toolkits(tmp_path_factory):
     yield from _session_dir(tmp_path_factory, "WHEELFACTORY_TOOLKITS_DIR", "toolkits")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def shared_uv_cache(tmp_path_factory):
-    """One uv cache for the session's build venvs and `venv` installs (WHEELFACTORY_UV_CACHE_DIR):
-    the same torch wheel is unpacked once, not once per test cache (GBs on a small CI disk)."""
-    yield from _session_dir(tmp_path_factory, "WHEELFACTORY_UV_CACHE_DIR", "uv-cache")
+@pytest.fixture(scope="module", autouse=True)
+def module_uv_cache(tmp_path_factory):
+    """A uv cache per test module for its build venvs and `venv` installs (WHEELFACTORY_UV_CACHE_DIR),
+    removed with the module. Per module, not per session: uv keys a wheel installed from a local
+    wheelhouse by its path, so each test wheelhouse's torch is unpacked anew (700 MB each), and one
+    session-wide cache grew to 6.8 GB on CI's small disk; PyPI downloads repeat per module instead
+    (small ones: torch comes from a local wheel). A WHEELFACTORY_UV_CACHE_DIR of yours is used as it is."""
+    if USER_UV_CACHE_DIR:
+        yield Path(USER_UV_CACHE_DIR)
+        return
+    with scratch(tmp_path_factory, "uv-cache") as cache, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WHEELFACTORY_UV_CACHE_DIR", str(cache))
+        yield cache
 
 
 @pytest.fixture(scope="session")
