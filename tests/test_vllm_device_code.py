@@ -1,5 +1,5 @@
-"""The device-code check on data captured from real configure runs of the vLLM 0.14.1 and 0.33.0
-sdists (tests/data/vllm-configure/, see its README: vLLM's CMake with its dependencies, trimmed to
+"""The device-code check on data captured from real configure runs of the vLLM 0.13.0, 0.14.1 and
+0.33.0 sdists (tests/data/vllm-configure/, see its README: vLLM's CMake with its dependencies, trimmed to
 the CUDA objects' flags), before and after recipes/patches/vllm/<version>/."""
 
 from __future__ import annotations
@@ -78,6 +78,22 @@ def test_patched_hopper_and_spark_release_passes_with_declared_hopper_allowances
     assert len([o for o in objs if o.target == "_vllm_fa3_C"]) == 222  # FA3 stays for Hopper
 
 
+def test_0_13_0_has_the_0_14_1_trap_and_its_patches_fix_it():
+    # Counted from the trimmed build.ninja with awk, not with the parser under test.
+    objs = objects("0.13.0-12.1a")
+    assert code_sets(objs, targets_except=("_vllm_fa3_C",)) == Counter({
+        "compute_80 sm_80": 87, "compute_90 sm_90": 8, "compute_89 sm_89": 1,
+        "sm_120": 45, "sm_120f": 10, "sm_120a": 6})
+    assert len([o for o in objs if o.target == "_vllm_fa3_C" and o.codes == ()]) == 222
+    assert not dc.evaluate(objs, ["12.1a"], shipped_allowances()).ok
+    patched = objects("0.13.0-12.1a-patched")
+    plan = dc.evaluate(patched, ["12.1a"], shipped_allowances())
+    assert plan.ok and plan.warnings == [], plan.errors
+    assert code_sets(patched) == Counter({"sm_120": 141, "sm_120f": 16})
+    assert {(o.target, o.source) for o in patched} == {(o.target, o.source) for o in objs
+                                                      if o.target != "_vllm_fa3_C"}
+
+
 # vLLM 0.33.0 for 12.1a. The expected sets were counted from the trimmed build.ninja with awk
 # (gencode pairs per build statement), not with the parser under test.
 def test_unpatched_0_33_0_still_has_jit_only_and_fa3_objects_on_12_1():
@@ -137,7 +153,8 @@ def test_the_patches_enter_vllm_s_key(factory):
 
 
 def vllm_sdist(cache_dir: Path, version: str) -> Path:
-    """The real vLLM sdist from PyPI (0.14.1: 18 MB, 0.33.0: 47 MB), hash-checked, kept in pytest's cache."""
+    """The real vLLM sdist from PyPI (0.13.0, 0.14.1: ~18 MB, 0.33.0: 47 MB), hash-checked, kept in
+    pytest's cache."""
     import hashlib
 
     import requests
@@ -153,6 +170,7 @@ def vllm_sdist(cache_dir: Path, version: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("version", "expected"), [
+    ("0.13.0", 'cuda_archs_loose_intersection(MARLIN_MOE_ARCHS "8.0+PTX;12.0" "${CUDA_ARCHS}")'),
     ("0.14.1", 'cuda_archs_loose_intersection(MARLIN_ARCHS "8.0+PTX;12.0" "${CUDA_ARCHS}")'),
     ("0.33.0", 'cuda_archs_loose_intersection(MARLIN_OTHER_ARCHS "7.5;8.0+PTX;12.0" "${CUDA_ARCHS}")'),
 ])
