@@ -222,7 +222,9 @@ def test_vllm_033_with_kernels_needs_gcc_13_and_says_how_to_get_it(factory):
 def test_the_compiler_of_the_steps_env_is_the_one_checked(factory):
     steps = factory.plan(factory.release("0.33.0-t5"), env=["vllm:CXX=clang++-14"]).steps
     [c] = check_compiler(steps, probe({"clang++-14": (0, CLANG14_MACROS), "c++": (0, GCC12_MACROS)}))
-    assert c.level == OK and c.message == "`clang++-14` is clang 14 for vllm 0.33.0"
+    # clang configures vLLM 0.33 but stopped on its Marlin kernels: said, not refused (--until configure works)
+    assert c.level == WARN and c.message.startswith("`clang++-14` is clang 14 for vllm 0.33.0: a clang passes")
+    assert "bracket nesting level exceeded" in c.message and "a full build needs GCC 13" in c.message
 
 
 def test_no_compiler_rule_for_older_vllm_or_a_build_without_kernels(factory):
