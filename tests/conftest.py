@@ -281,11 +281,16 @@ def ci_wheelhouse(tmp_path_factory) -> tuple[Path, Path]:
     wheelhouse = Path(os.environ.get("WHEELFACTORY_TEST_WHEELHOUSE", root / "wheelhouse"))
     cache = Path(os.environ.get("WHEELFACTORY_TEST_CACHE", root / "cache"))
     common = ["--wheelhouse", str(wheelhouse), "--cache-dir", str(cache)]
-    for args in (["build", "-r", str(CI_RELEASES / "ci.toml"), "vllm"],
-                 ["lock", "-r", str(CI_RELEASES / "ci.toml")],
-                 ["lock", "-r", str(CI_RELEASES / "ci-t5.toml")]):
-        r = run_cli(*common, *args)
-        assert r.returncode == 0, f"wheelfactory {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+    # A uv cache of its own, gone once built: the module that first asks for this fixture (the
+    # image tests) would otherwise carry the build venvs' ~3 GB of unpacked wheels to its end.
+    with scratch(tmp_path_factory, "ci-uv") as uv_cache, pytest.MonkeyPatch.context() as mp:
+        if not USER_UV_CACHE_DIR:
+            mp.setenv("WHEELFACTORY_UV_CACHE_DIR", str(uv_cache))
+        for args in (["build", "-r", str(CI_RELEASES / "ci.toml"), "vllm"],
+                     ["lock", "-r", str(CI_RELEASES / "ci.toml")],
+                     ["lock", "-r", str(CI_RELEASES / "ci-t5.toml")]):
+            r = run_cli(*common, *args)
+            assert r.returncode == 0, f"wheelfactory {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
     return wheelhouse, cache
 
 
