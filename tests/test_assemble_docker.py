@@ -65,12 +65,10 @@ def built(docker: Docker, ci_wheelhouse, tmp_path_factory: pytest.TempPathFactor
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     yield factory, out, T5, result.output
     subprocess.run([docker.binary, "rmi", "-f", T4, T5, BROKEN], capture_output=True)
-    # Earlier builds of these tags are left dangling (3.3 GB a set); they carry the factory's labels.
-    subprocess.run([docker.binary, "image", "prune", "-f", "--filter", f"label={NS}.vllm_version"],
-                   capture_output=True)
     if os.environ.get("WHEELFACTORY_TEST_PRUNE_BUILD_CACHE"):
         # CI's machine is thrown away after the run and its disk is small: the build cache these images
-        # left (GBs, kept until the engine is pruned) goes too. Not by default: it is the whole cache.
+        # left (GBs, with the untagged images it pins, kept until the engine is pruned) goes too. Not by
+        # default: it is the whole cache.
         subprocess.run([docker.binary, "builder", "prune", "-af"], capture_output=True)
 
 

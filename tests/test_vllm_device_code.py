@@ -34,6 +34,23 @@ def code_sets(objs, *, targets_except=()) -> Counter:
     return Counter(" ".join(c.name for c in o.codes) for o in objs if o.target not in targets_except)
 
 
+def error_families(plan: dc.DeviceCodePlan) -> list[str]:
+    """The `<target>:<source dir>` of each policy error, sorted."""
+    return sorted(":".join(e.split(":", 2)[:2]) for e in plan.errors)
+
+
+def assert_patched_run_is_native(run: str, unpatched: str, expected_sets: Counter) -> None:
+    """A patched configure passes the shipped policy for 12.1a with no warning, has exactly the
+    unpatched run's objects minus FlashAttention 3's (other flags only), and the expected code sets."""
+    objs = objects(run)
+    plan = dc.evaluate(objs, ["12.1a"], shipped_allowances())
+    assert plan.ok, plan.errors
+    assert plan.warnings == []
+    assert code_sets(objs) == expected_sets
+    before = {(o.target, o.source) for o in objects(unpatched) if o.target != "_vllm_fa3_C"}
+    assert {(o.target, o.source) for o in objs} == before
+
+
 def test_unpatched_12_1a_reproduces_the_measured_table():
     objs = objects("0.14.1-12.1a")
     # The table of the device-code issue, measured on build.ninja by hand: _C, _moe_C and FA2.
@@ -48,8 +65,7 @@ def test_unpatched_12_1a_fails_the_shipped_policy_before_compiling():
     plan = dc.evaluate(objects("0.14.1-12.1a"), ["12.1a"], shipped_allowances())
     assert not plan.ok
     assert len(plan.dead_objects) == 228  # 6 QuTLASS sm_120a + 222 FA3
-    families = sorted(e.split(":", 2)[0] + ":" + e.split(":", 2)[1] for e in plan.errors)
-    assert families == sorted([
+    assert error_families(plan) == sorted([
         "_C:<qutlass_src>/qutlass/csrc", "_vllm_fa3_C:hopper", "_vllm_fa3_C:hopper/instantiations",
         "_C:csrc/quantization/gptq_marlin", "_C:csrc/quantization/hadamard/hadacore",
         "_C:csrc/quantization/marlin/sparse", "_C:csrc/quantization/w8a8/cutlass",
@@ -86,12 +102,7 @@ def test_0_13_0_has_the_0_14_1_trap_and_its_patches_fix_it():
         "sm_120": 45, "sm_120f": 10, "sm_120a": 6})
     assert len([o for o in objs if o.target == "_vllm_fa3_C" and o.codes == ()]) == 222
     assert not dc.evaluate(objs, ["12.1a"], shipped_allowances()).ok
-    patched = objects("0.13.0-12.1a-patched")
-    plan = dc.evaluate(patched, ["12.1a"], shipped_allowances())
-    assert plan.ok and plan.warnings == [], plan.errors
-    assert code_sets(patched) == Counter({"sm_120": 141, "sm_120f": 16})
-    assert {(o.target, o.source) for o in patched} == {(o.target, o.source) for o in objs
-                                                      if o.target != "_vllm_fa3_C"}
+    assert_patched_run_is_native("0.13.0-12.1a-patched", "0.13.0-12.1a", Counter({"sm_120": 141, "sm_120f": 16}))
 
 
 # vLLM 0.33.0 for 12.1a. The expected sets were counted from the trimmed build.ninja with awk
@@ -104,8 +115,7 @@ def test_unpatched_0_33_0_still_has_jit_only_and_fa3_objects_on_12_1():
     assert len(fa3) == 192 and all(o.codes == () for o in fa3)
     plan = dc.evaluate(objs, ["12.1a"], shipped_allowances())
     assert not plan.ok and len(plan.dead_objects) == 192  # no sm_120a left in 0.33: only FA3 is dead
-    families = sorted(e.split(":", 2)[0] + ":" + e.split(":", 2)[1] for e in plan.errors)
-    assert families == sorted([
+    assert error_families(plan) == sorted([
         "_vllm_fa3_C:hopper", "_vllm_fa3_C:hopper/instantiations", "_vllm_fa2_C:csrc/flash_attn/src",
         "_C_stable_libtorch:csrc/quantization/hadamard/hadacore", "_C_stable_libtorch:csrc/quantization/marlin",
         "_C_stable_libtorch:csrc/quantization/w8a8/cutlass", "_moe_C_stable_libtorch:csrc/moe/marlin_moe_wna16"])
@@ -113,14 +123,8 @@ def test_unpatched_0_33_0_still_has_jit_only_and_fa3_objects_on_12_1():
 
 
 def test_patched_0_33_0_is_native_everywhere_and_builds_no_fa3():
-    objs = objects("0.33.0-12.1a-patched")
-    plan = dc.evaluate(objs, ["12.1a"], shipped_allowances())
-    assert plan.ok, plan.errors
-    assert plan.warnings == []
-    assert len(objs) == 191 and not any(o.target == "_vllm_fa3_C" for o in objs)
-    assert code_sets(objs) == Counter({"sm_120": 130, "sm_120f": 61})
-    before = {(o.target, o.source) for o in objects("0.33.0-12.1a") if o.target != "_vllm_fa3_C"}
-    assert {(o.target, o.source) for o in objs} == before  # the same objects, other flags
+    assert_patched_run_is_native("0.33.0-12.1a-patched", "0.33.0-12.1a", Counter({"sm_120": 130, "sm_120f": 61}))
+    assert len(objects("0.33.0-12.1a-patched")) == 191
 
 
 def test_the_0_33_0_patches_are_declared_and_say_why():

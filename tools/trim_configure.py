@@ -20,27 +20,20 @@ import argparse
 import re
 from pathlib import Path
 
-# FLAGS that say nothing about device code (warnings, optimisation, language level, PIC).
+from wheelfactory.devicecode import logical_lines
+
+# FLAGS that say nothing about device code (warnings, optimisation, language level, PIC, includes);
+# -Xcudafe and -isystem take the next word with them.
 DROP_FLAGS = re.compile(r"^(-DONNX_NAMESPACE=.*|-O\d|-DNDEBUG|-std=c\+\+\d+|-Xcompiler=-fPIC|--use_fast_math|"
-                        r"--expt-.*|-Xcudafe|--diag_suppress=.*|-isystem|-I.*)$")
+                        r"--expt-.*|--diag_suppress=.*|-I.*)$")
+WITH_ARGUMENT = ("-Xcudafe", "-isystem")
 KEEP_DEFINE = re.compile(r"^-D\w*(ARCH|ENABLE|CUDA|SM\d|FP8|FP4|CUTLASS|QUTLASS)\w*(=.*)?$")
-
-
-def _logical(text: str):
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.lstrip() if pending else raw
-        if line.endswith("$") and not line.endswith("$$"):
-            pending += line[:-1]
-            continue
-        yield pending + line
-        pending = ""
 
 
 def trim(ninja: str) -> list[str]:
     out: list[str] = []
     keep = False
-    for line in _logical(ninja):
+    for line in logical_lines(ninja):
         if line.startswith("build "):
             head, _, rest = line[len("build "):].partition(": ")
             keep = rest.startswith("CUDA_COMPILER")
@@ -52,16 +45,11 @@ def trim(ninja: str) -> list[str]:
             if name == "DEFINES":
                 out.append("  DEFINES = " + " ".join(d for d in value.split() if KEEP_DEFINE.match(d)))
             elif name == "FLAGS":
-                words = value.split()
-                kept, skip_next = [], False
+                kept, words = [], iter(value.split())
                 for w in words:
-                    if skip_next:
-                        skip_next = False
-                        continue
-                    if w in ("-Xcudafe", "-isystem"):
-                        skip_next = True
-                        continue
-                    if not DROP_FLAGS.match(w):
+                    if w in WITH_ARGUMENT:
+                        next(words, None)
+                    elif not DROP_FLAGS.match(w):
                         kept.append(w)
                 out.append("  FLAGS = " + " ".join(kept))
     return out

@@ -73,7 +73,7 @@ def codes_from_flags(flags: str) -> tuple[DeviceCode, ...]:
     return tuple(sorted(found))
 
 
-def _logical_lines(text: str) -> Iterable[str]:
+def logical_lines(text: str) -> Iterable[str]:
     """build.ninja lines with `$`-continuations joined."""
     pending = ""
     for raw in text.splitlines():
@@ -105,7 +105,7 @@ def parse_ninja(text: str, roots: Mapping[str, str] | None = None) -> list[CudaO
         if current is not None:
             objects.append(CudaObject(current[0], current[1], codes_from_flags(" ".join(flags))))
 
-    for line in _logical_lines(text):
+    for line in logical_lines(text):
         if line.startswith("build "):
             close()
             current, flags = None, []

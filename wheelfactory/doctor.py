@@ -247,13 +247,12 @@ def check_compiler(steps: Sequence[Step], probe: Probe) -> list[Check]:
         found = compiler_of(out) if code == 0 else None
         label = f"{step.component} {step.version}"
         if found is None:
-            checks.append(Check("cxx", FAIL, f"{label} compiles C++ and `{cxx}` does not run as a C++ "
-                                                  f"compiler here (exit code {code}): install GCC {gcc} or newer "
-                                                  f"(g++-{gcc}) and pass --env {step.component}:CXX=g++-{gcc}"))
+            checks.append(Check("cxx", FAIL, f"{label} compiles C++ and `{cxx}` does not run as a C++ compiler "
+                                             f"here (exit code {code}): install GCC {gcc} or newer (g++-{gcc}) "
+                                             f"and pass --env {step.component}:CXX=g++-{gcc}"))
         elif found[0] == "gcc" and found[1] < gcc:
             checks.append(Check("cxx", FAIL, f"{label} needs GCC {gcc} or newer and `{cxx}` is GCC {found[1]}: "
-                                                  f"{why}; install g++-{gcc} and pass --env {step.component}:"
-                                                  f"CXX=g++-{gcc}"))
+                                             f"{why}; install g++-{gcc} and pass --env {step.component}:CXX=g++-{gcc}"))
         elif found[0] == "clang":
             checks.append(Check("cxx", WARN, f"`{cxx}` is clang {found[1]} for {label}: {clang}"))
         else:
@@ -386,8 +385,8 @@ def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, pro
         checks.append(check_python(plan.target.python, python, probe))
     checks += [check_disk(cache_dir, building, is_wheel_label(plan.target.toolkit), probe),
                check_memory(host, building), check_ccache(cache_dir, probe), check_cuda(plan, host, probe)]
-    checks += check_rust([s for s in work if s.action == BUILD], probe)
-    checks += check_compiler([s for s in work if s.action == BUILD], probe)
+    compiling = [s for s in work if s.action == BUILD]
+    checks += check_rust(compiling, probe) + check_compiler(compiling, probe)
     if building and (arch := check_arch(plan.target.archs, nvcc, probe)) is not None:
         checks.append(arch)
     if sources is not None:
