@@ -13,6 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from .elfmachine import check_wheel_machine
 from .errors import BuildError
 
 
@@ -63,12 +64,14 @@ def read_wheel(path: Path) -> WheelInfo:
 
 
 def verify_wheel(path: Path) -> WheelInfo:
-    """read_wheel plus a CRC check of every member (catches truncated or ZIP64-broken archives)."""
+    """read_wheel plus a CRC check of every member (catches truncated or ZIP64-broken archives) and
+    the machine of every ELF file against the platform tags (elfmachine)."""
     info = read_wheel(path)
     with zipfile.ZipFile(path) as zf:
         bad = zf.testzip()
     if bad is not None:
         raise BuildError(f"{path}: member {bad!r} fails its CRC check")
+    check_wheel_machine(path, {tag.rsplit("-", 1)[-1] for tag in info.tags})
     return info
 
 

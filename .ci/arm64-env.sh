@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Idempotent emulated aarch64 build machine on an x86_64 Debian 12 host (root, no Docker Hub):
+#
+#   1. installs qemu-user-static, binfmt-support and debootstrap
+#   2. mounts binfmt_misc and enables qemu-aarch64 (flag F: works inside containers and chroots)
+#   3. debootstraps an arm64 rootfs from Debian's packages (python3 + what the factory's builds use)
+#   4. builds the arm64 base image local/debian-py-arm64:bookworm from it: FROM scratch + ADD rootfs.tar,
+#      built with --platform linux/arm64 so the image is labelled arm64 (`docker import --platform`
+#      on the 20.10 engine labels it amd64, and BuildKit then tries to pull it from a registry)
+#
+# Needs the engine of .ci/docker-engine.sh. Safe to run repeatedly: each part is skipped when done.
+# ARM64_ROOTFS=DIR keeps the rootfs there too (for `chroot DIR`); by default it is removed once imaged.
+set -euo pipefail
+
+DOCKER=/usr/bin/docker
+IMAGE=${ARM64_BASE_IMAGE:-local/debian-py-arm64:bookworm}
+SUITE=${SUITE:-bookworm}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+# python3-dev: the headers pip needs for sdists with C parts; make/gcc/g++/binutils/git/patch:
+# what the factory's build steps call; ca-certificates: PyPI over HTTPS; patchelf: wheel repair.
+INCLUDE=${ARM64_INCLUDE:-python3,python3-venv,python3-pip,python3-dev,make,gcc,g++,binutils,git,patch,ca-certificates,patchelf,xz-utils,zstd}
+ROOTFS=${ARM64_ROOTFS:-}
+
+log() { printf '[arm64-env +%ss] %s\n' "$SECONDS" "$*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    log "must run as root"; exit 1
+fi
+
+# --- (a) packages ----------------------------------------------------------
+missing=()
+[[ -x /usr/bin/qemu-aarch64-static ]] || missing+=(qemu-user-static)
+command -v update-binfmts >/dev/null 2>&1 || missing+=(binfmt-support)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+if ((${#missing[@]})); then
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    log "packages present"
+fi
+
+# --- (b) binfmt ------------------------------------------------------------
+# A fresh machine has binfmt_misc unmounted; update-binfmts then registers nothing.
+if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
+    log "mounting binfmt_misc"
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+entry=/proc/sys/fs/binfmt_misc/qemu-aarch64
+if [[ ! -e $entry ]] || ! grep -qx enabled "$entry"; then
+    log "enabling qemu-aarch64"
+    update-binfmts --enable qemu-aarch64
+fi
+flags=$(sed -n 's/^flags: //p' "$entry")
+if [[ $flags != *F* ]]; then
+    # Without F the interpreter is looked up inside the container's root, where it is not.
+    log "qemu-aarch64 is registered without the F flag ($flags): containers cannot run aarch64 programs"
+    exit 1
+fi
+log "qemu-aarch64 registered (flags $flags)"
+
+# --- (c) rootfs + base image -----------------------------------------------
+if $DOCKER image inspect "$IMAGE" >/dev/null 2>&1 && [[ -z $ROOTFS || -x $ROOTFS/usr/bin/python3 ]]; then
+    log "base image $IMAGE present"
+else
+    keep=1
+    if [[ -z $ROOTFS ]]; then
+        ROOTFS=$(mktemp -d /tmp/debian-arm64-rootfs.XXXXXX)
+        keep=0
+    fi
+    ctx=$(mktemp -d /tmp/debian-arm64-ctx.XXXXXX)
+    trap 'rm -rf "$ctx"; ((keep)) || rm -rf "$ROOTFS"' EXIT
+    if [[ ! -x $ROOTFS/usr/bin/python3 ]]; then
+        log "debootstrap --arch=arm64 $SUITE into $ROOTFS (include=$INCLUDE; second stage runs under qemu)"
+        debootstrap --arch=arm64 --variant=minbase --include="$INCLUDE" "$SUITE" "$ROOTFS" "$MIRROR" >/dev/null
+        rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin \
+               "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/log/*.log
+        # The host's resolver, so a chroot reaches PyPI (a container gets its own from the engine).
+        cp -L /etc/resolv.conf "$ROOTFS"/etc/resolv.conf 2>/dev/null || true
+        log "rootfs ready: $(du -sh "$ROOTFS" | cut -f1)"
+    fi
+    [[ $(file -b "$ROOTFS"/usr/bin/python3.* 2>/dev/null || true) != *x86-64* ]] || {
+        log "$ROOTFS holds x86_64 binaries, not arm64"; exit 1; }
+    tar -C "$ROOTFS" --numeric-owner -cf "$ctx"/rootfs.tar .
+    cat >"$ctx"/Dockerfile <<'DOCKERFILE'
+FROM scratch
+ADD rootfs.tar /
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+CMD ["/bin/bash"]
+DOCKERFILE
+    log "building $IMAGE"
+    DOCKER_BUILDKIT=1 $DOCKER build -q --platform linux/arm64 -t "$IMAGE" "$ctx" >/dev/null
+    log "built $IMAGE ($($DOCKER image inspect -f '{{.Os}}/{{.Architecture}} {{.Size}}' "$IMAGE") bytes)"
+fi
+
+# --- (d) check -------------------------------------------------------------
+arch=$($DOCKER run --rm --platform linux/arm64 --network none "$IMAGE" uname -m)
+if [[ $arch != aarch64 ]]; then
+    log "$IMAGE runs as $arch, not aarch64"; exit 1
+fi
+log "ok: $IMAGE runs aarch64 under emulation"
