@@ -25,7 +25,7 @@ from wheelfactory.recipe import LoadedRecipe
 from wheelfactory.release import Release
 from wheelfactory.wheelhouse import atomic_write_text
 
-from .bake import render_bake, target_name
+from .bake import oci_platform, render_bake, target_name
 from .bases import BaseImage, find_base, incompatible_wheels, load_bases
 from .closure import ClosureReport, check_tar
 from .context import write_context
@@ -52,6 +52,12 @@ class Prepared:
     # (python package, why, system package names) installed before the venv (system_libraries.toml)
     system: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     preview: bool = False  # written from the release's pins without a lock: not buildable
+    platform: str = ""  # the lock's wheel platform (linux_aarch64): the image is built for it, whatever the host
+
+    @property
+    def oci_platform(self) -> str | None:
+        """The image's platform as Docker names it (linux/arm64), or None when unknown (a preview)."""
+        return oci_platform(self.platform) if self.platform else None
 
     @property
     def run_names(self) -> list[str]:
@@ -175,7 +181,7 @@ class Assembler:
             atomic_write_text(dockerfile, render_dockerfile(spec, base, [(x.name, x.group.about) for x in layers],
                                                             system=system))
             prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log",
-                                     system=system))
+                                     system=system, platform=lock.platform))
         bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
         return prepared
@@ -238,7 +244,7 @@ class Assembler:
         # The network only for a package manager: Python or system libraries to install.
         cmd = self.docker.build_command(p.dockerfile, p.context, p.spec.ref(self.settings.registry),
                                         self.build_args(p), network_none=not (p.base.needs_python or p.system),
-                                        buildx=buildx)
+                                        buildx=buildx, platform=p.oci_platform)
         started = time.monotonic()
         self.docker.build(cmd, p.log)
         p.timings["build_s"] = time.monotonic() - started
@@ -251,7 +257,7 @@ class Assembler:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=self.output_dir) as tmp:
             tar = Path(tmp) / "image.tar"
-            self.docker.export(ref, tar)
+            self.docker.export(ref, tar, p.oci_platform)
             report = check_tar(tar, env, variants=variant_sets())
         p.timings["closure_s"] = time.monotonic() - started
         return report

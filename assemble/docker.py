@@ -51,10 +51,14 @@ class Docker:
             return False
 
     def build_command(self, dockerfile: Path, context: Path, tag: str, build_args: Mapping[str, str],
-                      network_none: bool, buildx: bool) -> list[str]:
-        """The build command line (BuildKit through buildx, or the classic client with DOCKER_BUILDKIT=1)."""
+                      network_none: bool, buildx: bool, platform: str | None = None) -> list[str]:
+        """The build command line (BuildKit through buildx, or the classic client with DOCKER_BUILDKIT=1).
+
+        `platform` (linux/arm64): the image's; on another host its RUN steps run under emulation (binfmt)."""
         cmd = [self.binary, "buildx", "build", "--load"] if buildx else [self.binary, "build"]
         cmd += ["--progress=plain", "-f", str(dockerfile), "-t", tag]
+        if platform:
+            cmd.append(f"--platform={platform}")
         for k, v in build_args.items():
             cmd += ["--build-arg", f"{k}={v}"]
         if network_none:
@@ -86,9 +90,9 @@ class Docker:
         rows = [line.split("\t", 1) for line in r.stdout.splitlines()]
         return [(int(size), by) for size, by in reversed(rows)]
 
-    def export(self, ref: str, dest: Path) -> None:
+    def export(self, ref: str, dest: Path, platform: str | None = None) -> None:
         """The image's file system as a tar file (through a created, never started, container)."""
-        r = self._run(["create", ref, "/nonexistent"])
+        r = self._run(["create", *([f"--platform={platform}"] if platform else []), ref, "/nonexistent"])
         if r.returncode != 0:
             raise BuildError(f"docker create {ref}: {r.stderr.strip()}")
         cid = r.stdout.strip()
@@ -105,6 +109,7 @@ class Docker:
         return [t for t in r.stdout.split() if t != "<none>"] if r.returncode == 0 else []
 
     def run(self, ref: str, argv: Sequence[str], network: str = "none",
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """Run a command in a throw-away container (no network by default)."""
-        return self._run(["run", "--rm", f"--network={network}", ref, *argv], timeout=timeout)
+            timeout: float = 600, platform: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command in a throw-away container (no network by default; another platform's under emulation)."""
+        plat = [f"--platform={platform}"] if platform else []
+        return self._run(["run", "--rm", f"--network={network}", *plat, ref, *argv], timeout=timeout)
