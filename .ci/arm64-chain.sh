@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The aarch64 CI chain, run ON an aarch64 machine: in CI the emulated one of .ci/arm64-env.sh:
+#
+#   docker run --rm --platform linux/arm64 --network host -v "$PWD":/src:ro -v DIR:/wf \
+#       local/debian-py-arm64:bookworm bash /src/.ci/arm64-chain.sh build
+#   docker run --rm --platform linux/arm64 --network none -v "$PWD":/src:ro -v DIR:/wf \
+#       local/debian-py-arm64:bookworm bash /src/.ci/arm64-chain.sh install
+#
+# (or `chroot ROOTFS` with the same directories bound). `build` installs wheelfactory from /src into
+# a venv, then: fetch, build each component of tests/releases/ci-arm64.toml, lock. `install` (no
+# network needed) makes a venv from the lock and imports vllm, torch and flashinfer in it.
+# Under /wf: wheelhouse/, cache/, work/ (the factory's venv, the stack venv), timings.tsv (each step's
+# seconds and exit status), imports.txt. Env: SRC, WF (default /src, /wf); RELEASE.
+set -euo pipefail
+
+SRC=${SRC:-/src}
+WF=${WF:-/wf}
+RELEASE=${RELEASE:-tests/releases/ci-arm64.toml}
+WORK=$WF/work
+PHASE=${1:-}
+
+log() { printf '[arm64-chain +%ss] %s\n' "$SECONDS" "$*" >&2; }
+[[ $PHASE == build || $PHASE == install ]] || { log "usage: arm64-chain.sh build|install"; exit 2; }
+[[ $(uname -m) == aarch64 ]] || { log "this is $(uname -m), not aarch64"; exit 2; }
+mkdir -p "$WF/wheelhouse" "$WF/cache" "$WORK"
+
+# step NAME CMD...: run CMD and append "NAME<TAB>seconds<TAB>exit status" to timings.tsv.
+step() {
+    local name=$1 start=$EPOCHREALTIME rc=0
+    shift
+    log "$name: $*"
+    "$@" || rc=$?
+    python3 -c "import sys; print(f'{sys.argv[1]}\t{float(sys.argv[3]) - float(sys.argv[2]):.1f}\t{sys.argv[4]}')" \
+        "$name" "$start" "$EPOCHREALTIME" "$rc" >>"$WF/timings.tsv"
+    if ((rc)); then log "$name failed (exit $rc)"; exit "$rc"; fi
+}
+wf() { (cd "$WORK/src" && "$WORK/venv/bin/wheelfactory" --wheelhouse "$WF/wheelhouse" --cache-dir "$WF/cache" "$@"); }
+
+if [[ $PHASE == build ]]; then
+    : >"$WF/timings.tsv"
+    # A writable copy of the checkout without the host's venv and git objects (the mount is read-only).
+    copy_source() {
+        rm -rf "$WORK/src" && mkdir -p "$WORK/src"
+        tar -C "$SRC" --exclude=./.venv --exclude=./.git --exclude=./wheelhouse -c . | tar -C "$WORK/src" -x
+    }
+    install_factory() {
+        rm -rf "$WORK/venv"
+        python3 -m venv "$WORK/venv"
+        "$WORK/venv/bin/pip" install -q --disable-pip-version-check -e "$WORK/src"
+    }
+    step copy-source copy_source
+    step install-wheelfactory install_factory
+    step plan wf plan -r "$RELEASE"
+    step fetch wf fetch -r "$RELEASE"
+    for component in nccl torch flashinfer vllm; do
+        step "build-$component" wf build -r "$RELEASE" "$component"
+    done
+    step lock wf lock -r "$RELEASE"
+else
+    rm -rf "$WORK/stack"
+    step venv wf venv "$WORK/stack" -r "$RELEASE"
+    imports() {
+        "$WORK/stack/bin/python" -c "import platform, vllm, torch, flashinfer
+print(platform.machine(), 'vllm', vllm.__version__, 'torch', torch.__version__, 'flashinfer', flashinfer.__version__)" \
+            >"$WF/imports.txt"
+    }
+    step import imports
+    cat "$WF/imports.txt"
+fi
+log "done ($PHASE); timings in $WF/timings.tsv"
