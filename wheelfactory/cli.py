@@ -19,6 +19,7 @@ from . import __version__
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
+from .grammar import check_path_length
 from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
@@ -28,8 +29,8 @@ from .progress import QUIET, output_mode_set
 from .rebuild import components_to_rebuild
 from .release import list_releases
 from .runner import Runner
-from .sources import check_transport
 from .toolkit import is_wheel_label, mismatch_warning
+from .transport import INDEX_SCHEMES, check_url
 from .venv import create_venv
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "WHEELFACTORY"}
@@ -121,7 +122,10 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
         allow_insecure_index: bool) -> None:
     """Build the DGX Spark inference stack into wheels built against each other, and assemble
     thin runtime images from them."""
-    check_transport(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index")
+    index_url = check_url(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index", INDEX_SCHEMES)
+    for option, path in (("--wheelhouse", wheelhouse), ("--cache-dir", cache_dir), ("--recipes-dir", recipes_dir)):
+        if path is not None:
+            check_path_length(path.expanduser(), option)
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
                       wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
