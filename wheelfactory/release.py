@@ -169,8 +169,8 @@ def _raw_release(path: Path, recipes_dir: Path | Sequence[Path], seen: tuple[Pat
         chain = " -> ".join(str(p) for p in seen + (path.resolve(),))
         raise InputError(f"{path}: 'extends' forms a cycle: {chain}")
     if len(seen) >= MAX_EXTENDS_DEPTH:
-        raise InputError(f"{path}: the 'extends' chain from {seen[0]} is more than {MAX_EXTENDS_DEPTH} releases "
-                         "long; extend a release nearer the root")
+        raise InputError(f"{seen[0]}: the 'extends' chain is more than {MAX_EXTENDS_DEPTH} releases long (it reaches "
+                         f"{path}); extend a release nearer the root")
     data = _read_toml(path)
     check_tree(data, str(path), PROSE)
     _check_keys(data, TOP_KEYS, str(path), "top-level key")
