@@ -83,10 +83,10 @@ def check_tree(data: Any, where: str, prose: frozenset[tuple[str, ...]] = frozen
     if len(path) > MAX_TABLE_DEPTH:
         raise InputError(f"{where}: tables or arrays nested more than {MAX_TABLE_DEPTH} deep (at "
                          f"{'.'.join(path[:4])}...); a release file is a few tables deep")
-    shown = ".".join(path) or "(top level)"
+    shown = f"[{'.'.join(path[:-1])}].{path[-1]}" if len(path) > 1 else (path[0] if path else "(top level)")
     if isinstance(data, Mapping):
         for key, value in data.items():
-            check_text(str(key), f"{where} key {shown}.{key!r}" if path else f"{where} key {key!r}")
+            check_text(str(key), f"{where} key {key!r}" + (f" in {shown}" if path else ""))
             check_tree(value, where, prose, path + (str(key),))
     elif isinstance(data, list):
         for i, value in enumerate(data):
