@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import InvalidName, canonicalize_name
+from packaging.requirements import InvalidRequirement, Requirement
 
 from .errors import InputError
 
@@ -110,9 +110,11 @@ def check_version_text(version: str, where: str) -> str:
 
 def check_distribution_name(name: str, where: str) -> str:
     """A PEP 508 distribution name (what pip and uv read as a package, never as an option or URL)."""
-    try:
-        ok = name.isascii() and len(name) <= MAX_NAME_LENGTH and bool(canonicalize_name(name, validate=True))
-    except InvalidName:
+    try:  # packaging's PEP 508 parser: a bare name parses to itself, with nothing around it
+        req = Requirement(name)
+        ok = (name.isascii() and len(name) <= MAX_NAME_LENGTH and req.name == name
+              and not (req.extras or req.specifier or req.url or req.marker))
+    except InvalidRequirement:
         ok = False
     if not ok:
         raise InputError(f"{where}: {name[:80]!r} is not a package name: a name is ASCII letters, digits, '.', '_' "

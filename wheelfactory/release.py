@@ -238,7 +238,7 @@ def _capability(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def _known_targets() -> dict[str, Any]:
+def known_targets() -> dict[str, Any]:
     """data/targets.toml: the platforms and CUDA compute capabilities a release may name."""
     with open(TARGETS_FILE, "rb") as f:
         return tomllib.load(f)
@@ -260,7 +260,7 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
     arch_list = target["cuda_arch_list"]
     if not isinstance(arch_list, list) or not all(isinstance(a, str) for a in arch_list):
         raise InputError(f"{where} [target].cuda_arch_list: expected a list of strings such as ['12.1a']")
-    known = _known_targets()
+    known = known_targets()
     try:
         archs = parse_arch_list(arch_list)
         for entry in arch_list:
