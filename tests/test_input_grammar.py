@@ -189,6 +189,10 @@ def invoke(tmp_path: Path, *args: str):
     (["plan", "--secret-env", "nccl:BAD-NAME"], "'BAD-NAME' is not an environment variable name"),
     (["--wheelhouse", "/tmp/" + "w" * 300, "list"], "--wheelhouse: path"),
     (["--cache-dir", "/tmp/" + "c" * 300, "list"], "--cache-dir: path"),
+    (["release", "derive", "--vllm", "0.15.0 "], "--vllm: bad version '0.15.0 '"),
+    (["release", "derive", "--vllm", "0.15.0", "--name", "../../evil"], "--name: bad release name '../../evil'"),
+    (["release", "derive", "--vllm", "0.15.0", "--ref", "--upload-pack=x"], "--ref: bad git ref"),
+    (["release", "derive", "--vllm", "0.15.0", "--vllm-git", "--upload-pack=x"], "--vllm-git: bad git URL"),
 ])
 def test_bad_options_are_refused(tmp_path, args, expected):
     r = invoke(tmp_path, *args)

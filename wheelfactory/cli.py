@@ -19,7 +19,7 @@ from . import __version__
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
-from .grammar import check_path_length
+from .grammar import check_git_ref, check_git_url, check_path_length, check_release_name, check_version_text
 from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
@@ -548,6 +548,16 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
                    force: bool, dry_run: bool, data_only: bool) -> None:
     """Derive a release of vLLM VERSION and its recipe data from upstream, printing every value with
     its source; writes recipes/releases/<name>.toml and appends to recipes/data/*.toml."""
+    # Each value becomes a file name, TOML text or a git argument: checked like a release's own.
+    for option, version in (("--vllm", vllm_version), ("--cuda", cuda), ("--nccl", nccl)):
+        if version is not None:
+            check_version_text(version, option)
+    if name:
+        check_release_name(name, "--name")
+    if ref:
+        check_git_ref(ref, "--ref")
+    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
+        check_git_url(url, option)
     from .derive import Request, derive, plan_writes
     from .release import releases_dir
 

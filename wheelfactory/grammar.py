@@ -122,6 +122,17 @@ def check_distribution_name(name: str, where: str) -> str:
     return name
 
 
+RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}", re.ASCII)
+
+
+def check_release_name(name: str, where: str) -> str:
+    """A release name written as a file name (releases/<name>.toml): no '/', no leading '.' or '-'."""
+    if not RELEASE_NAME.fullmatch(name):
+        raise InputError(f"{where}: bad release name {name[:80]!r}: up to 100 letters, digits, '.', '_', '+' and "
+                         "'-', starting with a letter or digit, e.g. 0.15.0-t4")
+    return name
+
+
 def check_env_key(key: str, where: str) -> str:
     """An environment variable's name: a shell identifier (no '=', no NUL, not empty)."""
     if not ENV_KEY.fullmatch(key):
