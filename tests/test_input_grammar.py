@@ -105,6 +105,8 @@ def refused(tmp_path: Path, recipes, text: str) -> str:
     ('[target]\ncuda_arch_list = ["8.0a"]\n', "'8.0a' is no CUDA architecture"),
     ('[target]\ncuda_arch_list = ["9.0f"]\n', "'9.0f' is no CUDA architecture"),
     ('[target]\ncuda_arch_list = ["\uff11\uff12.1a"]\n', "ASCII digits only"),
+    ('[target]\ncuda = "\uff11\uff13.1.0"\n', "[target].cuda: expected a version such as '13.1.0'"),
+    ('[target]\npython = "3.\uff11\uff12"\n', "[target].python: expected MAJOR.MINOR such as '3.12'"),
     # environments: shell-identifier keys, values a process environment can hold
     ('[components.nccl.env]\n"A=B" = "x"\n', "[components.nccl].env: 'A=B' is not an environment variable name"),
     ('[components.nccl.env]\n"" = "x"\n', "'' is not an environment variable name"),

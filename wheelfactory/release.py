@@ -277,10 +277,10 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
                              f"{known['arch_specific_from']}, 'f' from {known['family_specific_from']}; "
                              f"{TARGETS_FILE.name})")
     python = _string(target["python"], f"{where} [target].python")
-    if not re.fullmatch(r"3\.\d+", python):
+    if not re.fullmatch(r"3\.\d+", python, re.ASCII):  # ASCII: \d also takes full-width digits
         raise InputError(f"{where} [target].python: expected MAJOR.MINOR such as '3.12', got {python!r}")
     cuda = _string(target["cuda"], f"{where} [target].cuda")
-    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda, re.ASCII):
         raise InputError(f"{where} [target].cuda: expected a version such as '13.1.0', got {cuda!r}")
     system_cuda = target.get("system_cuda", False)
     if not isinstance(system_cuda, bool):
