@@ -58,15 +58,17 @@ def check_url(url: str, allow_insecure: bool, where: str, how_to_allow: str,
                          f"{' (no spaces inside: write them as %20)' if scheme else ''}")
     if scheme not in schemes:
         raise InputError(f"{where}: {url!r} uses {scheme}://, and only {', '.join(sorted(schemes))} are taken here")
-    if scheme in PLAIN and not allow_insecure:
-        raise InputError(f"{where}: {url!r} is fetched over plain {scheme}, which anyone on the network "
-                         f"path can alter; use https, or {how_to_allow} if you trust this network")
+    _refuse_plain(url, scheme, allow_insecure, where, how_to_allow)
     return text
 
 
 def check_git_transport(url: str, allow_insecure: bool, where: str, how_to_allow: str) -> None:
-    """A git URL's transport: plain http and git:// need the opt-in (scp-like and local paths do not)."""
-    scheme = scheme_of(url)
+    """A git URL's transport (grammar.check_git_url has judged its form): plain http and git://
+    need the opt-in; ssh, file, scp-like and local paths do not."""
+    _refuse_plain(url, scheme_of(url), allow_insecure, where, how_to_allow)
+
+
+def _refuse_plain(url: str, scheme: str | None, allow_insecure: bool, where: str, how_to_allow: str) -> None:
     if scheme in PLAIN and not allow_insecure:
         raise InputError(f"{where}: {url!r} is fetched over plain {scheme}, which anyone on the network "
                          f"path can alter; use https, or {how_to_allow} if you trust this network")
