@@ -56,5 +56,5 @@ def test_an_image_is_built_for_its_locks_platform():
     cmd = docker.build_command(Path("x.Dockerfile"), Path("ctx"), "r:t", {}, network_none=True, buildx=False,
                                platform=prepared.oci_platform)
     assert cmd == ["/usr/bin/docker", "build", "--progress=plain", "-f", "x.Dockerfile", "-t", "r:t",
-                   "--platform=linux/arm64", "--network=none", "ctx"]
+                   "--platform=linux/arm64", "--network=none", "--", "ctx"]
     assert "--platform" not in " ".join(docker.build_command(Path("x"), Path("c"), "r:t", {}, False, False))
