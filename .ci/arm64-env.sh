@@ -61,7 +61,10 @@ fi
 log "qemu-aarch64 registered (flags $flags)"
 
 # --- (c) rootfs + base image -----------------------------------------------
-if $DOCKER image inspect "$IMAGE" >/dev/null 2>&1 && [[ -z $ROOTFS || -x $ROOTFS/usr/bin/python3 ]]; then
+# Bumped when the image's recipe below changes: an image with another value is built again.
+RECIPE_VERSION=2
+have=$($DOCKER image inspect -f '{{index .Config.Labels "dev.wheelfactory.arm64-env"}}' "$IMAGE" 2>/dev/null || true)
+if [[ $have == "$RECIPE_VERSION" ]] && [[ -z $ROOTFS || -x $ROOTFS/usr/bin/python3 ]]; then
     log "base image $IMAGE present"
 else
     keep=1
@@ -83,10 +86,18 @@ else
     [[ $(file -b "$ROOTFS"/usr/bin/python3.* 2>/dev/null || true) != *x86-64* ]] || {
         log "$ROOTFS holds x86_64 binaries, not arm64"; exit 1; }
     tar -C "$ROOTFS" --numeric-owner -cf "$ctx"/rootfs.tar .
-    cat >"$ctx"/Dockerfile <<'DOCKERFILE'
+    # The host's trust store (Debian's CAs plus any local one, e.g. a TLS-intercepting proxy's): the
+    # machine reaches PyPI the way the host does. pip, requests and uv each bring their own CA list
+    # unless told to use the system's, hence the variables.
+    cp /etc/ssl/certs/ca-certificates.crt "$ctx"/ca-certificates.crt
+    cat >"$ctx"/Dockerfile <<DOCKERFILE
 FROM scratch
 ADD rootfs.tar /
-ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \\
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \\
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+LABEL dev.wheelfactory.arm64-env=$RECIPE_VERSION
 CMD ["/bin/bash"]
 DOCKERFILE
     log "building $IMAGE"
