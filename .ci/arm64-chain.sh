@@ -44,9 +44,14 @@ if [[ $PHASE == build ]]; then
         tar -C "$SRC" --exclude=./.venv --exclude=./.git --exclude=./wheelhouse -c . | tar -C "$WORK/src" -x
     }
     install_factory() {
+        # An editable install: a venv left by an earlier run serves as long as the dependencies are the same.
+        if [[ -x $WORK/venv/bin/wheelfactory ]] && cmp -s "$WORK/src/pyproject.toml" "$WORK/venv/pyproject.toml"; then
+            return 0
+        fi
         rm -rf "$WORK/venv"
         python3 -m venv "$WORK/venv"
         "$WORK/venv/bin/pip" install -q --disable-pip-version-check -e "$WORK/src"
+        cp "$WORK/src/pyproject.toml" "$WORK/venv/pyproject.toml"
     }
     step copy-source copy_source
     step install-wheelfactory install_factory
