@@ -101,7 +101,7 @@ def test_every_elf_in_the_built_wheels_is_aarch64(arm64_wheelhouse):
         if entry["origin"] == "built":
             assert any(t.platform in ("any", "linux_aarch64") or t.platform.endswith("_aarch64")
                        for t in parse_wheel_filename(name)[3]), name
-    assert elves > 100  # torch's libraries among them
+    assert elves >= 17  # torch 2.9.1 aarch64 holds 16, the nccl wheel 1
 
 
 def test_the_nccl_wheel_holds_native_code_for_the_spark(arm64_wheelhouse):

@@ -113,7 +113,7 @@ def test_lock_resolves_with_the_components_wheel_as_override(factory: Factory, f
     lock = lockmod.lock_release(plan, wh, uv, "python3.12", "https://pypi.org/simple", offline=True)
 
     (cmd,) = uv.calls
-    assert cmd[:3] == ["uv", "pip", "compile"] and "--override" in cmd and "--no-index" in cmd
+    assert Path(cmd[0]).name == "uv" and cmd[1:3] == ["pip", "compile"] and "--override" in cmd and "--no-index" in cmd
     overrides = uv.files[0]["--override"].splitlines()
     assert f"torch @ {torch.resolve().as_uri()}" in overrides
     assert "torch==2.14.0" not in uv.files[0]["--override"]
@@ -163,3 +163,17 @@ def test_real_uv_accepts_a_component_override_by_file_and_fails_without_it(tmp_p
     assert with_override.returncode == 0, with_override.stderr
     locked = {p["name"]: p for p in tomllib.loads((tmp_path / "pylock.with.toml").read_text())["packages"]}
     assert locked["torch"]["version"] == "2.14.1" and locked["torch"]["archive"]["path"] == str(torch)
+
+
+def test_the_lock_runs_the_uv_package_binary_not_only_one_on_path(factory: Factory, monkeypatch) -> None:
+    # A factory run as venv/bin/wheelfactory, venv not activated: no uv on PATH, the uv package's binary in the venv.
+    wh = factory.wheelhouse
+    wh.root.mkdir(parents=True, exist_ok=True)
+    vllm = tiny_wheel(wh.root, "vllm", "0.15.0")
+    transformers = tiny_wheel(wh.root, "transformers", "5.0.0")
+    plan = factory.plan(factory.release("0.15.0-t5"), ["vllm"])
+    monkeypatch.setattr(lockmod, "component_wheels", lambda plan, wheelhouse: {"vllm": [vllm]})
+    monkeypatch.setattr(lockmod, "find_uv", lambda: "/opt/venv/bin/uv")
+    uv = FakeUv([vllm, transformers])
+    lockmod.lock_release(plan, wh, uv, "python3.12", "https://pypi.org/simple", offline=True)
+    assert uv.calls[0][:3] == ["/opt/venv/bin/uv", "pip", "compile"]
