@@ -36,7 +36,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from .errors import BuildError, InputError
 from .plan import Plan
 from .runner import Runner
-from .wheelhouse import Wheelhouse, atomic_write_text
+from .wheelhouse import Wheelhouse, atomic_write_text, check_wheel_name
 from .wheelmeta import read_wheel, sha256_file
 
 LOCK_FORMAT = 1
@@ -99,10 +99,13 @@ def read_lock(wheelhouse: Wheelhouse, release: str) -> Lock:
         found = data.get("format") if isinstance(data, dict) else None
         raise InputError(f"{path}: lock format {found} is not {LOCK_FORMAT}; {again}")
     try:
-        return Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
+        lock = Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
                     tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}))
     except (KeyError, TypeError) as e:  # a key missing, a package that is not an object or has odd keys
         raise InputError(f"{path}: not a lock file wheelfactory wrote ({type(e).__name__}: {e}); {again}") from None
+    for p in lock.packages:  # joined to the wheelhouse path by venv and images: names, never paths
+        check_wheel_name(p.filename, f"{path}: corrupt lock", again)
+    return lock
 
 
 def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .errors import BuildError, InputError
@@ -40,6 +40,29 @@ MANIFEST_FORMAT = 1
 # What every manifest entry has (publish and add_entries write them; list, index and checks read them).
 ENTRY_KEYS = ("dist", "version", "sha256", "size")
 
+
+
+def plain_wheel_name(name: object) -> str | None:
+    """Why `name` is not a plain wheel file name of the wheelhouse's top directory (None when it is).
+    Manifest entries, lock entries and attic names are joined to the wheelhouse path: a name with a
+    separator, a `..`, a NUL or a leading dot would reach a file outside it (or a hidden one)."""
+    if not isinstance(name, str) or not name:
+        return "not a file name"
+    if "/" in name or "\\" in name or "\0" in name or name.startswith(".") or any(ord(c) < 32 for c in name):
+        return "not a plain file name (a path separator, a leading dot or a control character)"
+    try:
+        parse_wheel_filename(name)
+    except InvalidWheelFilename as e:
+        return f"not a wheel file name ({e})"
+    return None
+
+
+def check_wheel_name(name: object, where: str, fix: str) -> str:
+    """`name` when it is a plain wheel file name, else InputError (exit 2) naming `where` and the entry."""
+    why = plain_wheel_name(name)
+    if why is not None:
+        raise InputError(f"{where}: entry {name!r} is {why}; {fix}")
+    return str(name)
 
 
 # In simple/: the sha256 of the manifest the index was written from (served files skip dotfiles).
@@ -60,6 +83,8 @@ class Mismatch:
     def describe(self) -> str:
         if self.actual == "missing":
             return f"{self.name}: in the manifest, missing from the wheelhouse"
+        if self.actual == "symlink":
+            return f"{self.name}: a symbolic link, not a file of the wheelhouse (not followed)"
         return f"{self.name}: sha256 {self.actual}, the manifest recorded {self.recorded}"
 
 
@@ -121,6 +146,9 @@ class Wheelhouse:
             missing = [k for k in ENTRY_KEYS if k not in entry] if isinstance(entry, dict) else list(ENTRY_KEYS)
             if missing:
                 raise InputError(f"{self.manifest_path}: entry {name!r} lacks {', '.join(missing)}; {fix}")
+            # Before any file operation: an entry named "../x.whl" must never move or read a file
+            # outside the wheelhouse (rebuild's attic, verify, list, the index).
+            check_wheel_name(name, f"{self.manifest_path}: corrupt manifest", fix)
         return wheels
 
     def check_root(self) -> None:
@@ -133,6 +161,8 @@ class Wheelhouse:
         mtime as recorded at publish; a full sha256 when they differ, none was recorded, or `full`.
         Returns None when it matches, else what is wrong (a missing file has actual "missing")."""
         path = self.root / name
+        if path.is_symlink():  # a link could point anywhere: never read through it
+            return Mismatch(name, entry.get("sha256", "?"), "symlink")
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -257,9 +287,13 @@ class Wheelhouse:
         return notes
 
     def _to_attic(self, name: str) -> Path | None:
+        check_wheel_name(name, f"{self.root}: moving to attic/", "restore the manifest or remove the wheelhouse")
         src = self.root / name
-        if src.exists():
+        if src.exists() or src.is_symlink():
             attic = self.root / "attic"
+            if attic.is_symlink() or (attic.exists() and not attic.is_dir()):
+                raise InputError(f"{attic}: not a directory of the wheelhouse (a symbolic link or a file); "
+                                 "remove it")
             attic.mkdir(exist_ok=True)
             dest = attic / name
             stamp = time.strftime('%Y%m%dT%H%M%S')
