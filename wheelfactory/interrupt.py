@@ -24,12 +24,13 @@ import fcntl
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+from .secretenv import shown_command
 
 # The signals that mean "stop now" from a terminal, a service manager or a closed session.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -229,8 +230,8 @@ def file_lock(path: Path, on_wait: Callable[[str], None] | None = None, *, timeo
         try:
             f.seek(0)
             f.truncate()
-            f.write(f"pid {os.getpid()} ({' '.join(sys.argv) or 'python'}) since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            # Who holds it, for whoever waits: never sys.argv, whose option values may be secrets.
+            f.write(f"pid {os.getpid()} ({shown_command()}) since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             f.flush()
             yield
         finally:
