@@ -25,6 +25,7 @@ from .interrupt import Interrupted, install_handlers
 from .lock import lock_paths, lock_release
 from .plan import CACHED, Plan
 from .progress import QUIET, output_mode_set
+from .pydeps import pydeps_dir
 from .rebuild import components_to_rebuild
 from .release import list_releases
 from .runner import Runner
@@ -389,11 +390,12 @@ def _repack_from_python(factory: Factory, component: str, python: str, with_requ
     out = cache / "adopt" / "installed" / component
     wheels = repack_installed(python, outputs[0], out, runner, with_requires=with_requires)
     main_wheel, requires = wheels[0], wheels[1:]
-    (cache / "pydeps").mkdir(parents=True, exist_ok=True)
+    pydeps = pydeps_dir(cache, factory.index_url)  # offered to builds against this index only
+    pydeps.mkdir(parents=True, exist_ok=True)
     for wheel in requires:
-        shutil.move(str(wheel), cache / "pydeps" / wheel.name)
+        shutil.move(str(wheel), pydeps / wheel.name)
     _echo(f"repacked {main_wheel.name} from {python}" + (f" and {len(requires)} installed requirement(s) into "
-                                                        f"{cache / 'pydeps'}" if requires else ""))
+                                                        f"{pydeps}" if requires else ""))
     return main_wheel
 
 

@@ -35,6 +35,7 @@ from .interrupt import file_lock
 from .outputs import adopted_wheel, audit_wheels
 from .plan import ADOPT, BUILD, CACHED, Plan, Step
 from .progress import StepClock, Timings, fmt_duration
+from .pydeps import pydeps_dir, record_pins
 from .recipe import LoadedRecipe
 from .runner import Runner
 from .stepbuild import (
@@ -117,7 +118,7 @@ class Executor:
         self.echo = echo
         self.installer = installer or default_installer(options.cache_dir, "pip" if options.use_pip else "uv")
         self.sources = SourceCache(options.cache_dir, options.index_url)
-        self.pydeps = options.cache_dir / "pydeps"
+        self.pydeps = pydeps_dir(options.cache_dir, options.index_url)  # this index's own (pydeps.py)
         self.logs = options.cache_dir / "logs"
         self._python: str | None = None
         self._ccache: list[str | None] = []  # resolved (and installed if need be) once per run
@@ -156,9 +157,10 @@ class Executor:
             if (hook := self.recipes[step.component].hook("fetch")) is not None:
                 hook(FetchContext(step, tree, self.opts.cache_dir, runner, offline=False, echo=self.echo))
             deps = [str(w) for d in step.build_with for w in known.get(d, [])]
-            download(runner, self.python, deps + step_build_requirements(step, tree, self.recipes), self.pydeps,
-                     wheelhouse=self.wheelhouse.root, index_url=self.opts.index_url,
-                     local_names=self.wheelhouse.manifest())
+            reqs = deps + step_build_requirements(step, tree, self.recipes)
+            pins = download(runner, self.python, reqs, self.pydeps, wheelhouse=self.wheelhouse.root,
+                            index_url=self.opts.index_url, local_names=self.wheelhouse.manifest())
+            record_pins(self.pydeps, reqs, pins)  # what `build --offline` installs for these requirements
 
     def build(self) -> list[StepResult]:
         """Build (or adopt) every step not already in the wheelhouse, in order."""

@@ -22,6 +22,7 @@ from . import __version__
 from .adopt import check_adopt_spec
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
+from .pydeps import DEFAULT_INDEX, index_identity
 from .recipe import EnvSpec, LoadedRecipe, Target
 from .release import Release
 from .secretenv import REDACTED, is_secret_name
@@ -44,6 +45,8 @@ class PlanOptions:
     adopt: Mapping[str, str] = field(default_factory=dict)  # component -> wheel/requirement to adopt
     # component -> {name: value} passed to its build only (--secret-env); see secretenv.py
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The index build requirements come from (its identity, pydeps.py): enters every build's key.
+    build_index: str = DEFAULT_INDEX
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,10 @@ def plan_release(
             "target": target_json,
             "deps": {d: keys[d] for d in deps} if action == BUILD else {},
             "patches": {tree: [p.identity() for p in ps] for tree, ps in sorted(patches.items())},
+            # Where the build requirements come from: another index may serve other files under
+            # the same names, so it is another key (pydeps.py).
+            # (An adopted wheel installs no build requirement: its key stays as it was.)
+            **({"build_index": index_identity(options.build_index)} if action == BUILD else {}),
         }
         key = build_key(inputs)
         keys[name] = key

@@ -36,6 +36,7 @@ from .patches import SOURCE, apply_patches
 from .plan import Plan, Step
 from .progress import STEP_PHASES
 from .provenance import build_provenance, fetched_source_info, stamp_wheel
+from .pydeps import link_pinned, pydeps_dir, read_pins, record_pins
 from .recipe import LoadedRecipe
 from .repair import repair_wheel
 from .runner import Runner
@@ -83,7 +84,8 @@ class StepServices:
 
     @property
     def pydeps(self) -> Path:
-        return self.cache_dir / "pydeps"
+        """This index's build-requirements directory (one per index: pydeps.py says why)."""
+        return pydeps_dir(self.cache_dir, self.index_url)
 
     def work_dir(self, step: Step) -> Path:
         return work_dir(self.cache_dir, step)
@@ -109,6 +111,7 @@ class StepBuild:
         self.work = services.work_dir(step)
         self.nvcc: str | None = None
         self._prepared = False  # the work tree holds this key's prepared source and venv
+        self.pins: dict[str, str] | None = None  # the build requirements installed: file -> sha256
 
     def _done(self, phase: str) -> None:
         self.runner.note(f"phase {phase} done")
@@ -191,6 +194,8 @@ class StepBuild:
             raise
         staged = self._stage(wheels)
         origin: dict[str, object] = {"origin": "built", "from": step.source.describe()}
+        if self.pins is not None:
+            origin["build_requirements"] = self.pins  # what the build venv was filled with, by sha256
         if self.nvcc:
             origin["nvcc"] = self.nvcc  # provenance: the nvcc this build ran, as it reported
         if ctx.device_code is not None:
@@ -325,13 +330,24 @@ class StepBuild:
         build requirements into the step's venv, from the wheelhouse and pydeps/ only."""
         deps = dependency_wheels(self.step, self.s.plan, self.s.wheelhouse)
         reqs = [str(p) for p in deps] + step_build_requirements(self.step, ctx.src, self.s.recipes)
+        # The step's own directory of build requirements: exactly the files pinned for it, never
+        # the rest of the cache (pydeps.py).
+        pinned = self.work / "build-requirements"
         if not self.s.offline:
-            download(self.runner, str(ctx.python), reqs, self.s.pydeps, wheelhouse=self.s.wheelhouse.root,
-                     index_url=self.s.index_url, local_names=self.s.wheelhouse.manifest())
+            self.pins = download(self.runner, str(ctx.python), reqs, self.s.pydeps, wheelhouse=self.s.wheelhouse.root,
+                                 index_url=self.s.index_url, local_names=self.s.wheelhouse.manifest(), into=pinned)
+            record_pins(self.s.pydeps, reqs, self.pins)
+        else:
+            self.pins = read_pins(self.s.pydeps, reqs)
+            if self.pins is None:
+                raise BuildError(f"[{self.step.component}] its build requirements were never pinned from "
+                                 f"{self.s.index_url} (--offline); run `wheelfactory fetch --release "
+                                 f"{self.s.plan.release.path}` while online first")
+            link_pinned(self.s.pydeps, self.pins, pinned)
         started = time.monotonic()
         try:
             # uv refuses a --find-links directory that does not exist (a first build's wheelhouse)
-            links = [d for d in (self.s.wheelhouse.root, self.s.pydeps) if d.is_dir()]
+            links = [d for d in (self.s.wheelhouse.root, pinned) if d.is_dir()]
             self.s.installer.install(self.runner, ctx.python, reqs, links,
                                      env={"PATH": ctx.env["PATH"]} | ({"UV_OFFLINE": "1"} if self.s.offline else {}))
         except BuildError as e:
