@@ -52,6 +52,9 @@ def build(ctx) -> list[Path]:
     ctx.run(["make", f"-j{ctx.jobs}", "src.build", f"BUILDDIR={builddir}",
              f"NVCC_GENCODE={ctx.env['NVCC_GENCODE']}", f"CUDA_HOME={ctx.cuda_home}"])
     tree = ctx.work / "wheel-tree"
+    # A resumed work tree may hold the tree a stopped run began packing: start it over, so that
+    # the hook is idempotent (it once failed here with FileExistsError on resume).
+    shutil.rmtree(tree, ignore_errors=True)
     lib_dir = tree / "nvidia" / "nccl" / "lib"
     lib_dir.mkdir(parents=True)
     # Wheels hold no symlinks: ship the real library under its soname, as PyPI's wheel does.

@@ -27,7 +27,7 @@ from pathlib import Path
 from .buildenv import inherited_environ
 from .ccache import ensure_ccache
 from .context import FetchContext
-from .errors import InputError
+from .errors import BuildError, FactoryError, InputError
 from .fetch import SourceCache
 from .host import Host
 from .installer import Installer, default_installer, download
@@ -46,10 +46,12 @@ from .stepbuild import (
     StoppedAfter,
     read_state,
     step_build_requirements,
+    step_failure,
     work_dir,
 )
 from .toolkit import ToolkitCache, WheelToolkit, toolkits_dir
 from .wheelhouse import Wheelhouse
+from .wheelmeta import sha256_file
 
 __all__ = ["PHASES", "ExecOptions", "Executor", "StepResult", "StoppedAfter", "find_python"]
 
@@ -231,7 +233,12 @@ class Executor:
                                       echo=self.echo):
                 built.origin["device_code"] = audits
             return built
-        if (staged := self._staged(step)) is not None:
+        if (staged := self._staged(step)) is not None and self._published(step, staged):
+            # Left by a run stopped just after it published them: nothing new to publish, and a
+            # --rebuild means build.
+            shutil.rmtree(self._staged_dir(step), ignore_errors=True)
+            staged = None
+        if staged is not None:
             self.echo(f"[{i}/{total}] {step.component}: publishing the wheels an earlier run built "
                       f"(staged/{step.key[:12]})")
             return staged
@@ -260,14 +267,33 @@ class Executor:
                     "component": step.component, "key": step.key, "inputs": step.key_inputs,
                     "log": str(log), "bytes_stripped": built.bytes_saved})
         except Exception as e:
+            if not isinstance(e, FactoryError):  # a full disk, a file in the way: the step's failure
+                e = BuildError(step_failure(step.component, "publish", e))
             if built.origin.get("origin") == "built":
                 e.args = (f"{e.args[0] if e.args else e}\nthe built wheels stay in {self._staged_dir(step)}: "
                           "the next run publishes them without building again",)
+            raise e from None
+        except KeyboardInterrupt:
+            # A stop signal held back while the wheels moved in arrives once they are in: the
+            # publish finished, so say so and drop the staged copy (a --rebuild after this must
+            # build, not publish the same wheels again); then stop as asked.
+            if self._published(step, built):
+                shutil.rmtree(self._staged_dir(step), ignore_errors=True)
+                self.echo(f"[{step.component}] published {', '.join(w.name for w in built.wheels)} before the "
+                          "interrupt took effect")
             raise
         # Published: the wheelhouse holds the only copy now; staged/ would keep a second one
         # (GBs for torch) forever.
         shutil.rmtree(self._staged_dir(step), ignore_errors=True)
         return published
+
+    def _published(self, step: Step, built: BuiltStep) -> bool:
+        """Whether the wheelhouse lists these very wheels (by sha256) under the step's key."""
+        try:
+            listed = {e["sha256"] for e in self.wheelhouse.manifest().values() if e.get("key") == step.key}
+            return bool(built.wheels) and all(w.is_file() and sha256_file(w) in listed for w in built.wheels)
+        except (OSError, FactoryError):
+            return False
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -239,6 +239,25 @@ def file_lock(path: Path, on_wait: Callable[[str], None] | None = None, *, timeo
 
 
 @contextlib.contextmanager
+def shared_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """A shared flock on `path`: any number of readers hold it at once, and a writer's exclusive
+    file_lock waits until they are done (as they wait for it). A reader writes nothing into the
+    file; while it waits, on_wait hears the writer's holder line, once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(lock_holder(f))
+            fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def try_lock(path: Path) -> Iterator[bool]:
     """An exclusive flock on an existing lock file without waiting: yields True while held, False
     when another process holds it. A missing lock file yields True (nobody can hold it) and is

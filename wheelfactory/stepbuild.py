@@ -13,6 +13,7 @@ aside instead; `--fresh` always starts over.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -122,6 +123,29 @@ class StepBuild:
     # -- the phases ----------------------------------------------------------------------------
 
     def run(self) -> BuiltStep:
+        """The step's phases; any exception a phase or a recipe hook raises (a FileExistsError of a
+        hook run again on a resumed tree, a full disk) is the step's failure: a message naming the
+        step, its phase and the work tree kept, never a traceback."""
+        try:
+            return self._run()
+        except (StoppedAfter, BuildError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- every other exception of a step is its failure message
+            raise BuildError(self._failed(step_failure(self.step.component, self._phase(), e))) from None
+
+    def _phase(self) -> str | None:
+        return getattr(getattr(self.runner, "status", None), "phase", None)
+
+    def _failed(self, message: str) -> str:
+        """Record the tree as failed (resumable once prepared) and say where it is kept."""
+        self._record(stopped="failed")
+        if not self.work.is_dir():
+            return message
+        resume = " (the next run of this step resumes it; --fresh starts over)" if self._prepared else ""
+        return (f"{message}\nthe work tree is kept at {self.work}{resume}; re-enter it with "
+                f"`source {self.work}/build_env.sh`")
+
+    def _run(self) -> BuiltStep:
         step, runner = self.step, self.runner
         loaded = self.s.recipes[step.component]
         recipe = loaded.recipe
@@ -184,11 +208,9 @@ class StepBuild:
             self._done("repair")
         except StoppedAfter:
             raise
-        except BuildError as e:
-            self._record(stopped="failed")
-            resume = " (the next run of this step resumes it; --fresh starts over)" if self._prepared else ""
-            raise BuildError(f"{e}\nthe work tree is kept at {self.work}{resume}; re-enter it with "
-                             f"`source {self.work}/build_env.sh`") from None
+        except Exception as e:  # noqa: BLE001 -- a hook's own exception is the step's failure too
+            text = str(e) if isinstance(e, BuildError) else step_failure(step.component, self._phase(), e)
+            raise BuildError(self._failed(text)) from None
         except KeyboardInterrupt:
             self._record(stopped="interrupted")
             raise
@@ -328,6 +350,13 @@ class StepBuild:
     def _install_build_venv(self, ctx: BuildContext) -> None:
         """Install the dependency components' own wheels (by path, so never a PyPI copy) and the
         build requirements into the step's venv, from the wheelhouse and pydeps/ only."""
+        # Under the wheelhouse's read lock from the manifest read to the last check: a concurrent
+        # `build --rebuild` of a dependency publishes (moving the old wheel to attic/) only after.
+        with self.s.wheelhouse.reading(on_wait=lambda holder: self.runner.note(
+                f"waiting to read the wheelhouse: a publish holds it ({holder})")):
+            self._install_build_venv_locked(ctx)
+
+    def _install_build_venv_locked(self, ctx: BuildContext) -> None:
         deps = dependency_wheels(self.step, self.s.plan, self.s.wheelhouse)
         reqs = [str(p) for p in deps] + step_build_requirements(self.step, ctx.src, self.s.recipes)
         # The step's own directory of build requirements: exactly the files pinned for it, never
@@ -358,6 +387,14 @@ class StepBuild:
         self.runner.note(f"build venv filled with {self.s.installer.name} in {time.monotonic() - started:.1f}s")
         for wheel in deps:
             check_installed_from(ctx.site, wheel)
+
+
+def step_failure(component: str, phase: str | None, e: BaseException) -> str:
+    """An unexpected exception of a step as its one-line failure (a full disk said plainly)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"[{component}] {phase or 'build'}: no space left on the device{where}; free some space and run again"
+    return f"[{component}] {phase or 'build'} failed: {type(e).__name__}: {e}"
 
 
 def work_dir(cache_dir: Path, step: Step) -> Path:

@@ -32,7 +32,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .errors import BuildError, InputError
-from .interrupt import deferred_signals, file_lock, try_lock
+from .interrupt import deferred_signals, file_lock, shared_lock, try_lock
 from .pep658 import index_attributes, write_metadata_files
 from .wheelmeta import WheelInfo, sha256_file, verify_wheel
 
@@ -212,6 +212,23 @@ class Wheelhouse:
             raise InputError(f"cannot write to the wheelhouse {self.root}: {e.strerror}; pass a --wheelhouse "
                              "this user can write") from None
         with file_lock(self.root / ".lock", on_wait, timeout=timeout, what=f"the wheelhouse lock {self.root}/.lock"):
+            yield
+
+    @contextlib.contextmanager
+    def reading(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the wheelhouse for reading (a build venv installing its dependency wheels from it,
+        `venv` installing a lock): a concurrent `build --rebuild` of a dependency publishes only
+        when no reader is left, so no file it moves to attic/ goes from under a reader; readers
+        share it. A wheelhouse not made yet, or one this user cannot write, is read unlocked."""
+        if not self.root.is_dir():
+            yield
+            return
+        try:
+            open(self.root / ".lock", "a").close()  # noqa: SIM115 -- the lock file a writer also opens
+        except OSError:  # read-only: nobody publishes into it from here
+            yield
+            return
+        with shared_lock(self.root / ".lock", on_wait):
             yield
 
     def _write_manifest(self, wheels: Mapping[str, Any]) -> None:
