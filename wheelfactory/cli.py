@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -123,6 +125,9 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
     """Build the DGX Spark inference stack into wheels built against each other, and assemble
     thin runtime images from them."""
     check_transport(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index")
+    cache = cache_dir.expanduser()
+    if cache.exists() and not cache.is_dir():  # every command keeps logs or sources there
+        raise InputError(f"--cache-dir {cache} is a file, not a directory; pass a directory")
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
                       wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
@@ -224,6 +229,13 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     _echo("fetched everything the plan needs")
 
 
+def _finite_wait(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange(min=0) lets nan (every comparison false: a wait without end) and inf through.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds; give a finite number >= 0")
+    return value
+
+
 @cli.command()
 @plan_inputs
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="WHEELFACTORY_JOBS",
@@ -245,7 +257,7 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
 @click.option("--no-host-check", is_flag=True, help="Skip the host checks that run first (see `wheelfactory doctor`).")
 @click.option("--fresh", is_flag=True,
               help="Start every step over: never resume a work tree a failed or stopped run left.")
-@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS", callback=_finite_wait,
               help="Give up (exit 3) when the wheelhouse lock is still held by another process after SECONDS "
                    "(default: wait as long as it takes, saying who holds it once a minute). Builds run outside "
                    "the lock; only publishing waits.")
@@ -619,6 +631,7 @@ def cache_list(factory: Factory) -> None:
     and the wheelhouse's attic."""
     from .cachestore import CacheStore, busy, fmt_bytes, tree_size
 
+    factory.wheelhouse.check_root()  # a --wheelhouse that is a file: bad input, before anything is listed
     store = CacheStore(factory.cache_dir, factory.wheelhouse)
     rows = store.usage()
     click.echo(f"cache {factory.cache_dir}: {fmt_bytes(sum(r[3] for r in rows))}")
@@ -648,6 +661,7 @@ def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_so
     uses. What a running build holds is skipped with a message; published wheels are never touched."""
     from .cachestore import CacheStore, fmt_bytes, sources_in_use
 
+    factory.wheelhouse.check_root()  # a --wheelhouse that is a file: bad input, before anything goes
     for name in releases:
         factory.release(name)  # a --release that does not exist is bad input (exit 2), before anything goes
     keep, note = None, "--keep-sources"
@@ -707,3 +721,10 @@ def main() -> None:
     except KeyboardInterrupt:
         _echo("interrupted; nothing partial was published")
         sys.exit(130)
+    except OSError as e:  # a full disk or a file in the way, outside any step: a message, not a traceback
+        if e.errno == errno.ENOSPC:
+            _echo(f"error: no space left on the device{f' writing {e.filename}' if e.filename else ''}; "
+                  "free some space and run again")
+        else:
+            _echo(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
+        sys.exit(1)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adopt import check_adopted_wheel
 from .buildenv import inherited_environ
 from .ccache import ensure_ccache
 from .context import FetchContext
@@ -38,6 +39,7 @@ from .progress import StepClock, Timings, fmt_duration
 from .pydeps import pydeps_dir, record_pins
 from .recipe import LoadedRecipe
 from .runner import Runner
+from .sources import is_local_wheel
 from .stepbuild import (
     PHASES,
     BuiltStep,
@@ -51,7 +53,7 @@ from .stepbuild import (
 )
 from .toolkit import ToolkitCache, WheelToolkit, toolkits_dir
 from .wheelhouse import Wheelhouse
-from .wheelmeta import sha256_file
+from .wheelmeta import read_wheel, sha256_file
 
 __all__ = ["PHASES", "ExecOptions", "Executor", "StepResult", "StoppedAfter", "find_python"]
 
@@ -171,7 +173,25 @@ class Executor:
         # A publish killed by SIGKILL is repaired first, even when every step is cached and
         # nothing will be published (a stale index would otherwise stay until the next publish).
         self.wheelhouse.recover_if_idle(self.echo)
+        self._check_adopted_files()
         return [self._step(i, step) for i, step in enumerate(self.plan.steps, 1)]
+
+    def _check_adopted_files(self) -> None:
+        """A local wheel the plan adopts is checked (present, this component at the release's
+        version for the target, a readable wheel) before any step runs: exit 2 then means that
+        nothing was built, not that its dependencies were built first."""
+        for step in self.plan.steps:
+            if step.action != ADOPT or step.adopt is None or not is_local_wheel(step.adopt):
+                continue
+            wheel = Path(step.adopt)
+            if not wheel.is_file():
+                raise InputError(f"[{step.component}] adopt = {step.adopt!r}: no such wheel file; nothing was built")
+            recipe = self.recipes[step.component].recipe
+            check_adopted_wheel(wheel, step.component, step.version, recipe, self.plan.target)
+            try:
+                read_wheel(wheel)
+            except BuildError as e:
+                raise InputError(f"[{step.component}] adopted wheel: {e}; nothing was built") from None
 
     # -- one step ------------------------------------------------------------------------------
 

@@ -113,6 +113,10 @@ def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]
     out = {}
     for step in plan.steps:
         files = wheelhouse.files_for_key(step.key)
+        if files is None and (changed := wheelhouse.mismatches(step.key)):
+            raise InputError(f"{step.component} {step.version} (key {step.key[:12]}) is in the wheelhouse, but "
+                             f"{'; '.join(m.describe() for m in changed)}; run `wheelfactory build --release "
+                             f"{plan.release.name}` (it moves the changed wheel to attic/ and builds it again)")
         if files is None:
             raise InputError(f"{step.component} {step.version} (key {step.key[:12]}) is not in the wheelhouse; "
                              f"run `wheelfactory build --release {plan.release.name}` first")

@@ -223,6 +223,12 @@ def plan_release(
         adopt = options.adopt.get(name) or spec.adopt
         if name in options.adopt:
             check_adopt_spec(adopt, recipe, f"--adopt {name}={adopt}", spec.version)
+        defaults = {o.name: o.default for o in recipe.options}
+        if adopt and (steered := sorted(k for k, v in spec.options.items() if defaults.get(k, v) != v or k not in
+                                        defaults)):
+            # Options steer a build; an adopted wheel is taken as it is, so they would do nothing.
+            raise InputError(f"{release.path} [components.{name}]: options {', '.join(steered)} apply to a build, "
+                             f"and {name} is adopted ({adopt}); remove the options or the adopt")
         if adopt:
             source_identity: Any = {"adopt": adopt}
             action = ADOPT

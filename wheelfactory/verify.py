@@ -43,6 +43,10 @@ def verify_wheelhouse(wh: Wheelhouse) -> list[str]:
             problems.append(f"{name}: sha256 {actual[name]}, manifest.json recorded {entry.get('sha256')}")
         elif path.stat().st_size != entry.get("size"):
             problems.append(f"{name}: {path.stat().st_size} bytes, manifest.json recorded {entry.get('size')}")
+    leftovers = [*wh.root.glob(".incoming-*"), *wh.root.glob(".simple-*"), *wh.root.glob(".download-*")]
+    for leftover in sorted(leftovers):
+        problems.append(f"{leftover.name}/: left by an interrupted publish or download (the next build or lock "
+                        "removes it)")
     for path in sorted(wh.root.glob("*.whl")):
         if path.name not in manifest:
             problems.append(f"{path.name}: in the wheelhouse, missing from manifest.json")

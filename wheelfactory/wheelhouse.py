@@ -282,12 +282,12 @@ class Wheelhouse:
 
     def recover(self, echo: Callable[[str], None] | None = None) -> list[str]:
         """Repair what a publish killed by SIGKILL (which cannot be deferred) left behind; caller
-        holds the lock, so no publish is running. Temporary .incoming-*/.simple-* directories are
+        holds the lock, so no publish is running. Temporary .incoming-*/.simple-*/.download-* directories are
         removed, and a wheel the manifest does not list (moved in, manifest not yet written) goes
         to attic/ with a message: it was never in the index, so nothing could have used it.
         Returns the messages."""
         notes = []
-        for leftover in [*self.root.glob(".incoming-*"), *self.root.glob(".simple-*")]:
+        for leftover in [*self.root.glob(".incoming-*"), *self.root.glob(".simple-*"), *self.root.glob(".download-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
         listed = self.manifest()
         for wheel in sorted(self.root.glob("*.whl")):
