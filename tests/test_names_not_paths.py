@@ -94,3 +94,11 @@ def test_a_lock_entry_outside_the_wheelhouse_is_corrupt(tmp_path):
         read_lock(wh, "r")
     r = invoke("--wheelhouse", str(wh.root), "verify")
     assert r.returncode == 1 and "locks/r.json: entry '../../etc/passwd' is not a plain file name" in r.stderr
+
+
+def test_a_stray_file_named_like_no_wheel_is_still_moved_aside_by_recovery(tmp_path):
+    wh, _ = published(tmp_path)
+    (wh.root / "stray.whl").write_text("left by hand")
+    with wh.lock():
+        notes = wh.recover()
+    assert (wh.root / "attic" / "stray.whl").read_text() == "left by hand" and len(notes) == 1

@@ -291,7 +291,8 @@ class Wheelhouse:
             shutil.rmtree(leftover, ignore_errors=True)
         listed = self.manifest()
         for wheel in sorted(self.root.glob("*.whl")):
-            if wheel.name not in listed and (dest := self._to_attic(wheel.name)) is not None:
+            # A directory entry of the top directory: a plain name, even when it is no wheel's.
+            if wheel.name not in listed and (dest := self._move_to_attic(wheel.name)) is not None:
                 notes.append(f"{wheel.name} is in the wheelhouse but not in its manifest (an interrupted "
                              f"publish); moved to {dest}")
         # Killed between writing the manifest and swapping the new index in, or in the swap itself:
@@ -304,7 +305,12 @@ class Wheelhouse:
         return notes
 
     def _to_attic(self, name: str) -> Path | None:
+        """Move a wheel the manifest names to attic/ (its name checked first: names are not paths)."""
         check_wheel_name(name, f"{self.root}: moving to attic/", "restore the manifest or remove the wheelhouse")
+        return self._move_to_attic(name)
+
+    def _move_to_attic(self, name: str) -> Path | None:
+        """Move the wheelhouse's top-level file `name` (a directory entry, or a checked name) to attic/."""
         src = self.root / name
         if src.exists() or src.is_symlink():
             attic = self.root / "attic"
