@@ -199,3 +199,17 @@ def test_staged_wheels_already_published_are_not_published_again_by_a_rebuild(tm
     shutil.copyfile(wheel, staged / wheel.name)
     (staged / "step.json").write_text(json.dumps({"key": step.key, "wheels": [wheel.name], "origin": {}}))
     assert ex._staged(step) is not None and ex._published(step, ex._staged(step))
+
+
+def test_an_exception_while_adopting_is_the_steps_failure(tmp_path, monkeypatch):
+    import wheelfactory.executor as executor_mod
+
+    f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
+    plan = f.plan(f.release("r"), adopt=["a=a==1.0"])
+
+    def unreadable(*_a, **_k):
+        raise PermissionError(13, "Permission denied", "/cache/adopt/x.whl")
+    monkeypatch.setattr(executor_mod, "adopted_wheel", unreadable)
+    with pytest.raises(BuildError, match=r"^\[a\] adopt failed: PermissionError: \[Errno 13\] Permission denied: "
+                                         r"'/cache/adopt/x\.whl'$"):
+        f.executor(plan, echo=lambda m: None, python="python3").build()

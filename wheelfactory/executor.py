@@ -228,7 +228,12 @@ class Executor:
             runner.hide(step.secrets.values())  # a secret passed to the build never reaches its log
             runner.set_phase("adopt" if step.action == ADOPT else "fetch")
             with runner.showing():  # the live status line stays up between commands too
-                built = self._produce(i, step, runner, stopping, started)
+                try:
+                    built = self._produce(i, step, runner, stopping, started)
+                except (FactoryError, KeyboardInterrupt):
+                    raise
+                except Exception as e:  # noqa: BLE001 -- an adopt's or a staged copy's OSError: the step's failure
+                    raise BuildError(step_failure(step.component, runner.status.phase, e)) from None
                 if isinstance(built, StepResult):
                     return built  # stopped on purpose (--until)
                 runner.set_phase("publish")
