@@ -13,7 +13,9 @@ ran its code. So:
   * a step's build requirements are downloaded into a directory of their own (the exact files
     the index gave for them, nothing else of the cache) and hash-pinned: `pins/<id>.json` (by
     the requirements asked for) records the sha256 of each, the manifest entry records them as
-    `build_requirements`, and an offline build installs only the files of its pins, hash-checked.
+    `build_requirements`, and an offline build installs only the files of its pins, hash-checked
+    (an offline build of requirements never pinned -- `fetch` cannot know the wheel of a
+    dependency built after it -- installs from this index's directory, still no other index's).
 """
 
 from __future__ import annotations

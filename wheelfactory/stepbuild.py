@@ -366,13 +366,15 @@ class StepBuild:
             self.pins = download(self.runner, str(ctx.python), reqs, self.s.pydeps, wheelhouse=self.s.wheelhouse.root,
                                  index_url=self.s.index_url, local_names=self.s.wheelhouse.manifest(), into=pinned)
             record_pins(self.s.pydeps, reqs, self.pins)
+        elif (pins := read_pins(self.s.pydeps, reqs)) is not None:
+            self.pins = pins
+            link_pinned(self.s.pydeps, pins, pinned)
         else:
-            self.pins = read_pins(self.s.pydeps, reqs)
-            if self.pins is None:
-                raise BuildError(f"[{self.step.component}] its build requirements were never pinned from "
-                                 f"{self.s.index_url} (--offline); run `wheelfactory fetch --release "
-                                 f"{self.s.plan.release.path}` while online first")
-            link_pinned(self.s.pydeps, self.pins, pinned)
+            # Never pinned for exactly these requirements: `fetch` could not know the wheel of a
+            # dependency built from source after it. This index's own directory stands in (never
+            # another index's files); the manifest then records no build_requirements.
+            self.runner.note(f"no pins for these build requirements (--offline): installing from {self.s.pydeps}")
+            pinned = self.s.pydeps
         started = time.monotonic()
         try:
             # uv refuses a --find-links directory that does not exist (a first build's wheelhouse)
