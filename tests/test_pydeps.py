@@ -91,3 +91,19 @@ def test_an_offline_build_installs_only_its_pins_hash_checked(tmp_path):
         link_pinned(ours, pins, into)
     assert read_pins(ours, ["setuptools"]) is None  # other requirements: other pins
     assert [json.loads(p.read_text()) for p in (ours / "pins").iterdir()] == [pins]
+
+
+def test_gc_removes_what_a_killed_download_left_an_hour_ago(tmp_path):
+    import os
+    import time
+
+    from wheelfactory.cachestore import CacheStore
+    from wheelfactory.wheelhouse import Wheelhouse
+
+    old, new = tmp_path / "cache" / "pydeps" / ".download-old", tmp_path / "cache" / "pydeps" / ".download-new"
+    for d in (old, new):
+        d.mkdir(parents=True)
+        (d / "setuptools-70.0.0-py3-none-any.whl").write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    plan = CacheStore(tmp_path / "cache", Wheelhouse(tmp_path / "wh")).plan_gc(None, None)
+    assert [(i.kind, i.path) for i in plan.remove] == [("temp", old)]
