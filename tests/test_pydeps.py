@@ -107,3 +107,29 @@ def test_gc_removes_what_a_killed_download_left_an_hour_ago(tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     plan = CacheStore(tmp_path / "cache", Wheelhouse(tmp_path / "wh")).plan_gc(None, None)
     assert [(i.kind, i.path) for i in plan.remove] == [("temp", old)]
+
+
+@pytest.mark.slow  # a real build: venv, pip download from the default index, uv/pip install
+def test_a_real_build_against_the_default_index_never_installs_another_indexs_poison(tmp_path):
+    import shutil
+
+    from wheelfactory.wheelpack import pack_tree
+
+    f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
+    marker = tmp_path / "POISON-RAN"
+    tree = tmp_path / "poison"
+    (tree / "setuptools").mkdir(parents=True)
+    (tree / "setuptools" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    for where in (pydeps_dir(f.cache_dir, OTHER), f.cache_dir / "pydeps"):  # another index's, and the old shared one
+        where.mkdir(parents=True, exist_ok=True)
+        pack_tree(tree, "setuptools", "999.0", "py3-none-any", where, summary="poison")
+    plan = f.plan(f.release("r"))
+    f.executor(plan, echo=lambda m: None, python=shutil.which("python3"), keep_work=True).build()
+    site = next((f.cache_dir / "work").glob("a-*/venv/lib/python3*/site-packages"))
+    assert sorted(p.name for p in site.glob("setuptools-*.dist-info")) != []
+    assert list(site.glob("setuptools-999*")) == []  # the venv holds the index's setuptools, not the poison
+    entry = next(iter(f.wheelhouse.manifest().values()))
+    installed = sorted(entry["build_requirements"])
+    assert any(n.startswith("setuptools-") for n in installed)
+    assert not any(n.startswith("setuptools-999") for n in installed) and not marker.exists()
+    assert entry["inputs"]["build_index"] == DEFAULT
