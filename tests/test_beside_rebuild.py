@@ -60,26 +60,34 @@ def _publish(f, plan, component: str, tmp: Path) -> Path:
     return f.wheelhouse.root / wheel.name
 
 
-def test_readers_share_the_wheelhouse_and_a_publish_waits_for_them(tmp_path):
+def test_readers_share_the_wheelhouse_and_only_a_publish_that_moves_a_wheel_out_waits(tmp_path):
     f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
     plan = f.plan(f.release("r"))
     _publish(f, plan, "a", tmp_path)
     said: list[str] = []
 
-    def publish_now() -> None:
+    def publish(dist: str, key: str) -> None:
+        tree = tmp_path / f"t-{dist}-{key}"
+        (tree / dist).mkdir(parents=True, exist_ok=True)
+        (tree / dist / "__init__.py").write_text(key)  # other bytes: another build of it
+        wheel = pack_tree(tree, dist, "1.0", "py3-none-any", tmp_path / f"d-{key}", summary="t")
         try:
             with f.wheelhouse.lock(timeout=0.6):
-                said.append("published")
+                f.wheelhouse.publish([wheel], {"component": dist, "key": key})
+            said.append(f"published {dist}")
         except LockedError as e:
             said.append(str(e))
 
     with f.wheelhouse.reading(), f.wheelhouse.reading():  # two readers at once
-        t = threading.Thread(target=publish_now)
-        t.start()
-        t.join()
-    assert said[0].startswith(f"the wheelhouse lock {f.wheelhouse.root}/.lock: held by ")
-    publish_now()
-    assert said[1] == "published"
+        for args in (("b", "kb"), ("a", "k-rebuilt")):  # a new wheel; a rebuild replacing a's wheel
+            t = threading.Thread(target=publish, args=args)
+            t.start()
+            t.join()
+    assert said[0] == "published b"  # adding a wheel moves nothing: readers do not hold it up
+    assert said[1].startswith(f"{f.wheelhouse.root}: builds installing from the wheelhouse (.readers.lock): held by "
+                              "another process; gave up after 1s")
+    publish("a", "k-rebuilt")
+    assert said[2] == "published a" and len(list((f.wheelhouse.root / "attic").glob("a-*.whl"))) == 1
 
 
 def test_a_build_venv_installs_its_dependency_wheels_under_the_read_lock(tmp_path):

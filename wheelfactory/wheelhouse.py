@@ -65,6 +65,9 @@ def check_wheel_name(name: object, where: str, fix: str) -> str:
     return str(name)
 
 
+# Shared by processes reading the wheelhouse's files, taken exclusively to move wheels out.
+READERS_LOCK = ".readers.lock"
+
 # In simple/: the sha256 of the manifest the index was written from (served files skip dotfiles).
 INDEX_STAMP = ".manifest-sha256"
 
@@ -123,6 +126,7 @@ class Wheelhouse:
         self.manifest_path = root / "manifest.json"
         self.simple = root / "simple"
         self.locks_dir = root / "locks"
+        self._wait: float | None = None  # the --wait of the write lock held now
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -212,23 +216,34 @@ class Wheelhouse:
             raise InputError(f"cannot write to the wheelhouse {self.root}: {e.strerror}; pass a --wheelhouse "
                              "this user can write") from None
         with file_lock(self.root / ".lock", on_wait, timeout=timeout, what=f"the wheelhouse lock {self.root}/.lock"):
+            self._wait = timeout  # a publish waits for readers as long as it waited for the lock
             yield
 
     @contextlib.contextmanager
     def reading(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-        """Hold the wheelhouse for reading (a build venv installing its dependency wheels from it,
-        `venv` installing a lock): a concurrent `build --rebuild` of a dependency publishes only
-        when no reader is left, so no file it moves to attic/ goes from under a reader; readers
-        share it. A wheelhouse not made yet, or one this user cannot write, is read unlocked."""
+        """Hold the wheelhouse's files in place while reading them (a build venv installing its
+        dependency wheels, `venv` installing a lock): readers share `.readers.lock`, and a publish
+        moves a wheel out (to attic/) only under it exclusively, so a concurrent `build --rebuild`
+        of a dependency cannot pull a file from under a reader. The write lock (`.lock`) is not
+        involved: a build still runs while another process holds it, and waits only while wheels
+        are being moved. A wheelhouse not made yet, or one this user cannot write, is read unlocked."""
         if not self.root.is_dir():
             yield
             return
         try:
-            open(self.root / ".lock", "a").close()  # noqa: SIM115 -- the lock file a writer also opens
+            open(self.root / READERS_LOCK, "a").close()  # noqa: SIM115 -- the file a publish also opens
         except OSError:  # read-only: nobody publishes into it from here
             yield
             return
-        with shared_lock(self.root / ".lock", on_wait):
+        with shared_lock(self.root / READERS_LOCK, on_wait):
+            yield
+
+    @contextlib.contextmanager
+    def _no_readers(self) -> Iterator[None]:
+        """Wait (up to the write lock's --wait) until no process reads the wheelhouse's files, and
+        keep new readers out while wheels move; caller holds the write lock."""
+        with file_lock(self.root / READERS_LOCK, timeout=self._wait, record=False,
+                       what=f"{self.root}: builds installing from the wheelhouse ({READERS_LOCK})"):
             yield
 
     def _write_manifest(self, wheels: Mapping[str, Any]) -> None:
@@ -256,7 +271,9 @@ class Wheelhouse:
             # From the first wheel moved in to the index that lists it, one step: SIGINT/SIGTERM/SIGHUP
             # wait until it is done, so an interrupt never leaves a wheel the manifest does not list.
             # (SIGKILL cannot wait: recover() repairs what it leaves, at the next publish.)
-            with deferred_signals():
+            # Replacing a wheel moves the old one out: only then wait until no reader uses it.
+            replaces = any(_same_slot(old, info) for info in infos for old in manifest.values())
+            with self._no_readers() if replaces else contextlib.nullcontext(), deferred_signals():
                 for info, tmp in staged:
                     for name, old in list(manifest.items()):
                         if _same_slot(old, info) and (name != info.path.name or old.get("key") != entry.get("key")):
@@ -332,7 +349,8 @@ class Wheelhouse:
         """Move wheels that no longer match the manifest to attic/ (kept for inspection, never
         deleted) and drop their entries, so the step builds again; caller holds the lock."""
         manifest = self.manifest()
-        moved = [dest for name in names if (dest := self._to_attic(name)) is not None]
+        with self._no_readers():
+            moved = [dest for name in names if (dest := self._to_attic(name)) is not None]
         for name in names:
             manifest.pop(name, None)
         self._write_manifest(manifest)
