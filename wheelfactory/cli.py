@@ -267,14 +267,18 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     rel = factory.release(release)
     p = factory.plan(rel, targets, env, source_dirs, adopt)
     with output_mode_set(QUIET if quiet else None):  # every runner's status line: none with --quiet
-        if not offline and any(s.unresolved for s in p.steps):
-            # A source never fetched is resolved first, so that the wheels are keyed by its content.
-            _python_first(p, python)
-            if factory.resolve_sources(p, echo):
-                p = factory.plan(rel, targets, env, source_dirs, adopt)
         forced = components_to_rebuild(p, rebuild, force, factory.recipes)
+        # The host check comes before any remote is asked: an unreachable network or a missing
+        # interpreter is one line of its summary (exit 2), not one git error per source.
         if not no_host_check:
             _host_check(factory, p, python, forced, echo, offline=offline)
+        if not offline and any(s.unresolved for s in p.steps):
+            # A source never fetched is resolved first, so that the wheels are keyed by its content.
+            if no_host_check:
+                _python_first(p, python)
+            if factory.resolve_sources(p, echo):
+                p = factory.plan(rel, targets, env, source_dirs, adopt)
+                forced = components_to_rebuild(p, rebuild, force, factory.recipes)
         results = factory.executor(p, echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
                                    verbose=verbose, until=until, until_steps=tuple(targets), rebuild=forced,
                                    fresh=fresh, wait=wait, use_pip=use_pip).build()
