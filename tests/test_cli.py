@@ -48,7 +48,8 @@ def test_env_variables_set_options(tmp_path):
 def test_list_shows_recipes_releases_and_wheelhouse(tmp_path):
     r = invoke("--wheelhouse", str(tmp_path), "list")
     assert r.returncode == 0
-    for word in ("nccl", "vllm", "0.15.0-t5", "pytorch-2.10.0-cu131", "0 wheel(s)"):
+    for word in ("nccl", "vllm", "0.15.0-t5", "pytorch-2.10.0-cu131",
+                 "0 factory wheel(s) (0 B), 0 dependency wheel(s)"):
         assert word in r.stdout
 
 

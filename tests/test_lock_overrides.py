@@ -15,6 +15,7 @@ import pytest
 from wheelfactory import lock as lockmod
 from wheelfactory.cli import _print_plan
 from wheelfactory.factory import Factory
+from wheelfactory.installer import find_uv
 
 FAST = """extends = "0.33.0-t5"
 [components.torch]
@@ -113,7 +114,7 @@ def test_lock_resolves_with_the_components_wheel_as_override(factory: Factory, f
     lock = lockmod.lock_release(plan, wh, uv, "python3.12", "https://pypi.org/simple", offline=True)
 
     (cmd,) = uv.calls
-    assert cmd[:3] == ["uv", "pip", "compile"] and "--override" in cmd and "--no-index" in cmd
+    assert cmd[:3] == [find_uv(), "pip", "compile"] and "--override" in cmd and "--no-index" in cmd
     overrides = uv.files[0]["--override"].splitlines()
     assert f"torch @ {torch.resolve().as_uri()}" in overrides
     assert "torch==2.14.0" not in uv.files[0]["--override"]

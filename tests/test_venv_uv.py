@@ -78,7 +78,7 @@ def test_pip_on_request(tmp_path, monkeypatch):
     assert [c for c in runner.commands if "install" in c][0][1:4] == ["-m", "pip", "install"]
 
 
-def test_find_uv_prefers_the_uv_package_then_path(monkeypatch):
+def test_find_uv_is_the_uv_packages_never_one_on_path(monkeypatch):
     monkeypatch.setitem(sys.modules, "uv", types.SimpleNamespace(find_uv_bin=lambda: "/site/bin/uv"))
     assert installer_mod.find_uv() == "/site/bin/uv"
 
@@ -86,7 +86,5 @@ def test_find_uv_prefers_the_uv_package_then_path(monkeypatch):
         raise FileNotFoundError
 
     monkeypatch.setitem(sys.modules, "uv", types.SimpleNamespace(find_uv_bin=missing))
-    monkeypatch.setattr(installer_mod.shutil, "which", lambda name: "/usr/bin/uv" if name == "uv" else None)
-    assert installer_mod.find_uv() == "/usr/bin/uv"
-    monkeypatch.setattr(installer_mod.shutil, "which", lambda name: None)
-    assert installer_mod.find_uv() is None
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/uv" if name == "uv" else None)
+    assert installer_mod.find_uv() is None  # a tool install has only wheelfactory on PATH

@@ -19,6 +19,7 @@ from . import __version__
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
+from .globalopts import AFTER_COMMAND, GlobalOptionsGroup, accept_after_subcommand, show_envvars
 from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
@@ -32,7 +33,10 @@ from .sources import check_transport
 from .toolkit import is_wheel_label, mismatch_warning
 from .venv import create_venv
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "WHEELFACTORY"}
+# No auto_envvar_prefix: the environment variables are the ones declared on options (and shown in
+# --help), not a WHEELFACTORY_<COMMAND>_<OPTION> for every option (--force included) behind the user's back.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+ALLOW_INSECURE_INDEX = "--allow-insecure-index"
 
 
 def _echo(msg: str) -> None:
@@ -102,7 +106,7 @@ def plan_inputs(command):
     return command
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=GlobalOptionsGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="wheelfactory")
 @click.option("--wheelhouse", type=click.Path(path_type=Path), default=Path("wheelhouse"), show_default=True,
               envvar="WHEELFACTORY_WHEELHOUSE", help="The wheelhouse directory (wheels, simple/, manifest).")
@@ -120,8 +124,13 @@ def plan_inputs(command):
 def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path | None, index_url: str,
         allow_insecure_index: bool) -> None:
     """Build the DGX Spark inference stack into wheels built against each other, and assemble
-    thin runtime images from them."""
-    check_transport(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index")
+    thin runtime images from them.
+
+    The options below are also accepted after the command (`wheelfactory plan --cache-dir DIR`)."""
+    # the flag counts after the command's name as well (see globalopts.py)
+    allowed = allow_insecure_index or ALLOW_INSECURE_INDEX in ctx.meta.get(AFTER_COMMAND, ())
+    ctx.meta[ALLOW_INSECURE_INDEX] = allowed
+    check_transport(index_url, allowed, "--index-url", "pass --allow-insecure-index")
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
                       wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
@@ -135,21 +144,51 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
 def list_cmd(factory: Factory, show_options: bool) -> None:
     """Show recipes, releases and what the wheelhouse holds."""
     click.echo("recipes:")
-    for name, loaded in factory.recipes.items():
+    loaded_recipes = list(factory.recipes.items())
+    rows = [(name, ", ".join(lr.recipe.outputs), ", ".join(lr.recipe.depends_on)) for name, lr in loaded_recipes]
+    lines = table(("component", "wheels", "after"), rows)
+    click.echo(f"  {lines[0]}")
+    for line, (_name, loaded) in zip(lines[1:], loaded_recipes, strict=True):
         r = loaded.recipe
-        deps = f"  (after {', '.join(r.depends_on)})" if r.depends_on else ""
-        click.echo(f"  {name:<12} {', '.join(r.outputs)}{deps}")
+        click.echo(f"  {line}")
         for o in r.options if show_options else ():
             default = str(o.default).lower() if o.type is bool else repr(o.default)
             click.echo(f"      options.{o.name} ({o.type.__name__}, default {default}): {o.help}")
     click.echo("releases:")
     for name in list_releases(factory.recipes_dirs):
         click.echo(f"  {name}")
+    from .cachestore import fmt_bytes
+
     manifest = factory.wheelhouse.manifest()
-    click.echo(f"wheelhouse {factory.wheelhouse.root}: {len(manifest)} wheel(s)")
-    for filename, e in manifest.items():
-        click.echo(f"  {e.get('component') or '-':<12} {e['version']:<24} {e.get('origin', '?'):<8} "
-                   f"{e['size'] / 1e6:8.1f} MB  {filename}")
+    ours = {f: e for f, e in manifest.items() if e.get("component")}
+    deps = {f: e for f, e in manifest.items() if not e.get("component")}
+    click.echo(f"wheelhouse {factory.wheelhouse.root}: {len(ours)} factory wheel(s) "
+               f"({fmt_bytes(sum(e['size'] for e in ours.values()))}), {len(deps)} dependency wheel(s) from the index "
+               f"({fmt_bytes(sum(e['size'] for e in deps.values()))})")
+    if ours:
+        rows = [(e["component"], e["version"], e.get("origin", "?"), fmt_bytes(e["size"]), f)
+                for f, e in sorted(ours.items(), key=lambda fe: (fe[1]["component"], fe[0]))]
+        for line in table(("component", "version", "origin", "size", "file"), rows, right=(3,)):
+            click.echo(f"  {line}")
+    if deps:
+        click.echo("dependency wheels (locks' runtime closure, downloaded by `lock`):")
+        rows = [(e.get("dist") or f.split("-")[0], e["version"], fmt_bytes(e["size"]), f)
+                for f, e in sorted(deps.items())]
+        for line in table(("name", "version", "size", "file"), rows, right=(2,)):
+            click.echo(f"  {line}")
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+    """A header line and one line per row, each column as wide as its widest value (the last one
+    left ragged), columns in `right` aligned right."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [str(v).rjust(w) if i in right else str(v).ljust(w)
+                 for i, (v, w) in enumerate(zip(row, widths, strict=True))]
+        return ("  ".join(cells[:-1] + [str(row[-1])])).rstrip()
+
+    return [line(header), *(line(r) for r in rows)]
 
 
 def _print_plan(plan: Plan) -> None:
@@ -162,9 +201,20 @@ def _print_plan(plan: Plan) -> None:
     if t.platform != plan.release.target.platform:
         click.echo(f"  note: the release is meant for {plan.release.target.platform}; wheels built here are "
                    f"{t.platform}")
-    for i, s in enumerate(plan.steps, 1):
-        origin = f"adopt {s.adopt}" if s.adopt else (s.source.describe() if s.source else "")
-        click.echo(f"{i:>2}. {s.action:<6} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
+    rows = [(f"{i}.", s.action, s.component, s.version, s.key[:12],
+             f"adopt {s.adopt}" if s.adopt else (s.source.describe() if s.source else ""))
+            for i, s in enumerate(plan.steps, 1)]
+    lines = table(("#", "action", "component", "version", "key", "source"), rows, right=(0,))
+    click.echo(lines[0])
+    for line, s in zip(lines[1:], plan.steps, strict=True):
+        click.echo(line)
+        for tree, patches in s.patches.items():
+            click.echo(f"      patches ({tree}): {', '.join(Path(p.name).name for p in patches)}")
+        if s.unchecked_archs and s.action != CACHED:
+            click.echo(f"      device code NOT CHECKED for {' '.join(s.unchecked_archs)}: {s.component} {s.version}'s "
+                       f"configure was never judged for it, so the build may stop there with the device-code table; "
+                       f"find out in minutes, before its dependencies' hours: wheelfactory build --release "
+                       f"{plan.release.name} {s.component} --until configure (README, Releases)")
         if s.unresolved:
             # Keyed by name until fetch records the commit or sha256; the key changes then.
             click.echo(f"      unresolved: run fetch (keyed by name until fetch records the commit or sha256 of: "
@@ -687,6 +737,30 @@ def release_schema_cmd(factory: Factory) -> None:
 
 # The image assembler lives in its own package; it only reads releases, plans and locks.
 cli.add_command(images)
+
+
+def _late_path(attr: str):
+    def apply(ctx: click.Context, value: Path) -> None:
+        setattr(ctx.find_object(Factory), attr, value.expanduser().absolute())
+    return apply
+
+
+def _late_index_url(ctx: click.Context, value: str) -> None:
+    check_transport(value, ctx.find_root().meta.get(ALLOW_INSECURE_INDEX, False), "--index-url",
+                    "pass --allow-insecure-index")
+    ctx.find_object(Factory).index_url = value
+
+
+def _late_allow_insecure(ctx: click.Context, value: bool) -> None:
+    ctx.find_root().meta[ALLOW_INSECURE_INDEX] = ctx.find_root().meta.get(ALLOW_INSECURE_INDEX) or value
+
+
+# Last, once every command is declared: the group's options after any subcommand too, and every
+# environment variable in --help.
+accept_after_subcommand(cli, {"wheelhouse": _late_path("wheelhouse_dir"), "cache_dir": _late_path("cache_dir"),
+                              "recipes_dir": _late_path("recipes_dir"), "index_url": _late_index_url,
+                              "allow_insecure_index": _late_allow_insecure})
+show_envvars(cli)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .errors import BuildError, InputError
+from .installer import require_uv
 from .plan import Plan
 from .runner import Runner
 from .wheelhouse import Wheelhouse, atomic_write_text
@@ -149,7 +150,7 @@ def _uv_compile(runner: Runner, python: str, workdir: Path, name: str, sources: 
     out = workdir / f"pylock.{name}.toml"
     # --no-cache: uv unpacks every find-links wheel into its cache to read it (gigabytes for a
     # CUDA stack, again for each wheelhouse path); a throw-away cache keeps the disk as it was.
-    runner.run(["uv", "pip", "compile", workdir / "requirements.in", "--override", workdir / "overrides.txt",
+    runner.run([require_uv(), "pip", "compile", workdir / "requirements.in", "--override", workdir / "overrides.txt",
                 "--python", python, "--only-binary", ":all:", "--format", "pylock.toml", "--quiet",
                 "--no-header", "--no-cache", "-o", out, *sources],
                env={"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"})

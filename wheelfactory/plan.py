@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__
 from .adopt import check_adopt_spec
+from .checked import unchecked_archs
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
 from .recipe import EnvSpec, LoadedRecipe, Target
@@ -32,7 +33,7 @@ BUILD, CACHED, ADOPT = "build", "cached", "adopt"
 # The version of `plan --json`'s shape (Plan.to_json). Bump it whenever a key is added, removed or
 # changes type, and regenerate tests/golden/plan-json-shape.json (see tests/test_golden.py), so
 # that scripts reading the plan can tell which shape they were given.
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2  # 2: steps[].unchecked_archs
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class Step:
     # Secret values for the build's processes only (env shows them as REDACTED): kept out of
     # repr, to_json and the key inputs, so no plan, manifest or log can print them.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # The release's archs this version's device code was never checked for on its real configure
+    # (checked.py): its build may stop at configure. Not keyed: it says what is known, not what is built.
+    unchecked_archs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +92,7 @@ class Step:
             "options": dict(self.options),
             "patches": {tree: [p.name for p in ps] for tree, ps in self.patches.items()},
             "unresolved": list(self.unresolved),
+            "unchecked_archs": list(self.unchecked_archs),
         }
 
     @property
@@ -283,7 +288,9 @@ def plan_release(
                           tuple(build_requires) if action == BUILD else (),
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
-                          secrets=secrets if action == BUILD else {}))
+                          secrets=secrets if action == BUILD else {},
+                          unchecked_archs=(unchecked_archs(name, spec.version, spec.options, target.cuda_arch_list)
+                                           if action == BUILD else ())))
     return Plan(release, target, tuple(steps), dict(release.pins), release.override_table())
 
 
