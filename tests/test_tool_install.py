@@ -85,3 +85,50 @@ def test_lock_and_venv_from_a_tool_install_with_only_the_console_script_on_path(
                        timeout=900)
     assert r.returncode == 0, r.stderr
     assert "uv not found" not in r.stderr and "venv ready at" in r.stderr
+
+
+# -- README command 1 on any machine: the CI release adopts torch from the index where the local CPU
+#    wheel is absent ---------------------------------------------------------------------------------
+
+def _ci_release_with_local_wheel_at(tmp_path: Path, wheel_dir: Path) -> Path:
+    text = (CI_RELEASES / "ci.toml").read_text().replace("/opt/wheels/", f"{wheel_dir}/")
+    text = text.replace('"../fixtures/nccl-standin"', f'"{CI_RELEASES.parent / "fixtures" / "nccl-standin"}"')
+    assert str(wheel_dir) in text
+    (tmp_path / "ci.toml").write_text(text)
+    return tmp_path / "ci.toml"
+
+
+def test_the_first_local_wheel_that_exists_else_the_requirement(factory, tmp_path):
+    absent = _ci_release_with_local_wheel_at(tmp_path, tmp_path / "no-such-dir")
+    assert factory.release(str(absent)).components["torch"].adopt == "torch==2.13.0"
+    here = tmp_path / "wheels"
+    here.mkdir()
+    wheel = here / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    wheel.write_bytes(b"")
+    (tmp_path / "b").mkdir()
+    present = _ci_release_with_local_wheel_at(tmp_path / "b", here)
+    assert factory.release(str(present)).components["torch"].adopt == str(wheel)
+
+
+def test_each_adopt_alternative_is_checked(factory, tmp_path):
+    release = tmp_path / "r.toml"
+    release.write_text((CI_RELEASES / "ci.toml").read_text().replace('"torch==2.13.0"]', '"torch==2.12.0"]')
+                       .replace('"../fixtures/', f'"{CI_RELEASES.parent}/fixtures/'))
+    with pytest.raises(InputError, match=r"\[components.torch\].adopt\[1\]: requirement 'torch==2.12.0' excludes"):
+        factory.release(str(release))
+
+
+@pytest.mark.slow
+def test_command_1_adopts_torch_from_the_index_without_the_machine_image_wheel(tmp_path):
+    """README command 1's torch step on a machine without /opt/wheels' CPU wheel (the release's path
+    moved to a directory that does not exist): PyPI's torch 2.13.0 is adopted instead."""
+    from .conftest import run_cli
+
+    release = _ci_release_with_local_wheel_at(tmp_path, tmp_path / "opt-wheels-absent")
+    common = ["--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c")]
+    r = run_cli(*common, "plan", "-r", str(release), "torch")
+    assert r.returncode == 0 and "adopt torch==2.13.0" in r.stdout, r.stderr
+    r = run_cli(*common, "build", "-r", str(release), "torch", "--no-host-check")
+    assert r.returncode == 0, r.stderr
+    assert [w.name for w in (tmp_path / "wh").glob("torch-*.whl")] == \
+        ["torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl"]
