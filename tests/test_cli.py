@@ -21,7 +21,7 @@ def test_plan_json_default_release(tmp_path):
     r = invoke("--wheelhouse", str(tmp_path), "plan", "--json")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
-    assert plan["release"] == "0.15.0-t4"
+    assert plan["release"] == "0.33.0-t5"
     assert [s["component"] for s in plan["steps"]][0] == "nccl"
 
 

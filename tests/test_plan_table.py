@@ -162,3 +162,27 @@ def test_only_declared_environment_variables_set_options(tmp_path):
     r = invoke("--cache-dir", str(tmp_path), "plan", "-r", str(CI_RELEASES / "ci.toml"),
                env={"WHEELFACTORY_PLAN_JSON": "1"})
     assert r.returncode == 0 and not r.stdout.startswith("{")
+
+
+def test_the_default_release_is_the_newest_whose_vllm_device_code_was_checked(factory):
+    from packaging.version import Version
+
+    from wheelfactory.factory import DEFAULT_RELEASE
+    from wheelfactory.release import list_releases
+
+    def vllm_checked(name: str) -> Version | None:
+        release = factory.release(name)
+        spec = release.components.get("vllm")
+        if spec is None or spec.adopt:
+            return None
+        unchecked = checked.unchecked_archs("vllm", spec.version, spec.options, release.target.cuda_arch_list)
+        return None if unchecked else Version(spec.version)
+
+    candidates = {name: v for name in list_releases(factory.recipes_dirs) if (v := vllm_checked(name))}
+    newest = max(candidates.values())
+    assert candidates[DEFAULT_RELEASE] == newest == Version("0.33.0")
+    # of the releases on that vLLM, the one that builds every component from source (no adopted torch)
+    assert not any(s.adopt for s in factory.release(DEFAULT_RELEASE).components.values()
+                   if s.name in ("torch", "torchvision", "torchaudio"))
+    # and its plan runs no unchecked vLLM configure
+    assert all(not s.unchecked_archs for s in factory.plan(factory.release(DEFAULT_RELEASE)).steps)
