@@ -109,3 +109,61 @@ def test_remote_git_urls_are_probed_where_they_point():
     assert source_url(GitSource("git@github.com:NVIDIA/nccl.git", "v1"), "https://i") == "ssh://github.com"
     assert source_url(GitSource("https://github.com/NVIDIA/nccl.git", "v1"), "https://i") == \
         "https://github.com/NVIDIA/nccl.git"
+
+
+# -- vLLM's configure before torch's hours -----------------------------------------------------------
+
+class _FakeExecutor:
+    def __init__(self, runs: list, plan, options: dict, fail_until: bool):
+        self.runs, self.plan, self.options, self.fail_until = runs, plan, options, fail_until
+
+    def build(self):
+        self.runs.append((self.plan, self.options))
+        if self.options.get("until") and self.fail_until:
+            raise BuildError("[vllm] configure: 57 CUDA object(s) have no code a 12.1a device loads natively:\n"
+                             "  target  source  -gencode ...")
+        return []
+
+
+def _record_builds(monkeypatch, fail_until: bool = False) -> list:
+    runs: list = []
+    monkeypatch.setattr(Factory, "resolve_sources", lambda self, *a, **k: False)
+    monkeypatch.setattr(Factory, "executor", lambda self, plan, echo, **options: _FakeExecutor(
+        runs, plan, options | {"wheelhouse": self.wheelhouse_dir}, fail_until))
+    return runs
+
+
+def test_an_unchecked_vllm_is_configured_against_adopted_dependencies_before_torch_is_built(tmp_path, monkeypatch):
+    runs = _record_builds(monkeypatch)
+    r = invoke("--cache-dir", str(tmp_path / "c"), "--wheelhouse", str(tmp_path / "w"), "build", "--no-host-check",
+               "--release", "0.15.0-t4")
+    assert r.returncode == 0, r.stderr
+    (check, opts), (full, full_opts) = runs
+    assert opts["until"] == "configure" and opts["until_steps"] == ("vllm",)
+    assert opts["wheelhouse"] == tmp_path / "c" / "configure-check" / "0.15.0-t4" / "wheelhouse"
+    # the README's hand-made recipe: every dependency adopted from the index, vLLM built to configure
+    assert {s.component: (s.action, s.adopt) for s in check.steps} == {
+        "nccl": ("adopt", "nvidia-nccl-cu13==2.29.2"), "torch": ("adopt", "torch==2.10.0"),
+        "triton": ("adopt", "triton==3.5.1"), "flashinfer": ("adopt", "flashinfer-python==0.6.2"),
+        "vllm": ("build", None)}
+    assert full_opts.get("until") is None and full_opts["wheelhouse"] == tmp_path / "w"
+    assert [s.component for s in full.steps if s.action == "build"][:2] == ["nccl", "torch"]
+    assert "vllm 0.15.0's device code was never checked for 12.1a: configuring it first" in r.stderr
+
+
+def test_a_failed_configure_check_stops_before_torch(tmp_path, monkeypatch):
+    runs = _record_builds(monkeypatch, fail_until=True)
+    r = invoke("--cache-dir", str(tmp_path / "c"), "--wheelhouse", str(tmp_path / "w"), "build", "--no-host-check",
+               "--release", "0.15.0-t4")
+    assert r.returncode == 1 and len(runs) == 1 and "57 CUDA object(s)" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--release", "0.33.0-t5"],  # vLLM 0.33.0 was checked for 12.1a
+                                  ["--release", "0.15.0-t4", "--no-configure-check"],
+                                  ["--release", "0.15.0-t4", "vllm", "--until", "configure"]])
+def test_no_configure_check_when_checked_skipped_or_asked_for_by_hand(tmp_path, monkeypatch, args):
+    runs = _record_builds(monkeypatch)
+    r = invoke("--cache-dir", str(tmp_path / "c"), "--wheelhouse", str(tmp_path / "w"), "build", "--no-host-check",
+               *args)
+    assert r.returncode == 0, r.stderr
+    assert len(runs) == 1 and "configuring it first" not in r.stderr

@@ -16,6 +16,7 @@ import click
 from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
+from .configurefirst import ConfigureFirst, check_dir, configure_first
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
@@ -27,7 +28,7 @@ from .lock import lock_paths, lock_release
 from .plan import CACHED, Plan
 from .progress import QUIET, output_mode_set
 from .rebuild import components_to_rebuild
-from .release import list_releases
+from .release import Release, list_releases
 from .runner import Runner
 from .sources import check_transport
 from .toolkit import is_wheel_label, mismatch_warning
@@ -300,11 +301,15 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                    "the lock; only publishing waits.")
 @click.option("--pip", "use_pip", is_flag=True,
               help="Fill build venvs with pip instead of uv (slower; the same files).")
+@click.option("--no-configure-check", is_flag=True,
+              help="Do not configure a vLLM whose device code was never checked for the release's arch before "
+                   "building its dependencies (the check adopts them from the index, in a wheelhouse of its own).")
 @click.pass_obj
 def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
           source_dirs: tuple[str, ...], adopt: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool,
           until: str | None, python: str | None, verbose: bool, quiet: bool, rebuild: tuple[str, ...],
-          force: bool, no_host_check: bool, fresh: bool, wait: float | None, use_pip: bool) -> None:
+          force: bool, no_host_check: bool, fresh: bool, wait: float | None, use_pip: bool,
+          no_configure_check: bool) -> None:
     """Build TARGETS (default: the whole release) and their dependencies into the wheelhouse."""
     if quiet and verbose:
         raise InputError("--quiet and --verbose contradict each other; pass one of them")
@@ -329,6 +334,9 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
             if factory.resolve_sources(p, echo):
                 p = factory.plan(rel, targets, env, source_dirs, adopt)
                 forced = components_to_rebuild(p, rebuild, force, factory.recipes)
+        if not until and not no_configure_check and (first := configure_first(p, factory.recipes)):
+            _configure_first(factory, rel, first, env, source_dirs, adopt, echo, jobs=jobs, offline=offline,
+                             python=python, verbose=verbose, fresh=fresh, use_pip=use_pip)
         results = factory.executor(p, echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
                                    verbose=verbose, until=until, until_steps=tuple(targets), rebuild=forced,
                                    fresh=fresh, wait=wait, use_pip=use_pip).build()
@@ -339,6 +347,24 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")
+
+
+def _configure_first(factory: Factory, rel: Release, first: ConfigureFirst, env: tuple[str, ...],
+                     source_dirs: tuple[str, ...], adopt: tuple[str, ...], echo: Callable[[str], None],
+                     **options: object) -> None:
+    """Configure an unchecked step against its dependencies adopted from the index, in a wheelhouse of its
+    own, before the release's own builds: a device-code failure stops the build here (exit 1), with the table."""
+    s = first.step
+    echo(f"{s.component} {s.version}'s device code was never checked for {' '.join(s.unchecked_archs)}: configuring "
+         f"it first, against {', '.join(first.adopt.values())} from the index, before the builds of "
+         f"{', '.join(first.adopt)} (--no-configure-check skips this)")
+    where = check_dir(factory.cache_dir, rel.name)
+    checker = dataclasses.replace(factory, wheelhouse_dir=where / "wheelhouse")
+    # the user's --adopt after ours: a wheel given by hand wins
+    cp = checker.plan(rel, [s.component], env, source_dirs, (*first.adopt_options(), *adopt))
+    checker.executor(cp, echo, until="configure", until_steps=(s.component,), **options).build()
+    echo(f"{s.component} {s.version}: its configure's device code fits {' '.join(s.unchecked_archs)}; "
+         "building the release")
 
 
 def _say_lock_holder(holder: str) -> None:
