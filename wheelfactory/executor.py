@@ -49,6 +49,7 @@ from .stepbuild import (
 )
 from .toolkit import ToolkitCache, WheelToolkit, toolkits_dir
 from .wheelhouse import Wheelhouse
+from .wheelmeta import sha256_file
 
 __all__ = ["PHASES", "ExecOptions", "Executor", "StepResult", "StoppedAfter", "find_python"]
 
@@ -253,7 +254,8 @@ class Executor:
             with self.wheelhouse.lock(timeout=self.opts.wait, on_wait=waiting):
                 if forced:  # same key, maybe the same file name: the old build goes to attic/ first
                     self.wheelhouse.quarantine(sorted(n for n, e in self.wheelhouse.manifest().items()
-                                                      if e.get("key") == step.key))
+                                                      if e.get("key") == step.key),
+                                               same_as={sha256_file(w) for w in built.wheels})
                 published = self.wheelhouse.publish(built.wheels, built.origin | {
                     "component": step.component, "key": step.key, "inputs": step.key_inputs,
                     "log": str(log), "bytes_stripped": built.bytes_saved})
