@@ -720,20 +720,30 @@ def cache_list(factory: Factory) -> None:
               help="A release whose sources to keep besides the shipped and --recipes-dir ones (repeatable; "
                    "a release file kept elsewhere must be named here, or its sources are removed).")
 @click.option("--keep-sources", is_flag=True, help="Leave the source trees and archives alone.")
+@click.option("--keep-built-from", "built", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+              help="Also keep the sources the wheels of this wheelhouse (a directory or its manifest.json) or lock "
+                   "(locks/<release>.json) were built from (repeatable; the --wheelhouse in use always counts).")
 @click.pass_obj
-def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_sources: bool) -> None:
-    """Remove work trees, staged copies, superseded attic entries and the sources no known release
-    uses. What a running build holds is skipped with a message; published wheels are never touched."""
-    from .cachestore import CacheStore, fmt_bytes, sources_in_use
+def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_sources: bool,
+             built: tuple[Path, ...]) -> None:
+    """Remove work trees, staged copies, superseded attic entries and the sources that neither a known
+    release nor a wheel of the wheelhouse uses. What a running build holds is skipped with a message;
+    published wheels are never touched."""
+    from .cachestore import CacheStore, built_from, fmt_bytes, kept_by, sources_in_use
 
     for name in releases:
         factory.release(name)  # a --release that does not exist is bad input (exit 2), before anything goes
+    from_wheels = set().union(*(kept_by(p) for p in built))  # a bad PATH is bad input, before anything goes
     keep, note = None, "--keep-sources"
     if not keep_sources:
         names = list(dict.fromkeys([*list_releases(factory.recipes_dirs), *releases]))
         try:
             keep, planned = sources_in_use(factory, names)
-            _echo(f"sources kept: those of {len(planned)} release(s) ({', '.join(planned)})")
+            from_wheels |= built_from(factory.wheelhouse.manifest())
+            keep |= from_wheels
+            _echo(f"sources kept: those of {len(planned)} release(s) ({', '.join(planned)}) and the "
+                  f"{len(from_wheels)} the wheels of {factory.wheelhouse.root}"
+                  f"{' and --keep-built-from' if built else ''} were built from")
         except FactoryError as e:  # a release that cannot be planned here: its sources are unknown
             note = f"cannot tell which sources the releases use: {e}"
     store = CacheStore(factory.cache_dir, factory.wheelhouse)
