@@ -484,16 +484,22 @@ def _repack_from_python(factory: Factory, component: str, python: str, with_requ
               help="Resolve from the wheelhouse alone; download nothing.")
 @click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo pip's output as well as logging it.")
+@click.option("--refresh", is_flag=True, help="Resolve again although nothing the lock was made from changed "
+                                               "(newer versions of dependencies on the index).")
 @click.pass_obj
-def lock(factory: Factory, release: str, offline: bool, python: str | None, verbose: bool) -> None:
+def lock(factory: Factory, release: str, offline: bool, python: str | None, verbose: bool, refresh: bool) -> None:
     """Resolve the release's complete runtime closure into the wheelhouse and write its lock file."""
     rel = factory.release(release)
     p = factory.plan(rel)
     runner = Runner("lock", factory.cache_dir / "logs" / f"lock-{rel.name}.log", verbose=verbose)
     with factory.wheelhouse.lock(on_wait=_say_lock_holder):
         locked = lock_release(p, factory.wheelhouse, runner, find_python(rel.target.python, python),
-                              factory.index_url, offline=offline)
+                              factory.index_url, offline=offline, refresh=refresh)
     json_path, txt_path = lock_paths(factory.wheelhouse, rel.name)
+    if locked.up_to_date:
+        _echo(f"lock of {rel.name} up to date ({len(locked.packages)} packages; nothing it was made from changed): "
+              f"{txt_path}; --refresh resolves again")
+        return
     ours = sum(1 for pkg in locked.packages if pkg.component)
     _echo(f"locked {len(locked.packages)} packages ({ours} from the factory, {len(locked.packages) - ours} from "
           f"PyPI) -> {txt_path}")
