@@ -512,14 +512,17 @@ def lock(factory: Factory, release: str, offline: bool, python: str | None, verb
 @click.option("--verbose", "-v", is_flag=True, help="Echo pip's output as well as logging it.")
 @click.option("--pip", "use_pip", is_flag=True, help="Install with pip instead of uv (the default; pip when no "
                                                       "uv is found).")
+@click.option("--clear", is_flag=True, help="Replace a virtual environment already at PATH (as `python -m venv "
+                                            "--clear`; a directory that is not a venv is left alone).")
 @click.pass_obj
-def venv(factory: Factory, path: Path, release: str, python: str | None, verbose: bool, use_pip: bool) -> None:
+def venv(factory: Factory, path: Path, release: str, python: str | None, verbose: bool, use_pip: bool,
+         clear: bool) -> None:
     """Create a virtual environment at PATH from the release's lock, offline, and smoke-test it."""
     rel = factory.release(release)
     runner = Runner("venv", factory.cache_dir / "logs" / f"venv-{rel.name}.log", verbose=verbose)
     ran = create_venv(path.expanduser().absolute(), rel.name, factory.wheelhouse, factory.recipes,
                       find_python(rel.target.python, python), runner, use_uv=not use_pip,
-                      uv_cache=uv_cache_dir(factory.cache_dir))
+                      uv_cache=uv_cache_dir(factory.cache_dir), clear=clear)
     _echo(f"venv ready at {path} ({len(ran)} smoke check(s) and pip check passed); "
           f"activate with: source {path}/bin/activate")
 
