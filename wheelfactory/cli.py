@@ -26,7 +26,7 @@ from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
 from .lock import lock_paths, lock_release
 from .plan import CACHED, Plan
-from .progress import QUIET, output_mode_set
+from .progress import BOARD, QUIET, output_mode_set
 from .rebuild import components_to_rebuild
 from .release import Release, list_releases
 from .runner import Runner
@@ -41,7 +41,12 @@ ALLOW_INSECURE_INDEX = "--allow-insecure-index"
 
 
 def _echo(msg: str) -> None:
-    click.echo(msg, err=True)
+    # While live status rows are up (a build on a terminal), a message goes above them, never over
+    # them: the toolkit's download lines, a waiting lock, a step's summary.
+    if BOARD.active():
+        BOARD.print(msg)
+    else:
+        click.echo(msg, err=True)
 
 
 release_option = click.option("--release", "-r", default=DEFAULT_RELEASE, show_default=True,
