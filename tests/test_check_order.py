@@ -167,3 +167,23 @@ def test_no_configure_check_when_checked_skipped_or_asked_for_by_hand(tmp_path, 
                *args)
     assert r.returncode == 0, r.stderr
     assert len(runs) == 1 and "configuring it first" not in r.stderr
+
+
+def test_fetch_without_a_network_says_so_in_one_line_before_asking_any_remote(tmp_path, monkeypatch):
+    calls: list[str] = []
+    _offline_host(monkeypatch, calls)
+    monkeypatch.setattr(doctor, "Probe", lambda: probe(unreachable=_EveryUrl()))
+    monkeypatch.setattr("wheelfactory.cli._python_first", lambda *a: None)
+    r = invoke("--cache-dir", str(tmp_path / "c"), "fetch", "--release", "0.33.0-t5")
+    assert r.returncode == 2 and calls == []  # resolve_sources was never called
+    [line] = r.stderr.splitlines()
+    assert line.startswith("error: fetch: https://") and "does not answer (ConnectionError" in line
+
+
+def test_fetch_names_a_local_mirror_that_is_not_there(tmp_path, monkeypatch):
+    calls: list[str] = []
+    _offline_host(monkeypatch, calls)
+    monkeypatch.setattr(doctor, "Probe", lambda: probe(unreachable=_EveryUrl()))
+    monkeypatch.setattr("wheelfactory.cli._python_first", lambda *a: None)
+    r = invoke("--cache-dir", str(tmp_path / "c"), "fetch", "--release", str(_git_release(tmp_path, "/srv/m/nccl")))
+    assert r.returncode == 2 and calls == [] and "no git repository at /srv/m/nccl" in r.stderr

@@ -270,9 +270,15 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     """Resolve every git ref to a commit and every sdist to its sha256 (recorded in the cache; a moved
     tag is an error), and download every source and build requirement, so that `build --offline`
     needs no network."""
+    from .doctor import FAIL, Probe, check_remotes
+
     rel = factory.release(release)
     p = factory.plan(rel, targets, env, source_dirs, adopt)
     _python_first(p, python)
+    # One line for no network, before any remote is asked (not a git error per source).
+    if (net := check_remotes([s for s in p.steps if s.source or s.extra_sources], factory.index_url,
+                             Probe())).level == FAIL:
+        raise InputError(f"fetch: {net.message}")
     if factory.resolve_sources(p, _echo, refresh=True, accept_moved=accept_moved_tags):
         p = factory.plan(rel, targets, env, source_dirs, adopt)  # keyed by the commits and hashes just recorded
     factory.executor(p, _echo, python=python, verbose=verbose).fetch()

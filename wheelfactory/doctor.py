@@ -404,6 +404,22 @@ def check_network(steps: Sequence[Step], sources: SourceCache, index_url: str, o
     return Check("network", OK, f"to fetch: {names}; " + ("their hosts answer" if remote else "from local paths"))
 
 
+def check_remotes(steps: Sequence[Step], index_url: str, probe: Probe) -> Check:
+    """`fetch`'s network check, before it asks any remote: every place a source of the steps comes
+    from (cached or not: fetch asks each tag and sdist again) answers, and every local mirror is there."""
+    named = [src for s in steps for src in ([s.source] if s.source else []) + list(s.extra_sources.values())
+             if not isinstance(src, LocalSource)]
+    if absent := [str(repo) for src in named if (repo := local_repository(src)) is not None
+                  and not probe.exists(str(repo))]:
+        return Check("network", FAIL, f"no git repository at {', '.join(dict.fromkeys(absent))}: fix the source's "
+                                      "git = ... (a path or file:// URL of a clone or mirror)")
+    for url in dict.fromkeys(source_url(src, index_url) for src in named if local_repository(src) is None):
+        if (why := probe.reach(url)) is not None:
+            return Check("network", FAIL, f"{url} does not answer ({why}): fetch needs the network of every "
+                                          "source; run it where there is one and bring the cache")
+    return Check("network", OK, "every source's host answers")
+
+
 def steps_to_run(plan: Plan, rebuild: Iterable[str] = ()) -> list[Step]:
     """The plan's steps that will do work (not cached, or forced)."""
     forced = set(rebuild)
