@@ -76,7 +76,8 @@ def test_lock_and_venv_from_a_tool_install_with_only_the_console_script_on_path(
     if os.environ.get("WHEELFACTORY_UV_CACHE_DIR"):  # the module's uv cache, removed with it
         env["WHEELFACTORY_UV_CACHE_DIR"] = os.environ["WHEELFACTORY_UV_CACHE_DIR"]
     base = ["wheelfactory", "--wheelhouse", str(wheelhouse), "--cache-dir", str(cache)]
-    r = subprocess.run([*base, "lock", "--offline", "--python", str(python), "-r", str(CI_RELEASES / "ci.toml")],
+    r = subprocess.run([*base, "lock", "--offline", "--refresh", "--python", str(python), "-r",
+                        str(CI_RELEASES / "ci.toml")],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "locked" in r.stderr and "from the factory" in r.stderr
