@@ -21,6 +21,7 @@ from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
 from .globalopts import AFTER_COMMAND, GlobalOptionsGroup, accept_after_subcommand, show_envvars
+from .grammar import check_git_ref, check_git_url, check_path_length, check_release_name, check_version_text
 from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
@@ -30,8 +31,8 @@ from .progress import BOARD, QUIET, output_mode_set
 from .rebuild import components_to_rebuild
 from .release import Release, list_releases
 from .runner import Runner
-from .sources import check_transport
 from .toolkit import is_wheel_label, mismatch_warning
+from .transport import INDEX_SCHEMES, check_url
 from .venv import create_venv
 
 # No auto_envvar_prefix: the environment variables are the ones declared on options (and shown in
@@ -136,7 +137,10 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
     # the flag counts after the command's name as well (see globalopts.py)
     allowed = allow_insecure_index or ALLOW_INSECURE_INDEX in ctx.meta.get(AFTER_COMMAND, ())
     ctx.meta[ALLOW_INSECURE_INDEX] = allowed
-    check_transport(index_url, allowed, "--index-url", "pass --allow-insecure-index")
+    index_url = check_url(index_url, allowed, "--index-url", "pass --allow-insecure-index", INDEX_SCHEMES)
+    for option, path in (("--wheelhouse", wheelhouse), ("--cache-dir", cache_dir), ("--recipes-dir", recipes_dir)):
+        if path is not None:
+            check_path_length(path.expanduser(), option)
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
                       wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
@@ -644,6 +648,16 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
                    force: bool, dry_run: bool, data_only: bool) -> None:
     """Derive a release of vLLM VERSION and its recipe data from upstream, printing every value with
     its source; writes recipes/releases/<name>.toml and appends to recipes/data/*.toml."""
+    # Each value becomes a file name, TOML text or a git argument: checked like a release's own.
+    for option, version in (("--vllm", vllm_version), ("--cuda", cuda), ("--nccl", nccl)):
+        if version is not None:
+            check_version_text(version, option)
+    if name:
+        check_release_name(name, "--name")
+    if ref:
+        check_git_ref(ref, "--ref")
+    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
+        check_git_url(url, option)
     from .derive import Request, derive, plan_writes
     from .release import releases_dir
 
@@ -795,16 +809,16 @@ def release_schema_cmd(factory: Factory) -> None:
 cli.add_command(images)
 
 
-def _late_path(attr: str):
+def _late_path(attr: str, option: str):
     def apply(ctx: click.Context, value: Path) -> None:
+        check_path_length(value.expanduser(), option)
         setattr(ctx.find_object(Factory), attr, value.expanduser().absolute())
     return apply
 
 
 def _late_index_url(ctx: click.Context, value: str) -> None:
-    check_transport(value, ctx.find_root().meta.get(ALLOW_INSECURE_INDEX, False), "--index-url",
-                    "pass --allow-insecure-index")
-    ctx.find_object(Factory).index_url = value
+    ctx.find_object(Factory).index_url = check_url(value, ctx.find_root().meta.get(ALLOW_INSECURE_INDEX, False),
+                                                   "--index-url", "pass --allow-insecure-index", INDEX_SCHEMES)
 
 
 def _late_allow_insecure(ctx: click.Context, value: bool) -> None:
@@ -813,8 +827,9 @@ def _late_allow_insecure(ctx: click.Context, value: bool) -> None:
 
 # Last, once every command is declared: the group's options after any subcommand too, and every
 # environment variable in --help.
-accept_after_subcommand(cli, {"wheelhouse": _late_path("wheelhouse_dir"), "cache_dir": _late_path("cache_dir"),
-                              "recipes_dir": _late_path("recipes_dir"), "index_url": _late_index_url,
+accept_after_subcommand(cli, {"wheelhouse": _late_path("wheelhouse_dir", "--wheelhouse"),
+                              "cache_dir": _late_path("cache_dir", "--cache-dir"),
+                              "recipes_dir": _late_path("recipes_dir", "--recipes-dir"), "index_url": _late_index_url,
                               "allow_insecure_index": _late_allow_insecure})
 show_envvars(cli)
 
