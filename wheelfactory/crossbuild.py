@@ -166,6 +166,9 @@ class CrossToolchain:
             "CUDA_HOME": root, "CUDA_PATH": root, "CUDACXX": str(self.nvcc), "CUDAToolkit_ROOT": root,
             "CUDA_TOOLKIT_ROOT_DIR": root,
             "WHEELFACTORY_CROSS_TARGET": self.machine,
+            # sysconfig.get_platform() answers this (CPython's own cross-build convention), so
+            # setuptools' bdist_wheel tags a wheel with compiled code linux_<target>, not this host's.
+            "_PYTHON_HOST_PLATFORM": f"linux-{self.machine}",
         }
 
 
