@@ -361,6 +361,8 @@ def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset
 @release_option
 @targets_argument
 @system_cuda_option
+@cross_option
+@target_cuda_option
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.pass_obj
 def doctor(factory: Factory, release: str, targets: tuple[str, ...], python: str | None) -> None:
