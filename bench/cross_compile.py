@@ -95,8 +95,9 @@ def compile_once(nvcc: Path, cxx: str, src: Path, work: Path) -> dict[str, float
     for p in (obj, times):
         p.unlink(missing_ok=True)
     started = time.perf_counter()
-    subprocess.run([str(nvcc), "-ccbin", cxx, *GENCODE, "-Xcompiler", "-fPIC", "-time", str(times), "-c", str(src),
-                    "-o", str(obj)], check=True, capture_output=True)
+    # NCCL_VERSION_CODE: what the stand-in's Makefile defines (2.29.2); the other sources ignore it.
+    subprocess.run([str(nvcc), "-ccbin", cxx, *GENCODE, "-Xcompiler", "-fPIC", "-DNCCL_VERSION_CODE=22902", "-time",
+                    str(times), "-c", str(src), "-o", str(obj)], check=True, capture_output=True)
     wall = time.perf_counter() - started
     machine = subprocess.run(["file", "-b", str(obj)], capture_output=True, text=True).stdout.split(",")[1].strip()
     return {"wall": wall, **phases(times), "machine": machine}  # type: ignore[dict-item]
@@ -119,14 +120,14 @@ def make_nccl(cuda_home: Path, cxx: str, work: Path) -> float:
     return time.perf_counter() - started
 
 
-def target_cuda(cuda_minor: str, cache: Path) -> tuple[Path, float]:
+def target_cuda(cuda_minor: str, cache: Path, work: Path) -> tuple[Path, float]:
     """NVIDIA's aarch64 cudart wheel of the host nvcc's CUDA, as a target root; and the download time."""
     pins = load_toolkit(REPO / "recipes" / "data" / "cuda_wheels.toml", cuda_minor, "linux_aarch64")
     pin = pins.pin("nvidia-cuda-runtime")
     started = time.perf_counter()
     [wheel] = ToolkitCache(cache).fetch(WheelToolkit(cuda_minor, "aarch64", (pin,)))
     seconds = time.perf_counter() - started
-    root = cache / "aarch64-cudart"
+    root = work / "aarch64-cudart"
     if not root.exists():
         unpack_wheel(wheel, root)
         for link, target in unversioned_links(p.name for p in (root / "lib64").iterdir()).items():
@@ -138,6 +139,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--toolkits", type=Path, help="a toolkit cache directory (wheels/<sha256>-<file>.whl) that "
+                    "already holds the aarch64 cudart wheel: for a machine without network")
     args = ap.parse_args()
     cuda_home = find_cuda_home()
     if cuda_home is None or shutil.which("aarch64-linux-gnu-g++") is None:
@@ -145,7 +148,7 @@ def main() -> None:
     nvcc_release = toolkit_version(cuda_home)
     with tempfile.TemporaryDirectory(prefix="wf-cross-bench-") as tmp:
         work = Path(tmp)
-        target, download_s = target_cuda(nvcc_release, work / "toolkits")
+        target, download_s = target_cuda(nvcc_release, args.toolkits or work / "toolkits", work)
         toolchain, _ = prepare_toolchain(Path(cuda_home), target, work, "aarch64")
         (work / "synthetic-templates.cu").write_text(SYNTHETIC)
         objects = {"nccl-standin": FIXTURES / "nccl-standin" / "src" / "collectives.cu",
