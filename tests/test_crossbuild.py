@@ -113,10 +113,24 @@ def test_emulated_steps_stop_a_cross_build_before_any_work(tmp_path):
     plan = f.plan(f.release("0.33.0-t5"), ["vllm"])
     with pytest.raises(InputError) as e:
         f.executor(plan, echo=lambda s: None)
-    message = str(e.value)
-    assert message.startswith("torch, flashinfer cannot cross-compile for linux_aarch64")
-    assert crossbuild.NATIVE_ONLY["torch"] in message
-    assert "--adopt" in message
+    emulated, vllm = str(e.value).splitlines()
+    assert emulated.startswith("torch, flashinfer cannot cross-compile for linux_aarch64")
+    assert crossbuild.NATIVE_ONLY["torch"] in emulated
+    assert "--adopt" in emulated
+    assert vllm.startswith("vllm cross-compiles its kernels, and its build also needs the linux_aarch64 wheels of "
+                           "torch in its build venv")
+
+
+def test_a_cross_step_without_target_dependencies_runs(tmp_path):
+    """NCCL alone passes the checks (its recipe cross-compiles and its build venv needs no target wheels);
+    with torch adopted, vLLM still stops: its build needs the target's torch, and so does FlashInfer's."""
+    f = _x86_factory(tmp_path, cross=True)
+    assert crossbuild.cross_blockers(f.plan(f.release("0.33.0-t5"), ["nccl"]).steps, "linux_aarch64") == []
+    plan = f.plan(f.release("0.33.0-t5-fast"), ["vllm"])
+    assert {s.component: s.mode for s in plan.steps} == {"nccl": CROSS, "torch": None, "triton": None,
+                                                         "flashinfer": EMULATED, "vllm": CROSS}
+    blockers = crossbuild.cross_blockers(plan.steps, plan.target.platform)
+    assert [b.split(" ", 1)[0] for b in blockers] == ["flashinfer", "vllm"]
 
 
 class _X86Factory(Factory):

@@ -16,7 +16,7 @@ import click
 from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
-from .crossbuild import EMULATED, NATIVE_ONLY
+from .crossbuild import CROSS, EMULATED, NATIVE_ONLY
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
@@ -197,6 +197,9 @@ def _print_plan(plan: Plan) -> None:
         click.echo(f"{i:>2}. {s.action:<6} {mode} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
         if s.mode == EMULATED:
             click.echo(f"      emulated: {NATIVE_ONLY.get(s.component, 'its recipe does not declare CROSS')}")
+        elif s.mode == CROSS and s.build_with:
+            click.echo(f"      cross: its build venv also needs the target's {', '.join(s.build_with)} wheels "
+                       "(imported by its build): not wired yet, a cross build stops before it")
         if s.unresolved:
             # Keyed by name until fetch records the commit or sha256; the key changes then.
             click.echo(f"      unresolved: run fetch (keyed by name until fetch records the commit or sha256 of: "

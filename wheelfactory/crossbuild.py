@@ -29,9 +29,10 @@ starts (vLLM's setup.py runs its own) use it.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 from .toolkit import ToolkitCache, WheelToolkit
@@ -249,6 +250,26 @@ def emulated_steps_message(components: list[str], platform: str) -> str:
             "they run emulated. Build them natively (on the target, or in the emulated aarch64 build environment), "
             "adopt them (--adopt COMPONENT=WHEEL), or cross-build only the others (name them as targets)")
 
+
+def cross_with_target_deps_message(component: str, deps: tuple[str, ...], platform: str) -> str:
+    """Why a cross step whose build venv needs the target's dependency wheels stops (vLLM: torch)."""
+    return (f"{component} cross-compiles its kernels, and its build also needs the {platform} wheels of "
+            f"{', '.join(deps)} in its build venv, which this host can neither install nor import (vLLM's CMake "
+            f"imports torch for its CMake prefix and flags): that part must run emulated and is not wired yet. "
+            f"Build {component} natively on the target or in the emulated aarch64 build environment")
+
+
+def cross_blockers(steps: Iterable[Any], platform: str) -> list[str]:
+    """What stops a cross build before any work: steps that run emulated, and cross steps that need
+    the target's dependency wheels in their build venv. Empty: every building step can run here."""
+    building = [s for s in steps if s.action == "build"]
+    out = []
+    emulated = [s.component for s in building if s.mode == EMULATED]
+    if emulated:
+        out.append(emulated_steps_message(emulated, platform))
+    out += [cross_with_target_deps_message(s.component, s.build_with, platform)
+            for s in building if s.mode == CROSS and s.build_with]
+    return out
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .crossbuild import EMULATED, CrossSetup, check_target_machine, emulated_steps_message, machine_of
+from .crossbuild import CrossSetup, check_target_machine, cross_blockers, machine_of
 from .errors import BuildError, InputError
 from .executor import ExecOptions, Executor
 from .fetch import SourceCache
 from .host import Host, detect_host
 from .installer import Installer
-from .plan import BUILD, BuildHost, Plan, PlanOptions, make_target, plan_release
+from .plan import BuildHost, Plan, PlanOptions, make_target, plan_release
 from .recipe import LoadedRecipe, load_recipes
 from .release import Release, load_release
 from .runner import Runner
@@ -221,9 +221,8 @@ class Factory:
         toolkit = self.toolkit(plan.release)
         if toolkit is None and (warning := mismatch_warning(plan.target.cuda, self.host.toolkit)):
             echo(warning)  # before anything is fetched or built
-        emulated = [s.component for s in plan.steps if s.mode == EMULATED and s.action == BUILD]
-        if emulated:
-            raise InputError(emulated_steps_message(emulated, plan.target.platform))
+        if blockers := cross_blockers(plan.steps, plan.target.platform):
+            raise InputError("\n".join(blockers))
         return Executor(plan, self.wheelhouse, self.recipes, self.host,
                         ExecOptions(cache_dir=self.cache_dir, index_url=self.index_url, verify=self.verify, **options),  # type: ignore[arg-type]
                         echo, toolkit=toolkit, installer=installer, cross=self.cross_setup(plan.release))
