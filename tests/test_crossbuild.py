@@ -263,3 +263,15 @@ def test_host_check_for_the_cross_compilers(tmp_path):
     assert check.level == OK
     native = _x86_factory(tmp_path).plan(_x86_factory(tmp_path).release("0.33.0-t5"), ["nccl"])
     assert check_cross(list(native.steps), "x86_64", none) == []
+
+
+def test_build_cli_stops_before_any_work(tmp_path, monkeypatch):
+    """Exit 2 naming the steps, before a source is resolved or anything is downloaded (the fast tier
+    refuses network and processes, so reaching either would fail this test)."""
+    monkeypatch.setattr(wheelfactory.cli, "Factory", _X86Factory)
+    r = invoke("--cache-dir", str(tmp_path / "c"), "--wheelhouse", str(tmp_path / "w"), "build", "--release",
+               "0.33.0-t5", "--cross", "vllm")
+    assert r.returncode == 2
+    assert "torch, flashinfer cannot cross-compile for linux_aarch64" in r.stderr
+    assert "vllm cross-compiles its kernels" in r.stderr
+    assert not (tmp_path / "c" / "logs" / "resolve.log").exists()  # no source was resolved

@@ -16,7 +16,7 @@ import click
 from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
-from .crossbuild import CROSS, EMULATED, NATIVE_ONLY
+from .crossbuild import CROSS, EMULATED, NATIVE_ONLY, cross_blockers
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
@@ -301,6 +301,8 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                          f"{until}` (their dependencies are built in full first)")
     rel = factory.release(release)
     p = factory.plan(rel, targets, env, source_dirs, adopt)
+    if blockers := cross_blockers(p.steps, p.target.platform):  # before any remote is asked anything
+        raise InputError("\n".join(blockers))
     with output_mode_set(QUIET if quiet else None):  # every runner's status line: none with --quiet
         if not offline and any(s.unresolved for s in p.steps):
             # A source never fetched is resolved first, so that the wheels are keyed by its content.
