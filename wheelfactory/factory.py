@@ -13,6 +13,7 @@ from .crossbuild import CrossSetup, check_target_machine, cross_blockers, machin
 from .errors import BuildError, InputError
 from .executor import ExecOptions, Executor
 from .fetch import SourceCache
+from .grammar import check_env_key, check_env_value
 from .host import Host, detect_host
 from .installer import Installer
 from .plan import BuildHost, Plan, PlanOptions, make_target, plan_release
@@ -64,7 +65,8 @@ def parse_env_options(values: Sequence[str]) -> dict[str, dict[str, str]]:
         if not sep or not eq or not comp or not key:
             raise InputError(f"--env {value!r}: expected COMPONENT:KEY=VALUE, e.g. "
                              "--env 'nccl:ONLY_FUNCS=AllReduce Sum f32 RING SIMPLE|SendRecv'")
-        out.setdefault(comp, {})[key] = val
+        check_env_key(key, f"--env {value!r}")
+        out.setdefault(comp, {})[key] = check_env_value(val, f"--env {comp}:{key}")
     return out
 
 
