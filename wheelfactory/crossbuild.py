@@ -231,7 +231,7 @@ def prepare_toolchain(host_cuda: Path, target_cuda: Path, work: Path, machine: s
     return toolchain, toolchain_file
 
 
-def missing_cross_tools(machine: str, which=shutil.which) -> list[str]:
+def missing_cross_tools(machine: str, which: Callable[[str], str | None] = shutil.which) -> list[str]:
     """The cross compilers a cross step for machine needs and this host lacks."""
     triplet = TRIPLETS[machine]
     return [tool for tool in (f"{triplet}-gcc", f"{triplet}-g++", f"{triplet}-strip") if which(tool) is None]
