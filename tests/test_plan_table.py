@@ -31,11 +31,11 @@ def test_plan_has_a_header_and_a_version_column_as_wide_as_0_7_2_post1(tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     header = next(line for line in lines if "component" in line)
-    assert header.split() == ["#", "action", "component", "version", "key", "source"]
+    assert header.split() == ["#", "action", "mode", "component", "version", "key", "source"]
     fi = next(line for line in lines if " flashinfer " in line)
     nccl = next(line for line in lines if " nccl " in line)
     # the key column starts at the same place on every row: nothing overflows into it
-    assert fi.index(fi.split()[4]) == nccl.index(nccl.split()[4]) == header.index("key")
+    assert fi.index(fi.split()[5]) == nccl.index(nccl.split()[5]) == header.index("key")
     assert "0.7.2.post1  " in fi
 
 
