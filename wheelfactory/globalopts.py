@@ -26,7 +26,13 @@ def _copy(option: click.Option, apply: Apply) -> click.Option:
     """A hidden copy of a group option, for a subcommand, that applies its value when typed there."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
-        if param.name is not None and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+        if param.name is None:
+            return
+        source = ctx.get_parameter_source(param.name)
+        # click before 8.5 records no source for an option with expose_value=False: there, a value
+        # other than "not given" (None, an unset flag, an empty multiple) can only come from the
+        # command line, since the copy has no default and no environment variable.
+        if source is ParameterSource.COMMANDLINE or (source is None and value not in (None, False, ())):
             apply(ctx, value)
 
     return click.Option(option.opts, type=option.type, is_flag=option.is_flag, multiple=option.multiple,
