@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import BuildError
+from .errors import BuildError, InputError
 from .interrupt import file_lock
 from .runner import Runner
 from .wheelmeta import read_wheel, sha256_file
@@ -32,13 +32,25 @@ BASE_BUILD_REQUIRES = ("build", "wheel", "setuptools")
 
 
 def find_uv() -> str | None:
-    """uv's binary: the one the uv package (a dependency) installed, else a uv on PATH, else None."""
+    """uv's binary as the uv package (a dependency) installed it beside this Python, or None.
+
+    Never a `uv` from PATH: in a tool install (pipx, `uv tool install`) only `wheelfactory` is on
+    PATH, and a uv found there would be some other version than the one the factory depends on."""
     try:
         from uv import find_uv_bin
 
         return find_uv_bin()
     except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
+        return None
+
+
+def require_uv() -> str:
+    """uv's binary for the commands that need uv itself (`lock`'s resolution), or InputError."""
+    uv = find_uv()
+    if uv is None:
+        raise InputError("the uv package's binary is not installed beside this wheelfactory (a dependency); "
+                         "reinstall wheelfactory (pip install ., pipx install ., uv tool install .)")
+    return uv
 
 
 class Installer(Protocol):
@@ -59,7 +71,7 @@ class PipInstaller:
     def install(self, runner: Runner, python: Path, requirements: Sequence[str], find_links: Sequence[Path],
                 env: Mapping[str, str]) -> None:
         links = [a for d in find_links for a in ("--find-links", str(d))]
-        runner.run([python, "-m", "pip", "install", "-q", "--no-index", *links, *requirements], env=env)
+        runner.run([python, "-m", "pip", "install", "-q", "--no-index", *links, "--", *requirements], env=env)
 
 
 class UvInstaller:
@@ -77,7 +89,7 @@ class UvInstaller:
                 env: Mapping[str, str]) -> None:
         links = [a for d in find_links for a in ("--find-links", str(d))]
         runner.run([self.uv, "pip", "install", "--no-config", "--quiet", "--python", python, "--no-index",
-                    "--cache-dir", self.cache, "--link-mode", "hardlink", *links, *requirements], env=env)
+                    "--cache-dir", self.cache, "--link-mode", "hardlink", *links, "--", *requirements], env=env)
 
 
 def uv_cache_dir(cache_dir: Path) -> Path:
@@ -103,8 +115,8 @@ def download(runner: Runner, python: str, requirements: Sequence[str], pydeps: P
     try:
         with file_lock(pydeps.parent / f"{pydeps.name}.lock", on_wait=lambda holder: runner.note(
                 f"waiting for {pydeps}: another download is filling it ({holder})")):
-            runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", fresh,
-                        "--find-links", wheelhouse, "--find-links", pydeps, "--index-url", index_url, *requirements])
+            runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", fresh, "--find-links",
+                        wheelhouse, "--find-links", pydeps, "--index-url", index_url, "--", *requirements])
             # pip copies local wheels it was given into -d; the wheelhouse stays their only home.
             for name in list(local_names) + [Path(r).name for r in requirements if r.endswith(".whl")]:
                 (fresh / name).unlink(missing_ok=True)

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,9 +275,10 @@ class Wheelhouse:
             replaces = any(_same_slot(old, info) for info in infos for old in manifest.values())
             with self._no_readers() if replaces else contextlib.nullcontext(), deferred_signals():
                 for info, tmp in staged:
+                    incoming_sha = sha256_file(tmp)
                     for name, old in list(manifest.items()):
                         if _same_slot(old, info) and (name != info.path.name or old.get("key") != entry.get("key")):
-                            self._to_attic(name)
+                            self._to_attic(name, same_as={incoming_sha})
                             del manifest[name]
                     final = self.root / info.path.name
                     os.replace(tmp, final)
@@ -321,19 +322,30 @@ class Wheelhouse:
             (echo or (lambda line: print(line, file=sys.stderr)))(f"wheelhouse {self.root}: {note}")
         return notes
 
-    def _to_attic(self, name: str) -> Path | None:
+    def _to_attic(self, name: str, same_as: Collection[str] = ()) -> Path | None:
         """Move a wheel the manifest names to attic/ (its name checked first: names are not paths)."""
         check_wheel_name(name, f"{self.root}: moving to attic/", "restore the manifest or remove the wheelhouse")
-        return self._move_to_attic(name)
+        return self._move_to_attic(name, same_as)
 
-    def _move_to_attic(self, name: str) -> Path | None:
-        """Move the wheelhouse's top-level file `name` (a directory entry, or a checked name) to attic/."""
+    def _move_to_attic(self, name: str, same_as: Collection[str] = ()) -> Path | None:
+        """Move the top-level file `name` (a directory entry, or a checked name) out of the way into
+        attic/, keeping one copy of any bytes: a wheel whose sha256 is in `same_as` (the bytes
+        replacing it: a rebuild that gave a byte-identical wheel) or that the attic already holds
+        is removed instead. Returns where its bytes are kept, or None."""
         src = self.root / name
         if src.exists() or src.is_symlink():
             attic = self.root / "attic"
             if attic.is_symlink() or (attic.exists() and not attic.is_dir()):
                 raise InputError(f"{attic}: not a directory of the wheelhouse (a symbolic link or a file); "
                                  "remove it")
+            digest = sha256_file(src)
+            if digest in same_as:
+                src.unlink()
+                return None
+            for kept in [attic / name, *attic.glob(f"*-{name}")] if attic.is_dir() else []:
+                if kept.is_file() and kept.stat().st_size == src.stat().st_size and sha256_file(kept) == digest:
+                    src.unlink()
+                    return kept
             attic.mkdir(exist_ok=True)
             dest = attic / name
             stamp = time.strftime('%Y%m%dT%H%M%S')
@@ -345,12 +357,13 @@ class Wheelhouse:
             return dest
         return None
 
-    def quarantine(self, names: list[str]) -> list[Path]:
+    def quarantine(self, names: list[str], same_as: Collection[str] = ()) -> list[Path]:
         """Move wheels that no longer match the manifest to attic/ (kept for inspection, never
-        deleted) and drop their entries, so the step builds again; caller holds the lock."""
+        deleted, but never a second copy of the same bytes, nor a copy of bytes in `same_as`: the
+        wheels of a rebuild about to replace them) and drop their entries; caller holds the lock."""
         manifest = self.manifest()
         with self._no_readers():
-            moved = [dest for name in names if (dest := self._to_attic(name)) is not None]
+            moved = [dest for name in names if (dest := self._to_attic(name, same_as)) is not None]
         for name in names:
             manifest.pop(name, None)
         self._write_manifest(manifest)
