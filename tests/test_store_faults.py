@@ -145,3 +145,17 @@ def test_a_source_dir_that_is_a_file_says_so(tmp_path):
     r = invoke("--cache-dir", str(tmp_path / "c"), "plan", "--source-dir", f"nccl={tmp_path / 'passwd'}", "nccl")
     assert r.returncode == 2
     assert f"{tmp_path / 'passwd'}' is a file, not a directory" in r.stderr
+
+
+def test_a_full_disk_outside_any_step_is_a_message_not_a_traceback(tmp_path, monkeypatch):
+    import errno
+
+    from wheelfactory.wheelhouse import Wheelhouse
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "manifest.json"))
+    monkeypatch.setattr(Wheelhouse, "manifest", full)
+    r = invoke("--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"), "list")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.endswith(f"error: no space left on the device writing {tmp_path / 'wh' / 'manifest.json'}; "
+                             "free some space and run again\n")
