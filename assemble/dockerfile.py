@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from .bases import BaseImage
 from .spec import VENV, ImageSpec, jit_root_links
 
+IMAGE_FILES = "/opt/wheelfactory"  # the image's own checks (assemble/imagefiles), copied from the context
+
 # pip flags of every wheel layer:
 #   --no-index --find-links  the layer's own bind-mounted wheels, never an index
 #   --require-hashes --no-deps  exactly the locked files (the lock is the resolution)
@@ -114,6 +116,10 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
             f"FROM {base.ref}", ""]
     out += _provision(spec, base)
     out += _system_libraries(base, system)
+    # Before the wheel layers, so that the size report's layers stay the last ones; these few
+    # files change rarely (a change rebuilds the wheel layers).
+    out += ["# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile",
+            f"COPY imagefiles/ {IMAGE_FILES}/", ""]
     out += _venv(spec, base)
     for name, about in layers:
         out += [f"# {name}: {about}",
@@ -122,6 +128,13 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
     env = {"VIRTUAL_ENV": VENV, "PATH": f"{VENV}/bin:$PATH"} | env
     out.append("ENV " + _continued([f"{k}={_quote(v)}" for k, v in env.items()]))
     out.append("")
+    if spec.entrypoint:
+        # -I: the gate runs on the standard library alone, whatever PYTHON* variables a user sets.
+        # `docker run IMAGE` serves (vllm serve); options alone go to vllm serve; any other command
+        # runs after the check; --entrypoint replaces the check (README: Images).
+        out += ["# check the host's NVIDIA driver against the image's CUDA, then run the command",
+                f'ENTRYPOINT ["{VENV}/bin/python", "-I", "{IMAGE_FILES}/entrypoint.py"]',
+                'CMD ["vllm", "serve"]', ""]
     # Build-time values come last: a new date or revision must not invalidate any cached layer.
     out += [f"ARG {arg}" for arg in sorted(set(spec.arg_labels.values()))]
     labels = {k: v for k, v in spec.labels.items()} | {k: "${" + a + "}" for k, a in spec.arg_labels.items()}

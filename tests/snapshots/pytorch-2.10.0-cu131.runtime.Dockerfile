@@ -9,6 +9,9 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
+# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile
+COPY imagefiles/ /opt/wheelfactory/
+
 # the venv every layer installs into; the base's python must be the one the wheels are for
 RUN /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' && /usr/bin/python3 -m venv /opt/venv
 
@@ -36,6 +39,8 @@ ARG WF_TORCHVISION_BUILD_KEY
 ARG WF_TORCH_BUILD_KEY
 LABEL dev.wheelfactory.release="pytorch-2.10.0-cu131" \
     dev.wheelfactory.cuda_version="13.1.0" \
+    dev.wheelfactory.min_driver="580" \
+    dev.wheelfactory.ptx_driver="590.44.01" \
     dev.wheelfactory.nccl_version="2.29.2-1" \
     dev.wheelfactory.torch_version="2.10.0" \
     dev.wheelfactory.torchvision_version="0.25.0" \
