@@ -7,6 +7,7 @@ refused before any engine runs.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import subprocess
 import tempfile
@@ -30,7 +31,7 @@ from .bases import BaseImage, find_base, incompatible_wheels, load_bases
 from .closure import ClosureReport, check_tar
 from .context import write_context
 from .docker import Docker
-from .dockerfile import render_dockerfile
+from .dockerfile import IMAGE_FILES, render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
 from .report import SizeReport, measure
 from .spec import ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
@@ -52,6 +53,7 @@ class Prepared:
     # (python package, why, system package names) installed before the venv (system_libraries.toml)
     system: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     preview: bool = False  # written from the release's pins without a lock: not buildable
+    triton: str | None = None  # the locked Triton version: the image's smoke test compiles a kernel with it
 
     @property
     def run_names(self) -> list[str]:
@@ -174,8 +176,9 @@ class Assembler:
             dockerfile = out / f"{spec.name}.Dockerfile"
             atomic_write_text(dockerfile, render_dockerfile(spec, base, [(x.name, x.group.about) for x in layers],
                                                             system=system))
+            triton = next((x.version for x in lock.packages if x.name == "triton"), None)
             prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log",
-                                     system=system))
+                                     system=system, triton=triton))
         bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
         return prepared
@@ -255,6 +258,24 @@ class Assembler:
             report = check_tar(tar, env, variants=variant_sets())
         p.timings["closure_s"] = time.monotonic() - started
         return report
+
+    def check_triton(self, p: Prepared) -> dict | None:
+        """The image's Triton compiles a kernel ahead of time for sm_121a with the ptxas its environment
+        names (imagefiles/triton_aot_check.py, no GPU needed); None when the image has no Triton."""
+        if p.triton is None:
+            return None
+        argv = ["python", f"{IMAGE_FILES}/triton_aot_check.py", "--capability", "121"]
+        # the toolkit wheels' ptxas, when the image has them: Triton must use it, not its bundled one
+        ptxas = p.spec.env.get("TRITON_PTXAS_BLACKWELL_PATH") or p.spec.env.get("TRITON_PTXAS_PATH")
+        if ptxas:
+            argv += ["--expect-ptxas", ptxas]
+        started = time.monotonic()
+        r = self.docker.run(p.spec.ref(self.settings.registry), argv)
+        p.timings["triton_s"] = time.monotonic() - started
+        try:
+            return json.loads(r.stdout.splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            return {"ok": False, "error": f"the check did not run (exit {r.returncode}): {r.stderr.strip()[-2000:]}"}
 
     def sibling(self, p: Prepared) -> str | None:
         """An image of the same repository and vLLM version with other transformers (another major first)."""

@@ -43,3 +43,23 @@ def test_cubin_note_names_arch_and_ptxas(name: str, arch: str) -> None:
 def test_cubin_note_refuses_what_is_no_cubin() -> None:
     with pytest.raises(ValueError, match="not a 64-bit"):
         cubin_toolkit_note(b"\x7fELF\x01" + bytes(60))
+
+
+def test_venv_pth_points_triton_at_the_toolkit_unless_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wheelfactory.venv import PTH_NAME, TRITON_CHECK, point_triton_at_toolkit
+
+    assert TRITON_CHECK.is_file()
+    assert point_triton_at_toolkit(tmp_path, "3.8.0") is None  # no toolkit wheels: nothing written
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    ptxas = site / "nvidia" / "cu13" / "bin" / "ptxas"
+    ptxas.parent.mkdir(parents=True)
+    ptxas.write_text("")
+    assert point_triton_at_toolkit(tmp_path, "3.8.0") == ptxas
+    line = (site / PTH_NAME).read_text()
+    assert line.startswith("import ")  # site.py runs only .pth lines that start with import
+    monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
+    monkeypatch.setenv("TRITON_PTXAS_BLACKWELL_PATH", "/mine/ptxas")
+    exec(line, {})
+    import os
+    assert os.environ["TRITON_PTXAS_PATH"] == str(ptxas)
+    assert os.environ["TRITON_PTXAS_BLACKWELL_PATH"] == "/mine/ptxas"  # the user's own wins

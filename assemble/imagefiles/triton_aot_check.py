@@ -1,7 +1,8 @@
 """Compile a real Triton kernel ahead of time for the DGX Spark (GB10, sm_121a), with no GPU.
 
 Runs with only Triton installed (in an image, a venv, a CI job): `python triton_aot_check.py
-[--expect-ptxas PATH] [--capability 121]`. It prints one JSON object and exits 0 when Triton
+[--expect-ptxas PATH] [--capability 121]`. It prints one JSON object (stdout's last line; what
+Triton prints goes to stderr) and exits 0 when Triton
 produced a cubin for the target, compiled by the ptxas it was pointed at; 1 otherwise, with the
 error. Triton compiles for a given GPUTarget without a driver: `triton.compile` with an ASTSource
 only runs LLVM and ptxas.
@@ -10,6 +11,7 @@ only runs LLVM and ptxas.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -89,7 +91,9 @@ def run(capability: int, expect_ptxas: str | None) -> dict:
             return out
         signature = {"x_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"}
         src = ASTSource(fn=_kernel_source(), signature=signature, constexprs={"BLOCK": 1024})
-        compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32))
+        # whatever Triton prints (a failing ptxas's PTX) goes to stderr: stdout is the JSON result only
+        with contextlib.redirect_stdout(sys.stderr):
+            compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32))
     except Exception as e:  # noqa: BLE001 - the check reports any failure of Triton as its result
         out["error"] = f"{type(e).__name__}: {e}"[-3000:]
         out["traceback"] = traceback.format_exc()[-3000:]
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect-ptxas", help="the ptxas Triton must use (the toolkit wheels')")
     args = parser.parse_args(argv)
     result = run(args.capability, args.expect_ptxas)
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result))  # one line, the last of stdout
     return 0 if result["ok"] else 1
 
 
