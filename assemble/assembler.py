@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -22,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 from wheelfactory.errors import BuildError, InputError
 from wheelfactory.factory import Factory
 from wheelfactory.lock import Lock, lock_paths, read_lock
+from wheelfactory.one_cuda import carried_cuda, load_cuda_wheels, refuse_mixed
 from wheelfactory.recipe import LoadedRecipe
 from wheelfactory.release import Release
 from wheelfactory.wheelhouse import atomic_write_text
@@ -154,6 +155,13 @@ class Assembler:
             return self._preview(release, specs, bases)
         lock = read_lock(wh, release.name)
         check_lock(release, lock, wh.root)
+        cuda_table = load_cuda_wheels(self.factory.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml")
+        locked = [(x.name, x.version) for x in lock.packages]
+        refuse_mixed(release.name, locked, cuda_table, release.target.cuda)  # a lock written before the rule
+        carried = carried_cuda(locked, cuda_table)
+        if carried:  # the CUDA the image's NVIDIA wheels really are, beside the release's cuda_version
+            ns = self.settings.label_namespace
+            specs = [replace(s, labels={**s.labels, f"{ns}.cuda_wheels_version": carried}) for s in specs]
         for spec, base in zip(specs, bases, strict=True):
             check_base(spec, base, lock)
         libs, jit = cuda_wheel_names(self.factory.data_root("cuda_wheels.toml"))

@@ -54,7 +54,7 @@ class FakeUv:
         cmd = [str(c) for c in cmd]
         self.calls.append(cmd)
         given = {}
-        for flag in ("--override",):
+        for flag in ("--override", "--constraint"):
             given[flag] = Path(cmd[cmd.index(flag) + 1]).read_text()
         given["requirements.in"] = Path(cmd[3]).read_text()
         self.files.append(given)

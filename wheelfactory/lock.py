@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .errors import BuildError, InputError
+from .one_cuda import refuse_mixed, toolkit_constraints
 from .plan import Plan
 from .runner import Runner
 from .wheelhouse import Wheelhouse, atomic_write_text
@@ -145,11 +146,13 @@ def override_reasons(plan: Plan, dists: Mapping[Path, str], wheels: Mapping[str,
 
 
 def _uv_compile(runner: Runner, python: str, workdir: Path, name: str, sources: list[str]) -> list[dict[str, Any]]:
-    """`uv pip compile` of workdir/requirements.in (with overrides.txt) into a PEP 751 pylock; its packages."""
+    """`uv pip compile` of workdir/requirements.in (with overrides.txt and constraints.txt) into a PEP 751
+    pylock; its packages."""
     out = workdir / f"pylock.{name}.toml"
     # --no-cache: uv unpacks every find-links wheel into its cache to read it (gigabytes for a
     # CUDA stack, again for each wheelhouse path); a throw-away cache keeps the disk as it was.
     runner.run(["uv", "pip", "compile", workdir / "requirements.in", "--override", workdir / "overrides.txt",
+                "--constraint", workdir / "constraints.txt",
                 "--python", python, "--only-binary", ":all:", "--format", "pylock.toml", "--quiet",
                 "--no-header", "--no-cache", "-o", out, *sources],
                env={"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"})
@@ -170,8 +173,11 @@ def _local_path(artifact: Mapping[str, Any]) -> Path | None:
 
 
 def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str, index_url: str,
-                 offline: bool = False) -> Lock:
-    """Resolve, download what is missing into the wheelhouse, resolve offline, verify, write the lock."""
+                 offline: bool = False, cuda_wheels: Mapping[str, Any] | None = None) -> Lock:
+    """Resolve, download what is missing into the wheelhouse, resolve offline, verify, write the lock.
+
+    `cuda_wheels` (cuda_wheels.toml's table) constrains every CUDA wheel to the release's CUDA and
+    refuses a resolution that mixes toolkit versions (one_cuda.py)."""
     wheels = component_wheels(plan, wheelhouse)
     dists = {w: read_wheel(w).dist for files in wheels.values() for w in files}
     overrides = override_reasons(plan, dists, wheels)
@@ -180,6 +186,8 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
         work = Path(tmp)
         (work / "requirements.in").write_text("\n".join(_top_level(plan, dists)) + "\n")
         (work / "overrides.txt").write_text("".join(f"{line}\n" for line in override_requirements(plan, dists, wheels)))
+        constraints = toolkit_constraints(cuda_wheels or {}, plan.target.cuda)
+        (work / "constraints.txt").write_text("".join(f"{line}\n" for line in constraints))
         if not offline:
             online = _uv_compile(runner, python, work, "online", ["--find-links", str(root), "--index-url", index_url])
             _download_missing(wheelhouse, runner, python, index_url, online, work)
@@ -199,6 +207,7 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
                              "the wheelhouse was modified outside wheelfactory")
         packages.append(LockedPackage(canonicalize_name(pkg["name"]), str(pkg["version"]), path.name, sha,
                                       owned.get(path), entry.get("origin", "pypi")))
+    refuse_mixed(plan.release.name, ((p.name, p.version) for p in packages), cuda_wheels or {}, plan.target.cuda)
     locked_files = {p.filename for p in packages}
     for comp, files in wheels.items():
         for f in files:
