@@ -9,6 +9,11 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
+# system libraries nvidia-nccl-cu13 loads: rdma-core's user space (libibverbs, its mlx5 provider, librdmacm), which NCCL loads with dlopen for InfiniBand/RoCE (the Sparks' ConnectX-7 link); without it NCCL falls back to TCP sockets without an error
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ibverbs-providers libibverbs1 librdmacm1 \
+    && rm -rf /var/lib/apt/lists/*
+
 # the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile
 COPY imagefiles/ /opt/wheelfactory/
 
