@@ -55,12 +55,20 @@ class Prepared:
     system: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     preview: bool = False  # written from the release's pins without a lock: not buildable
     triton: str | None = None  # the locked Triton version: the image's smoke test compiles a kernel with it
+    nccl: bool = False  # the lock holds NCCL: the image's smoke test loads rdma-core (libibverbs + mlx5)
 
     @property
     def run_names(self) -> list[str]:
         """Names of the image's RUN layers, in order."""
         return (["python"] if self.base.needs_python else []) + (["system"] if self.system else []) + \
             ["venv"] + [x.name for x in self.layers]
+
+
+# What NCCL's IB/RoCE transport loads with dlopen (no DT_NEEDED names them): the libraries of
+# the nvidia-nccl-cu13 system-library set (assemble/data/system_libraries.toml).
+RDMA_CHECK = ("import ctypes\n"
+              "for name in ('libibverbs.so.1', 'libmlx5.so.1', 'librdmacm.so.1'):\n"
+              "    ctypes.CDLL(name)\n")
 
 
 def _public(version: str) -> str:
@@ -186,7 +194,8 @@ class Assembler:
                                                             system=system))
             triton = next((x.version for x in lock.packages if x.name == "triton"), None)
             prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log",
-                                     system=system, triton=triton))
+                                     system=system, triton=triton,
+                                     nccl=any(x.name == "nvidia-nccl-cu13" for x in lock.packages)))
         bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
         return prepared
@@ -284,6 +293,14 @@ class Assembler:
             return json.loads(r.stdout.splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
             return {"ok": False, "error": f"the check did not run (exit {r.returncode}): {r.stderr.strip()[-2000:]}"}
+
+    def check_rdma(self, p: Prepared) -> str | None:
+        """None when the image loads rdma-core's libraries as NCCL does (dlopen of libibverbs.so.1,
+        its mlx5 provider, librdmacm.so.1); else what failed. Skipped (None) without NCCL."""
+        if not p.nccl:
+            return None
+        r = self.docker.run(p.spec.ref(self.settings.registry), ["python", "-c", RDMA_CHECK])
+        return None if r.returncode == 0 else (r.stderr.strip() or r.stdout.strip())[-1000:]
 
     def sibling(self, p: Prepared) -> str | None:
         """An image of the same repository and vLLM version with other transformers (another major first)."""

@@ -101,6 +101,10 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
                   f"{len(closure.warnings)} warning(s) ({p.timings['closure_s']:.1f}s)")
             if not closure.ok:
                 failed.append(ref)
+            rdma = asm.check_rdma(p)
+            if rdma is not None:
+                _echo(f"  error: {ref} cannot load rdma-core's libraries as NCCL does: {rdma}")
+                failed.append(ref)
             triton = asm.check_triton(p)
             if triton is not None:
                 if triton.get("ok"):
@@ -115,6 +119,7 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
             click.echo(line)
     if failed:
         raise BuildError(f"the image checks failed for {', '.join(failed)}: a shared library is missing from "
-                         "the image, or its Triton cannot compile for sm_121a (see the errors above)")
+                         "the image, NCCL's rdma-core does not load, or its Triton cannot compile for sm_121a "
+                         "(see the errors above)")
 
 
