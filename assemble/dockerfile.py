@@ -127,12 +127,13 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
             "# locked wheels and its requirements.txt with their hashes. Each RUN bind-mounts one of them,",
             "# so no wheel is ever copied into a layer.",
             f"FROM {base.ref}", ""]
-    out += _provision(spec, base)
-    out += _system_libraries(base, system)
-    # Before the wheel layers, so that the size report's layers stay the last ones; these few
-    # files change rarely (a change rebuilds the wheel layers).
+    # Right after FROM: the size report counts the RUN layers at the image's end as the assembler's,
+    # and a COPY among them would shift them. These few files change rarely (a change rebuilds every
+    # layer after it).
     out += ["# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile",
             f"COPY imagefiles/ {IMAGE_FILES}/", ""]
+    out += _provision(spec, base)
+    out += _system_libraries(base, system)
     out += _venv(spec, base)
     for name, about in layers:
         out += [f"# {name}: {about}",

@@ -4,6 +4,9 @@
 # so no wheel is ever copied into a layer.
 FROM nvidia/cuda:13.1.0-devel-ubuntu24.04
 
+# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile
+COPY imagefiles/ /opt/wheelfactory/
+
 # python and build tooling
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends build-essential cmake git ninja-build pkg-config python3 python3-dev python3-venv \
@@ -13,9 +16,6 @@ RUN apt-get update \
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ibverbs-providers libibverbs1 librdmacm1 \
     && rm -rf /var/lib/apt/lists/*
-
-# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile
-COPY imagefiles/ /opt/wheelfactory/
 
 # the venv every layer installs into; the base's python must be the one the wheels are for
 RUN /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' && /usr/bin/python3 -m venv /opt/venv
