@@ -143,11 +143,12 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
     out.append("ENV " + _continued([f"{_key(k)}={_quote(v, f'ENV {k}')}" for k, v in env.items()]))
     out.append("")
     if spec.entrypoint:
-        # -I: the gate runs on the standard library alone, whatever PYTHON* variables a user sets.
+        # -I -S: the gate runs on the standard library alone, whatever PYTHON* variables a user sets,
+        # without site-packages' .pth hooks; -B: it writes no .pyc into the image's container.
         # `docker run IMAGE` serves (vllm serve); options alone go to vllm serve; any other command
         # runs after the check; --entrypoint replaces the check (README: Images).
         out += ["# check the host's NVIDIA driver against the image's CUDA, then run the command",
-                f'ENTRYPOINT ["{VENV}/bin/python", "-I", "{IMAGE_FILES}/entrypoint.py"]',
+                f'ENTRYPOINT ["{VENV}/bin/python", "-I", "-S", "-B", "{IMAGE_FILES}/entrypoint.py"]',
                 'CMD ["vllm", "serve"]', ""]
     # Build-time values come last: a new date or revision must not invalidate any cached layer.
     out += [f"ARG {arg}" for arg in sorted(set(spec.arg_labels.values()))]

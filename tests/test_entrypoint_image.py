@@ -52,8 +52,10 @@ def image(tmp_path_factory: pytest.TempPathFactory):
     ctx = tmp_path_factory.mktemp("entrypoint")
     write_image_files(ctx)
     factory = Factory(RECIPES, ctx / "wheelhouse", ctx / "cache")
-    (ctx / "Dockerfile").write_text("\n".join([f"FROM {BASE}", "COPY imagefiles/ /opt/wheelfactory/",
-                                               "RUN /usr/bin/python3 -m venv /opt/venv", *gate_lines(factory), ""]))
+    # the venv without .pyc, as the assembler's images have none that no RECORD lists
+    venv = "RUN /usr/bin/python3 -m venv /opt/venv && find /opt/venv -name '*.pyc' -delete"
+    (ctx / "Dockerfile").write_text("\n".join([f"FROM {BASE}", "COPY imagefiles/ /opt/wheelfactory/", venv,
+                                               *gate_lines(factory), ""]))
     r = subprocess.run([d.binary, "build", "--network=none", "-t", TAG, str(ctx)],
                        env=dict(os.environ, DOCKER_BUILDKIT="1"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -69,6 +71,15 @@ def run(d: Docker, *args: str) -> subprocess.CompletedProcess[str]:
 def test_no_gpu_starts_the_command_without_a_word(image: Docker) -> None:
     r = run(image, TAG, "python", "-c", "print('started')")
     assert r.returncode == 0 and r.stdout == "started\n" and r.stderr == "", r.stderr
+
+
+def test_the_gate_writes_no_pyc(image: Docker) -> None:
+    # the venv's .pth hooks (setuptools' _distutils_hack) would write .pyc files no RECORD lists
+    listing = ["-B", "-c", "import glob; print(sorted(glob.glob('/opt/**/*.pyc', recursive=True)))"]
+    without_gate = run(image, "--entrypoint", "/opt/venv/bin/python", TAG, *listing)
+    through_gate = run(image, TAG, "python", *listing)
+    assert without_gate.returncode == 0 and through_gate.returncode == 0, through_gate.stderr
+    assert through_gate.stdout == without_gate.stdout
 
 
 def test_default_command_is_vllm_serve(image: Docker) -> None:

@@ -52,7 +52,7 @@ ENV VIRTUAL_ENV="/opt/venv" \
     WHEELFACTORY_PTX_DRIVER="590.44.01"
 
 # check the host's NVIDIA driver against the image's CUDA, then run the command
-ENTRYPOINT ["/opt/venv/bin/python", "-I", "/opt/wheelfactory/entrypoint.py"]
+ENTRYPOINT ["/opt/venv/bin/python", "-I", "-S", "-B", "/opt/wheelfactory/entrypoint.py"]
 CMD ["vllm", "serve"]
 
 ARG WF_CREATED
