@@ -29,6 +29,7 @@ from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
 from .lock import lock_paths, lock_release
+from .one_cuda import load_cuda_wheels
 from .plan import CACHED, Plan
 from .progress import BOARD, QUIET, output_mode_set
 from .pydeps import pydeps_dir
@@ -561,7 +562,9 @@ def lock(factory: Factory, release: str, offline: bool, python: str | None, verb
     runner = Runner("lock", factory.cache_dir / "logs" / f"lock-{rel.name}.log", verbose=verbose)
     with factory.wheelhouse.lock(on_wait=_say_lock_holder):
         locked = lock_release(p, factory.wheelhouse, runner, find_python(rel.target.python, python),
-                              factory.index_url, offline=offline, refresh=refresh)
+                              factory.index_url, offline=offline, refresh=refresh,
+                              cuda_wheels=load_cuda_wheels(factory.data_root("cuda_wheels.toml") / "data" /
+                                                           "cuda_wheels.toml"))
     json_path, txt_path = lock_paths(factory.wheelhouse, rel.name)
     if locked.up_to_date:
         _echo(f"lock of {rel.name} up to date ({len(locked.packages)} packages; nothing it was made from changed): "
