@@ -24,10 +24,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adopt import check_adopted_wheel
 from .buildenv import inherited_environ
 from .ccache import ensure_ccache
 from .context import FetchContext
-from .errors import InputError
+from .crossbuild import CROSS, CrossSetup
+from .errors import BuildError, FactoryError, InputError
 from .fetch import SourceCache
 from .host import Host
 from .installer import Installer, default_installer, download
@@ -35,8 +37,10 @@ from .interrupt import file_lock
 from .outputs import adopted_wheel, audit_wheels
 from .plan import ADOPT, BUILD, CACHED, Plan, Step
 from .progress import StepClock, Timings, fmt_duration
+from .pydeps import pydeps_dir, record_pins
 from .recipe import LoadedRecipe
 from .runner import Runner
+from .sources import is_local_wheel
 from .stepbuild import (
     PHASES,
     BuiltStep,
@@ -45,10 +49,12 @@ from .stepbuild import (
     StoppedAfter,
     read_state,
     step_build_requirements,
+    step_failure,
     work_dir,
 )
 from .toolkit import ToolkitCache, WheelToolkit, toolkits_dir
 from .wheelhouse import Wheelhouse
+from .wheelmeta import read_wheel, sha256_file
 
 __all__ = ["PHASES", "ExecOptions", "Executor", "StepResult", "StoppedAfter", "find_python"]
 
@@ -101,8 +107,9 @@ def find_python(version: str, override: str | None) -> str:
 class Executor:
     def __init__(self, plan: Plan, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe], host: Host,
                  options: ExecOptions, echo: Callable[[str], None] = print, toolkit: WheelToolkit | None = None,
-                 installer: Installer | None = None):
+                 installer: Installer | None = None, cross: CrossSetup | None = None):
         self.plan = plan
+        self.cross = cross  # a cross build's target CUDA libraries (crossbuild.py), else None
         self.wheelhouse = wheelhouse
         self.recipes = recipes
         # The CUDA toolkit builds use: assembled from wheels (the default), or the host's (None).
@@ -117,7 +124,7 @@ class Executor:
         self.echo = echo
         self.installer = installer or default_installer(options.cache_dir, "pip" if options.use_pip else "uv")
         self.sources = SourceCache(options.cache_dir, options.index_url)
-        self.pydeps = options.cache_dir / "pydeps"
+        self.pydeps = pydeps_dir(options.cache_dir, options.index_url)  # this index's own (pydeps.py)
         self.logs = options.cache_dir / "logs"
         self._python: str | None = None
         self._ccache: list[str | None] = []  # resolved (and installed if need be) once per run
@@ -141,6 +148,8 @@ class Executor:
             self.python  # noqa: B018 -- fail on a missing interpreter before downloading anything
         if self.toolkit is not None and any(s.action == BUILD for s in steps):
             self.toolkits.ensure(self.toolkit, offline=False, echo=self.echo)
+        if self.cross is not None and any(s.action == BUILD and s.mode == CROSS for s in steps):
+            self.cross.ensure(self.toolkits, offline=False, echo=self.echo)
         known: dict[str, list[Path]] = {s.component: self.wheelhouse.files_for_key(s.key) or []
                                         for s in self.plan.steps}
         for i, step in enumerate(steps, 1):
@@ -156,9 +165,10 @@ class Executor:
             if (hook := self.recipes[step.component].hook("fetch")) is not None:
                 hook(FetchContext(step, tree, self.opts.cache_dir, runner, offline=False, echo=self.echo))
             deps = [str(w) for d in step.build_with for w in known.get(d, [])]
-            download(runner, self.python, deps + step_build_requirements(step, tree, self.recipes), self.pydeps,
-                     wheelhouse=self.wheelhouse.root, index_url=self.opts.index_url,
-                     local_names=self.wheelhouse.manifest())
+            reqs = deps + step_build_requirements(step, tree, self.recipes)
+            pins = download(runner, self.python, reqs, self.pydeps, wheelhouse=self.wheelhouse.root,
+                            index_url=self.opts.index_url, local_names=self.wheelhouse.manifest())
+            record_pins(self.pydeps, reqs, pins)  # what `build --offline` installs for these requirements
 
     def build(self) -> list[StepResult]:
         """Build (or adopt) every step not already in the wheelhouse, in order."""
@@ -167,7 +177,25 @@ class Executor:
         # A publish killed by SIGKILL is repaired first, even when every step is cached and
         # nothing will be published (a stale index would otherwise stay until the next publish).
         self.wheelhouse.recover_if_idle(self.echo)
+        self._check_adopted_files()
         return [self._step(i, step) for i, step in enumerate(self.plan.steps, 1)]
+
+    def _check_adopted_files(self) -> None:
+        """A local wheel the plan adopts is checked (present, this component at the release's
+        version for the target, a readable wheel) before any step runs: exit 2 then means that
+        nothing was built, not that its dependencies were built first."""
+        for step in self.plan.steps:
+            if step.action != ADOPT or step.adopt is None or not is_local_wheel(step.adopt):
+                continue
+            wheel = Path(step.adopt)
+            if not wheel.is_file():
+                raise InputError(f"[{step.component}] adopt = {step.adopt!r}: no such wheel file; nothing was built")
+            recipe = self.recipes[step.component].recipe
+            check_adopted_wheel(wheel, step.component, step.version, recipe, self.plan.target)
+            try:
+                read_wheel(wheel)
+            except BuildError as e:
+                raise InputError(f"[{step.component}] adopted wheel: {e}; nothing was built") from None
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -200,18 +228,28 @@ class Executor:
                 log.unlink()
             runner = Runner(step.component, log, verbose=self.opts.verbose,
                             base_env=inherited_environ(os.environ, recipe.pass_env))
-            runner.step = StepClock(started, previous)  # heartbeats show step time and ETA
+            # From here, not from `started`: waiting for another process's key lock is no part of
+            # this step's time, its ETA or the duration the next build is estimated from.
+            working = time.monotonic()
+            runner.step = StepClock(working, previous)  # heartbeats show step time and ETA
             runner.hide(step.secrets.values())  # a secret passed to the build never reaches its log
             runner.set_phase("adopt" if step.action == ADOPT else "fetch")
             with runner.showing():  # the live status line stays up between commands too
-                built = self._produce(i, step, runner, stopping, started)
+                try:
+                    built = self._produce(i, step, runner, stopping, started)
+                except (FactoryError, KeyboardInterrupt):
+                    raise
+                except Exception as e:  # noqa: BLE001 -- an adopt's or a staged copy's OSError: the step's failure
+                    raise BuildError(step_failure(step.component, runner.status.phase, e)) from None
                 if isinstance(built, StepResult):
                     return built  # stopped on purpose (--until)
+                # the build's own time: neither the key lock's wait before nor the wheelhouse lock's after
+                build_took = time.monotonic() - working
                 runner.set_phase("publish")
                 published = self._publish(step, built, forced, log)
         took = time.monotonic() - started
-        if step.action == BUILD:
-            timings.record(step.component, took, version=step.version, key=step.key)
+        if step.action == BUILD and not built.from_staged:
+            timings.record(step.component, build_took, version=step.version, key=step.key)
         extra = f" ({built.ccache.summary()})" if built.ccache is not None else ""
         self.echo(f"[{i}/{total}] {step.component}: done in {took:.1f}s{extra} -> "
                   + ", ".join(w.path.name for w in published))
@@ -229,7 +267,12 @@ class Executor:
                                       echo=self.echo):
                 built.origin["device_code"] = audits
             return built
-        if (staged := self._staged(step)) is not None:
+        if (staged := self._staged(step)) is not None and self._published(step, staged):
+            # Left by a run stopped just after it published them: nothing new to publish, and a
+            # --rebuild means build.
+            shutil.rmtree(self._staged_dir(step), ignore_errors=True)
+            staged = None
+        if staged is not None:
             self.echo(f"[{i}/{total}] {step.component}: publishing the wheels an earlier run built "
                       f"(staged/{step.key[:12]})")
             return staged
@@ -253,19 +296,39 @@ class Executor:
             with self.wheelhouse.lock(timeout=self.opts.wait, on_wait=waiting):
                 if forced:  # same key, maybe the same file name: the old build goes to attic/ first
                     self.wheelhouse.quarantine(sorted(n for n, e in self.wheelhouse.manifest().items()
-                                                      if e.get("key") == step.key))
+                                                      if e.get("key") == step.key),
+                                               same_as={sha256_file(w) for w in built.wheels})
                 published = self.wheelhouse.publish(built.wheels, built.origin | {
                     "component": step.component, "key": step.key, "inputs": step.key_inputs,
                     "log": str(log), "bytes_stripped": built.bytes_saved})
         except Exception as e:
+            if not isinstance(e, FactoryError):  # a full disk, a file in the way: the step's failure
+                e = BuildError(step_failure(step.component, "publish", e))
             if built.origin.get("origin") == "built":
                 e.args = (f"{e.args[0] if e.args else e}\nthe built wheels stay in {self._staged_dir(step)}: "
                           "the next run publishes them without building again",)
+            raise e from None
+        except KeyboardInterrupt:
+            # A stop signal held back while the wheels moved in arrives once they are in: the
+            # publish finished, so say so and drop the staged copy (a --rebuild after this must
+            # build, not publish the same wheels again); then stop as asked.
+            if self._published(step, built):
+                shutil.rmtree(self._staged_dir(step), ignore_errors=True)
+                self.echo(f"[{step.component}] published {', '.join(w.name for w in built.wheels)} before the "
+                          "interrupt took effect")
             raise
         # Published: the wheelhouse holds the only copy now; staged/ would keep a second one
         # (GBs for torch) forever.
         shutil.rmtree(self._staged_dir(step), ignore_errors=True)
         return published
+
+    def _published(self, step: Step, built: BuiltStep) -> bool:
+        """Whether the wheelhouse lists these very wheels (by sha256) under the step's key."""
+        try:
+            listed = {e["sha256"] for e in self.wheelhouse.manifest().values() if e.get("key") == step.key}
+            return bool(built.wheels) and all(w.is_file() and sha256_file(w) in listed for w in built.wheels)
+        except (OSError, FactoryError):
+            return False
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -274,7 +337,7 @@ class Executor:
                             sources=self.sources, installer=self.installer, cache_dir=self.opts.cache_dir,
                             python=self.python, index_url=self.opts.index_url, offline=self.opts.offline,
                             jobs=self.opts.jobs, keep_work=self.opts.keep_work, toolkit=self.toolkit,
-                            toolkits=self.toolkits, ccache=self._ccache_for, echo=self.echo)
+                            toolkits=self.toolkits, ccache=self._ccache_for, echo=self.echo, cross=self.cross)
 
     def _ccache_for(self, runner: Runner) -> str | None:
         if not self._ccache:
@@ -310,7 +373,7 @@ class Executor:
             return None
         if data.get("key") != step.key or not wheels or not all(w.is_file() for w in wheels):
             return None
-        return BuiltStep(wheels, int(data.get("bytes_saved", 0)), dict(data["origin"]))
+        return BuiltStep(wheels, int(data.get("bytes_saved", 0)), dict(data["origin"]), from_staged=True)
 
     def _key_lock(self, step: Step) -> contextlib.AbstractContextManager[None]:
         """The per-key lock in the cache (work/<component>-<key>.lock): a second build of the same

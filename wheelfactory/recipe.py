@@ -15,6 +15,8 @@ A recipe module under `recipes/` defines:
   prepare(ctx)              optional; edits the unpacked source before building
   configure(ctx)            optional; runs the build system's configure step only (build --until configure)
   build(ctx) -> [Path]      optional; default is `pip wheel --no-build-isolation` of the source
+  CROSS = True              optional; the build cross-compiles for another machine with the toolchain
+                            a cross step gets (`build --cross`, see crossbuild.py)
 Recipe modules import nothing heavy and run nothing at import time.
 
 The contract is closed: every public function a recipe module defines must be one of the hooks
@@ -191,6 +193,13 @@ class LoadedRecipe:
         fn = getattr(self.module, name, None)
         return fn if callable(fn) else None
 
+    @property
+    def cross(self) -> bool:
+        """Whether the module declares `CROSS = True`: its build cross-compiles with the toolchain a
+        cross step gets (crossbuild.py). A module constant, not a Recipe field: the declaration enters
+        every key, and the module's code (this line with it) already enters the recipe's."""
+        return getattr(self.module, "CROSS", False) is True
+
 
 def _data_path(recipe: Recipe, recipe_file: str | Path, name: str) -> Path:
     if name not in recipe.data_files:
@@ -250,7 +259,12 @@ def load_recipe_module(path: Path) -> LoadedRecipe:
     if spec is None or spec.loader is None:
         raise InputError(f"{path}: cannot be imported as a recipe module")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise InputError(f"{path}:{e.lineno}: not valid Python ({e.msg}); fix the recipe module") from None
+    except Exception as e:  # noqa: BLE001 -- any exception a module raises while imported is bad input
+        raise InputError(f"{path}: the recipe module raised {type(e).__name__} on import ({e}); fix it") from None
     recipe = getattr(module, "RECIPE", None)
     if not isinstance(recipe, Recipe):
         raise InputError(f"{path}: a recipe module must define RECIPE = Recipe(...)")
