@@ -32,11 +32,19 @@ RUN --mount=type=bind,source=layers/transformers,target=/wheels \
 RUN { [ -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64 ] || ln -s lib /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64; } && test -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64 \
     && { [ -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so ] || ln -s libcudart.so.13 /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so; } && test -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so
 
+# a non-root user to run as; `docker run --user root` (or -u 0) overrides it
+RUN if other=$(id -nu 1000 2>/dev/null); then userdel --remove "$other"; fi \
+    && useradd --create-home --uid 1000 --user-group --shell /bin/bash vllm
+
 ENV VIRTUAL_ENV="/opt/venv" \
     PATH="/opt/venv/bin:/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin:$PATH" \
     CUDA_HOME="/opt/venv/lib/python3.12/site-packages/nvidia/cu13" \
     TRITON_PTXAS_PATH="/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin/ptxas"
 
+USER 1000:1000
+WORKDIR /home/vllm
+
+ARG WF_BASE_DIGEST
 ARG WF_CREATED
 ARG WF_FLASHINFER_BUILD_KEY
 ARG WF_NCCL_BUILD_KEY
@@ -60,9 +68,11 @@ LABEL dev.wheelfactory.release="0.15.0-t5" \
     dev.wheelfactory.ray_version="2.53.0" \
     org.opencontainers.image.title="dgx-spark-vllm" \
     org.opencontainers.image.version="0.15.0-t5" \
+    org.opencontainers.image.base.name="nvidia/cuda:13.1.0-base-ubuntu24.04" \
     org.opencontainers.image.created="${WF_CREATED}" \
     org.opencontainers.image.revision="${WF_REVISION}" \
     org.opencontainers.image.source="${WF_SOURCE}" \
+    org.opencontainers.image.base.digest="${WF_BASE_DIGEST}" \
     dev.wheelfactory.flashinfer_build_key="${WF_FLASHINFER_BUILD_KEY}" \
     dev.wheelfactory.nccl_build_key="${WF_NCCL_BUILD_KEY}" \
     dev.wheelfactory.torch_build_key="${WF_TORCH_BUILD_KEY}" \

@@ -27,6 +27,7 @@ RUN --mount=type=bind,source=layers/stack,target=/wheels \
 ENV VIRTUAL_ENV="/opt/venv" \
     PATH="/opt/venv/bin:$PATH"
 
+ARG WF_BASE_DIGEST
 ARG WF_CREATED
 ARG WF_NCCL_BUILD_KEY
 ARG WF_REVISION
@@ -42,9 +43,11 @@ LABEL dev.wheelfactory.release="pytorch-2.10.0-cu131" \
     dev.wheelfactory.torchaudio_version="2.10.0" \
     org.opencontainers.image.title="dgx-spark-pytorch-runtime" \
     org.opencontainers.image.version="2.10.0-cu131" \
+    org.opencontainers.image.base.name="nvidia/cuda:13.1.0-base-ubuntu24.04" \
     org.opencontainers.image.created="${WF_CREATED}" \
     org.opencontainers.image.revision="${WF_REVISION}" \
     org.opencontainers.image.source="${WF_SOURCE}" \
+    org.opencontainers.image.base.digest="${WF_BASE_DIGEST}" \
     dev.wheelfactory.nccl_build_key="${WF_NCCL_BUILD_KEY}" \
     dev.wheelfactory.torch_build_key="${WF_TORCH_BUILD_KEY}" \
     dev.wheelfactory.torchaudio_build_key="${WF_TORCHAUDIO_BUILD_KEY}" \
