@@ -24,8 +24,10 @@ import zipfile
 import pytest
 from click.testing import CliRunner
 
+from assemble.assembler import Assembler, Prepared
 from assemble.cli import images
 from assemble.docker import Docker
+from assemble.spec import Settings
 from wheelfactory import audit, fatbin
 from wheelfactory.factory import Factory
 
@@ -103,12 +105,14 @@ def dev_image(docker: Docker, tmp_path_factory: pytest.TempPathFactory):
             assert r.returncode == 0, f"wheelfactory {' '.join(args)}:\n{r.stdout}\n{r.stderr[-4000:]}"
             seconds[args[0]] = time.monotonic() - started
         started = time.monotonic()
-        result = CliRunner().invoke(images, ["-r", str(RELEASE), "--output-dir", str(out)],
+        # both images (the runtime one is every layer of the dev one, so a cache hit); the closure check of
+        # the dev image, which holds all the runtime's files, is a test of its own
+        result = CliRunner().invoke(images, ["-r", str(RELEASE), "--output-dir", str(out), "--no-check"],
                                     obj=Factory(RECIPES, wh, cache))
         seconds["images"] = time.monotonic() - started
         assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
         print(f"ci-dev: {', '.join(f'{k} {v:.0f}s' for k, v in seconds.items())}")
-        yield wh, out, result.output, seconds
+        yield Factory(RECIPES, wh, cache), out, result.output, seconds
         subprocess.run([docker.binary, "rmi", "-f", DEV, RUNTIME], capture_output=True)
         if os.environ.get("WHEELFACTORY_TEST_PRUNE_BUILD_CACHE"):
             subprocess.run([docker.binary, "builder", "prune", "-af"], capture_output=True)
@@ -117,7 +121,8 @@ def dev_image(docker: Docker, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def built_inside(docker: Docker, dev_image, tmp_path_factory: pytest.TempPathFactory):
     """The op built inside the dev image with no network; yields the output dir and the run's output."""
-    wh, _, _, _ = dev_image
+    factory, _, _, _ = dev_image
+    wh = factory.wheelhouse.root
     with scratch(tmp_path_factory, "devimage-use") as root:
         wf, out = root / "wf", root / "out"
         out.mkdir()
@@ -147,7 +152,31 @@ def test_dev_image_is_the_runtime_image_plus_tooling_and_toolkit(docker: Docker,
     env = dict(e.split("=", 1) for e in dev["Config"]["Env"])
     assert env["CUDA_HOME"] == "/usr/local/cuda" and env["TORCH_CUDA_ARCH_LIST"] == ARCH
     assert "network host: RUN steps install packages" in output  # the CI engine has no default bridge
-    assert f"closure of {DEV}:" in output and "0 missing" in output.split(f"closure of {DEV}:")[1].splitlines()[0]
+    assert [x.name for x in Assembler(dev_image[0], Settings(), dev_image[1], docker).size_report(
+        _prepared(dev_image, "dev")).layers] == ["system", "venv", "cuda", "torch", "stack", "tooling", "toolkit"]
+
+
+def _prepared(dev_image, variant: str) -> Prepared:
+    factory, out, _, _ = dev_image
+    return next(p for p in Assembler(factory, Settings(), out).prepare(str(RELEASE)) if p.spec.variant == variant)
+
+
+def test_system_library_set_installed_and_closure_passes(docker: Docker, dev_image) -> None:
+    """pyodbc's extension needs libodbc.so.2, which its wheel does not ship: system_libraries.toml names
+    the apt package, the image installs it (the only RUN with a network), the closure check finds it."""
+    factory, out, _, _ = dev_image
+    asm = Assembler(factory, Settings(), out, docker)
+    p = _prepared(dev_image, "dev")
+    assert p.system == [("pyodbc", p.system[0][1], ("libodbc2",))]
+    report = asm.check_closure(p)
+    assert report.ok, [str(e) for e in report.errors]
+    assert report.checked > 1000
+    r = docker.run(RUNTIME, ["python", "-c", "import pyodbc; print(pyodbc.version)"])
+    assert r.returncode == 0 and r.stdout.strip() == "5.5.0", r.stderr[-2000:]
+    # without the system library the same check fails: the package really needs it
+    r = docker.run(RUNTIME, ["sh", "-c", "rm /usr/lib/x86_64-linux-gnu/libodbc.so.2* && "
+                                         "python -c 'import pyodbc'"], options=["--user", "0"])
+    assert r.returncode != 0 and "libodbc.so.2" in r.stderr
 
 
 def test_toolkit_links_the_venvs_cuda_instead_of_copying_it(docker: Docker, dev_image) -> None:
