@@ -7,7 +7,7 @@ FROM nvidia/cuda:13.1.0-base-ubuntu24.04
 # python 3.12: the base image has none
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # the venv every layer installs into; the base's python must be the one the wheels are for
 RUN /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' && /usr/bin/python3 -m venv /opt/venv
@@ -27,7 +27,7 @@ RUN --mount=type=bind,source=layers/stack,target=/wheels \
 # build tooling: compilers, CMake, Ninja, the Python headers extensions compile against
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends build-essential cmake git ninja-build pkg-config python3-dev \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # the release's CUDA toolkit from NVIDIA's wheels, laid out as the factory builds with it; the wheels
 # the venv already installed are links into it, so only nvcc, NVVM, CCCL, ... and the libcuda stub add up

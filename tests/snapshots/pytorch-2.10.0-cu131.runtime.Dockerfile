@@ -7,7 +7,7 @@ FROM nvidia/cuda:13.1.0-base-ubuntu24.04
 # python 3.12: the base image has none
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # the venv every layer installs into; the base's python must be the one the wheels are for
 RUN /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' && /usr/bin/python3 -m venv /opt/venv
