@@ -16,9 +16,11 @@ import click
 from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
+from .crossbuild import CROSS, EMULATED, NATIVE_ONLY, cross_blockers
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
+from .grammar import check_git_ref, check_git_url, check_path_length, check_release_name, check_version_text
 from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
@@ -28,8 +30,8 @@ from .progress import QUIET, output_mode_set
 from .rebuild import components_to_rebuild
 from .release import list_releases
 from .runner import Runner
-from .sources import check_transport
 from .toolkit import is_wheel_label, mismatch_warning
+from .transport import INDEX_SCHEMES, check_url
 from .venv import create_venv
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "WHEELFACTORY"}
@@ -82,6 +84,29 @@ system_cuda_option = click.option(
          "(enters the build key; give it to lock too, or set WHEELFACTORY_SYSTEM_CUDA=1).")
 
 
+def _use_cross(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # On the Factory, as --system-cuda.
+    if value:
+        ctx.find_object(Factory).cross = True
+
+
+def _use_target_cuda(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(Factory).target_cuda = value.expanduser().absolute()
+
+
+cross_option = click.option(
+    "--cross", is_flag=True, expose_value=False, callback=_use_cross, envvar="WHEELFACTORY_CROSS",
+    help="Build a release meant for another machine (platform = 'linux_aarch64' on an x86_64 host) for that "
+         "machine: steps whose recipe can cross-compile run this host's nvcc with the target's GNU cross "
+         "compiler and CUDA libraries; the plan shows each step's mode (native, cross, emulated).")
+target_cuda_option = click.option(
+    "--target-cuda", type=click.Path(path_type=Path), default=None, expose_value=False, callback=_use_target_cuda,
+    envvar="WHEELFACTORY_TARGET_CUDA", metavar="DIR",
+    help="With --cross: the target's CUDA libraries (DIR/lib64 or DIR/lib, e.g. a cross toolkit's "
+         "targets/sbsa-linux) instead of the release's CUDA wheels for the target machine.")
+
+
 def _verify_cached(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     # On the Factory, as --system-cuda: the executor it makes hashes every cached wheel in full.
     if value:
@@ -97,7 +122,7 @@ verify_option = click.option(
 def plan_inputs(command):
     """The options every planning command takes: release, targets, --env, --source-dir, --adopt."""
     for decorate in reversed((release_option, targets_argument, env_option, secret_env_option, source_dir_option,
-                              adopt_option, system_cuda_option)):
+                              adopt_option, system_cuda_option, cross_option, target_cuda_option)):
         command = decorate(command)
     return command
 
@@ -121,7 +146,10 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
         allow_insecure_index: bool) -> None:
     """Build the DGX Spark inference stack into wheels built against each other, and assemble
     thin runtime images from them."""
-    check_transport(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index")
+    index_url = check_url(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index", INDEX_SCHEMES)
+    for option, path in (("--wheelhouse", wheelhouse), ("--cache-dir", cache_dir), ("--recipes-dir", recipes_dir)):
+        if path is not None:
+            check_path_length(path.expanduser(), option)
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
                       wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
@@ -161,10 +189,21 @@ def _print_plan(plan: Plan) -> None:
         click.echo(f"  {warning}")
     if t.platform != plan.release.target.platform:
         click.echo(f"  note: the release is meant for {plan.release.target.platform}; wheels built here are "
-                   f"{t.platform}")
+                   f"{t.platform} (--cross builds them for {plan.release.target.platform})")
+    host = plan.build_host
+    if host is not None and host.cross and host.machine != t.machine:
+        click.echo(f"  cross build on {host.machine} for {t.machine}: target CUDA libraries {host.cross_cuda}; "
+                   "mode per step: native, cross (this host's nvcc, the target's compilers and libraries) or "
+                   "emulated (runs target code: not in this process)")
     for i, s in enumerate(plan.steps, 1):
         origin = f"adopt {s.adopt}" if s.adopt else (s.source.describe() if s.source else "")
-        click.echo(f"{i:>2}. {s.action:<6} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
+        mode = f"{s.mode:<8}" if s.mode else f"{'-':<8}"
+        click.echo(f"{i:>2}. {s.action:<6} {mode} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
+        if s.mode == EMULATED:
+            click.echo(f"      emulated: {NATIVE_ONLY.get(s.component, 'its recipe does not declare CROSS')}")
+        elif s.mode == CROSS and s.build_with:
+            click.echo(f"      cross: its build venv also needs the target's {', '.join(s.build_with)} wheels "
+                       "(imported by its build): not wired yet, a cross build stops before it")
         if s.unresolved:
             # Keyed by name until fetch records the commit or sha256; the key changes then.
             click.echo(f"      unresolved: run fetch (keyed by name until fetch records the commit or sha256 of: "
@@ -266,6 +305,8 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                          f"{until}` (their dependencies are built in full first)")
     rel = factory.release(release)
     p = factory.plan(rel, targets, env, source_dirs, adopt)
+    if blockers := cross_blockers(p.steps, p.target.platform):  # before any remote is asked anything
+        raise InputError("\n".join(blockers))
     with output_mode_set(QUIET if quiet else None):  # every runner's status line: none with --quiet
         if not offline and any(s.unresolved for s in p.steps):
             # A source never fetched is resolved first, so that the wheels are keyed by its content.
@@ -329,6 +370,8 @@ def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset
 @release_option
 @targets_argument
 @system_cuda_option
+@cross_option
+@target_cuda_option
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.pass_obj
 def doctor(factory: Factory, release: str, targets: tuple[str, ...], python: str | None) -> None:
@@ -545,6 +588,16 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
                    force: bool, dry_run: bool, data_only: bool) -> None:
     """Derive a release of vLLM VERSION and its recipe data from upstream, printing every value with
     its source; writes recipes/releases/<name>.toml and appends to recipes/data/*.toml."""
+    # Each value becomes a file name, TOML text or a git argument: checked like a release's own.
+    for option, version in (("--vllm", vllm_version), ("--cuda", cuda), ("--nccl", nccl)):
+        if version is not None:
+            check_version_text(version, option)
+    if name:
+        check_release_name(name, "--name")
+    if ref:
+        check_git_ref(ref, "--ref")
+    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
+        check_git_url(url, option)
     from .derive import Request, derive, plan_writes
     from .release import releases_dir
 
