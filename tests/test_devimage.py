@@ -16,8 +16,8 @@ Measured on CI's kind of machine (2 cores) while other work loaded it (load aver
 file 25 min 11 s: build (adopt) 57 s, lock 334 s (~3 GB of torch's CUDA wheels from PyPI), both
 images 461 s, the closure check of the dev image and pyodbc 100 s, wheelfactory's wheels 19 s, and
 512 s inside the dev image (repacking the image's torch for `adopt --from-python` is most of it;
-the cpp_extension and CMake builds of the op 1-2 min each). Unloaded, the same steps took about
-half as long (build + lock 107 s, the dev image 167 s).
+the cpp_extension and CMake builds of the op 1-2 min each). Earlier in the same session, with less
+load, build + lock took 107 s and the dev image's build 167 s.
 """
 
 from __future__ import annotations
