@@ -35,7 +35,7 @@ from .docker import Docker
 from .dockerfile import extra_runs, provision_packages, render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
 from .report import SizeReport, measure
-from .spec import VENV, ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
+from .spec import TOOLKIT_ARG, VENV, ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
 from .syslibs import needed_system_packages, variant_sets
 
 
@@ -183,6 +183,7 @@ class Assembler:
         out = self.output_dir / release.name
         context = out / "context"
         write_context(context, layers, wh.root)
+        args = {s.name: dict(keys) for s in specs}  # per image: the build keys (+ a dev image's toolkit)
         for spec, base in zip(specs, bases, strict=True):
             if spec.dev_tooling:  # the release's toolkit, links into the venv for the wheels the lock has
                 dev = dev_toolkit(self.factory.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml",
@@ -190,15 +191,16 @@ class Assembler:
                 cache = ToolkitCache(toolkits_dir(self.factory.cache_dir), self.factory.index_url)
                 write_toolkit_context(context / CONTEXT_DIR, dev, lock, wh.root, cache,
                                       f"{VENV}/lib/python{base.python}/site-packages", self.echo)
+                args[spec.name][TOOLKIT_ARG] = dev.toolkit.label
         prepared = []
         for spec, base in zip(specs, bases, strict=True):
             system = needed_system_packages((p.name for p in lock.packages), base.family, base.ref)
             dockerfile = out / f"{spec.name}.Dockerfile"
             atomic_write_text(dockerfile, render_dockerfile(spec, base, [(x.name, x.group.about) for x in layers],
                                                             system=system))
-            prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log",
-                                     system=system))
-        bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
+            prepared.append(Prepared(spec, base, layers, dockerfile, context, args[spec.name],
+                                     out / f"{spec.name}.build.log", system=system))
+        bake = render_bake(specs, self.settings.registry, {target_name(s): args[s.name] for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
         return prepared
 

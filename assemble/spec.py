@@ -43,6 +43,9 @@ BUILD_ARG_LABELS = {"org.opencontainers.image.created": "WF_CREATED",
                     # the base's registry digest (or a local base's image ID), resolved when building
                     "org.opencontainers.image.base.digest": "WF_BASE_DIGEST"}
 
+# The build arg of a -dev image's toolkit label: "wheels:<cuda>:<identity>" of its toolkit pins (devtoolkit.py).
+TOOLKIT_ARG = "WF_CUDA_TOOLKIT"
+
 # The non-root user of vLLM images (vLLM needs no root: its caches go to $HOME/.cache). uid 1000,
 # the first user of most hosts, so that a mounted cache directory is writable for both.
 VLLM_USER = "vllm"
@@ -275,7 +278,9 @@ def _image_specs(release: Release, recipes_dir: Path, settings: Settings) -> lis
         repo = f"{repository}-{variant}"
         base = settings.base_image or base
         dev = variant == "dev"
+        labels = {**arg_labels, **({f"{ns}.cuda_toolkit": TOOLKIT_ARG} if dev else {})}
         specs.append(ImageSpec(variant=variant, repository=repo, tag=tag, base=base,
                                labels=_labels(release, ns, repo, tag, base), dev_tooling=dev,
-                               env=jit | dev_env(release) if dev else jit, **common))
+                               env=jit | dev_env(release) if dev else jit,
+                               **(common | {"arg_labels": labels})))
     return specs

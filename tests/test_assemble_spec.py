@@ -56,6 +56,8 @@ def test_pytorch_release_makes_dev_and_runtime(factory: Factory) -> None:
     assert "CUDA_HOME" not in runtime.env and dev.user is None and runtime.user is None
     assert dev.labels["org.opencontainers.image.base.name"] == "nvidia/cuda:13.1.0-base-ubuntu24.04"
     assert dev.arg_labels["org.opencontainers.image.base.digest"] == "WF_BASE_DIGEST"
+    assert dev.arg_labels["dev.wheelfactory.cuda_toolkit"] == "WF_CUDA_TOOLKIT"
+    assert "dev.wheelfactory.cuda_toolkit" not in runtime.arg_labels
     assert [g.name for g in runtime.groups] == ["cuda", "torch", "stack"]  # no transformers pin
     assert "dev.wheelfactory.vllm_version" not in runtime.labels
 

@@ -155,6 +155,7 @@ def test_dev_image_is_the_runtime_image_plus_tooling_and_toolkit(docker: Docker,
     labels = dev["Config"]["Labels"]
     assert labels[f"{NS}.torch_version"] == "2.14.1" and labels[f"{NS}.nccl_version"] == "2.30.7-1"
     assert labels["org.opencontainers.image.base.name"] == "local/debian-py:bookworm"
+    assert labels[f"{NS}.cuda_toolkit"].startswith("wheels:13.0:")  # the toolkit's identity
     assert labels["org.opencontainers.image.base.digest"] == docker.inspect("local/debian-py:bookworm")["Id"]
     env = dict(e.split("=", 1) for e in dev["Config"]["Env"])
     assert env["CUDA_HOME"] == "/usr/local/cuda" and env["TORCH_CUDA_ARCH_LIST"] == ARCH

@@ -43,6 +43,7 @@ ENV VIRTUAL_ENV="/opt/venv" \
 
 ARG WF_BASE_DIGEST
 ARG WF_CREATED
+ARG WF_CUDA_TOOLKIT
 ARG WF_NCCL_BUILD_KEY
 ARG WF_REVISION
 ARG WF_SOURCE
@@ -65,4 +66,5 @@ LABEL dev.wheelfactory.release="pytorch-2.10.0-cu131" \
     dev.wheelfactory.nccl_build_key="${WF_NCCL_BUILD_KEY}" \
     dev.wheelfactory.torch_build_key="${WF_TORCH_BUILD_KEY}" \
     dev.wheelfactory.torchaudio_build_key="${WF_TORCHAUDIO_BUILD_KEY}" \
-    dev.wheelfactory.torchvision_build_key="${WF_TORCHVISION_BUILD_KEY}"
+    dev.wheelfactory.torchvision_build_key="${WF_TORCHVISION_BUILD_KEY}" \
+    dev.wheelfactory.cuda_toolkit="${WF_CUDA_TOOLKIT}"
