@@ -69,11 +69,11 @@ def _provision(spec: ImageSpec, base: BaseImage) -> list[str]:
     packages = provision_packages(spec, base)
     if not packages:
         return []
-    why = f"python {base.python}: the base image has none" if base.python_packages else "no python to provision"
-    if spec.jit_home and base.jit_packages:
-        why += "; the host C++ compiler and linker that nvcc and FlashInfer's JIT run"
+    why = ([f"python {base.python}: the base image has none"] if base.python_packages else []) + \
+        (["the host C++ compiler and linker that nvcc and FlashInfer's JIT run"] if spec.jit_home and base.jit_packages
+         else [])
     if base.family == "debian":
-        return [f"# {why}", _apt(packages), ""]
+        return [f"# {'; '.join(why)}", _apt(packages), ""]
     raise AssertionError(base.family)
 
 
