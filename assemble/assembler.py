@@ -333,8 +333,11 @@ class Assembler:
 
     def size_report(self, p: Prepared) -> SizeReport:
         """Sizes of a built image against the installed bytes of its wheels."""
-        installed: list[int | None] = [None] * (len(p.run_names) - len(p.layers)) + [x.installed_bytes
-                                                                                    for x in p.layers]
+        # RUNs before the wheel layers (Python, system libraries, venv) and after them (dev tooling and
+        # toolkit, the user) install no wheels
+        after = len(extra_runs(p.spec, p.base))
+        installed: list[int | None] = [None] * (len(p.run_names) - len(p.layers) - after) + \
+            [x.installed_bytes for x in p.layers] + [None] * after
         return measure(self.docker, p.spec.ref(self.settings.registry), p.run_names, installed, self.sibling(p))
 
 

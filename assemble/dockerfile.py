@@ -51,7 +51,7 @@ def _continued(lines: Sequence[str], indent: str = "    ") -> str:
 def _apt(packages: Sequence[str]) -> str:
     """One apt RUN that leaves no package lists, downloaded .debs or apt caches in its layer: a base
     without the docker-clean apt setting of Debian's and Ubuntu's own images (the debootstrapped CI
-    base) kept 79 MB of them in a 2 MB install, and 116 MB in the dev image's tooling layer."""
+    base) kept 79 MB of them in a 2 MB install, and 194 MB in the dev image's tooling layer."""
     return "RUN " + _continued(["apt-get update",
                                 "&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
                                 + " ".join(sorted(packages)),

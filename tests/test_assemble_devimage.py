@@ -15,6 +15,7 @@ from assemble.bases import find_base, load_bases
 from assemble.devtoolkit import _link_locked_wheel, dev_toolkit, required_paths
 from assemble.docker import Docker
 from assemble.dockerfile import extra_runs, render_dockerfile
+from assemble.layers import Layer
 from assemble.spec import Settings, image_specs
 from wheelfactory.errors import InputError
 from wheelfactory.factory import Factory
@@ -185,3 +186,22 @@ def test_a_locked_wheel_becomes_links_into_the_venv(tmp_path: Path) -> None:
     assert (root / "include" / "cuda.h").readlink() == Path(f"{site}/nvidia/cu13/include/cuda.h")
     assert not (root / "dist-info").exists()  # the venv has the wheel's metadata
     assert headers == ["CUresult cuInit(unsigned int Flags);\n"]  # for the libcuda stub
+
+
+
+def test_size_report_puts_wheel_bytes_on_the_wheel_layers_of_a_dev_image(factory: Factory, tmp_path: Path) -> None:
+    """RUNs after the wheel layers (tooling, toolkit) install no wheels: the report must not shift the
+    wheels' installed bytes onto them."""
+    p = _prepared(factory, "pytorch-2.10.0-cu131", "dev", tmp_path)
+    p.layers = [Layer(g.name, g, (), 100 * (i + 1)) for i, g in enumerate(p.spec.groups)]
+    names = p.run_names
+    assert names[-2:] == ["tooling", "toolkit"]
+    sizes = {g.name: 100 * (i + 1) for i, g in enumerate(p.spec.groups)}
+    ref = p.spec.ref()
+    docker = FakeDocker(True, {ref: {"Size": 10_000, "RootFS": {"Layers": [f"sha256:{i}" for i in range(12)]}}})
+    docker.history = lambda _ref: [(sizes.get(n, 7), f"RUN {n}") for n in names]  # type: ignore[method-assign]
+    report = Assembler(factory, Settings(), tmp_path, docker).size_report(p)
+    by_name = {x.name: x for x in report.layers}
+    assert [by_name[g.name].installed for g in p.spec.groups] == [100, 200, 300]
+    assert by_name["tooling"].installed is None and by_name["toolkit"].installed is None
+    assert report.overhead == 0.0
