@@ -15,6 +15,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from wheelfactory.cuda_arch import parse_arch_list, torch_arch_list
+from wheelfactory.cuda_drivers import driver_floor, gate_env
 from wheelfactory.errors import InputError
 from wheelfactory.grammar import (
     OCI_NAME_MAX,
@@ -25,6 +26,7 @@ from wheelfactory.grammar import (
     check_text,
 )
 from wheelfactory.release import Release
+from wheelfactory.triton_ptxas import ptxas_env
 
 from .datafiles import load_data
 from .devtoolkit import DEV_CUDA_HOME
@@ -91,6 +93,8 @@ class ImageSpec:
     labels: Mapping[str, str]  # known from the release
     arg_labels: Mapping[str, str]  # label -> build arg
     env: Mapping[str, str] = field(default_factory=dict)  # set after the wheels are installed
+    # the entrypoint that checks the host's driver (imagefiles/entrypoint.py) before `vllm serve`
+    entrypoint: bool = False
     dev_tooling: bool = False  # build tooling and the release's CUDA toolkit at DEV_CUDA_HOME
     jit_home: str | None = None  # CUDA_HOME of the JIT toolkit wheels in the venv (runtime and dev images)
     user: str | None = None  # the non-root user the image runs as (vLLM images)
@@ -150,10 +154,13 @@ def cuda_minor(cuda: str) -> str:
 
 
 def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
-    """CUDA_HOME, TRITON_PTXAS_PATH and PATH into the JIT toolkit wheels, when the release pins them all.
+    """CUDA_HOME, every ptxas variable of the release's Triton and PATH into the JIT toolkit wheels,
+    when the release pins them all.
 
     NVIDIA's CUDA 13 wheels install into site-packages/nvidia/cu13/{bin,include,lib,nvvm}, the
-    layout of a CUDA toolkit root (nvcc.profile finds nvvm/ and include/ relative to bin/).
+    layout of a CUDA toolkit root (nvcc.profile finds nvvm/ and include/ relative to bin/). Triton
+    >= 3.6 runs TRITON_PTXAS_BLACKWELL_PATH's ptxas for sm_100 and up (the Spark's sm_121a), not
+    TRITON_PTXAS_PATH's (wheelfactory/data/triton_ptxas.toml).
     """
     _, jit = cuda_wheel_names(recipes_dir)
     needed = jit.get(cuda_minor(release.target.cuda), set())
@@ -162,7 +169,8 @@ def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
         return {}
     major = release.target.cuda.split(".")[0]
     home = f"{VENV}/lib/python{release.target.python}/site-packages/nvidia/cu{major}"
-    return {"CUDA_HOME": home, "TRITON_PTXAS_PATH": f"{home}/bin/ptxas", "PATH": f"{VENV}/bin:{home}/bin:$PATH"}
+    return {"CUDA_HOME": home, **ptxas_env(release.version_of("triton"), f"{home}/bin/ptxas"),
+            "PATH": f"{VENV}/bin:{home}/bin:$PATH"}
 
 
 def jit_root_links(env: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -189,13 +197,19 @@ def _major(version: str, what: str, release: Release) -> str:
 def dev_env(release: Release) -> dict[str, str]:
     """The environment of a -dev image: its toolkit at DEV_CUDA_HOME and the release's arch list, so that
     torch's cpp_extension and CMake builds compile for the release's GPUs without being told."""
-    return {"CUDA_HOME": DEV_CUDA_HOME, "TRITON_PTXAS_PATH": f"{DEV_CUDA_HOME}/bin/ptxas",
+    return {"CUDA_HOME": DEV_CUDA_HOME, **ptxas_env(release.version_of("triton"), f"{DEV_CUDA_HOME}/bin/ptxas"),
             "PATH": f"{VENV}/bin:{DEV_CUDA_HOME}/bin:$PATH",
             "TORCH_CUDA_ARCH_LIST": torch_arch_list(parse_arch_list(release.target.cuda_arch_list))}
 
 
 def _labels(release: Release, ns: str, title: str, tag: str, base: str) -> dict[str, str]:
     labels = {f"{ns}.release": release.name, f"{ns}.cuda_version": release.target.cuda}
+    floor = driver_floor(release.target.cuda)
+    if floor is not None:
+        # the host driver the image needs (its entrypoint refuses an older one), and the one its
+        # toolkit's PTX needs to be JIT-compiled (wheelfactory/data/cuda_drivers.toml)
+        labels[f"{ns}.min_driver"] = floor.minimum_driver
+        labels[f"{ns}.ptx_driver"] = floor.ptx_driver
     for name in VERSION_LABELS:
         version = release.version_of(name)
         if version:
@@ -263,7 +277,8 @@ def _image_specs(release: Release, recipes_dir: Path, settings: Settings) -> lis
         base = settings.base_image or image["base"]
         return [ImageSpec(variant="runtime", repository=repository, tag=tag, base=base,
                           labels=_labels(release, ns, repository, tag, base), transformers_major=t_major,
-                          vllm_version=vllm, env=jit, user=VLLM_USER, **common)]
+                          vllm_version=vllm, env={**jit, **gate_env(release.target.cuda)}, user=VLLM_USER,
+                          entrypoint=True, **common)]
     torch = release.version_of("torch")
     if "tag" in image:
         tag = image["tag"]
