@@ -12,7 +12,8 @@ network: the CI engine has no default bridge). Inside the dev image, with `--net
 * both are loaded by torch and called on the Meta device (there is no GPU), and the factory's
   device-code audit finds sm_121a code in each .so.
 
-Measured on CI's kind of machine (2 cores) while other work loaded it (load average ~10): the whole
+Measured on CI's kind of machine (2 cores) while other work loaded it (load average ~10), before the
+lock's one-CUDA constraint and the ci-dev overrides it needs (README: What was run where): the whole
 file 25 min 11 s: build (adopt) 57 s, lock 334 s (~3 GB of torch's CUDA wheels from PyPI), both
 images 461 s, the closure check of the dev image and pyodbc 100 s, wheelfactory's wheels 19 s, and
 512 s inside the dev image (repacking the image's torch for `adopt --from-python` is most of it;
