@@ -42,7 +42,7 @@ from .installer import require_uv
 from .one_cuda import refuse_mixed, toolkit_constraints
 from .plan import Plan
 from .runner import Runner
-from .wheelhouse import Wheelhouse, atomic_write_text
+from .wheelhouse import Wheelhouse, atomic_write_text, check_wheel_name
 from .wheelmeta import read_wheel, sha256_file
 
 LOCK_FORMAT = 1
@@ -109,11 +109,14 @@ def read_lock(wheelhouse: Wheelhouse, release: str) -> Lock:
         found = data.get("format") if isinstance(data, dict) else None
         raise InputError(f"{path}: lock format {found} is not {LOCK_FORMAT}; {again}")
     try:
-        return Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
+        lock = Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
                     tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}),
                     str(data.get("inputs_sha256", "")))
     except (KeyError, TypeError) as e:  # a key missing, a package that is not an object or has odd keys
         raise InputError(f"{path}: not a lock file wheelfactory wrote ({type(e).__name__}: {e}); {again}") from None
+    for p in lock.packages:  # joined to the wheelhouse path by venv and images: names, never paths
+        check_wheel_name(p.filename, f"{path}: corrupt lock", again)
+    return lock
 
 
 def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]]:
@@ -121,6 +124,10 @@ def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]
     out = {}
     for step in plan.steps:
         files = wheelhouse.files_for_key(step.key)
+        if files is None and (changed := wheelhouse.mismatches(step.key)):
+            raise InputError(f"{step.component} {step.version} (key {step.key[:12]}) is in the wheelhouse, but "
+                             f"{'; '.join(m.describe() for m in changed)}; run `wheelfactory build --release "
+                             f"{plan.release.name}` (it moves the changed wheel to attic/ and builds it again)")
         if files is None:
             raise InputError(f"{step.component} {step.version} (key {step.key[:12]}) is not in the wheelhouse; "
                              f"run `wheelfactory build --release {plan.release.name}` first")

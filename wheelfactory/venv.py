@@ -61,7 +61,8 @@ def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mappi
         uv = find_uv() if use_uv else None
         if use_uv and uv is None:
             runner.note("uv not found: installing with pip (slower)")
-        runner.run(install_command(uv, py, wheelhouse.root, txt, uv_cache))
+        with wheelhouse.reading():  # a concurrent --rebuild publishes after, never from under it
+            runner.run(install_command(uv, py, wheelhouse.root, txt, uv_cache))
         check_consistency(py, lock.overrides, runner)
     except BuildError:
         shutil.rmtree(path, ignore_errors=True)
