@@ -63,8 +63,11 @@ rel=/src/tests/fixtures/devimage-recipes/releases/devimage-op.toml
 $wf adopt torch --from-python /opt/venv/bin/python --release $rel
 # the build venv's other wheels: torch's requirements from the lock (the files the image installed)
 # and setuptools' build/wheel from the wheels wheelfactory came with
-mkdir -p /tmp/wf/pydeps && for w in /deps/*.whl /wf/*.whl; do
-    case $w in */torch-*) ;; *) ln -sf $w /tmp/wf/pydeps/ ;; esac; done
+# (into the default index's build-requirements directory, as `wheelfactory fetch` would fill it)
+pydeps=$(python -c 'from pathlib import Path; from wheelfactory.pydeps import DEFAULT_INDEX, pydeps_dir
+print(pydeps_dir(Path("/tmp/wf"), DEFAULT_INDEX))')
+mkdir -p $pydeps && for w in /deps/*.whl /wf/*.whl; do
+    case $w in */torch-*) ;; *) ln -sf $w $pydeps/ ;; esac; done
 $wf build --release $rel --offline --adopt torch=$(ls /tmp/wf/adopt/installed/torch/torch-*.whl) cudaop
 cp /tmp/wh/wf_cuda_op-*.whl /out/
 pip install -q --no-index --no-deps /tmp/wh/wf_cuda_op-*.whl
