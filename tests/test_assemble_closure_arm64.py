@@ -53,8 +53,8 @@ def test_an_image_is_built_for_its_locks_platform():
                         platform="linux_aarch64")
     assert prepared.oci_platform == "linux/arm64"
     docker = Docker("/usr/bin/docker")
-    cmd = docker.build_command(Path("x.Dockerfile"), Path("ctx"), "r:t", {}, network_none=True, buildx=False,
+    cmd = docker.build_command(Path("x.Dockerfile"), Path("ctx"), "r:t", {}, network="none", buildx=False,
                                platform=prepared.oci_platform)
     assert cmd == ["/usr/bin/docker", "build", "--progress=plain", "-f", "x.Dockerfile", "-t", "r:t",
                    "--platform=linux/arm64", "--network=none", "--", "ctx"]
-    assert "--platform" not in " ".join(docker.build_command(Path("x"), Path("c"), "r:t", {}, False, False))
+    assert "--platform" not in " ".join(docker.build_command(Path("x"), Path("c"), "r:t", {}, None, False))
