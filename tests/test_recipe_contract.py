@@ -224,10 +224,13 @@ def test_engine_digest_enters_every_key(factory, monkeypatch):
 
 
 def test_engine_modules_exist_and_shape_wheels():
+    """The declared list, with buildenv.py (SOURCE_DATE_EPOCH, the CUDA compiler variables) and the
+    other modules of the executor split that decide a build's commands, environment or venv;
+    tests/test_codehash.py checks that every module they or a recipe import was decided on."""
     package = Path(plan_module.__file__).parent
-    assert set(plan_module.ENGINE_MODULES) == {"context.py", "patches.py", "provenance.py", "repair.py",
-                                               "wheelpack.py"}
-    assert all((package / m).is_file() for m in plan_module.ENGINE_MODULES)
+    assert set(plan_module.ENGINE_MODULES) == {"buildenv", "cargo", "context", "installer", "patches",
+                                               "provenance", "repair", "stepbuild", "wheelpack"}
+    assert all((package / f"{m}.py").is_file() for m in plan_module.ENGINE_MODULES)
 
 
 # -- adopted components need no build data -------------------------------------------------------

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .codehash import code_digest
 from .cuda_arch import CudaArch, parse_arch_list
 from .errors import InputError, did_you_mean
 from .sources import Source
@@ -181,7 +182,7 @@ class LoadedRecipe:
 
     recipe: Recipe
     module: ModuleType
-    code_sha256: str
+    code_digest: str  # of its canonical code (codehash.py): docstrings, comments, annotations, path do not count
     path: Path
     data_sha256: Mapping[str, str] = field(default_factory=dict)  # declared data file -> sha256
 
@@ -266,7 +267,7 @@ def load_recipe_module(path: Path) -> LoadedRecipe:
         if not data_file.is_file():
             raise InputError(f"{path}: RECIPE.data_files names {name!r}, and {data_file} does not exist")
         data[name] = hashlib.sha256(data_file.read_bytes()).hexdigest()
-    return LoadedRecipe(recipe, module, hashlib.sha256(code).hexdigest(), path, data)
+    return LoadedRecipe(recipe, module, code_digest(code, str(path)), path, data)
 
 
 def load_recipes(*recipes_dirs: Path) -> dict[str, LoadedRecipe]:
