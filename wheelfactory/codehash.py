@@ -29,8 +29,8 @@ and `from .b import f` are the same import, as a move must be. What a bound name
 keyed where its own module is (plan.ENGINE_MODULES), not through its importers.
 
 The canonical text is written by this module (not `ast.dump`, whose output varies between Python
-versions: 3.12 added fields, 3.13 omits empty ones), so the same code gives the same digest on
-every supported Python. CANONICAL_FORM names this format; a change to the rules above changes
+versions: 3.12 added fields, 3.13 omits empty ones), and an f-string's literal pieces are merged
+(3.12 splits them differently), so the same code gives the same digest on every supported Python. CANONICAL_FORM names this format; a change to the rules above changes
 every key, and plan.KEY_FORMAT is bumped with it.
 """
 
@@ -103,6 +103,22 @@ class _Strip(ast.NodeTransformer):
 
     def visit_Pass(self, node: ast.Pass) -> None:
         return None
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
+        # An f-string's literal parts as one piece each: Python 3.12 splits them differently
+        # (and adds empty ones) from 3.11 and 3.13 for the same source.
+        self.generic_visit(node)
+        values: list[ast.expr] = []
+        for part in node.values:
+            if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                if not part.value:
+                    continue
+                if values and isinstance(values[-1], ast.Constant) and isinstance(values[-1].value, str):
+                    values[-1] = ast.Constant(values[-1].value + part.value)
+                    continue
+            values.append(part)
+        node.values = values
+        return node
 
     def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt]:
         if _is_type_checking(node.test):  # never runs: imports for annotations only
