@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wheelfactory.cuda_arch import CudaArch
 from wheelfactory.errors import BuildError
 from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair
 from wheelfactory.sources import GitSource
@@ -38,9 +39,16 @@ def environment(spec: EnvSpec) -> dict[str, str]:
         "FLASHINFER_BUILD_NO_PIP": "1",
         # FlashInfer ships a .python-version; uv must not download another interpreter.
         "UV_PYTHON_DOWNLOADS": "never",
-        "FLASHINFER_CUDA_ARCH_LIST": " ".join(spec.target.cuda_arch_list),
+        "FLASHINFER_CUDA_ARCH_LIST": _flashinfer_arch_list(spec.target.archs),
     }
     return env
+
+
+def _flashinfer_arch_list(archs: tuple[CudaArch, ...]) -> str:
+    """FlashInfer's spelling: entries split on single spaces, each MAJOR.MINOR with its a/f suffix.
+    It compiles SASS only (compute_X,code=sm_X per entry) and has no PTX form: a '+PTX' entry
+    gives its SASS."""
+    return " ".join(f"{a.major}.{a.minor}{a.suffix}" for a in archs)
 
 
 def build(ctx) -> list[Path]:

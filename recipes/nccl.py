@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from wheelfactory.cuda_arch import gencode_flags
+from wheelfactory.cuda_arch import gencode_flags, torch_arch_list
 from wheelfactory.recipe import EnvSpec, Recipe, Repair
 from wheelfactory.sources import GitSource
 from wheelfactory.wheelpack import pack_tree
@@ -60,6 +60,6 @@ def build(ctx) -> list[Path]:
     license_file = ctx.src / "LICENSE.txt"
     return [pack_tree(tree, DIST, _wheel_version(ctx.version, ctx.step.key), f"py3-none-{ctx.target.platform}",
                       ctx.dist, summary=f"NVIDIA NCCL {ctx.version} built by wheelfactory for "
-                      f"{';'.join(ctx.target.cuda_arch_list)}",
+                      f"{torch_arch_list(ctx.target.archs)}",
                       license_file=license_file if license_file.exists() else None,
                       extra_metadata={"License": "BSD-3-Clause"})]

@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 
 from wheelfactory import cargo, devicecode
-from wheelfactory.cuda_arch import torch_arch_list
+from wheelfactory.cuda_arch import CudaArch, torch_arch_list
 from wheelfactory.errors import BuildError
 from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair, recipe_data, version_table
 from wheelfactory.sources import GitSource, Source
@@ -199,7 +199,7 @@ def configure(ctx) -> None:
     if log.exists():  # CMake's "Not building X" lines, known before any compile
         with open(log, "rb") as f:
             f.seek(started)
-            _check_no_skipped_kernels(f.read().decode(errors="replace"), ctx.target.cuda_arch_list)
+            _check_no_skipped_kernels(f.read().decode(errors="replace"), ctx.target.archs)
     ctx.check_device_code(build_dir / "build.ninja", _allowances())
 
 
@@ -214,7 +214,7 @@ def build(ctx) -> list[Path]:
     env = {"NVCC_THREADS": str(threads), "MAX_JOBS": str(ctx.jobs * threads)} | _rust_env(ctx)
     wheels = ctx.build_wheel(env=env)
     if _kernels_enabled(ctx.step.options):
-        _check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.cuda_arch_list)
+        _check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.archs)
     if _rust(ctx.version, ctx.step.options):
         _check_rust_frontend(wheels)
     return wheels
@@ -239,12 +239,12 @@ SKIP_RE = re.compile(r"Not building (?P<what>.+?) as (?:no compatible archs|CUDA
 BUILT_RE = re.compile(r"Building (?P<what>.+?) for archs:")
 
 
-def _check_no_skipped_kernels(log: str, arch_list: tuple[str, ...]) -> None:
+def _check_no_skipped_kernels(log: str, archs: tuple[CudaArch, ...]) -> None:
     """Fail if vLLM's CMake skipped a kernel family that the target arches support."""
     table = recipe_data(RECIPE, __file__, "vllm_kernels.toml")
     expected_skips = []
-    for arch in arch_list:
-        expected_skips += table.get(arch, {}).get("expected_skips", [])
+    for arch in archs:
+        expected_skips += table.get(str(arch), {}).get("expected_skips", [])
     built = {m["what"].strip().lower() for m in BUILT_RE.finditer(log)}
     bad = [m["what"] for m in SKIP_RE.finditer(log)
            if m["what"].strip().lower() not in built

@@ -30,8 +30,9 @@ keyed where its own module is (plan.ENGINE_MODULES), not through its importers.
 
 The canonical text is written by this module (not `ast.dump`, whose output varies between Python
 versions: 3.12 added fields, 3.13 omits empty ones), and an f-string's literal pieces are merged
-(3.12 splits them differently), so the same code gives the same digest on every supported Python. CANONICAL_FORM names this format; a change to the rules above changes
-every key, and plan.KEY_FORMAT is bumped with it.
+(3.12 splits them differently), so the same code gives the same digest on every supported Python.
+CANONICAL_FORM names this format; a change to the rules above changes every key, and
+plan.KEY_FORMAT is bumped with it.
 """
 
 from __future__ import annotations

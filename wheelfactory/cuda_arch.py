@@ -1,8 +1,13 @@
-"""CUDA architecture lists: parsing `TORCH_CUDA_ARCH_LIST`-style entries and turning them into nvcc flags."""
+"""CUDA architecture lists: parsing `TORCH_CUDA_ARCH_LIST`-style entries and turning them into nvcc flags.
+
+The one parser of arch lists and their entries: releases, recipes, the device-code checks and
+`inspect --arch` all read them here.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import InputError
@@ -22,6 +27,11 @@ class CudaArch:
     ptx: bool = False
 
     @property
+    def device(self) -> tuple[int, int]:
+        """The compute capability of the GPUs this entry targets, e.g. (12, 1)."""
+        return self.major, self.minor
+
+    @property
     def sm(self) -> str:
         """The numeric compute capability, e.g. '121'."""
         return f"{self.major}{self.minor}"
@@ -39,7 +49,7 @@ def parse_arch(text: str) -> CudaArch:
     return CudaArch(int(m[1]), int(m[2]), m[3], bool(m[4]))
 
 
-def parse_arch_list(entries: list[str] | tuple[str, ...]) -> tuple[CudaArch, ...]:
+def parse_arch_list(entries: Iterable[str]) -> tuple[CudaArch, ...]:
     """Parse a list of arch entries (each may itself hold ';' or space separated items)."""
     out: list[CudaArch] = []
     for entry in entries:
@@ -47,8 +57,13 @@ def parse_arch_list(entries: list[str] | tuple[str, ...]) -> tuple[CudaArch, ...
             if item:
                 out.append(parse_arch(item))
     if not out:
-        raise InputError("empty CUDA arch list: name at least one arch, e.g. cuda_arch_list = ['12.1a']")
+        raise InputError("empty CUDA arch list: name at least one arch, e.g. '12.1a'")
     return tuple(out)
+
+
+def devices_of(entries: Iterable[str]) -> tuple[tuple[int, int], ...]:
+    """The distinct compute capabilities of an arch list ('12.1a' -> (12, 1)), in order."""
+    return tuple(dict.fromkeys(a.device for a in parse_arch_list(entries)))
 
 
 def torch_arch_list(archs: tuple[CudaArch, ...]) -> str:

@@ -155,12 +155,6 @@ class Target:
         return parse_arch_list(list(self.cuda_arch_list))
 
     @property
-    def cuda_tag(self) -> str:
-        """'cu131' for CUDA 13.1.x."""
-        major, minor = self.cuda.split(".")[:2]
-        return f"cu{major}{minor}"
-
-    @property
     def machine(self) -> str:
         """'aarch64' or 'x86_64', from the platform tag."""
         return self.platform.split("_", 1)[1] if "_" in self.platform else self.platform

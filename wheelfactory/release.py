@@ -224,7 +224,9 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
     if not isinstance(arch_list, list) or not all(isinstance(a, str) for a in arch_list):
         raise InputError(f"{where} [target].cuda_arch_list: expected a list of strings such as ['12.1a']")
     try:
-        parse_arch_list(arch_list)
+        # Kept in the parser's spelling, one arch per entry ("9.0;12.1a" -> "9.0", "12.1a"), so a
+        # build key and every tool given the list see one form of it.
+        arch_list = [str(a) for a in parse_arch_list(arch_list)]
     except InputError as e:
         raise InputError(f"{where} [target].cuda_arch_list: {e}") from None
     python = _string(target["python"], f"{where} [target].python")
