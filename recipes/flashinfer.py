@@ -26,6 +26,9 @@ RECIPE = Recipe(
     depends_on=("torch",),
     # The AOT jit-cache takes about 8 GB per nvcc job (FlashInfer's DGX Spark notes).
     mem_per_job_gb=8.0,
+    # flashinfer-python alone copies sources; only the AOT jit-cache compiles.
+    disk_gb=10.0,
+    disk_gb_if=(("jit_cache", False, 2.0),),
     repair=Repair(mode="retag", strip=True),
     smoke=("import flashinfer; print('flashinfer', flashinfer.__version__)",),
     options=(Option("cubin", bool, False, "also build flashinfer-cubin (downloads prebuilt cubins while it builds)"),

@@ -26,6 +26,7 @@ RECIPE = Recipe(
     outputs=(DIST,),
     # nvcc on NCCL's generated kernels peaks around 1-1.5 GB per job.
     mem_per_job_gb=1.5,
+    disk_gb=5.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import ctypes, glob, nvidia.nccl, os; "
            "lib = ctypes.CDLL(glob.glob(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))[0]); "

@@ -27,6 +27,7 @@ RECIPE = Recipe(
     # conda-forge builds with MAX_JOBS=4 on 32 GB; flash-attention and CUTLASS translation units
     # take several GB each under nvcc.
     mem_per_job_gb=6.0,
+    disk_gb=40.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, "
            "'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else 'n/a (no GPU)')",),

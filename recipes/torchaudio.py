@@ -19,6 +19,7 @@ RECIPE = Recipe(
     outputs=("torchaudio",),
     depends_on=("torch",),
     mem_per_job_gb=3.0,
+    disk_gb=3.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import torchaudio; print('torchaudio', torchaudio.__version__)",),
 )

@@ -20,6 +20,7 @@ RECIPE = Recipe(
     outputs=("torchvision",),
     depends_on=("torch",),
     mem_per_job_gb=3.0,
+    disk_gb=3.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import torchvision, torchvision.ops; print('torchvision', torchvision.__version__)",),
 )

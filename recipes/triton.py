@@ -23,6 +23,7 @@ RECIPE = Recipe(
     # setup.py defaults to 2 x nproc jobs (40 on GB10) and runs out of memory
     # (triton-lang/triton#11123, #1403): the factory passes MAX_JOBS from its memory-aware default.
     mem_per_job_gb=3.0,
+    disk_gb=15.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import triton; print('triton', triton.__version__)",),
     data_files=("triton.toml",),

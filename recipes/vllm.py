@@ -40,6 +40,9 @@ RECIPE = Recipe(
     build_with=("torch",),
     # One nvcc process on CUTLASS-heavy translation units takes 4-6 GB (eugr/spark-vllm-docker#23).
     mem_per_job_gb=6.0,
+    # Without kernels (options.kernels = false) vLLM compiles nothing.
+    disk_gb=25.0,
+    disk_gb_if=(("kernels", False, 3.0),),
     repair=Repair(mode="retag", strip=True),
     smoke=("import vllm; print('vllm', vllm.__version__)",),
     options=(Option("kernels", bool, True, "false: VLLM_TARGET_DEVICE=empty, a pure-Python wheel without CUDA "

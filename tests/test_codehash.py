@@ -334,3 +334,15 @@ def test_every_factory_module_the_keyed_code_uses_was_decided_on():
     undecided = {m: sorted(by) for m, by in used.items() if m not in keyed | set(NOT_KEYED)}
     assert not undecided, f"add to plan.ENGINE_MODULES or to NOT_KEYED with a reason: {undecided}"
     assert set(NOT_KEYED) <= set(used), f"no longer imported: {set(NOT_KEYED) - set(used)}"
+
+
+def test_a_recipe_declaration_is_data_not_code():
+    """RECIPE enters keys as its declaration's keyed fields (plan.py); its statement is left out
+    of the recipe's code, with the imports only it used."""
+    base = ("from wheelfactory.recipe_api import Recipe, GitSource\nRECIPE = Recipe(name='x', source=GitSource('u'))\n"
+            "def build(ctx):\n    return ctx.build_wheel()\n")
+    estimate = base.replace("source=GitSource('u'))", "source=GitSource('u'), disk_gb=40.0)")
+    assert code_digest(estimate, data_names=("RECIPE",)) == code_digest(base, data_names=("RECIPE",))
+    assert code_digest(estimate) != code_digest(base)  # only as declared data
+    behaviour = base.replace("ctx.build_wheel()", "ctx.build_wheel(extra_args=['-v'])")
+    assert code_digest(behaviour, data_names=("RECIPE",)) != code_digest(base, data_names=("RECIPE",))

@@ -23,7 +23,7 @@ import os
 
 import pytest
 
-from wheelfactory.codehash import file_digest, set_digest
+from wheelfactory.codehash import code_digest, file_digest, set_digest
 from wheelfactory.plan import ENGINE_MODULES, plan_release
 from wheelfactory.recipe import Target, load_recipes
 from wheelfactory.release import load_release
@@ -53,7 +53,7 @@ def pinnable_key_inputs() -> dict:
         recipe = inputs["recipe"]
         recipe["declaration"] = json.loads(recipe["declaration"])
         code = f"recipes/{step.component}.py"
-        assert recipe["code"] == file_digest(REPO / code)
+        assert recipe["code"] == code_digest((REPO / code).read_bytes(), data_names=("RECIPE",))
         recipe["code"] = f"<canonical code digest of {code}>"
         for name, digest in recipe["data"].items():
             assert digest == file_sha256(f"recipes/data/{name}")

@@ -278,3 +278,37 @@ def test_hooks_are_not_called_for_an_adopted_step(tmp_path):
     built = dataclasses.replace(rel, components={"x": dataclasses.replace(rel.components["x"], adopt=None)})
     with pytest.raises(RuntimeError, match="environment called"):
         f.plan(built)
+
+
+# -- host estimates: declared by the recipe, not keyed -------------------------------------------
+
+def test_a_disk_estimate_is_the_recipes_and_changes_no_key(tmp_path):
+    copy = tmp_path / "recipes"
+    shutil.copytree(RECIPES, copy)
+    before = Factory(copy, tmp_path / "wh", tmp_path / "c1", host_probe=lambda: SPARK)
+    steps_before = {s.component: s for s in before.plan(before.release("0.15.0-t4")).steps}
+    torch = copy / "torch.py"
+    torch.write_text(torch.read_text().replace("disk_gb=40.0", "disk_gb=55.0"))
+    after = Factory(copy, tmp_path / "wh", tmp_path / "c2", host_probe=lambda: SPARK)
+    steps_after = {s.component: s for s in after.plan(after.release("0.15.0-t4")).steps}
+    assert (steps_before["torch"].disk_gb, steps_after["torch"].disk_gb) == (40.0, 55.0)
+    assert {c: s.key for c, s in steps_before.items()} == {c: s.key for c, s in steps_after.items()}
+    assert "disk_gb" not in steps_after["torch"].key_inputs["recipe"]["declaration"]
+
+
+def test_a_disk_estimate_by_option(factory, tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text(MINIMAL_RELEASE + '[components.torch]\nversion = "2.10.0"\n'
+                 '[components.flashinfer]\nversion = "0.6.2"\noptions = { jit_cache = true }\n')
+    assert factory.plan(factory.release(str(p)), ["flashinfer"]).step("flashinfer").disk_gb == 10.0
+    p.write_text(p.read_text().replace("jit_cache = true", "jit_cache = false"))
+    assert factory.plan(factory.release(str(p)), ["flashinfer"]).step("flashinfer").disk_gb == 2.0
+
+
+def test_a_disk_estimate_names_a_declared_option(tmp_path):
+    header = HEADER.replace("outputs=('x',))", "outputs=('x',), disk_gb_if=(('kernel', False, 1.0),))")
+    d = recipe_dir(tmp_path, "", header=header)
+    with pytest.raises(InputError) as e:
+        load_recipes(d)
+    assert str(e.value) == (f"{d / 'x.py'}: RECIPE.disk_gb_if names option 'kernel', which RECIPE.options "
+                            "does not declare")

@@ -17,7 +17,9 @@ removed (Spack's package hashes strip docstrings the same way):
 - where the factory's own names come from: an import from `wheelfactory` (absolute or relative,
   any depth) counts as the name it binds, so moving or renaming a module leaves its importers'
   code unchanged; module-level imports count as a set (order and grouping do not matter);
-- the file's name and path: the digest is of the code alone.
+- the file's name and path: the digest is of the code alone;
+- for a recipe, its `RECIPE = Recipe(...)` statement: the declaration enters keys as data (the
+  fields that shape a build), so a host estimate added to it or a field re-ordered changes no key.
 
 What stays: every statement that runs, every name and value, decorators, imports from other
 packages, and annotations in class bodies (a dataclass's annotations are its fields: `x: int = 0`
@@ -51,19 +53,22 @@ PACKAGE = "wheelfactory"
 _INTERNAL = "<" + PACKAGE + ">"
 
 
-def canonical_code(source: str | bytes, filename: str = "<code>") -> str:
-    """The canonical text of a module's code (see the module docstring); SyntaxError if it does not parse."""
+def canonical_code(source: str | bytes, filename: str = "<code>", data_names: tuple[str, ...] = ()) -> str:
+    """The canonical text of a module's code (see the module docstring); SyntaxError if it does not
+    parse. Module-level assignments to `data_names` are left out: their values enter keys as data
+    (a recipe's RECIPE, keyed as its declaration), and the imports only they used go with them."""
     tree = ast.parse(source, filename=filename)
     tree = _Strip().visit(tree)
+    tree.body = [s for s in tree.body if not _assigns(s, data_names)]
     _drop_unused_imports(tree)
     tree.body = _import_set(tree.body) + [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))]
     return CANONICAL_FORM + "\n" + "\n".join(_dump(stmt) for stmt in tree.body) + "\n"
 
 
 @functools.lru_cache(maxsize=256)
-def code_digest(source: str | bytes, filename: str = "<code>") -> str:
+def code_digest(source: str | bytes, filename: str = "<code>", data_names: tuple[str, ...] = ()) -> str:
     """sha256 of a module's canonical code (remembered by source: a plan hashes each module once)."""
-    return hashlib.sha256(canonical_code(source, filename).encode()).hexdigest()
+    return hashlib.sha256(canonical_code(source, filename, data_names).encode()).hexdigest()
 
 
 def file_digest(path: Path) -> str:
@@ -77,6 +82,11 @@ def set_digest(digests: Iterable[str]) -> str:
 
 
 # -- the rules -----------------------------------------------------------------------------------
+
+def _assigns(stmt: ast.stmt, names: tuple[str, ...]) -> bool:
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+    return len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id in names
+
 
 def _is_type_checking(test: ast.expr) -> bool:
     return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")

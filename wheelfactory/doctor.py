@@ -33,14 +33,7 @@ from .toolkit import is_wheel_label, mismatch_warning
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
-# Peak disk of one step's work tree (source copy, build directory, venv, wheels), in GB, from
-# builds of these components; rough on purpose. A table rather than a Recipe field: a Recipe's
-# declaration enters every build key, and an estimate must not rebuild the world when it changes.
-DISK_GB = {"torch": 40.0, "vllm": 25.0, "triton": 15.0, "flashinfer": 10.0, "nccl": 5.0,
-           "torchvision": 3.0, "torchaudio": 3.0}
-DEFAULT_DISK_GB = 5.0
-LIGHT_VLLM_GB = 3.0  # vLLM with options.kernels = false compiles nothing
-LIGHT_FLASHINFER_GB = 2.0  # flashinfer-python alone copies sources; only the AOT jit-cache compiles
+# A step's work tree peak is its recipe's estimate (Recipe.disk_gb, disk_gb_if; Step.disk_gb).
 TOOLKIT_GB = 5.0  # a CUDA toolkit from wheels: the wheels plus their unpacked tree
 PER_STEP_GB = 1.0  # what each step leaves behind: its source in the cache, its wheels
 MIN_FREE_GB = 1.0  # below this no step gets through fetch and prepare, whatever it builds
@@ -147,14 +140,6 @@ def check_python(version: str, override: str | None, probe: Probe) -> Check:
     return Check("python", OK, f"{candidate} runs Python {version} and can create venvs")
 
 
-def step_disk_gb(step: Step) -> float:
-    if step.component == "vllm" and step.options.get("kernels") is False:
-        return LIGHT_VLLM_GB
-    if step.component == "flashinfer" and not step.options.get("jit_cache"):
-        return LIGHT_FLASHINFER_GB
-    return DISK_GB.get(step.component, DEFAULT_DISK_GB)
-
-
 def check_disk(cache_dir: Path, steps: Sequence[Step], toolkit_needed: bool, probe: Probe) -> Check:
     """Free space where work trees go against the peak need: work trees are removed after each
     successful step, so the largest one counts, plus what every step leaves and the toolkit.
@@ -163,15 +148,15 @@ def check_disk(cache_dir: Path, steps: Sequence[Step], toolkit_needed: bool, pro
     step can get through fetch and prepare, fails."""
     if not steps:
         return Check("disk", OK, "nothing to build")
-    largest = max(steps, key=step_disk_gb)
-    need = step_disk_gb(largest) + PER_STEP_GB * len(steps) + (TOOLKIT_GB if toolkit_needed else 0.0)
+    largest = max(steps, key=lambda s: s.disk_gb)
+    need = largest.disk_gb + PER_STEP_GB * len(steps) + (TOOLKIT_GB if toolkit_needed else 0.0)
     free = probe.disk_free(cache_dir) / 1e9
     text = f"{free:.1f} GB free for {cache_dir}; the build needs ~{need:.0f} GB ({largest.component}'s work " \
-           f"tree ~{step_disk_gb(largest):.0f} GB)"
+           f"tree ~{largest.disk_gb:.0f} GB)"
     if free < MIN_FREE_GB:
         return Check("disk", FAIL, f"{text}: under {MIN_FREE_GB:.0f} GB nothing builds; free space or pass "
                                    "--cache-dir on a larger disk")
-    if free < step_disk_gb(largest):
+    if free < largest.disk_gb:
         return Check("disk", WARN, f"{text}: likely to run out unless the sources are small; free space or "
                                    "pass --cache-dir on a larger disk")
     if free < need:

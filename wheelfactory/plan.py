@@ -74,6 +74,7 @@ class Step:
     # Secret values for the build's processes only (env shows them as REDACTED): kept out of
     # repr, to_json and the key inputs, so no plan, manifest or log can print them.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    disk_gb: float = 5.0  # the recipe's estimate of the work tree's peak, for the host check (not keyed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -291,7 +292,7 @@ def plan_release(
             "key_format": KEY_FORMAT,
             "component": name,
             "version": spec.version,
-            "recipe": {"declaration": canonical_json(recipe), "code": loaded.code_digest,
+            "recipe": {"declaration": canonical_json(recipe.key_declaration()), "code": loaded.code_digest,
                        "data": dict(sorted(loaded.data_sha256.items())) if action == BUILD else {}},
             "engine": engine_sha256(),
             "source": source_identity,
@@ -313,7 +314,8 @@ def plan_release(
                           tuple(build_requires) if action == BUILD else (),
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
-                          secrets=secrets if action == BUILD else {}))
+                          secrets=secrets if action == BUILD else {},
+                          disk_gb=recipe.disk_estimate(spec.options)))
     return Plan(release, target, tuple(steps), dict(release.pins), release.override_table())
 
 
