@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.cuda_arch import CudaArch
-from wheelfactory.errors import BuildError
-from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair
-from wheelfactory.sources import GitSource
+from wheelfactory.recipe_api import BuildContext, BuildError, CudaArch, EnvSpec, GitSource, Option, Recipe, Repair
 
 RECIPE = Recipe(
     name="flashinfer",
@@ -54,7 +51,7 @@ def _flashinfer_arch_list(archs: tuple[CudaArch, ...]) -> str:
     return " ".join(f"{a.major}.{a.minor}{a.suffix}" for a in archs)
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     wheels = ctx.build_wheel()
     # AOT packages live in sub-projects of the source tree; build them only when asked, since
     # flashinfer-jit-cache takes hours.

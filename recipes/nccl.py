@@ -12,10 +12,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from wheelfactory.cuda_arch import gencode_flags, torch_arch_list
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
-from wheelfactory.sources import GitSource
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.recipe_api import (
+    BuildContext,
+    EnvSpec,
+    GitSource,
+    Recipe,
+    Repair,
+    gencode_flags,
+    pack_tree,
+    torch_arch_list,
+)
 
 DIST = "nvidia-nccl-cu13"
 
@@ -48,7 +54,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     return {"NVCC_GENCODE": " ".join(gencode_flags(spec.target.archs, keep_suffix=False))}
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     builddir = ctx.work / "build"
     ctx.run(["make", f"-j{ctx.jobs}", "src.build", f"BUILDDIR={builddir}",
              f"NVCC_GENCODE={ctx.env['NVCC_GENCODE']}", f"CUDA_HOME={ctx.cuda_home}"])

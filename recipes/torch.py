@@ -10,10 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.cuda_arch import torch_arch_list
-from wheelfactory.recipe import EnvSpec, Recipe, Repair, version_table
-from wheelfactory.sources import GitSource
-from wheelfactory.wheelpack import repack, unpack
+from wheelfactory.recipe_api import (
+    BuildContext,
+    EnvSpec,
+    GitSource,
+    Recipe,
+    Repair,
+    repack,
+    torch_arch_list,
+    unpack,
+    version_table,
+)
 
 RECIPE = Recipe(
     name="torch",
@@ -92,20 +99,20 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     return env
 
 
-def prepare(ctx) -> None:
+def prepare(ctx: BuildContext) -> None:
     # PyTorch's FindNCCL links -lnccl, which needs the unversioned name; the wheel (like PyPI's)
     # ships only libnccl.so.2. The link lives in the build venv only.
     ctx.run(["ln", "-sf", "libnccl.so.2", ctx.site / "nvidia" / "nccl" / "lib" / "libnccl.so"])
 
 
-def configure(ctx) -> None:
+def configure(ctx: BuildContext) -> None:
     # PyTorch's own configure-only mode: CMake writes build/build.ninja (minutes) and stops; the
     # build phase's setup.py then reuses that build directory instead of configuring again.
     ctx.run([ctx.python, "setup.py", "build", "--cmake-only"])
     ctx.check_device_code(ctx.src / "build" / "build.ninja")
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     wheels = ctx.build_wheel()
     for wheel in wheels:
         tree = unpack(wheel, ctx.work / "rpath")

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.recipe import EnvSpec, Recipe, Repair, version_table
-from wheelfactory.sources import GitSource, Source, UrlSource
+from wheelfactory.recipe_api import BuildContext, EnvSpec, GitSource, Recipe, Repair, Source, UrlSource, version_table
 
 RECIPE = Recipe(
     name="triton",
@@ -66,7 +65,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     }
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     wheels = ctx.build_wheel()
     kernels = ctx.src / "python" / "triton_kernels"
     if kernels.is_dir():

@@ -24,11 +24,23 @@ import re
 import zipfile
 from pathlib import Path
 
-from wheelfactory import cargo, devicecode
-from wheelfactory.cuda_arch import CudaArch, torch_arch_list
-from wheelfactory.errors import BuildError
-from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair, recipe_data, version_table
-from wheelfactory.sources import GitSource, Source
+from wheelfactory.recipe_api import (
+    BuildContext,
+    BuildError,
+    CudaArch,
+    EnvSpec,
+    FetchContext,
+    GitSource,
+    Option,
+    Recipe,
+    Repair,
+    Source,
+    cargo,
+    devicecode,
+    recipe_data,
+    torch_arch_list,
+    version_table,
+)
 
 RECIPE = Recipe(
     name="vllm",
@@ -120,7 +132,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     return env
 
 
-def fetch(ctx) -> None:
+def fetch(ctx: FetchContext) -> None:
     """The Rust frontend's crates, vendored into the cache (online), or checked there (offline)."""
     _check_rust_declared(ctx.version, ctx.src)
     if (rust := _rust(ctx.version, ctx.step.options)) is None:
@@ -129,7 +141,7 @@ def fetch(ctx) -> None:
     ctx.runner.note(f"Rust frontend crates: {dest}")
 
 
-def prepare(ctx) -> None:
+def prepare(ctx: BuildContext) -> None:
     # The anchors' first step: drop vLLM's own torch pins from requirements and pyproject. The
     # script moved to tools/ in later vLLM (0.33 has only tools/use_existing_torch.py).
     script = "tools/use_existing_torch.py" if (ctx.src / "tools" / "use_existing_torch.py").is_file() \
@@ -154,13 +166,13 @@ def prepare(ctx) -> None:
             ctx.replace_in_file(ctx.src / rel, pattern, text, regex=True)
 
 
-def _nvcc_threads(ctx) -> int:
+def _nvcc_threads(ctx: BuildContext) -> int:
     # Each nvcc runs NVCC_THREADS threads and vLLM runs MAX_JOBS // NVCC_THREADS of them, so the
     # memory-aware process count sets MAX_JOBS and the spare cores go to NVCC_THREADS.
     return max(1, min(4, ctx.cpus // max(ctx.jobs, 1)))
 
 
-def _rust_env(ctx) -> dict[str, str]:
+def _rust_env(ctx: BuildContext) -> dict[str, str]:
     """cargo's config (the vendored crates, offline) written into the step's CARGO_HOME, and the
     toolchain chosen without rustup downloading one; {} when the build compiles no Rust."""
     rust = _rust(ctx.version, ctx.step.options)
@@ -173,7 +185,7 @@ def _rust_env(ctx) -> dict[str, str]:
     return env | cargo.select_toolchain(ctx.runner, ctx.src, ctx.work, ctx.env | env)
 
 
-def configure(ctx) -> None:
+def configure(ctx: BuildContext) -> None:
     """vLLM's own CMake configure, with the arguments its setup.py passes (cmake_build_ext.configure
     in 0.13-0.16), in a directory of its own; then the device-code plan from its build.ninja. The
     Rust toolchain and crates are checked first, before minutes of CMake."""
@@ -212,7 +224,7 @@ def _allowances() -> list:
                                          "recipes/data/vllm_kernels.toml")
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     threads = _nvcc_threads(ctx)
     env = {"NVCC_THREADS": str(threads), "MAX_JOBS": str(ctx.jobs * threads)} | _rust_env(ctx)
     wheels = ctx.build_wheel(env=env)
