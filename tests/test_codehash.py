@@ -181,6 +181,7 @@ def no_behaviour_edits(text: str) -> str:
 def moved_package(monkeypatch):
     """wheelfactory.moved.X is wheelfactory.X: the recipes' imports after a move, importable."""
     import wheelfactory
+    import wheelfactory.recipe_api  # noqa: F401  (loaded, so that it is aliased below)
 
     monkeypatch.setitem(sys.modules, "wheelfactory.moved", wheelfactory)
     for name, module in list(sys.modules.items()):
