@@ -30,6 +30,7 @@ from wheelfactory.recipe_api import (
     CudaArch,
     EnvSpec,
     FetchContext,
+    GccNeed,
     GitSource,
     Option,
     Recipe,
@@ -55,6 +56,15 @@ RECIPE = Recipe(
     # Without kernels (options.kernels = false) vLLM compiles nothing.
     disk_gb=25.0,
     disk_gb_if=(("kernels", False, 3.0),),
+    # vLLM's CMake tests CMAKE_CXX_COMPILER_ID STREQUAL "GNU", so a clang configures, but as nvcc's
+    # host compiler clang 14 stopped on Marlin's generated kernel selector (measured on 0.33.0).
+    gcc_needs=(GccNeed(">=0.33", 13, "DeepGEMM and DeepSelect host code uses C++20 <format>; vLLM's CMake "
+                                     "stops below GCC 13 (vllm-project/vllm#58158)",
+                       clang="a clang passes vLLM's CMake check, but clang 14 as nvcc's host compiler stops on its "
+                             "Marlin kernels (\"bracket nesting level exceeded\" in "
+                             "csrc/quantization/marlin/kernel_selector.h): --until configure works, a full build "
+                             "needs GCC 13",
+                       when=("kernels", True)),),
     repair=Repair(mode="retag", strip=True),
     smoke=("import vllm; print('vllm', vllm.__version__)",),
     options=(Option("kernels", bool, True, "false: VLLM_TARGET_DEVICE=empty, a pure-Python wheel without CUDA "

@@ -310,5 +310,22 @@ def test_a_disk_estimate_names_a_declared_option(tmp_path):
     d = recipe_dir(tmp_path, "", header=header)
     with pytest.raises(InputError) as e:
         load_recipes(d)
-    assert str(e.value) == (f"{d / 'x.py'}: RECIPE.disk_gb_if names option 'kernel', which RECIPE.options "
-                            "does not declare")
+    assert str(e.value) == (f"{d / 'x.py'}: RECIPE names option 'kernel' in a host estimate, which "
+                            "RECIPE.options does not declare")
+
+
+def test_a_gcc_need_is_checked_at_load(tmp_path):
+    header = ("from wheelfactory.recipe_api import GccNeed, Recipe\n"
+              "RECIPE = Recipe(name='x', summary='', source=None, outputs=('x',), "
+              "gcc_needs=(GccNeed('0.33+', 13, 'why'),))\n")
+    d = recipe_dir(tmp_path, "", header=header)
+    with pytest.raises(InputError) as e:
+        load_recipes(d)
+    assert str(e.value) == f"{d / 'x.py'}: RECIPE.gcc_needs: '0.33+' is not a version specifier such as '>=0.33'"
+
+
+def test_the_gcc_need_holds_by_version_and_option():
+    vllm = load_recipes(RECIPES)["vllm"].recipe
+    assert vllm.gcc_need("0.33.0", {}).gcc == 13
+    assert vllm.gcc_need("0.15.0", {}) is None
+    assert vllm.gcc_need("0.33.0", {"kernels": False}) is None

@@ -19,9 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
-
 from .cargo import RUSTUP_HINT
 from .ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
 from .cuda_arch import CudaArch
@@ -39,17 +36,7 @@ PER_STEP_GB = 1.0  # what each step leaves behind: its source in the cache, its 
 MIN_FREE_GB = 1.0  # below this no step gets through fetch and prepare, whatever it builds
 PROBE_TIMEOUT_S = 30
 
-# The oldest GCC a component's build accepts, from its own build files: (component, versions, GCC
-# major, why, what a clang does). vLLM's CMake tests CMAKE_CXX_COMPILER_ID STREQUAL "GNU", so a clang
-# configures, but as nvcc's host compiler clang 14 stopped on Marlin's generated kernel selector
-# (measured on 0.33.0). Only steps that compile native code count (vLLM with kernels).
-MIN_GCC = (
-    ("vllm", ">=0.33", 13, "DeepGEMM and DeepSelect host code uses C++20 <format>; vLLM's CMake stops "
-                           "below GCC 13 (vllm-project/vllm#58158)",
-     "a clang passes vLLM's CMake check, but clang 14 as nvcc's host compiler stops on its Marlin kernels "
-     "(\"bracket nesting level exceeded\" in csrc/quantization/marlin/kernel_selector.h): --until configure "
-     "works, a full build needs GCC 13"),
-)
+# The oldest GCC a component's build accepts is its recipe's (Recipe.gcc_needs; Step.gcc_need).
 
 # Run by the target interpreter: its version, and whether it can make the venvs builds need
 # (Debian's python3.X without python3.X-venv has no ensurepip, and `-m venv` fails mid-build).
@@ -218,15 +205,13 @@ def compiler_of(out: str) -> tuple[str, int] | None:
 
 
 def check_compiler(steps: Sequence[Step], probe: Probe) -> list[Check]:
-    """The C++ compiler a step's configure will find (its env's CXX, else c++ on PATH) against
-    MIN_GCC, before a download and a venv are spent on a configure that stops."""
+    """The C++ compiler a step's configure will find (its env's CXX, else c++ on PATH) against the
+    recipe's GCC need, before a download and a venv are spent on a configure that stops."""
     checks = []
     for step in steps:
-        rules = [(gcc, why, clang) for component, versions, gcc, why, clang in MIN_GCC
-                 if component == step.component and Version(step.version) in SpecifierSet(versions)]
-        if not rules or not step.options.get("kernels", True):
+        if step.gcc_need is None:
             continue
-        gcc, why, clang = max(rules)
+        gcc, why, clang = step.gcc_need.gcc, step.gcc_need.why, step.gcc_need.clang
         cxx = step.env.get("CXX", "c++")
         code, out = probe.run([cxx, "-E", "-dM", "-x", "c++", "/dev/null"])
         found = compiler_of(out) if code == 0 else None
@@ -239,7 +224,8 @@ def check_compiler(steps: Sequence[Step], probe: Probe) -> list[Check]:
             checks.append(Check("cxx", FAIL, f"{label} needs GCC {gcc} or newer and `{cxx}` is GCC {found[1]}: "
                                              f"{why}; install g++-{gcc} and pass --env {step.component}:CXX=g++-{gcc}"))
         elif found[0] == "clang":
-            checks.append(Check("cxx", WARN, f"`{cxx}` is clang {found[1]} for {label}: {clang}"))
+            checks.append(Check("cxx", WARN, f"`{cxx}` is clang {found[1]} for {label}: "
+                                             f"{clang or f'the build asks for GCC {gcc} or newer ({why})'}"))
         else:
             checks.append(Check("cxx", OK, f"`{cxx}` is {found[0]} {found[1]} for {label}"))
     return checks

@@ -25,7 +25,7 @@ from .adopt import check_adopt_spec
 from .codehash import file_digest, set_digest
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
-from .recipe import EnvSpec, LoadedRecipe, Target
+from .recipe import EnvSpec, GccNeed, LoadedRecipe, Target
 from .release import Release
 from .secretenv import REDACTED, is_secret_name
 from .sources import Source
@@ -75,6 +75,7 @@ class Step:
     # repr, to_json and the key inputs, so no plan, manifest or log can print them.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     disk_gb: float = 5.0  # the recipe's estimate of the work tree's peak, for the host check (not keyed)
+    gcc_need: GccNeed | None = None  # the oldest GCC the build accepts, for the host check (not keyed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -315,7 +316,8 @@ def plan_release(
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
                           secrets=secrets if action == BUILD else {},
-                          disk_gb=recipe.disk_estimate(spec.options)))
+                          disk_gb=recipe.disk_estimate(spec.options),
+                          gcc_need=recipe.gcc_need(spec.version, spec.options)))
     return Plan(release, target, tuple(steps), dict(release.pins), release.override_table())
 
 

@@ -24,6 +24,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
 from .codehash import code_digest
 from .cuda_arch import CudaArch, parse_arch_list
 from .errors import InputError, did_you_mean
@@ -141,6 +144,20 @@ NOT_KEYED = {"keyed": False}
 
 
 @dataclass(frozen=True)
+class GccNeed:
+    """The oldest GCC a component's build accepts, from its own build files (checked by `doctor`
+    and before a build, so that no download and venv are spent on a configure that stops)."""
+
+    versions: str  # the component versions it holds for, a PEP 440 specifier such as ">=0.33"
+    gcc: int  # the oldest GCC major
+    why: str  # what in the build needs it, with the upstream reference
+    clang: str = ""  # what a clang does instead (a warning), when the build's own check lets one pass
+    # (option, value): only when a release sets the option to the value (vLLM compiles C++ only
+    # with kernels = true); empty: always.
+    when: tuple[str, Any] | tuple[()] = ()
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything the planner needs to know about a component, as data."""
 
@@ -172,6 +189,8 @@ class Recipe:
     # (option, value, GB): the peak instead when a release sets the option to the value (vLLM
     # without kernels compiles nothing); the first match wins.
     disk_gb_if: tuple[tuple[str, Any, float], ...] = field(default=(), metadata=NOT_KEYED)
+    # The compilers the build accepts, by version (a build that compiles with an older GCC stops).
+    gcc_needs: tuple[GccNeed, ...] = field(default=(), metadata=NOT_KEYED)
 
     def option_defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
@@ -184,6 +203,13 @@ class Recipe:
         """Peak GB of one build's work tree with these options (defaults filled in)."""
         values = self.option_defaults() | dict(options)
         return next((gb for name, value, gb in self.disk_gb_if if values.get(name) == value), self.disk_gb)
+
+    def gcc_need(self, version: str, options: Mapping[str, Any]) -> GccNeed | None:
+        """The strictest GCC need that holds for this version and these options, if any."""
+        values = self.option_defaults() | dict(options)
+        needs = [n for n in self.gcc_needs if (not n.when or values.get(n.when[0]) == n.when[1])
+                 and Version(version) in SpecifierSet(n.versions)]
+        return max(needs, key=lambda n: n.gcc, default=None)
 
     @property
     def build_deps(self) -> tuple[str, ...]:
@@ -313,10 +339,16 @@ def load_recipe_module(path: Path) -> LoadedRecipe:
     names = [o.name for o in recipe.options]
     if len(set(names)) != len(names):
         raise InputError(f"{path}: RECIPE.options declares an option twice: {', '.join(names)}")
-    for option, _, _ in recipe.disk_gb_if:
+    for need in recipe.gcc_needs:
+        try:
+            SpecifierSet(need.versions)
+        except InvalidSpecifier:
+            raise InputError(f"{path}: RECIPE.gcc_needs: {need.versions!r} is not a version specifier such as "
+                             "'>=0.33'") from None
+    for option in [o for o, _, _ in recipe.disk_gb_if] + [n.when[0] for n in recipe.gcc_needs if n.when]:
         if option not in names:
-            raise InputError(f"{path}: RECIPE.disk_gb_if names option {option!r}, which RECIPE.options does not "
-                             f"declare{did_you_mean(option, names)}")
+            raise InputError(f"{path}: RECIPE names option {option!r} in a host estimate, which RECIPE.options does "
+                             f"not declare{did_you_mean(option, names)}")
     data = {}
     for name in recipe.data_files:
         data_file = path.with_name("data") / name

@@ -14,14 +14,14 @@ from . import cargo, devicecode
 from .context import BuildContext, FetchContext
 from .cuda_arch import CudaArch, devices_of, gencode_flags, parse_arch_list, torch_arch_list
 from .errors import BuildError, InputError
-from .recipe import EnvSpec, Option, Recipe, RecipeHooks, Repair, Target, recipe_data, version_table
+from .recipe import EnvSpec, GccNeed, Option, Recipe, RecipeHooks, Repair, Target, recipe_data, version_table
 from .sources import GitSource, LocalSource, PypiSource, Source, UrlSource
 from .wheelmeta import require_pin
 from .wheelpack import pack_tree, repack, unpack
 
 __all__ = [
     # the declaration
-    "Recipe", "Option", "Repair", "GitSource", "UrlSource", "PypiSource", "LocalSource", "Source",
+    "Recipe", "Option", "Repair", "GccNeed", "GitSource", "UrlSource", "PypiSource", "LocalSource", "Source",
     # the hooks and what they receive
     "RecipeHooks", "EnvSpec", "Target", "BuildContext", "FetchContext",
     # declared data files
