@@ -114,3 +114,13 @@ def test_the_guides_placeholders_are_the_ones_the_build_fills_in(factory, tmp_pa
     known = set(re.findall(r"\$\{(\w+)\}", str(e.value).split("known: ", 1)[1]))
     documented = set(re.findall(r"\$\{(\w+)\}", guide()))
     assert documented - {"source_NAME"} == known - {"source_llvm"} and "source_llvm" in known
+
+
+def test_every_ctx_member_and_recipe_field_the_guide_names_exists():
+    """The other direction: the guide names nothing the code lacks."""
+    members = {m for cls in (BuildContext, FetchContext) for m in dir(cls) if not m.startswith("_")}
+    members |= {f.name for cls in (BuildContext, FetchContext) for f in dataclasses.fields(cls)}
+    named = set(re.findall(r"\bctx\.(\w+)", guide()))
+    assert named and not named - members, f"not members of the contexts: {sorted(named - members)}"
+    table_fields = set(re.findall(r"^\| `(\w+)` \|", guide(), re.MULTILINE))
+    assert table_fields == {f.name for f in dataclasses.fields(Recipe)}
