@@ -24,7 +24,7 @@ import os
 import pytest
 
 from wheelfactory.codehash import code_digest, file_digest, set_digest
-from wheelfactory.plan import ENGINE_MODULES, plan_release
+from wheelfactory.plan import ENGINE_MODULES, engine_files, plan_release
 from wheelfactory.recipe import Target, load_recipes
 from wheelfactory.release import load_release
 
@@ -39,8 +39,9 @@ def file_sha256(relative: str) -> str:
     return hashlib.sha256((REPO / relative).read_bytes()).hexdigest()
 
 
-# The engine digest recomputed from the files under wheelfactory/, by their declared names.
-ENGINE_DIGEST = set_digest(file_digest(REPO / "wheelfactory" / f"{m}.py") for m in ENGINE_MODULES)
+# The engine digest recomputed from the declared modules' files, wherever they live.
+ENGINE_DIGEST = set_digest(file_digest(path) for path in engine_files().values())
+assert len(engine_files()) == len(ENGINE_MODULES)
 
 
 def pinnable_key_inputs() -> dict:
