@@ -27,7 +27,7 @@ def test_plan_json_default_release(tmp_path):
 
 def test_bad_release_exits_2_with_a_message(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[target]\npython = "3.12"\ncuda = "13.1.0"\ncuda_arch_list = ["12.1a"]\nplatform = "x"\n'
+    bad.write_text('[target]\npython = "3.12"\ncuda = "13.1.0"\ncuda_arch_list = ["12.1a"]\nplatform = "linux_x86_64"\n'
                    '[components.nccl]\nversion = "2.29.2-1"\n[components.vlm]\nversion = "1"\n')
     r = invoke("plan", "-r", str(bad))
     assert r.returncode == 2

@@ -56,7 +56,7 @@ class FakeUv:
         given = {}
         for flag in ("--override",):
             given[flag] = Path(cmd[cmd.index(flag) + 1]).read_text()
-        given["requirements.in"] = Path(cmd[3]).read_text()
+        given["requirements.in"] = Path(cmd[cmd.index("--") + 1]).read_text()  # after "--": data, never an option
         self.files.append(given)
         out = Path(cmd[cmd.index("-o") + 1])
         entries = []

@@ -19,6 +19,7 @@ from . import __version__
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
+from .grammar import check_git_ref, check_git_url, check_path_length, check_release_name, check_version_text
 from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
@@ -28,8 +29,8 @@ from .progress import QUIET, output_mode_set
 from .rebuild import components_to_rebuild
 from .release import list_releases
 from .runner import Runner
-from .sources import check_transport
 from .toolkit import is_wheel_label, mismatch_warning
+from .transport import INDEX_SCHEMES, check_url
 from .venv import create_venv
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "WHEELFACTORY"}
@@ -121,7 +122,10 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
         allow_insecure_index: bool) -> None:
     """Build the DGX Spark inference stack into wheels built against each other, and assemble
     thin runtime images from them."""
-    check_transport(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index")
+    index_url = check_url(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index", INDEX_SCHEMES)
+    for option, path in (("--wheelhouse", wheelhouse), ("--cache-dir", cache_dir), ("--recipes-dir", recipes_dir)):
+        if path is not None:
+            check_path_length(path.expanduser(), option)
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
                       wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
@@ -544,6 +548,16 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
                    force: bool, dry_run: bool, data_only: bool) -> None:
     """Derive a release of vLLM VERSION and its recipe data from upstream, printing every value with
     its source; writes recipes/releases/<name>.toml and appends to recipes/data/*.toml."""
+    # Each value becomes a file name, TOML text or a git argument: checked like a release's own.
+    for option, version in (("--vllm", vllm_version), ("--cuda", cuda), ("--nccl", nccl)):
+        if version is not None:
+            check_version_text(version, option)
+    if name:
+        check_release_name(name, "--name")
+    if ref:
+        check_git_ref(ref, "--ref")
+    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
+        check_git_url(url, option)
     from .derive import Request, derive, plan_writes
     from .release import releases_dir
 

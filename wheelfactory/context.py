@@ -85,7 +85,7 @@ class BuildContext:
         """
         before = set(self.dist.glob("*.whl"))
         self.run([self.python, "-m", "build", "--wheel", "--no-isolation", "--outdir", self.dist,
-                  *extra_args, path or self.src], env=env)
+                  *extra_args, "--", path or self.src], env=env)
         return sorted(set(self.dist.glob("*.whl")) - before)
 
     def replace_in_file(self, path: Path, pattern: str, replacement: str, *, regex: bool = False,

@@ -14,7 +14,7 @@ from .errors import InputError
 
 # "12.1a", "9.0", "12.0f", "8.0+PTX": major.minor, an optional feature suffix
 # ('a' arch-specific, 'f' family-specific, CUDA >= 12.9) and an optional +PTX.
-_ARCH_RE = re.compile(r"^(\d+)\.(\d)([af]?)(\+PTX)?$")
+_ARCH_RE = re.compile(r"^(\d+)\.(\d)([af]?)(\+PTX)?$", re.ASCII)  # ASCII: \d also takes full-width digits
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class CudaArch:
 
 def parse_arch(text: str) -> CudaArch:
     """Parse one arch entry, raising InputError with the accepted form."""
+    if not text.isascii():
+        raise InputError(f"bad CUDA arch {text!r}: ASCII digits only")
     m = _ARCH_RE.match(text.strip())
     if not m:
         raise InputError(f"bad CUDA arch {text!r}: expected MAJOR.MINOR with an optional a/f suffix "

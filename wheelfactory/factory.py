@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import BuildError, InputError
 from .executor import ExecOptions, Executor
 from .fetch import SourceCache
+from .grammar import check_env_key, check_env_value
 from .host import Host, detect_host
 from .installer import Installer
 from .plan import Plan, PlanOptions, make_target, plan_release
@@ -63,7 +64,8 @@ def parse_env_options(values: Sequence[str]) -> dict[str, dict[str, str]]:
         if not sep or not eq or not comp or not key:
             raise InputError(f"--env {value!r}: expected COMPONENT:KEY=VALUE, e.g. "
                              "--env 'nccl:ONLY_FUNCS=AllReduce Sum f32 RING SIMPLE|SendRecv'")
-        out.setdefault(comp, {})[key] = val
+        check_env_key(key, f"--env {value!r}")
+        out.setdefault(comp, {})[key] = check_env_value(val, f"--env {comp}:{key}")
     return out
 
 

@@ -57,7 +57,7 @@ class PipInstaller:
     def install(self, runner: Runner, python: Path, requirements: Sequence[str], find_links: Sequence[Path],
                 env: Mapping[str, str]) -> None:
         links = [a for d in find_links for a in ("--find-links", str(d))]
-        runner.run([python, "-m", "pip", "install", "-q", "--no-index", *links, *requirements], env=env)
+        runner.run([python, "-m", "pip", "install", "-q", "--no-index", *links, "--", *requirements], env=env)
 
 
 class UvInstaller:
@@ -75,7 +75,7 @@ class UvInstaller:
                 env: Mapping[str, str]) -> None:
         links = [a for d in find_links for a in ("--find-links", str(d))]
         runner.run([self.uv, "pip", "install", "--no-config", "--quiet", "--python", python, "--no-index",
-                    "--cache-dir", self.cache, "--link-mode", "hardlink", *links, *requirements], env=env)
+                    "--cache-dir", self.cache, "--link-mode", "hardlink", *links, "--", *requirements], env=env)
 
 
 def uv_cache_dir(cache_dir: Path) -> Path:
@@ -99,7 +99,7 @@ def download(runner: Runner, python: str, requirements: Sequence[str], pydeps: P
     with file_lock(pydeps.parent / "pydeps.lock", on_wait=lambda holder: runner.note(
             f"waiting for {pydeps}: another download is filling it ({holder})")):
         runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", pydeps,
-                    "--find-links", wheelhouse, "--index-url", index_url, *requirements])
+                    "--find-links", wheelhouse, "--index-url", index_url, "--", *requirements])
         # pip copies local wheels it was given into -d; the wheelhouse stays their only home.
         for name in list(local_names) + [Path(r).name for r in requirements if r.endswith(".whl")]:
             (pydeps / name).unlink(missing_ok=True)

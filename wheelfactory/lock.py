@@ -149,9 +149,9 @@ def _uv_compile(runner: Runner, python: str, workdir: Path, name: str, sources: 
     out = workdir / f"pylock.{name}.toml"
     # --no-cache: uv unpacks every find-links wheel into its cache to read it (gigabytes for a
     # CUDA stack, again for each wheelhouse path); a throw-away cache keeps the disk as it was.
-    runner.run(["uv", "pip", "compile", workdir / "requirements.in", "--override", workdir / "overrides.txt",
+    runner.run(["uv", "pip", "compile", "--override", workdir / "overrides.txt",
                 "--python", python, "--only-binary", ":all:", "--format", "pylock.toml", "--quiet",
-                "--no-header", "--no-cache", "-o", out, *sources],
+                "--no-header", "--no-cache", "-o", out, *sources, "--", workdir / "requirements.in"],
                env={"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"})
     with open(out, "rb") as f:
         return tomllib.load(f)["packages"]

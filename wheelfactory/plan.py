@@ -250,7 +250,7 @@ def plan_release(
             source = source.with_version(spec.version)
         adopt = options.adopt.get(name) or spec.adopt
         if name in options.adopt:
-            check_adopt_spec(adopt, recipe, f"--adopt {name}={adopt}", spec.version)
+            adopt = check_adopt_spec(adopt, recipe, f"--adopt {name}={adopt}", spec.version)
         if adopt:
             source_identity: Any = {"adopt": adopt}
             action = ADOPT
