@@ -35,3 +35,10 @@ def test_devices_of_an_arch_list():
 def test_an_empty_arch_list_is_refused():
     with pytest.raises(InputError, match="empty CUDA arch list: name at least one arch, e.g. '12.1a'"):
         devices_of([" ", ";"])
+
+
+def test_full_width_digits_are_refused_everywhere_an_arch_is_read():
+    with pytest.raises(InputError, match="ASCII digits only"):
+        parse_arch_list(["\uff11\uff12.1a"])
+    with pytest.raises(InputError, match="ASCII digits only"):
+        devices_of(["9.0;\uff11\uff12.1"])
