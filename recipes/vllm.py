@@ -43,6 +43,11 @@ from wheelfactory.recipe_api import (
     version_table,
 )
 
+# Cross-builds (`build --cross`): vLLM's kernels are a CMake project, and every CMake its setup.py
+# starts reads the cross step's CMAKE_TOOLCHAIN_FILE (target compilers, this host's nvcc, the target's
+# CUDA libraries, the target torch's CMake prefix); see crossbuild.py and README "Cross builds".
+CROSS = True
+
 RECIPE = Recipe(
     name="vllm",
     summary="vLLM with CUDA kernels for the release's arch list, against the factory's torch",

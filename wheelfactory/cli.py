@@ -16,6 +16,7 @@ import click
 from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
+from .crossbuild import CROSS, EMULATED, NATIVE_ONLY, cross_blockers
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
@@ -83,6 +84,29 @@ system_cuda_option = click.option(
          "(enters the build key; give it to lock too, or set WHEELFACTORY_SYSTEM_CUDA=1).")
 
 
+def _use_cross(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # On the Factory, as --system-cuda.
+    if value:
+        ctx.find_object(Factory).cross = True
+
+
+def _use_target_cuda(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(Factory).target_cuda = value.expanduser().absolute()
+
+
+cross_option = click.option(
+    "--cross", is_flag=True, expose_value=False, callback=_use_cross, envvar="WHEELFACTORY_CROSS",
+    help="Build a release meant for another machine (platform = 'linux_aarch64' on an x86_64 host) for that "
+         "machine: steps whose recipe can cross-compile run this host's nvcc with the target's GNU cross "
+         "compiler and CUDA libraries; the plan shows each step's mode (native, cross, emulated).")
+target_cuda_option = click.option(
+    "--target-cuda", type=click.Path(path_type=Path), default=None, expose_value=False, callback=_use_target_cuda,
+    envvar="WHEELFACTORY_TARGET_CUDA", metavar="DIR",
+    help="With --cross: the target's CUDA libraries (DIR/lib64 or DIR/lib, e.g. a cross toolkit's "
+         "targets/sbsa-linux) instead of the release's CUDA wheels for the target machine.")
+
+
 def _verify_cached(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     # On the Factory, as --system-cuda: the executor it makes hashes every cached wheel in full.
     if value:
@@ -98,7 +122,7 @@ verify_option = click.option(
 def plan_inputs(command):
     """The options every planning command takes: release, targets, --env, --source-dir, --adopt."""
     for decorate in reversed((release_option, targets_argument, env_option, secret_env_option, source_dir_option,
-                              adopt_option, system_cuda_option)):
+                              adopt_option, system_cuda_option, cross_option, target_cuda_option)):
         command = decorate(command)
     return command
 
@@ -165,10 +189,21 @@ def _print_plan(plan: Plan) -> None:
         click.echo(f"  {warning}")
     if t.platform != plan.release.target.platform:
         click.echo(f"  note: the release is meant for {plan.release.target.platform}; wheels built here are "
-                   f"{t.platform}")
+                   f"{t.platform} (--cross builds them for {plan.release.target.platform})")
+    host = plan.build_host
+    if host is not None and host.cross and host.machine != t.machine:
+        click.echo(f"  cross build on {host.machine} for {t.machine}: target CUDA libraries {host.cross_cuda}; "
+                   "mode per step: native, cross (this host's nvcc, the target's compilers and libraries) or "
+                   "emulated (runs target code: not in this process)")
     for i, s in enumerate(plan.steps, 1):
         origin = f"adopt {s.adopt}" if s.adopt else (s.source.describe() if s.source else "")
-        click.echo(f"{i:>2}. {s.action:<6} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
+        mode = f"{s.mode:<8}" if s.mode else f"{'-':<8}"
+        click.echo(f"{i:>2}. {s.action:<6} {mode} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
+        if s.mode == EMULATED:
+            click.echo(f"      emulated: {NATIVE_ONLY.get(s.component, 'its recipe does not declare CROSS')}")
+        elif s.mode == CROSS and s.build_with:
+            click.echo(f"      cross: its build venv also needs the target's {', '.join(s.build_with)} wheels "
+                       "(imported by its build): not wired yet, a cross build stops before it")
         if s.unresolved:
             # Keyed by name until fetch records the commit or sha256; the key changes then.
             click.echo(f"      unresolved: run fetch (keyed by name until fetch records the commit or sha256 of: "
@@ -270,6 +305,8 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                          f"{until}` (their dependencies are built in full first)")
     rel = factory.release(release)
     p = factory.plan(rel, targets, env, source_dirs, adopt)
+    if blockers := cross_blockers(p.steps, p.target.platform):  # before any remote is asked anything
+        raise InputError("\n".join(blockers))
     with output_mode_set(QUIET if quiet else None):  # every runner's status line: none with --quiet
         if not offline and any(s.unresolved for s in p.steps):
             # A source never fetched is resolved first, so that the wheels are keyed by its content.
@@ -333,6 +370,8 @@ def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset
 @release_option
 @targets_argument
 @system_cuda_option
+@cross_option
+@target_cuda_option
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.pass_obj
 def doctor(factory: Factory, release: str, targets: tuple[str, ...], python: str | None) -> None:

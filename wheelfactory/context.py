@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import devicecode
+from .crossbuild import CrossToolchain
 from .errors import BuildError
 from .plan import Step
 from .recipe import Target
@@ -58,6 +59,8 @@ class BuildContext:
     echo: Callable[[str], None] = print
     device_code: dict[str, Any] | None = None  # the configure phase's device-code plan, for the manifest
     trees: dict[str, Path] = field(default_factory=dict)  # extra sources by name, as the build sees them
+    # A cross step's toolchain (crossbuild.py): the target's compilers, the cross CUDA root; None natively.
+    cross: CrossToolchain | None = None
 
     @property
     def python(self) -> Path:

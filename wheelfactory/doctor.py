@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .cargo import RUSTUP_HINT
 from .ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
+from .crossbuild import CROSS, TRIPLETS, cross_tools_hint, missing_cross_tools
 from .cuda_arch import CudaArch
 from .fetch import SourceCache
 from .host import Host
@@ -335,6 +336,20 @@ def check_network(steps: Sequence[Step], sources: SourceCache, index_url: str, o
     return Check("network", OK, f"to fetch: {names}; their hosts answer")
 
 
+def check_cross(steps: Sequence[Step], target_machine: str, probe: Probe) -> list[Check]:
+    """The target's GNU cross compilers (and strip) for the steps that cross-compile, before any download."""
+    cross = [s.component for s in steps if s.mode == CROSS]
+    if not cross:
+        return []
+    missing = missing_cross_tools(target_machine, probe.which)
+    names = ", ".join(cross)
+    if missing:
+        return [Check("cross", FAIL, f"{names} cross-compile{'s' if len(cross) == 1 else ''} for {target_machine} "
+                                     f"and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH: "
+                                     f"{cross_tools_hint(target_machine)}")]
+    return [Check("cross", OK, f"{TRIPLETS[target_machine]}-g++ for {names} (as nvcc's host compiler)")]
+
+
 def steps_to_run(plan: Plan, rebuild: Iterable[str] = ()) -> list[Step]:
     """The plan's steps that will do work (not cached, or forced)."""
     forced = set(rebuild)
@@ -358,6 +373,7 @@ def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, pro
                check_memory(host, building), check_ccache(cache_dir, probe), check_cuda(plan, host, probe)]
     compiling = [s for s in work if s.action == BUILD]
     checks += check_rust(compiling, probe) + check_compiler(compiling, probe)
+    checks += check_cross(compiling, plan.target.machine, probe)
     if building and (arch := check_arch(plan.target.archs, nvcc, probe)) is not None:
         checks.append(arch)
     if sources is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from .buildenv import inherited_environ
 from .ccache import ensure_ccache
 from .context import FetchContext
+from .crossbuild import CROSS, CrossSetup
 from .errors import InputError
 from .fetch import SourceCache
 from .host import Host
@@ -101,8 +102,9 @@ def find_python(version: str, override: str | None) -> str:
 class Executor:
     def __init__(self, plan: Plan, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe], host: Host,
                  options: ExecOptions, echo: Callable[[str], None] = print, toolkit: WheelToolkit | None = None,
-                 installer: Installer | None = None):
+                 installer: Installer | None = None, cross: CrossSetup | None = None):
         self.plan = plan
+        self.cross = cross  # a cross build's target CUDA libraries (crossbuild.py), else None
         self.wheelhouse = wheelhouse
         self.recipes = recipes
         # The CUDA toolkit builds use: assembled from wheels (the default), or the host's (None).
@@ -141,6 +143,8 @@ class Executor:
             self.python  # noqa: B018 -- fail on a missing interpreter before downloading anything
         if self.toolkit is not None and any(s.action == BUILD for s in steps):
             self.toolkits.ensure(self.toolkit, offline=False, echo=self.echo)
+        if self.cross is not None and any(s.action == BUILD and s.mode == CROSS for s in steps):
+            self.cross.ensure(self.toolkits, offline=False, echo=self.echo)
         known: dict[str, list[Path]] = {s.component: self.wheelhouse.files_for_key(s.key) or []
                                         for s in self.plan.steps}
         for i, step in enumerate(steps, 1):
@@ -274,7 +278,7 @@ class Executor:
                             sources=self.sources, installer=self.installer, cache_dir=self.opts.cache_dir,
                             python=self.python, index_url=self.opts.index_url, offline=self.opts.offline,
                             jobs=self.opts.jobs, keep_work=self.opts.keep_work, toolkit=self.toolkit,
-                            toolkits=self.toolkits, ccache=self._ccache_for, echo=self.echo)
+                            toolkits=self.toolkits, ccache=self._ccache_for, echo=self.echo, cross=self.cross)
 
     def _ccache_for(self, runner: Runner) -> str | None:
         if not self._ccache:

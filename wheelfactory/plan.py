@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .adopt import check_adopt_spec
 from .codehash import file_digest, set_digest
+from .crossbuild import CROSS, EMULATED, key_input, step_mode
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
 from .recipe import EnvSpec, GccNeed, LoadedRecipe, Target
@@ -35,7 +36,7 @@ BUILD, CACHED, ADOPT = "build", "cached", "adopt"
 # The version of `plan --json`'s shape (Plan.to_json). Bump it whenever a key is added, removed or
 # changes type, and regenerate tests/golden/plan-json-shape.json (see tests/test_golden.py), so
 # that scripts reading the plan can tell which shape they were given.
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2  # 2: each step's mode (native, cross, emulated) and the plan's build_host
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,19 @@ class PlanOptions:
     adopt: Mapping[str, str] = field(default_factory=dict)  # component -> wheel/requirement to adopt
     # component -> {name: value} passed to its build only (--secret-env); see secretenv.py
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildHost:
+    """Where the steps run: this host's machine, and with --cross the identity of the target's CUDA
+    libraries that cross steps link (None: no cross build was asked for)."""
+
+    machine: str
+    cross_cuda: str | None = None
+
+    @property
+    def cross(self) -> bool:
+        return self.cross_cuda is not None
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,8 @@ class Step:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     disk_gb: float = 5.0  # the recipe's estimate of the work tree's peak, for the host check (not keyed)
     gcc_need: GccNeed | None = None  # the oldest GCC the build accepts, for the host check (not keyed)
+    # How the step runs (crossbuild.py): native, cross or emulated; None for an adopted wheel.
+    mode: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +109,7 @@ class Step:
             "options": dict(self.options),
             "patches": {tree: [p.name for p in ps] for tree, ps in self.patches.items()},
             "unresolved": list(self.unresolved),
+            "mode": self.mode,
         }
 
     @property
@@ -112,6 +129,7 @@ class Plan:
     # The release's [overrides]: name -> {kind (pin | component), version, reason}. The lock makes
     # each version win over what other packages declare (vLLM's torch==X when the release adopts Y).
     overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    build_host: BuildHost | None = None  # None: the target's own machine, no cross build
 
     def step(self, component: str) -> Step:
         for s in self.steps:
@@ -128,6 +146,8 @@ class Plan:
             "steps": [s.to_json() for s in self.steps],
             "pins": dict(self.pins),
             "overrides": {name: dict(o) for name, o in self.overrides.items()},
+            "build_host": {"machine": (self.build_host.machine if self.build_host else self.target.machine),
+                           "cross": bool(self.build_host and self.build_host.cross)},
         }
 
 
@@ -142,6 +162,7 @@ KEY_FORMAT = 2
 #   buildenv    the build's environment (SOURCE_DATE_EPOCH, the CUDA compiler variables, what is inherited)
 #   cargo       the Rust build's environment and toolchain (CARGO_HOME's config, rustup's toolchain)
 #   context     the default build command and the source edits every recipe uses
+#   crossbuild  a cross step's toolchain: the cross CUDA root, the CMake toolchain file, the compilers
 #   installer   what goes into the build venv (the base build requirements, the tree's [build-system])
 #   patches     how patch files are applied
 #   provenance  the .dist-info/wheelfactory.json every built wheel carries
@@ -153,8 +174,8 @@ KEY_FORMAT = 2
 # toolkit.py, whose assembled root is named by its LAYOUT_VERSION in the target's toolkit identity;
 # cuda_arch.py, whose flags reach a build only through a recipe hook's env (keyed as values).
 # tests/test_codehash.py makes each factory module these modules or a recipe import one or the other.
-ENGINE_MODULES = ("buildenv", "cargo", "context", "installer", "patches", "provenance", "repair", "stepbuild",
-                  "wheelpack")
+ENGINE_MODULES = ("buildenv", "cargo", "context", "crossbuild", "installer", "patches", "provenance", "repair",
+                  "stepbuild", "wheelpack")
 
 
 def engine_files() -> dict[str, Path]:
@@ -225,10 +246,14 @@ def plan_release(
     options: PlanOptions | None = None,
     is_cached: Callable[[str], bool] = lambda key: False,
     recorded: Callable[[Source], str | None] = lambda source: None,
+    build_host: BuildHost | None = None,
 ) -> Plan:
     """Order the components the targets need and key each one. Pure: touches no file or network
     except hashing a local source directory. `recorded` gives the content (commit, sha256) that
-    `fetch` recorded for a source; a source without one is keyed by its name, marked unresolved."""
+    `fetch` recorded for a source; a source without one is keyed by its name, marked unresolved.
+    `build_host` is where the steps run (default: the target's machine); with its cross_cuda set,
+    steps for another machine cross-compile or run emulated (crossbuild.step_mode)."""
+    host = build_host or BuildHost(target.machine)
     options = options or PlanOptions()
     named = list(options.env) + list(options.secrets) + [n.split(".")[0] for n in options.sources]
     for name in list(targets) + named + list(options.adopt):
@@ -307,6 +332,11 @@ def plan_release(
             "deps": {d: keys[d] for d in deps} if action == BUILD else {},
             "patches": {tree: [p.identity() for p in ps] for tree, ps in sorted(patches.items())},
         }
+        mode = step_mode(building=action == BUILD, host_machine=host.machine, target_machine=target.machine,
+                         cross=host.cross, recipe_cross=loaded.cross)
+        if mode in (CROSS, EMULATED):
+            # Only then: a native step's key is what it was before cross builds existed.
+            inputs["build"] = key_input(mode, host.machine, target.machine, host.cross_cuda or "")
         key = build_key(inputs)
         keys[name] = key
         build_with = tuple(d for d in recipe.build_deps if d in keys)
@@ -315,10 +345,10 @@ def plan_release(
                           tuple(build_requires) if action == BUILD else (),
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
-                          secrets=secrets if action == BUILD else {},
+                          secrets=secrets if action == BUILD else {}, mode=mode,
                           disk_gb=recipe.disk_estimate(spec.options),
                           gcc_need=recipe.gcc_need(spec.version, spec.options)))
-    return Plan(release, target, tuple(steps), dict(release.pins), release.override_table())
+    return Plan(release, target, tuple(steps), dict(release.pins), release.override_table(), build_host)
 
 
 def _override_extra_sources(name: str, extra: dict[str, Source], from_release: Mapping[str, Source],

@@ -2,9 +2,10 @@
 
 A recipe module under `recipes/` defines RECIPE, a `Recipe` (pure data), and any of the hooks
 of `RecipeHooks` below, each optional; without a build hook the default build runs
-`python -m build --wheel --no-isolation` on the source (BuildContext.build_wheel). Recipe modules
-import from `wheelfactory.recipe_api` only, import nothing heavy and run nothing at import time.
-docs/RECIPES.md is the guide.
+`python -m build --wheel --no-isolation` on the source (BuildContext.build_wheel). A module
+constant `CROSS = True` says the build cross-compiles with the toolchain a cross step gets
+(`build --cross`, see crossbuild.py). Recipe modules import from `wheelfactory.recipe_api` only,
+import nothing heavy and run nothing at import time. docs/RECIPES.md is the guide.
 
 The contract is closed: every public function a recipe module defines must be one of the hooks
 (checked at load, so `def prepair(ctx)` is an error, not a hook that silently never runs);
@@ -269,6 +270,13 @@ class LoadedRecipe:
             raise ValueError(f"{name!r} is not a recipe hook (hooks: {', '.join(HOOKS)})")
         fn = getattr(self.module, name, None)
         return fn if callable(fn) else None
+
+    @property
+    def cross(self) -> bool:
+        """Whether the module declares `CROSS = True`: its build cross-compiles with the toolchain a
+        cross step gets (crossbuild.py). A module constant, not a Recipe field: the declaration enters
+        every key, and the module's code (this line with it) already enters the recipe's."""
+        return getattr(self.module, "CROSS", False) is True
 
 
 def _data_path(recipe: Recipe, recipe_file: str | Path, name: str) -> Path:
