@@ -289,6 +289,7 @@ def test_engine_modules_are_declared_by_import_name():
 # key-relevant module must be decided on: added to plan.ENGINE_MODULES, or here with its reason.
 NOT_KEYED = {
     "__init__": "the tool's version: a key input of its own",
+    "cachestore": "sizes of kept work trees, for messages",
     "ccache": "a compiler cache: runtime only, like jobs",
     "cuda_arch": "its flags reach a build through the env a recipe hook returns, keyed as values",
     "devicecode": "judges the configure plan: pass or fail, not bytes",

@@ -151,7 +151,7 @@ def test_plan_cli_shows_modes_and_json(tmp_path, monkeypatch):
     assert any(line.split()[1:4] == ["build", "emulated", "torch"] for line in lines)
     r = invoke(*base, "--cross", "--json")
     data = json.loads(r.stdout)
-    assert data["format_version"] == 2
+    assert data["format_version"] == 3
     assert data["build_host"] == {"machine": "x86_64", "cross": True}
     assert {s["component"]: s["mode"] for s in data["steps"]}["vllm"] == "cross"
     r = invoke(*base, env={"WHEELFACTORY_CROSS": ""})

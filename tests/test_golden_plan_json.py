@@ -121,7 +121,7 @@ def test_golden_file_is_what_it_claims():
     """Independent of the code: facts of the contract the golden must show."""
     golden = json.loads(GOLDEN.read_text())
     s = golden["shape"]
-    assert golden["format_version"] == 2 and s["format_version"] == "integer"
+    assert golden["format_version"] == 3 and s["format_version"] == "integer"
     assert set(s) == {"format_version", "release", "target", "steps", "pins", "overrides", "build_host"}
     assert s["build_host"] == {"machine": "string", "cross": "boolean"}
     assert s["target"] == {"python": "string", "cuda": "string", "cuda_arch_list": ["string"],

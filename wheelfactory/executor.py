@@ -50,6 +50,7 @@ from .stepbuild import (
 )
 from .toolkit import ToolkitCache, WheelToolkit, toolkits_dir
 from .wheelhouse import Wheelhouse
+from .wheelmeta import sha256_file
 
 __all__ = ["PHASES", "ExecOptions", "Executor", "StepResult", "StoppedAfter", "find_python"]
 
@@ -204,18 +205,23 @@ class Executor:
                 log.unlink()
             runner = Runner(step.component, log, verbose=self.opts.verbose,
                             base_env=inherited_environ(os.environ, recipe.pass_env))
-            runner.step = StepClock(started, previous)  # heartbeats show step time and ETA
+            # From here, not from `started`: waiting for another process's key lock is no part of
+            # this step's time, its ETA or the duration the next build is estimated from.
+            working = time.monotonic()
+            runner.step = StepClock(working, previous)  # heartbeats show step time and ETA
             runner.hide(step.secrets.values())  # a secret passed to the build never reaches its log
             runner.set_phase("adopt" if step.action == ADOPT else "fetch")
             with runner.showing():  # the live status line stays up between commands too
                 built = self._produce(i, step, runner, stopping, started)
                 if isinstance(built, StepResult):
                     return built  # stopped on purpose (--until)
+                # the build's own time: neither the key lock's wait before nor the wheelhouse lock's after
+                build_took = time.monotonic() - working
                 runner.set_phase("publish")
                 published = self._publish(step, built, forced, log)
         took = time.monotonic() - started
-        if step.action == BUILD:
-            timings.record(step.component, took, version=step.version, key=step.key)
+        if step.action == BUILD and not built.from_staged:
+            timings.record(step.component, build_took, version=step.version, key=step.key)
         extra = f" ({built.ccache.summary()})" if built.ccache is not None else ""
         self.echo(f"[{i}/{total}] {step.component}: done in {took:.1f}s{extra} -> "
                   + ", ".join(w.path.name for w in published))
@@ -257,7 +263,8 @@ class Executor:
             with self.wheelhouse.lock(timeout=self.opts.wait, on_wait=waiting):
                 if forced:  # same key, maybe the same file name: the old build goes to attic/ first
                     self.wheelhouse.quarantine(sorted(n for n, e in self.wheelhouse.manifest().items()
-                                                      if e.get("key") == step.key))
+                                                      if e.get("key") == step.key),
+                                               same_as={sha256_file(w) for w in built.wheels})
                 published = self.wheelhouse.publish(built.wheels, built.origin | {
                     "component": step.component, "key": step.key, "inputs": step.key_inputs,
                     "log": str(log), "bytes_stripped": built.bytes_saved})
@@ -314,7 +321,7 @@ class Executor:
             return None
         if data.get("key") != step.key or not wheels or not all(w.is_file() for w in wheels):
             return None
-        return BuiltStep(wheels, int(data.get("bytes_saved", 0)), dict(data["origin"]))
+        return BuiltStep(wheels, int(data.get("bytes_saved", 0)), dict(data["origin"]), from_staged=True)
 
     def _key_lock(self, step: Step) -> contextlib.AbstractContextManager[None]:
         """The per-key lock in the cache (work/<component>-<key>.lock): a second build of the same

@@ -25,7 +25,9 @@ from .sources import Source, is_local_wheel, local_source
 from .toolkit import ToolkitCache, WheelToolkit, load_toolkit, mismatch_warning, toolkits_dir
 from .wheelhouse import Wheelhouse
 
-DEFAULT_RELEASE = "0.15.0-t4"
+# The newest release whose vLLM device code was checked for its arch (wheelfactory/data/device_code_checked.toml),
+# every component built from source with one CUDA: what `plan` and `build` without --release mean.
+DEFAULT_RELEASE = "0.33.0-t5"
 
 
 def default_recipes_dir() -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import __version__
 from .adopt import check_adopt_spec
+from .checked import unchecked_archs
 from .codehash import file_digest, set_digest
 from .crossbuild import CROSS, EMULATED, key_input, step_mode
 from .errors import InputError, did_you_mean
@@ -36,7 +37,8 @@ BUILD, CACHED, ADOPT = "build", "cached", "adopt"
 # The version of `plan --json`'s shape (Plan.to_json). Bump it whenever a key is added, removed or
 # changes type, and regenerate tests/golden/plan-json-shape.json (see tests/test_golden.py), so
 # that scripts reading the plan can tell which shape they were given.
-PLAN_FORMAT_VERSION = 2  # 2: each step's mode (native, cross, emulated) and the plan's build_host
+# 2: each step's mode (native, cross, emulated) and the plan's build_host; 3: steps[].unchecked_archs
+PLAN_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class Step:
     gcc_need: GccNeed | None = None  # the oldest GCC the build accepts, for the host check (not keyed)
     # How the step runs (crossbuild.py): native, cross or emulated; None for an adopted wheel.
     mode: str | None = None
+    # The release's archs this version's device code was never checked for on its real configure
+    # (checked.py): its build may stop at configure. Not keyed: it says what is known, not what is built.
+    unchecked_archs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +115,7 @@ class Step:
             "patches": {tree: [p.name for p in ps] for tree, ps in self.patches.items()},
             "unresolved": list(self.unresolved),
             "mode": self.mode,
+            "unchecked_archs": list(self.unchecked_archs),
         }
 
     @property
@@ -346,6 +352,8 @@ def plan_release(
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
                           secrets=secrets if action == BUILD else {}, mode=mode,
+                          unchecked_archs=(unchecked_archs(name, spec.version, spec.options, target.cuda_arch_list)
+                                           if action == BUILD else ()),
                           disk_gb=recipe.disk_estimate(spec.options),
                           gcc_need=recipe.gcc_need(spec.version, spec.options)))
     return Plan(release, target, tuple(steps), dict(release.pins), release.override_table(), build_host)

@@ -15,9 +15,10 @@ A release names the target and, for each component, its version and optional ove
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,28 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
+def _check_adopt(spec: str, where: str, *, recipe: Recipe, version: str) -> str:
+    return check_adopt_spec(spec, recipe, where, version)
+
+
+def _adopt_choice(value: Any, path: Path, where: str, check: Callable[[str, str], str]) -> str:
+    """A component's adopt spec: one string, or a list of alternatives of which the first local
+    wheel that exists is taken, else the first requirement or URL (a CPU wheel that one kind of
+    machine has on disk, PyPI's wheel of that version anywhere else). Each is checked; relative
+    wheel paths are taken from the release file's directory."""
+    alternatives = value if isinstance(value, list) and value else [value]
+    specs = []
+    for i, item in enumerate(alternatives):
+        at = f"{where}[{i}]" if isinstance(value, list) else where
+        spec = _string(item, at)
+        if is_local_wheel(spec) and not Path(spec).expanduser().is_absolute():
+            spec = str((path.parent / spec).resolve())
+        specs.append(check(spec, at))  # a URL comes back normalised
+    local = [s for s in specs if is_local_wheel(s)]
+    return next((s for s in local if Path(s).expanduser().is_file()),
+                next((s for s in specs if not is_local_wheel(s)), specs[0]))
+
+
 def _string(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise InputError(f"{where}: expected a non-empty string, got {value!r}")
@@ -324,10 +347,8 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
             check_env_value(value, f"{cwhere}.env.{key}")
         adopt = table.get("adopt")
         if adopt is not None:
-            adopt = _string(adopt, f"{cwhere}.adopt")
-            if is_local_wheel(adopt) and not Path(adopt).is_absolute():
-                adopt = str((path.parent / adopt).resolve())
-            adopt = check_adopt_spec(adopt, recipes[name].recipe, f"{cwhere}.adopt", version)
+            adopt = _adopt_choice(adopt, path, f"{cwhere}.adopt", functools.partial(
+                _check_adopt, recipe=recipes[name].recipe, version=version))
         keep_debug = table.get("keep_debug", False)
         if not isinstance(keep_debug, bool):  # bool("no") is True: a string must not pass for a switch
             raise InputError(f"{cwhere}.keep_debug: expected true or false, got {keep_debug!r}")

@@ -82,8 +82,10 @@ def _component_schema(loaded: LoadedRecipe) -> dict[str, Any]:
         "env": {"type": "object", "additionalProperties": {"type": "string"},
                 "propertyNames": {"pattern": f"^{ENV_KEY.pattern}$"},
                 "description": "extra build environment (enters the build key)"},
-        "adopt": dict(_NON_EMPTY, description="take an existing wheel instead of building: a requirement, "
-                                              "a wheel URL or a path to a .whl"),
+        "adopt": {"oneOf": [_NON_EMPTY, {"type": "array", "items": _NON_EMPTY, "minItems": 1}],
+                  "description": "take an existing wheel instead of building: a requirement, a wheel URL or a "
+                                 "path to a .whl; or a list of them, of which the first local wheel that exists "
+                                 "is taken, else the first requirement or URL"},
         "keep_debug": {"type": "boolean", "default": False,
                        "description": "keep debug symbols in the wheel's shared objects (default: stripped)"},
         "options": {"type": "object", "additionalProperties": False,

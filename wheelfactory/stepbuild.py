@@ -98,6 +98,7 @@ class BuiltStep:
     origin: dict[str, object]  # the manifest entry's build facts
     ccache: CacheStats | None = None
     resumed: bool = False
+    from_staged: bool = False  # built by an earlier run that could not publish: nothing was built now
 
 
 class StepBuild:
@@ -114,10 +115,12 @@ class StepBuild:
         self._prepared = False  # the work tree holds this key's prepared source and venv
 
     def _done(self, phase: str) -> None:
-        self.runner.note(f"phase {phase} done")
         if self.until == phase:
+            # not "phase X done": that moves the status line on to the next phase, which never starts
+            self.runner.note(f"phase {phase} done; stopping here (--until {phase})")
             self._record(stopped=f"stopped after {phase} (--until)")
             raise StoppedAfter(phase, self.work)
+        self.runner.note(f"phase {phase} done")
 
     # -- the phases ----------------------------------------------------------------------------
 
@@ -191,6 +194,12 @@ class StepBuild:
                              f"`source {self.work}/build_env.sh`") from None
         except KeyboardInterrupt:
             self._record(stopped="interrupted")
+            if self._prepared:  # say what stays, and how to go on or drop it (the CLI adds "interrupted")
+                from .cachestore import fmt_bytes, tree_size
+
+                self.s.echo(f"[{self.step.component}] interrupted: the work tree ({fmt_bytes(tree_size(self.work))}) "
+                            f"is kept at {self.work}; the next run of this step resumes it, `--fresh` starts over, "
+                            "`wheelfactory cache gc` removes it")
             raise
         staged = self._stage(wheels)
         origin: dict[str, object] = {"origin": "built", "from": step.source.describe()}
