@@ -7,12 +7,13 @@ refused before any engine runs.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -21,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 from wheelfactory.errors import BuildError, InputError
 from wheelfactory.factory import Factory
 from wheelfactory.lock import Lock, lock_paths, read_lock
+from wheelfactory.one_cuda import carried_cuda, load_cuda_wheels, refuse_mixed
 from wheelfactory.recipe import LoadedRecipe
 from wheelfactory.release import Release
 from wheelfactory.wheelhouse import atomic_write_text
@@ -30,7 +32,7 @@ from .bases import BaseImage, find_base, incompatible_wheels, load_bases
 from .closure import ClosureReport, check_tar
 from .context import write_context
 from .docker import Docker
-from .dockerfile import render_dockerfile
+from .dockerfile import IMAGE_FILES, render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
 from .report import SizeReport, measure
 from .spec import ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
@@ -52,12 +54,21 @@ class Prepared:
     # (python package, why, system package names) installed before the venv (system_libraries.toml)
     system: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     preview: bool = False  # written from the release's pins without a lock: not buildable
+    triton: str | None = None  # the locked Triton version: the image's smoke test compiles a kernel with it
+    nccl: bool = False  # the lock holds NCCL: the image's smoke test loads rdma-core (libibverbs + mlx5)
 
     @property
     def run_names(self) -> list[str]:
         """Names of the image's RUN layers, in order."""
         return (["python"] if self.base.needs_python else []) + (["system"] if self.system else []) + \
             ["venv"] + [x.name for x in self.layers]
+
+
+# What NCCL's IB/RoCE transport loads with dlopen (no DT_NEEDED names them): the libraries of
+# the nvidia-nccl-cu13 system-library set (assemble/data/system_libraries.toml).
+RDMA_CHECK = ("import ctypes\n"
+              "for name in ('libibverbs.so.1', 'libmlx5.so.1', 'librdmacm.so.1'):\n"
+              "    ctypes.CDLL(name)\n")
 
 
 def _public(version: str) -> str:
@@ -152,6 +163,13 @@ class Assembler:
             return self._preview(release, specs, bases)
         lock = read_lock(wh, release.name)
         check_lock(release, lock, wh.root)
+        cuda_table = load_cuda_wheels(self.factory.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml")
+        locked = [(x.name, x.version) for x in lock.packages]
+        refuse_mixed(release.name, locked, cuda_table, release.target.cuda)  # a lock written before the rule
+        carried = carried_cuda(locked, cuda_table)
+        if carried:  # the CUDA the image's NVIDIA wheels really are, beside the release's cuda_version
+            ns = self.settings.label_namespace
+            specs = [replace(s, labels={**s.labels, f"{ns}.cuda_wheels_version": carried}) for s in specs]
         for spec, base in zip(specs, bases, strict=True):
             check_base(spec, base, lock)
         libs, jit = cuda_wheel_names(self.factory.data_root("cuda_wheels.toml"))
@@ -180,8 +198,10 @@ class Assembler:
             dockerfile = out / f"{spec.name}.Dockerfile"
             atomic_write_text(dockerfile, render_dockerfile(spec, base, [(x.name, x.group.about) for x in layers],
                                                             system=system))
+            triton = next((x.version for x in lock.packages if x.name == "triton"), None)
             prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log",
-                                     system=system))
+                                     system=system, triton=triton,
+                                     nccl=any(x.name == "nvidia-nccl-cu13" for x in lock.packages)))
         bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
         return prepared
@@ -261,6 +281,32 @@ class Assembler:
             report = check_tar(tar, env, variants=variant_sets())
         p.timings["closure_s"] = time.monotonic() - started
         return report
+
+    def check_triton(self, p: Prepared) -> dict | None:
+        """The image's Triton compiles a kernel ahead of time for sm_121a with the ptxas its environment
+        names (imagefiles/triton_aot_check.py, no GPU needed); None when the image has no Triton."""
+        if p.triton is None:
+            return None
+        argv = ["python", f"{IMAGE_FILES}/triton_aot_check.py", "--capability", "121"]
+        # the toolkit wheels' ptxas, when the image has them: Triton must use it, not its bundled one
+        ptxas = p.spec.env.get("TRITON_PTXAS_BLACKWELL_PATH") or p.spec.env.get("TRITON_PTXAS_PATH")
+        if ptxas:
+            argv += ["--expect-ptxas", ptxas]
+        started = time.monotonic()
+        r = self.docker.run(p.spec.ref(self.settings.registry), argv)
+        p.timings["triton_s"] = time.monotonic() - started
+        try:
+            return json.loads(r.stdout.splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            return {"ok": False, "error": f"the check did not run (exit {r.returncode}): {r.stderr.strip()[-2000:]}"}
+
+    def check_rdma(self, p: Prepared) -> str | None:
+        """None when the image loads rdma-core's libraries as NCCL does (dlopen of libibverbs.so.1,
+        its mlx5 provider, librdmacm.so.1); else what failed. Skipped (None) without NCCL."""
+        if not p.nccl:
+            return None
+        r = self.docker.run(p.spec.ref(self.settings.registry), ["python", "-c", RDMA_CHECK])
+        return None if r.returncode == 0 else (r.stderr.strip() or r.stdout.strip())[-1000:]
 
     def sibling(self, p: Prepared) -> str | None:
         """An image of the same repository and vLLM version with other transformers (another major first)."""

@@ -101,10 +101,25 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
                   f"{len(closure.warnings)} warning(s) ({p.timings['closure_s']:.1f}s)")
             if not closure.ok:
                 failed.append(ref)
+            rdma = asm.check_rdma(p)
+            if rdma is not None:
+                _echo(f"  error: {ref} cannot load rdma-core's libraries as NCCL does: {rdma}")
+                failed.append(ref)
+            triton = asm.check_triton(p)
+            if triton is not None:
+                if triton.get("ok"):
+                    what = (f"compiles for sm_121a: cubin {triton.get('cubin_sm')} by ptxas "
+                            f"{triton.get('cubin_ptxas')} ({triton.get('ptxas')})")
+                else:
+                    what = f"FAILED: {triton.get('error')}"
+                _echo(f"triton {p.triton} of {ref}: {what} ({p.timings['triton_s']:.1f}s)")
+                if not triton.get("ok"):
+                    failed.append(ref)
         for line in asm.size_report(p).lines():
             click.echo(line)
     if failed:
-        raise BuildError(f"the closure check failed for {', '.join(failed)}: a shared library is missing "
-                         "from the image (see the errors above)")
+        raise BuildError(f"the image checks failed for {', '.join(failed)}: a shared library is missing from "
+                         "the image, NCCL's rdma-core does not load, or its Triton cannot compile for sm_121a "
+                         "(see the errors above)")
 
 

@@ -17,6 +17,8 @@ from wheelfactory.grammar import check_text
 from .bases import BaseImage
 from .spec import VENV, ImageSpec, jit_root_links
 
+IMAGE_FILES = "/opt/wheelfactory"  # the image's own checks (assemble/imagefiles), copied from the context
+
 # pip flags of every wheel layer:
 #   --no-index --find-links  the layer's own bind-mounted wheels, never an index
 #   --require-hashes --no-deps  exactly the locked files (the lock is the resolution)
@@ -125,6 +127,11 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
             "# locked wheels and its requirements.txt with their hashes. Each RUN bind-mounts one of them,",
             "# so no wheel is ever copied into a layer.",
             f"FROM {base.ref}", ""]
+    # Right after FROM: the size report counts the RUN layers at the image's end as the assembler's,
+    # and a COPY among them would shift them. These few files change rarely (a change rebuilds every
+    # layer after it).
+    out += ["# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile",
+            f"COPY imagefiles/ {IMAGE_FILES}/", ""]
     out += _provision(spec, base)
     out += _system_libraries(base, system)
     out += _venv(spec, base)
@@ -135,6 +142,14 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
     env = {"VIRTUAL_ENV": VENV, "PATH": f"{VENV}/bin:$PATH"} | env
     out.append("ENV " + _continued([f"{_key(k)}={_quote(v, f'ENV {k}')}" for k, v in env.items()]))
     out.append("")
+    if spec.entrypoint:
+        # -I -S: the gate runs on the standard library alone, whatever PYTHON* variables a user sets,
+        # without site-packages' .pth hooks; -B: it writes no .pyc into the image's container.
+        # `docker run IMAGE` serves (vllm serve); options alone go to vllm serve; any other command
+        # runs after the check; --entrypoint replaces the check (README: Images).
+        out += ["# check the host's NVIDIA driver against the image's CUDA, then run the command",
+                f'ENTRYPOINT ["{VENV}/bin/python", "-I", "-S", "-B", "{IMAGE_FILES}/entrypoint.py"]',
+                'CMD ["vllm", "serve"]', ""]
     # Build-time values come last: a new date or revision must not invalidate any cached layer.
     out += [f"ARG {arg}" for arg in sorted(set(spec.arg_labels.values()))]
     labels = {k: v for k, v in spec.labels.items()} | {k: "${" + a + "}" for k, a in spec.arg_labels.items()}

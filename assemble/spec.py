@@ -14,6 +14,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from wheelfactory.cuda_drivers import driver_floor, gate_env
 from wheelfactory.errors import InputError
 from wheelfactory.grammar import (
     OCI_NAME_MAX,
@@ -24,6 +25,7 @@ from wheelfactory.grammar import (
     check_text,
 )
 from wheelfactory.release import Release
+from wheelfactory.triton_ptxas import ptxas_env
 
 from .datafiles import load_data
 
@@ -78,6 +80,8 @@ class ImageSpec:
     labels: Mapping[str, str]  # known from the release
     arg_labels: Mapping[str, str]  # label -> build arg
     env: Mapping[str, str] = field(default_factory=dict)  # set after the wheels are installed
+    # the entrypoint that checks the host's driver (imagefiles/entrypoint.py) before `vllm serve`
+    entrypoint: bool = False
     dev_tooling: bool = False
     transformers_major: str | None = None
     vllm_version: str | None = None
@@ -135,10 +139,13 @@ def cuda_minor(cuda: str) -> str:
 
 
 def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
-    """CUDA_HOME, TRITON_PTXAS_PATH and PATH into the JIT toolkit wheels, when the release pins them all.
+    """CUDA_HOME, every ptxas variable of the release's Triton and PATH into the JIT toolkit wheels,
+    when the release pins them all.
 
     NVIDIA's CUDA 13 wheels install into site-packages/nvidia/cu13/{bin,include,lib,nvvm}, the
-    layout of a CUDA toolkit root (nvcc.profile finds nvvm/ and include/ relative to bin/).
+    layout of a CUDA toolkit root (nvcc.profile finds nvvm/ and include/ relative to bin/). Triton
+    >= 3.6 runs TRITON_PTXAS_BLACKWELL_PATH's ptxas for sm_100 and up (the Spark's sm_121a), not
+    TRITON_PTXAS_PATH's (wheelfactory/data/triton_ptxas.toml).
     """
     _, jit = cuda_wheel_names(recipes_dir)
     needed = jit.get(cuda_minor(release.target.cuda), set())
@@ -147,7 +154,8 @@ def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
         return {}
     major = release.target.cuda.split(".")[0]
     home = f"{VENV}/lib/python{release.target.python}/site-packages/nvidia/cu{major}"
-    return {"CUDA_HOME": home, "TRITON_PTXAS_PATH": f"{home}/bin/ptxas", "PATH": f"{VENV}/bin:{home}/bin:$PATH"}
+    return {"CUDA_HOME": home, **ptxas_env(release.version_of("triton"), f"{home}/bin/ptxas"),
+            "PATH": f"{VENV}/bin:{home}/bin:$PATH"}
 
 
 def jit_root_links(env: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -173,6 +181,12 @@ def _major(version: str, what: str, release: Release) -> str:
 
 def _labels(release: Release, ns: str, title: str, tag: str) -> dict[str, str]:
     labels = {f"{ns}.release": release.name, f"{ns}.cuda_version": release.target.cuda}
+    floor = driver_floor(release.target.cuda)
+    if floor is not None:
+        # the host driver the image needs (its entrypoint refuses an older one), and the one its
+        # toolkit's PTX needs to be JIT-compiled (wheelfactory/data/cuda_drivers.toml)
+        labels[f"{ns}.min_driver"] = floor.minimum_driver
+        labels[f"{ns}.ptx_driver"] = floor.ptx_driver
     for name in VERSION_LABELS:
         version = release.version_of(name)
         if version:
@@ -235,10 +249,11 @@ def _image_specs(release: Release, recipes_dir: Path, settings: Settings) -> lis
             raise InputError(f"{release.path}: a vllm image is tagged <vllm>-t<transformers major>; the release "
                              "needs [components.vllm] and [pins] transformers, or an explicit [image] tag")
         t_major = _major(transformers, "transformers", release) if transformers else None
+        common["env"] = {**common["env"], **gate_env(release.target.cuda)}
         return [ImageSpec(variant="runtime", repository=repository, tag=tag,
                           base=settings.base_image or image["base"],
                           labels=_labels(release, ns, repository, tag), transformers_major=t_major,
-                          vllm_version=vllm, **common)]
+                          vllm_version=vllm, entrypoint=True, **common)]
     torch = release.version_of("torch")
     if "tag" in image:
         tag = image["tag"]

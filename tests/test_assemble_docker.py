@@ -79,6 +79,16 @@ def test_imports_and_nccl_without_network(docker: Docker, built) -> None:
     assert r.returncode == 0 and r.stdout.startswith("nccl "), r.stderr[-2000:]
 
 
+def test_entrypoint_gate_and_rdma_core_in_the_ci_image(docker: Docker, built) -> None:
+    # no GPU here: the driver gate says nothing and runs the command; NCCL's rdma-core loads
+    r = docker.run(T4, ["python", "-c", "import ctypes; [ctypes.CDLL(n) for n in ('libibverbs.so.1', "
+                                        "'libmlx5.so.1', 'librdmacm.so.1')]; print('rdma ok')"])
+    assert r.returncode == 0 and r.stdout == "rdma ok\n" and r.stderr == "", r.stderr[-2000:]
+    config = docker.inspect(T4)["Config"]
+    assert config["Entrypoint"][-1] == "/opt/wheelfactory/entrypoint.py" and config["Cmd"] == ["vllm", "serve"]
+    assert config["Labels"][f"{NS}.min_driver"] == "580" and "WHEELFACTORY_MIN_DRIVER=580" in config["Env"]
+
+
 def test_labels_say_what_is_inside(docker: Docker, built) -> None:
     labels = docker.inspect(T4)["Config"]["Labels"]
     assert labels[f"{NS}.vllm_version"] == "0.14.1" and labels[f"{NS}.torch_version"] == "2.13.0"
@@ -113,7 +123,8 @@ def test_size_report_overhead_under_two_percent(docker: Docker, built) -> None:
     asm = Assembler(factory, Settings(), out, docker)
     [p] = asm.prepare(str(CI_RELEASES / "ci.toml"))
     report = asm.size_report(p)
-    assert [x.name for x in report.layers] == ["venv", "cuda", "torch", "stack", "transformers"]
+    # system: rdma-core for NCCL (the stand-in nvidia-nccl-cu13), system_libraries.toml
+    assert [x.name for x in report.layers] == ["system", "venv", "cuda", "torch", "stack", "transformers"]
     assert report.installed > 2e9 and 0 <= report.overhead < 2.0, report.lines()
 
 

@@ -34,6 +34,15 @@ def test_vllm_release_tag_labels_and_groups(factory: Factory) -> None:
     assert spec.arg_labels["org.opencontainers.image.created"] == "WF_CREATED"
     assert spec.arg_labels[f"{ns}.torch_build_key"] == "WF_TORCH_BUILD_KEY"
     assert spec.env["TRITON_PTXAS_PATH"] == "/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin/ptxas"
+    # Triton 3.5.1 reads no other ptxas variable
+    assert "TRITON_PTXAS_BLACKWELL_PATH" not in spec.env
+
+
+def test_triton_38_image_points_the_blackwell_ptxas_at_the_toolkit(factory: Factory) -> None:
+    # Triton >= 3.6 runs TRITON_PTXAS_BLACKWELL_PATH's ptxas for sm_121a, not TRITON_PTXAS_PATH's
+    [spec] = image_specs(factory.release("0.33.0-t5"), RECIPES)
+    ptxas = "/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin/ptxas"
+    assert spec.env["TRITON_PTXAS_BLACKWELL_PATH"] == ptxas and spec.env["TRITON_PTXAS_PATH"] == ptxas
 
 
 def test_t5_differs_from_t4_only_in_transformers(factory: Factory) -> None:
@@ -164,3 +173,12 @@ def test_the_jit_root_run_line_works_in_a_posix_shell(tmp_path) -> None:
     assert (root / "lib" / "libcudart.so").readlink().as_posix() == "libcudart.so.13"
     (root / "lib" / "libcudart.so.13").unlink()
     assert subprocess.run(["sh", "-c", run]).returncode != 0
+
+
+def test_cuda_13_1_image_states_its_driver_floor_and_gates_on_it(factory: Factory) -> None:
+    [spec] = image_specs(factory.release("0.33.0-t5"), RECIPES)
+    ns = "dev.wheelfactory"
+    assert spec.labels[f"{ns}.min_driver"] == "580" and spec.labels[f"{ns}.ptx_driver"] == "590.44.01"
+    assert spec.entrypoint and spec.env["WHEELFACTORY_MIN_DRIVER"] == "580"
+    # never CUDA's forward-compatibility libcuda on the library path
+    assert not any("LD_LIBRARY_PATH" in k or "compat" in v for k, v in spec.env.items())

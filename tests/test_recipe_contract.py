@@ -229,7 +229,8 @@ def test_engine_modules_exist_and_shape_wheels():
     tests/test_codehash.py checks that every module they or a recipe import was decided on."""
     package = Path(plan_module.__file__).parent
     assert set(plan_module.ENGINE_MODULES) == {"buildenv", "cargo", "context", "crossbuild", "installer",
-                                               "patches", "provenance", "repair", "stepbuild", "wheelpack"}
+                                               "patches", "provenance", "pydeps", "repair", "stepbuild",
+                                               "wheelpack"}
     assert all((package / f"{m}.py").is_file() for m in plan_module.ENGINE_MODULES)
 
 

@@ -27,6 +27,7 @@ from .codehash import file_digest, set_digest
 from .crossbuild import CROSS, EMULATED, key_input, step_mode
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
+from .pydeps import DEFAULT_INDEX, index_identity
 from .recipe import EnvSpec, GccNeed, LoadedRecipe, Target
 from .release import Release
 from .secretenv import REDACTED, is_secret_name
@@ -50,6 +51,8 @@ class PlanOptions:
     adopt: Mapping[str, str] = field(default_factory=dict)  # component -> wheel/requirement to adopt
     # component -> {name: value} passed to its build only (--secret-env); see secretenv.py
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The index build requirements come from (its identity, pydeps.py): enters every build's key.
+    build_index: str = DEFAULT_INDEX
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ KEY_FORMAT = 2
 #   installer   what goes into the build venv (the base build requirements, the tree's [build-system])
 #   patches     how patch files are applied
 #   provenance  the .dist-info/wheelfactory.json every built wheel carries
+#   pydeps      which build-requirement files (per index, hash-pinned) the build venv installs
 #   repair      strip and retag
 #   stepbuild   the phases: the source copy, patches, venv, hooks and default build, repair, stamp
 #   wheelpack   wheel layout, RECORD, timestamps
@@ -180,8 +184,8 @@ KEY_FORMAT = 2
 # toolkit.py, whose assembled root is named by its LAYOUT_VERSION in the target's toolkit identity;
 # cuda_arch.py, whose flags reach a build only through a recipe hook's env (keyed as values).
 # tests/test_codehash.py makes each factory module these modules or a recipe import one or the other.
-ENGINE_MODULES = ("buildenv", "cargo", "context", "crossbuild", "installer", "patches", "provenance", "repair",
-                  "stepbuild", "wheelpack")
+ENGINE_MODULES = ("buildenv", "cargo", "context", "crossbuild", "installer", "patches", "provenance", "pydeps",
+                  "repair", "stepbuild", "wheelpack")
 
 
 def engine_files() -> dict[str, Path]:
@@ -282,6 +286,11 @@ def plan_release(
         adopt = options.adopt.get(name) or spec.adopt
         if name in options.adopt:
             adopt = check_adopt_spec(adopt, recipe, f"--adopt {name}={adopt}", spec.version)
+        defaults = {o.name: o.default for o in recipe.options}
+        if adopt and (steered := sorted(k for k, v in spec.options.items() if k not in defaults or defaults[k] != v)):
+            # Options steer a build; an adopted wheel is taken as it is, so they would do nothing.
+            raise InputError(f"{release.path} [components.{name}]: options {', '.join(steered)} apply to a build, "
+                             f"and {name} is adopted ({adopt}); remove the options or the adopt")
         if adopt:
             source_identity: Any = {"adopt": adopt}
             action = ADOPT
@@ -337,6 +346,10 @@ def plan_release(
             "target": target_json,
             "deps": {d: keys[d] for d in deps} if action == BUILD else {},
             "patches": {tree: [p.identity() for p in ps] for tree, ps in sorted(patches.items())},
+            # Where the build requirements come from: another index may serve other files under
+            # the same names, so it is another key (pydeps.py).
+            # (An adopted wheel installs no build requirement: its key stays as it was.)
+            **({"build_index": index_identity(options.build_index)} if action == BUILD else {}),
         }
         mode = step_mode(building=action == BUILD, host_machine=host.machine, target_machine=target.machine,
                          cross=host.cross, recipe_cross=loaded.cross)

@@ -4,9 +4,17 @@
 # so no wheel is ever copied into a layer.
 FROM nvidia/cuda:13.1.0-devel-ubuntu24.04
 
+# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile
+COPY imagefiles/ /opt/wheelfactory/
+
 # python and build tooling
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends build-essential cmake git ninja-build pkg-config python3 python3-dev python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+# system libraries nvidia-nccl-cu13 loads: rdma-core's user space (libibverbs, its mlx5 provider, librdmacm), which NCCL loads with dlopen for InfiniBand/RoCE (the Sparks' ConnectX-7 link); without it NCCL falls back to TCP sockets without an error
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ibverbs-providers libibverbs1 librdmacm1 \
     && rm -rf /var/lib/apt/lists/*
 
 # the venv every layer installs into; the base's python must be the one the wheels are for
@@ -36,6 +44,8 @@ ARG WF_TORCHVISION_BUILD_KEY
 ARG WF_TORCH_BUILD_KEY
 LABEL dev.wheelfactory.release="pytorch-2.10.0-cu131" \
     dev.wheelfactory.cuda_version="13.1.0" \
+    dev.wheelfactory.min_driver="580" \
+    dev.wheelfactory.ptx_driver="590.44.01" \
     dev.wheelfactory.nccl_version="2.29.2-1" \
     dev.wheelfactory.torch_version="2.10.0" \
     dev.wheelfactory.torchvision_version="0.25.0" \
