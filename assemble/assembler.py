@@ -25,17 +25,19 @@ from wheelfactory.lock import Lock, lock_paths, read_lock
 from wheelfactory.one_cuda import carried_cuda, load_cuda_wheels, refuse_mixed
 from wheelfactory.recipe import LoadedRecipe
 from wheelfactory.release import Release
+from wheelfactory.toolkit import ToolkitCache, toolkits_dir
 from wheelfactory.wheelhouse import atomic_write_text
 
 from .bake import render_bake, target_name
 from .bases import BaseImage, find_base, incompatible_wheels, load_bases
 from .closure import ClosureReport, check_tar
 from .context import write_context
+from .devtoolkit import CONTEXT_DIR, dev_toolkit, write_toolkit_context
 from .docker import Docker
-from .dockerfile import IMAGE_FILES, render_dockerfile
+from .dockerfile import IMAGE_FILES, extra_runs, provision_packages, render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
 from .report import SizeReport, measure
-from .spec import ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
+from .spec import TOOLKIT_ARG, VENV, ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
 from .syslibs import needed_system_packages, variant_sets
 
 
@@ -60,8 +62,15 @@ class Prepared:
     @property
     def run_names(self) -> list[str]:
         """Names of the image's RUN layers, in order."""
-        return (["python"] if self.base.needs_python else []) + (["system"] if self.system else []) + \
-            ["venv"] + [x.name for x in self.layers]
+        return (["python"] if provision_packages(self.spec, self.base) else []) + \
+            (["system"] if self.system else []) + ["venv"] + [x.name for x in self.layers] + \
+            extra_runs(self.spec, self.base)
+
+    @property
+    def needs_network(self) -> bool:
+        """Whether a RUN installs packages from the base's package manager (the others run with no network)."""
+        return bool(provision_packages(self.spec, self.base) or self.system or
+                    (self.spec.dev_tooling and self.base.dev_packages))
 
 
 # What NCCL's IB/RoCE transport loads with dlopen (no DT_NEEDED names them): the libraries of
@@ -192,6 +201,15 @@ class Assembler:
         out = self.output_dir / release.name
         context = out / "context"
         write_context(context, layers, wh.root)
+        args = {s.name: dict(keys) for s in specs}  # per image: the build keys (+ a dev image's toolkit)
+        for spec, base in zip(specs, bases, strict=True):
+            if spec.dev_tooling:  # the release's toolkit, links into the venv for the wheels the lock has
+                dev = dev_toolkit(self.factory.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml",
+                                  release, lock, own=set().union(*jit.values()))
+                cache = ToolkitCache(toolkits_dir(self.factory.cache_dir), self.factory.index_url)
+                write_toolkit_context(context / CONTEXT_DIR, dev, lock, wh.root, cache,
+                                      f"{VENV}/lib/python{base.python}/site-packages", self.echo)
+                args[spec.name][TOOLKIT_ARG] = dev.toolkit.label
         prepared = []
         for spec, base in zip(specs, bases, strict=True):
             system = needed_system_packages((p.name for p in lock.packages), base.family, base.ref)
@@ -199,10 +217,10 @@ class Assembler:
             atomic_write_text(dockerfile, render_dockerfile(spec, base, [(x.name, x.group.about) for x in layers],
                                                             system=system))
             triton = next((x.version for x in lock.packages if x.name == "triton"), None)
-            prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log",
-                                     system=system, triton=triton,
+            prepared.append(Prepared(spec, base, layers, dockerfile, context, args[spec.name],
+                                     out / f"{spec.name}.build.log", system=system, triton=triton,
                                      nccl=any(x.name == "nvidia-nccl-cu13" for x in lock.packages)))
-        bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
+        bake = render_bake(specs, self.settings.registry, {target_name(s): args[s.name] for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
         return prepared
 
@@ -256,15 +274,48 @@ class Assembler:
                              "--no-build to only write the Dockerfiles")
         return self.docker.has_buildx()
 
+    def network(self, p: Prepared) -> str | None:
+        """The build's --network: none without a package manager to run; else the user's choice, where
+        `auto` is the engine's default network, or the host's on an engine without a default bridge
+        (dockerd --bridge=none, where RUN steps fail with "network bridge not found")."""
+        if not p.needs_network:
+            return "none"
+        choice = self.settings.network
+        if choice == "auto":
+            return None if self.docker.has_default_bridge() else "host"
+        return None if choice == "default" else choice
+
+    def base_digest(self, p: Prepared) -> str:
+        """The base's digest for the label and the FROM line: the pin of bases.toml, else the registry digest
+        of the base as the engine has it (pulled when absent), else a local base's image ID."""
+        if p.base.digest:
+            return p.base.digest
+        info = self.docker.inspect(p.base.ref)
+        if info is None:
+            self.docker.pull(p.base.ref)
+            info = self.docker.inspect(p.base.ref) or {}
+        repo = p.base.ref.rsplit(":", 1)[0] if ":" in p.base.ref.rsplit("/", 1)[-1] else p.base.ref
+        for entry in info.get("RepoDigests") or []:
+            name, _, digest = entry.partition("@")
+            if name == repo or name.endswith("/" + repo):
+                # From a registry: pin FROM to the digest the label records, for this build.
+                text = p.dockerfile.read_text()
+                pinned = text.replace(f"\nFROM {p.base.ref}\n", f"\nFROM {p.base.ref}@{digest}\n", 1)
+                if pinned != text:
+                    atomic_write_text(p.dockerfile, pinned)
+                    self.echo(f"{p.spec.ref()}: base {p.base.ref} pinned to {digest} for this build; pin it for "
+                              f"every build with digest = \"{digest}\" in assemble/data/bases.toml")
+                return digest
+        return str(info.get("Id", ""))  # a local image: no registry digest; its ID names its content
+
     def build(self, p: Prepared, buildx: bool) -> None:
-        """Build one image (no network unless the base must install Python)."""
+        """Build one image (no network unless a RUN installs packages from the base's package manager)."""
         if p.preview:
             raise InputError(f"{p.dockerfile} is a preview without a lock; run `wheelfactory lock --release "
                              f"{p.spec.release}` first")
-        # The network only for a package manager: Python or system libraries to install.
+        args = self.build_args(p) | {"WF_BASE_DIGEST": self.base_digest(p)}
         cmd = self.docker.build_command(p.dockerfile, p.context, p.spec.ref(self.settings.registry),
-                                        self.build_args(p), network_none=not (p.base.needs_python or p.system),
-                                        buildx=buildx)
+                                        args, network=self.network(p), buildx=buildx)
         started = time.monotonic()
         self.docker.build(cmd, p.log)
         p.timings["build_s"] = time.monotonic() - started
@@ -328,8 +379,11 @@ class Assembler:
 
     def size_report(self, p: Prepared) -> SizeReport:
         """Sizes of a built image against the installed bytes of its wheels."""
-        installed: list[int | None] = [None] * (len(p.run_names) - len(p.layers)) + [x.installed_bytes
-                                                                                    for x in p.layers]
+        # RUNs before the wheel layers (Python, system libraries, venv) and after them (dev tooling and
+        # toolkit, the user) install no wheels
+        after = len(extra_runs(p.spec, p.base))
+        installed: list[int | None] = [None] * (len(p.run_names) - len(p.layers) - after) + \
+            [x.installed_bytes for x in p.layers] + [None] * after
         return measure(self.docker, p.spec.ref(self.settings.registry), p.run_names, installed, self.sibling(p))
 
 

@@ -57,9 +57,16 @@ def test_t5_differs_from_t4_only_in_transformers(factory: Factory) -> None:
 def test_pytorch_release_makes_dev_and_runtime(factory: Factory) -> None:
     dev, runtime = image_specs(factory.release("pytorch-2.10.0-cu131"), RECIPES)
     assert dev.ref() == "dgx-spark-pytorch-dev:2.10.0-cu131" and dev.dev_tooling
-    assert dev.base == "nvidia/cuda:13.1.0-devel-ubuntu24.04"
+    # the thin design: the runtime image's base, plus tooling and the release's toolkit at /usr/local/cuda
+    assert dev.base == runtime.base == "nvidia/cuda:13.1.0-base-ubuntu24.04"
     assert runtime.ref() == "dgx-spark-pytorch-runtime:2.10.0-cu131" and not runtime.dev_tooling
-    assert runtime.base == "nvidia/cuda:13.1.0-base-ubuntu24.04"
+    assert dev.env["CUDA_HOME"] == "/usr/local/cuda" and dev.env["TORCH_CUDA_ARCH_LIST"] == "12.1a"
+    assert dev.env["PATH"].split(":")[:2] == ["/opt/venv/bin", "/usr/local/cuda/bin"]
+    assert "CUDA_HOME" not in runtime.env and dev.user is None and runtime.user is None
+    assert dev.labels["org.opencontainers.image.base.name"] == "nvidia/cuda:13.1.0-base-ubuntu24.04"
+    assert dev.arg_labels["org.opencontainers.image.base.digest"] == "WF_BASE_DIGEST"
+    assert dev.arg_labels["dev.wheelfactory.cuda_toolkit"] == "WF_CUDA_TOOLKIT"
+    assert "dev.wheelfactory.cuda_toolkit" not in runtime.arg_labels
     assert [g.name for g in runtime.groups] == ["cuda", "torch", "stack"]  # no transformers pin
     assert "dev.wheelfactory.vllm_version" not in runtime.labels
 

@@ -79,3 +79,23 @@ def test_lock_passes_the_constraints_to_uv_and_refuses_a_mixed_result(factory: F
     constraints = uv.files[0]["--constraint"].splitlines()
     assert "nvidia-cuda-nvcc==13.1.80" in constraints and "nvidia-cuda-runtime==13.1.80" in constraints
     assert not (wh.locks_dir / "0.15.0-t4.json").exists()  # no lock written
+
+
+def test_a_cuda_wheel_the_release_overrides_is_not_held_to_the_toolkit_pin(factory: Factory, monkeypatch,
+                                                                           tmp_path: Path) -> None:
+    """An adopted torch's own cuBLAS ([pins] + [overrides], as tests/releases/ci-dev.toml does): the lock
+    gives uv no constraint for it, and keeps every other CUDA wheel's."""
+    release = tmp_path / "r.toml"
+    release.write_text('extends = "0.15.0-t4"\n[pins]\nnvidia-cublas = "13.2.1.0"\n'
+                       '[overrides]\nnvidia-cublas = "the adopted torch requires it"\n')
+    wh = factory.wheelhouse
+    wh.root.mkdir(parents=True, exist_ok=True)
+    vllm = tiny_wheel(wh.root, "vllm", "0.15.0", ())
+    cublas = tiny_wheel(wh.root, "nvidia-cublas", "13.2.1.0")
+    plan = factory.plan(factory.release(str(release)), ["vllm"])
+    monkeypatch.setattr(lockmod, "component_wheels", lambda plan, wheelhouse: {"vllm": [vllm]})
+    uv = FakeUv([vllm, cublas])
+    lockmod.lock_release(plan, wh, uv, "python3.12", "https://pypi.org/simple", offline=True, cuda_wheels=TABLE)
+    constraints = uv.files[0]["--constraint"].splitlines()
+    assert not any(c.startswith("nvidia-cublas==") for c in constraints)
+    assert "nvidia-cuda-runtime==13.1.80" in constraints

@@ -499,6 +499,7 @@ def doctor(factory: Factory, release: str, targets: tuple[str, ...], python: str
 @click.argument("component")
 @click.argument("wheel_or_requirement", required=False)
 @release_option
+@system_cuda_option  # the adopted step's key, as the builds against it will compute it
 @click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
 @click.option("--from-python", "from_python", metavar="PYTHON",
               help="Adopt the distribution installed in this interpreter, repacked into a wheel (its files "

@@ -240,7 +240,10 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
     root = wheelhouse.root.resolve()
     requirements = "\n".join(_top_level(plan, dists)) + "\n"
     override_lines = "".join(f"{line}\n" for line in override_requirements(plan, dists, wheels))
-    constraint_lines = "".join(f"{line}\n" for line in toolkit_constraints(cuda_wheels or {}, plan.target.cuda))
+    # a CUDA wheel the release overrides ([pins] + [overrides]: an adopted torch's own cuDNN, say) is the
+    # release's decision, not the toolkit's pin
+    constraint_lines = "".join(f"{line}\n" for line in toolkit_constraints(cuda_wheels or {}, plan.target.cuda)
+                               if canonicalize_name(line.split("==")[0]) not in overrides)
     # the constraints are inputs of the resolution as much as the overrides are
     inputs = lock_inputs(plan, wheelhouse, requirements, override_lines + constraint_lines, index_url, offline)
     if not refresh and (fresh := fresh_lock(wheelhouse, plan.release.name, inputs)) is not None:
