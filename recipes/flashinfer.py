@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.errors import BuildError
-from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair
-from wheelfactory.sources import GitSource
+from wheelfactory.recipe_api import BuildContext, BuildError, CudaArch, EnvSpec, GitSource, Option, Recipe, Repair
 
 RECIPE = Recipe(
     name="flashinfer",
@@ -25,6 +23,9 @@ RECIPE = Recipe(
     depends_on=("torch",),
     # The AOT jit-cache takes about 8 GB per nvcc job (FlashInfer's DGX Spark notes).
     mem_per_job_gb=8.0,
+    # flashinfer-python alone copies sources; only the AOT jit-cache compiles.
+    disk_gb=10.0,
+    disk_gb_if=(("jit_cache", False, 2.0),),
     repair=Repair(mode="retag", strip=True),
     smoke=("import flashinfer; print('flashinfer', flashinfer.__version__)",),
     options=(Option("cubin", bool, False, "also build flashinfer-cubin (downloads prebuilt cubins while it builds)"),
@@ -38,12 +39,19 @@ def environment(spec: EnvSpec) -> dict[str, str]:
         "FLASHINFER_BUILD_NO_PIP": "1",
         # FlashInfer ships a .python-version; uv must not download another interpreter.
         "UV_PYTHON_DOWNLOADS": "never",
-        "FLASHINFER_CUDA_ARCH_LIST": " ".join(spec.target.cuda_arch_list),
+        "FLASHINFER_CUDA_ARCH_LIST": _flashinfer_arch_list(spec.target.archs),
     }
     return env
 
 
-def build(ctx) -> list[Path]:
+def _flashinfer_arch_list(archs: tuple[CudaArch, ...]) -> str:
+    """FlashInfer's spelling: entries split on single spaces, each MAJOR.MINOR with its a/f suffix.
+    It compiles SASS only (compute_X,code=sm_X per entry) and has no PTX form: a '+PTX' entry
+    gives its SASS."""
+    return " ".join(f"{a.major}.{a.minor}{a.suffix}" for a in archs)
+
+
+def build(ctx: BuildContext) -> list[Path]:
     wheels = ctx.build_wheel()
     # AOT packages live in sub-projects of the source tree; build them only when asked, since
     # flashinfer-jit-cache takes hours.

@@ -12,10 +12,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from wheelfactory.cuda_arch import gencode_flags
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
-from wheelfactory.sources import GitSource
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.recipe_api import (
+    BuildContext,
+    EnvSpec,
+    GitSource,
+    Recipe,
+    Repair,
+    gencode_flags,
+    pack_tree,
+    torch_arch_list,
+)
 
 DIST = "nvidia-nccl-cu13"
 
@@ -30,6 +36,7 @@ RECIPE = Recipe(
     outputs=(DIST,),
     # nvcc on NCCL's generated kernels peaks around 1-1.5 GB per job.
     mem_per_job_gb=1.5,
+    disk_gb=5.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import ctypes, glob, nvidia.nccl, os; "
            "lib = ctypes.CDLL(glob.glob(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))[0]); "
@@ -51,7 +58,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     return {"NVCC_GENCODE": " ".join(gencode_flags(spec.target.archs, keep_suffix=False))}
 
 
-def _make_command(ctx, builddir: Path) -> list[str]:
+def _make_command(ctx: BuildContext, builddir: Path) -> list[str]:
     """NCCL's `make src.build` for the target arches; in a cross step with the target's g++ as CXX
     (nvcc's host compiler and the linker) and the cross CUDA root as CUDA_HOME."""
     cmd = ["make", f"-j{ctx.jobs}", "src.build", f"BUILDDIR={builddir}",
@@ -61,7 +68,7 @@ def _make_command(ctx, builddir: Path) -> list[str]:
     return cmd
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     builddir = ctx.work / "build"
     ctx.run(_make_command(ctx, builddir))
     tree = ctx.work / "wheel-tree"
@@ -76,6 +83,6 @@ def build(ctx) -> list[Path]:
     license_file = ctx.src / "LICENSE.txt"
     return [pack_tree(tree, DIST, _wheel_version(ctx.version, ctx.step.key), f"py3-none-{ctx.target.platform}",
                       ctx.dist, summary=f"NVIDIA NCCL {ctx.version} built by wheelfactory for "
-                      f"{';'.join(ctx.target.cuda_arch_list)}",
+                      f"{torch_arch_list(ctx.target.archs)}",
                       license_file=license_file if license_file.exists() else None,
                       extra_metadata={"License": "BSD-3-Clause"})]

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.cuda_arch import torch_arch_list
-from wheelfactory.recipe import EnvSpec, Recipe, Repair, version_table
-from wheelfactory.sources import GitSource
-from wheelfactory.wheelpack import repack, unpack
+from wheelfactory.recipe_api import (
+    BuildContext,
+    EnvSpec,
+    GitSource,
+    Recipe,
+    Repair,
+    repack,
+    torch_arch_list,
+    unpack,
+    version_table,
+)
 
 RECIPE = Recipe(
     name="torch",
@@ -27,6 +34,7 @@ RECIPE = Recipe(
     # conda-forge builds with MAX_JOBS=4 on 32 GB; flash-attention and CUTLASS translation units
     # take several GB each under nvcc.
     mem_per_job_gb=6.0,
+    disk_gb=40.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, "
            "'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else 'n/a (no GPU)')",),
@@ -91,20 +99,20 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     return env
 
 
-def prepare(ctx) -> None:
+def prepare(ctx: BuildContext) -> None:
     # PyTorch's FindNCCL links -lnccl, which needs the unversioned name; the wheel (like PyPI's)
     # ships only libnccl.so.2. The link lives in the build venv only.
     ctx.run(["ln", "-sf", "libnccl.so.2", ctx.site / "nvidia" / "nccl" / "lib" / "libnccl.so"])
 
 
-def configure(ctx) -> None:
+def configure(ctx: BuildContext) -> None:
     # PyTorch's own configure-only mode: CMake writes build/build.ninja (minutes) and stops; the
     # build phase's setup.py then reuses that build directory instead of configuring again.
     ctx.run([ctx.python, "setup.py", "build", "--cmake-only"])
     ctx.check_device_code(ctx.src / "build" / "build.ninja")
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     wheels = ctx.build_wheel()
     for wheel in wheels:
         tree = unpack(wheel, ctx.work / "rpath")

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.cuda_arch import torch_arch_list
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
-from wheelfactory.sources import GitSource
-from wheelfactory.wheelmeta import require_pin
+from wheelfactory.recipe_api import BuildContext, EnvSpec, GitSource, Recipe, Repair, require_pin, torch_arch_list
 
 RECIPE = Recipe(
     name="torchaudio",
@@ -19,6 +16,7 @@ RECIPE = Recipe(
     outputs=("torchaudio",),
     depends_on=("torch",),
     mem_per_job_gb=3.0,
+    disk_gb=3.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import torchaudio; print('torchaudio', torchaudio.__version__)",),
 )
@@ -33,7 +31,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     }
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     wheels = ctx.build_wheel()
     for wheel in wheels:
         require_pin(wheel, "torch", ctx.env["PYTORCH_VERSION"])

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.cuda_arch import torch_arch_list
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
-from wheelfactory.sources import GitSource
-from wheelfactory.wheelmeta import require_pin
+from wheelfactory.recipe_api import BuildContext, EnvSpec, GitSource, Recipe, Repair, require_pin, torch_arch_list
 
 RECIPE = Recipe(
     name="torchvision",
@@ -20,6 +17,7 @@ RECIPE = Recipe(
     outputs=("torchvision",),
     depends_on=("torch",),
     mem_per_job_gb=3.0,
+    disk_gb=3.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import torchvision, torchvision.ops; print('torchvision', torchvision.__version__)",),
 )
@@ -37,7 +35,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     }
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     found = {lib: any(Path(d, h).exists() for d in ("/usr/include", "/usr/local/include"))
              for lib, h in IMAGE_HEADERS.items()}
     missing = sorted(lib for lib, ok in found.items() if not ok)

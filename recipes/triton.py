@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.recipe import EnvSpec, Recipe, Repair, version_table
-from wheelfactory.sources import GitSource, Source, UrlSource
+from wheelfactory.recipe_api import BuildContext, EnvSpec, GitSource, Recipe, Repair, Source, UrlSource, version_table
 
 RECIPE = Recipe(
     name="triton",
@@ -23,6 +22,7 @@ RECIPE = Recipe(
     # setup.py defaults to 2 x nproc jobs (40 on GB10) and runs out of memory
     # (triton-lang/triton#11123, #1403): the factory passes MAX_JOBS from its memory-aware default.
     mem_per_job_gb=3.0,
+    disk_gb=15.0,
     repair=Repair(mode="retag", strip=True),
     smoke=("import triton; print('triton', triton.__version__)",),
     data_files=("triton.toml",),
@@ -65,7 +65,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     }
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     wheels = ctx.build_wheel()
     kernels = ctx.src / "python" / "triton_kernels"
     if kernels.is_dir():

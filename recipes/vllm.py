@@ -24,11 +24,24 @@ import re
 import zipfile
 from pathlib import Path
 
-from wheelfactory import cargo, devicecode
-from wheelfactory.cuda_arch import torch_arch_list
-from wheelfactory.errors import BuildError
-from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair, recipe_data, version_table
-from wheelfactory.sources import GitSource, Source
+from wheelfactory.recipe_api import (
+    BuildContext,
+    BuildError,
+    CudaArch,
+    EnvSpec,
+    FetchContext,
+    GccNeed,
+    GitSource,
+    Option,
+    Recipe,
+    Repair,
+    Source,
+    cargo,
+    devicecode,
+    recipe_data,
+    torch_arch_list,
+    version_table,
+)
 
 # Cross-builds (`build --cross`): vLLM's kernels are a CMake project, and every CMake its setup.py
 # starts reads the cross step's CMAKE_TOOLCHAIN_FILE (target compilers, this host's nvcc, the target's
@@ -45,6 +58,18 @@ RECIPE = Recipe(
     build_with=("torch",),
     # One nvcc process on CUTLASS-heavy translation units takes 4-6 GB (eugr/spark-vllm-docker#23).
     mem_per_job_gb=6.0,
+    # Without kernels (options.kernels = false) vLLM compiles nothing.
+    disk_gb=25.0,
+    disk_gb_if=(("kernels", False, 3.0),),
+    # vLLM's CMake tests CMAKE_CXX_COMPILER_ID STREQUAL "GNU", so a clang configures, but as nvcc's
+    # host compiler clang 14 stopped on Marlin's generated kernel selector (measured on 0.33.0).
+    gcc_needs=(GccNeed(">=0.33", 13, "DeepGEMM and DeepSelect host code uses C++20 <format>; vLLM's CMake "
+                                     "stops below GCC 13 (vllm-project/vllm#58158)",
+                       clang="a clang passes vLLM's CMake check, but clang 14 as nvcc's host compiler stops on its "
+                             "Marlin kernels (\"bracket nesting level exceeded\" in "
+                             "csrc/quantization/marlin/kernel_selector.h): --until configure works, a full build "
+                             "needs GCC 13",
+                       when=("kernels", True)),),
     repair=Repair(mode="retag", strip=True),
     smoke=("import vllm; print('vllm', vllm.__version__)",),
     options=(Option("kernels", bool, True, "false: VLLM_TARGET_DEVICE=empty, a pure-Python wheel without CUDA "
@@ -122,7 +147,7 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     return env
 
 
-def fetch(ctx) -> None:
+def fetch(ctx: FetchContext) -> None:
     """The Rust frontend's crates, vendored into the cache (online), or checked there (offline)."""
     _check_rust_declared(ctx.version, ctx.src)
     if (rust := _rust(ctx.version, ctx.step.options)) is None:
@@ -131,7 +156,7 @@ def fetch(ctx) -> None:
     ctx.runner.note(f"Rust frontend crates: {dest}")
 
 
-def prepare(ctx) -> None:
+def prepare(ctx: BuildContext) -> None:
     # The anchors' first step: drop vLLM's own torch pins from requirements and pyproject. The
     # script moved to tools/ in later vLLM (0.33 has only tools/use_existing_torch.py).
     script = "tools/use_existing_torch.py" if (ctx.src / "tools" / "use_existing_torch.py").is_file() \
@@ -156,13 +181,13 @@ def prepare(ctx) -> None:
             ctx.replace_in_file(ctx.src / rel, pattern, text, regex=True)
 
 
-def _nvcc_threads(ctx) -> int:
+def _nvcc_threads(ctx: BuildContext) -> int:
     # Each nvcc runs NVCC_THREADS threads and vLLM runs MAX_JOBS // NVCC_THREADS of them, so the
     # memory-aware process count sets MAX_JOBS and the spare cores go to NVCC_THREADS.
     return max(1, min(4, ctx.cpus // max(ctx.jobs, 1)))
 
 
-def _rust_env(ctx) -> dict[str, str]:
+def _rust_env(ctx: BuildContext) -> dict[str, str]:
     """cargo's config (the vendored crates, offline) written into the step's CARGO_HOME, and the
     toolchain chosen without rustup downloading one; {} when the build compiles no Rust."""
     rust = _rust(ctx.version, ctx.step.options)
@@ -175,7 +200,7 @@ def _rust_env(ctx) -> dict[str, str]:
     return env | cargo.select_toolchain(ctx.runner, ctx.src, ctx.work, ctx.env | env)
 
 
-def configure(ctx) -> None:
+def configure(ctx: BuildContext) -> None:
     """vLLM's own CMake configure, with the arguments its setup.py passes (cmake_build_ext.configure
     in 0.13-0.16), in a directory of its own; then the device-code plan from its build.ninja. The
     Rust toolchain and crates are checked first, before minutes of CMake."""
@@ -204,7 +229,7 @@ def configure(ctx) -> None:
     if log.exists():  # CMake's "Not building X" lines, known before any compile
         with open(log, "rb") as f:
             f.seek(started)
-            _check_no_skipped_kernels(f.read().decode(errors="replace"), ctx.target.cuda_arch_list)
+            _check_no_skipped_kernels(f.read().decode(errors="replace"), ctx.target.archs)
     ctx.check_device_code(build_dir / "build.ninja", _allowances())
 
 
@@ -214,12 +239,12 @@ def _allowances() -> list:
                                          "recipes/data/vllm_kernels.toml")
 
 
-def build(ctx) -> list[Path]:
+def build(ctx: BuildContext) -> list[Path]:
     threads = _nvcc_threads(ctx)
     env = {"NVCC_THREADS": str(threads), "MAX_JOBS": str(ctx.jobs * threads)} | _rust_env(ctx)
     wheels = ctx.build_wheel(env=env)
     if _kernels_enabled(ctx.step.options):
-        _check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.cuda_arch_list)
+        _check_no_skipped_kernels(ctx.runner.log_path.read_text(errors="replace"), ctx.target.archs)
     if _rust(ctx.version, ctx.step.options):
         _check_rust_frontend(wheels)
     return wheels
@@ -244,12 +269,12 @@ SKIP_RE = re.compile(r"Not building (?P<what>.+?) as (?:no compatible archs|CUDA
 BUILT_RE = re.compile(r"Building (?P<what>.+?) for archs:")
 
 
-def _check_no_skipped_kernels(log: str, arch_list: tuple[str, ...]) -> None:
+def _check_no_skipped_kernels(log: str, archs: tuple[CudaArch, ...]) -> None:
     """Fail if vLLM's CMake skipped a kernel family that the target arches support."""
     table = recipe_data(RECIPE, __file__, "vllm_kernels.toml")
     expected_skips = []
-    for arch in arch_list:
-        expected_skips += table.get(arch, {}).get("expected_skips", [])
+    for arch in archs:
+        expected_skips += table.get(str(arch), {}).get("expected_skips", [])
     built = {m["what"].strip().lower() for m in BUILT_RE.finditer(log)}
     bad = [m["what"] for m in SKIP_RE.finditer(log)
            if m["what"].strip().lower() not in built

@@ -146,7 +146,7 @@ def test_bad_target_list_is_bad_input(tmp_path):
     a = audit_of(tmp_path, "family.so")
     with pytest.raises(InputError, match="target arch list 'sm_121'"):
         judge(a, ["sm_121"])
-    with pytest.raises(InputError, match="empty target arch list"):
+    with pytest.raises(InputError, match="target arch list ' ': empty CUDA arch list"):
         judge(a, [" "])
 
 
@@ -257,7 +257,7 @@ def test_inspect_bad_input_exits_2(tmp_path, monkeypatch, capsys):
     assert code == 2 and "not a wheel" in err and "Traceback" not in err
     w = make_wheel(tmp_path, {"demo/a.so": "arch_specific.so"})
     code, _, err = run_main(monkeypatch, capsys, "inspect", str(w), "--arch", "sm_121a")
-    assert code == 2 and "bad compute capability" in err
+    assert code == 2 and "target arch list 'sm_121a': bad CUDA arch 'sm_121a'" in err
 
 
 # -- slow: the real nvcc, and an official wheel from PyPI -----------------------------------------

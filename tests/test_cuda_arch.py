@@ -1,6 +1,6 @@
 import pytest
 
-from wheelfactory.cuda_arch import gencode_flags, parse_arch_list, torch_arch_list
+from wheelfactory.cuda_arch import devices_of, gencode_flags, parse_arch_list, torch_arch_list
 from wheelfactory.errors import InputError
 
 
@@ -26,3 +26,19 @@ def test_several_arches_and_ptx():
 def test_bad_arches_are_rejected(bad):
     with pytest.raises(InputError):
         parse_arch_list([bad])
+
+
+def test_devices_of_an_arch_list():
+    assert devices_of(["9.0a;12.1a", "12.1", "8.0+PTX"]) == ((9, 0), (12, 1), (8, 0))
+
+
+def test_an_empty_arch_list_is_refused():
+    with pytest.raises(InputError, match="empty CUDA arch list: name at least one arch, e.g. '12.1a'"):
+        devices_of([" ", ";"])
+
+
+def test_full_width_digits_are_refused_everywhere_an_arch_is_read():
+    with pytest.raises(InputError, match="ASCII digits only"):
+        parse_arch_list(["\uff11\uff12.1a"])
+    with pytest.raises(InputError, match="ASCII digits only"):
+        devices_of(["9.0;\uff11\uff12.1"])

@@ -56,8 +56,10 @@ def test_foreign_arch_specific_code():
     assert not cc.is_foreign_specific("sm_90a", [(9, 0), (12, 1)])
 
 
-def test_devices_of_an_arch_list():
-    assert cc.devices_of(["9.0a;12.1a", "12.1", "8.0+PTX"]) == ((9, 0), (12, 1), (8, 0))
+def test_a_device_is_named_as_an_arch_list_entry():
+    assert cc.parse_device("12.1") == cc.parse_device(" 12.1a ") == cc.parse_device("12.1+PTX") == (12, 1)
+    with pytest.raises(InputError, match="bad CUDA arch 'sm_121'"):
+        cc.parse_device("sm_121")
 
 
 @pytest.mark.parametrize("bad", ["sm121", "sm_1", "compute_120x", "sass_90"])

@@ -2,8 +2,11 @@
 
 tests/golden/key-inputs-0.15.0-t4.json holds every step's key inputs for release 0.15.0-t4 on a
 fixed target. Digests that move with every edit of a file are written as what they are the
-digest of ("<sha256 of recipes/vllm.py>", "<key of torch>"), and this test checks each against
-the file or step it names, so the golden pins both the structure and where each digest comes from.
+digest of ("<canonical code digest of recipes/vllm.py>", "<key of torch>"), and this test checks
+each against the file or step it names, so the golden pins both the structure and where each
+digest comes from. Code enters as canonical digests (wheelfactory/codehash.py): a docstring,
+comment or annotation edit, or a module move, leaves these key inputs as they are
+(tests/test_codehash.py shows it on the real recipes and engine modules).
 
 To change it on purpose (a new key input, a recipe's env, a pinned dependency):
     WHEELFACTORY_UPDATE_GOLDEN=1 python3 -m pytest tests/test_golden.py
@@ -17,11 +20,11 @@ import difflib
 import hashlib
 import json
 import os
-import re
 
 import pytest
 
-from wheelfactory.plan import plan_release
+from wheelfactory.codehash import code_digest, file_digest, set_digest
+from wheelfactory.plan import ENGINE_MODULES, engine_files, plan_release
 from wheelfactory.recipe import Target, load_recipes
 from wheelfactory.release import load_release
 
@@ -36,6 +39,11 @@ def file_sha256(relative: str) -> str:
     return hashlib.sha256((REPO / relative).read_bytes()).hexdigest()
 
 
+# The engine digest recomputed from the declared modules' files, wherever they live.
+ENGINE_DIGEST = set_digest(file_digest(path) for path in engine_files().values())
+assert len(engine_files()) == len(ENGINE_MODULES)
+
+
 def pinnable_key_inputs() -> dict:
     """The plan's key inputs with volatile digests replaced by what they digest, each checked."""
     recipes = load_recipes(RECIPES)
@@ -46,13 +54,13 @@ def pinnable_key_inputs() -> dict:
         recipe = inputs["recipe"]
         recipe["declaration"] = json.loads(recipe["declaration"])
         code = f"recipes/{step.component}.py"
-        assert recipe["code_sha256"] == file_sha256(code)
-        recipe["code_sha256"] = f"<sha256 of {code}>"
+        assert recipe["code"] == code_digest((REPO / code).read_bytes(), data_names=("RECIPE",))
+        recipe["code"] = f"<canonical code digest of {code}>"
         for name, digest in recipe["data"].items():
             assert digest == file_sha256(f"recipes/data/{name}")
             recipe["data"][name] = f"<sha256 of recipes/data/{name}>"
-        assert re.fullmatch(r"[0-9a-f]{64}", inputs["engine"])
-        inputs["engine"] = "<sha256 of the engine modules>"
+        assert inputs["engine"] == ENGINE_DIGEST
+        inputs["engine"] = "<canonical code digest of the engine modules>"
         for dep, key in inputs["deps"].items():
             assert key == plan.step(dep).key
             inputs["deps"][dep] = f"<key of {dep}>"

@@ -224,10 +224,14 @@ def test_engine_digest_enters_every_key(factory, monkeypatch):
 
 
 def test_engine_modules_exist_and_shape_wheels():
+    """The declared list, with buildenv.py (SOURCE_DATE_EPOCH, the CUDA compiler variables) and the
+    other modules of the executor split that decide a build's commands, environment or venv;
+    tests/test_codehash.py checks that every module they or a recipe import was decided on."""
     package = Path(plan_module.__file__).parent
-    assert set(plan_module.ENGINE_MODULES) == {"context.py", "patches.py", "provenance.py", "repair.py",
-                                               "wheelpack.py"}
-    assert all((package / m).is_file() for m in plan_module.ENGINE_MODULES)
+    assert set(plan_module.ENGINE_MODULES) == {"buildenv", "cargo", "context", "crossbuild", "installer",
+                                               "patches", "provenance", "pydeps", "repair", "stepbuild",
+                                               "wheelpack"}
+    assert all((package / f"{m}.py").is_file() for m in plan_module.ENGINE_MODULES)
 
 
 # -- adopted components need no build data -------------------------------------------------------
@@ -275,3 +279,54 @@ def test_hooks_are_not_called_for_an_adopted_step(tmp_path):
     built = dataclasses.replace(rel, components={"x": dataclasses.replace(rel.components["x"], adopt=None)})
     with pytest.raises(RuntimeError, match="environment called"):
         f.plan(built)
+
+
+# -- host estimates: declared by the recipe, not keyed -------------------------------------------
+
+def test_a_disk_estimate_is_the_recipes_and_changes_no_key(tmp_path):
+    copy = tmp_path / "recipes"
+    shutil.copytree(RECIPES, copy)
+    before = Factory(copy, tmp_path / "wh", tmp_path / "c1", host_probe=lambda: SPARK)
+    steps_before = {s.component: s for s in before.plan(before.release("0.15.0-t4")).steps}
+    torch = copy / "torch.py"
+    torch.write_text(torch.read_text().replace("disk_gb=40.0", "disk_gb=55.0"))
+    after = Factory(copy, tmp_path / "wh", tmp_path / "c2", host_probe=lambda: SPARK)
+    steps_after = {s.component: s for s in after.plan(after.release("0.15.0-t4")).steps}
+    assert (steps_before["torch"].disk_gb, steps_after["torch"].disk_gb) == (40.0, 55.0)
+    assert {c: s.key for c, s in steps_before.items()} == {c: s.key for c, s in steps_after.items()}
+    assert "disk_gb" not in steps_after["torch"].key_inputs["recipe"]["declaration"]
+
+
+def test_a_disk_estimate_by_option(factory, tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text(MINIMAL_RELEASE + '[components.torch]\nversion = "2.10.0"\n'
+                 '[components.flashinfer]\nversion = "0.6.2"\noptions = { jit_cache = true }\n')
+    assert factory.plan(factory.release(str(p)), ["flashinfer"]).step("flashinfer").disk_gb == 10.0
+    p.write_text(p.read_text().replace("jit_cache = true", "jit_cache = false"))
+    assert factory.plan(factory.release(str(p)), ["flashinfer"]).step("flashinfer").disk_gb == 2.0
+
+
+def test_a_disk_estimate_names_a_declared_option(tmp_path):
+    header = HEADER.replace("outputs=('x',))", "outputs=('x',), disk_gb_if=(('kernel', False, 1.0),))")
+    d = recipe_dir(tmp_path, "", header=header)
+    with pytest.raises(InputError) as e:
+        load_recipes(d)
+    assert str(e.value) == (f"{d / 'x.py'}: RECIPE names option 'kernel' in a host estimate, which "
+                            "RECIPE.options does not declare")
+
+
+def test_a_gcc_need_is_checked_at_load(tmp_path):
+    header = ("from wheelfactory.recipe_api import GccNeed, Recipe\n"
+              "RECIPE = Recipe(name='x', summary='', source=None, outputs=('x',), "
+              "gcc_needs=(GccNeed('0.33+', 13, 'why'),))\n")
+    d = recipe_dir(tmp_path, "", header=header)
+    with pytest.raises(InputError) as e:
+        load_recipes(d)
+    assert str(e.value) == f"{d / 'x.py'}: RECIPE.gcc_needs: '0.33+' is not a version specifier such as '>=0.33'"
+
+
+def test_the_gcc_need_holds_by_version_and_option():
+    vllm = load_recipes(RECIPES)["vllm"].recipe
+    assert vllm.gcc_need("0.33.0", {}).gcc == 13
+    assert vllm.gcc_need("0.15.0", {}) is None
+    assert vllm.gcc_need("0.33.0", {"kernels": False}) is None

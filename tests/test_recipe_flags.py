@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from wheelfactory.cuda_arch import parse_arch_list
 from wheelfactory.errors import BuildError
 
 from .conftest import RECIPES
@@ -107,20 +108,37 @@ def _vllm_module():
     return mod
 
 
+SPARK_ARCHS = parse_arch_list(["12.1a"])
+
+
 def test_vllm_skipped_nvfp4_fails_the_build():
     log = ("-- CUDA supported target architectures: 12.0\n"
            "-- Not building Machete kernels as no compatible archs found in CUDA target architectures\n"
            "-- Not building NVFP4 as no compatible archs were found.\n")
     with pytest.raises(BuildError, match="NVFP4"):
-        _vllm_module()._check_no_skipped_kernels(log, ("12.1a",))
+        _vllm_module()._check_no_skipped_kernels(log, SPARK_ARCHS)
 
 
 def test_vllm_expected_skips_pass():
     log = "-- Not building Machete kernels as no compatible archs found in CUDA target architectures\n"
-    _vllm_module()._check_no_skipped_kernels(log, ("12.1a",))
+    _vllm_module()._check_no_skipped_kernels(log, SPARK_ARCHS)
 
 
 def test_vllm_scaled_mm_sm120_skip_fails():
     log = "-- Not building scaled_mm_c3x_120 as no compatible archs found in CUDA target architectures\n"
     with pytest.raises(BuildError, match="scaled_mm_c3x_120"):
-        _vllm_module()._check_no_skipped_kernels(log, ("12.1a",))
+        _vllm_module()._check_no_skipped_kernels(log, SPARK_ARCHS)
+
+
+def test_flashinfer_reads_the_parsed_arch_list():
+    """FlashInfer splits its list on single spaces and knows no +PTX: each parsed arch, suffix kept."""
+    from wheelfactory.recipe import EnvSpec, Target, load_recipes
+
+    environment = load_recipes(RECIPES)["flashinfer"].hook("environment")
+    target = Target("3.12", "13.1.0", ("9.0a;12.1a", " 12.0+PTX"), "linux_aarch64", "13.1")
+    spec = EnvSpec("0.6.2", target, {}, {"cubin": False, "jit_cache": False})
+    assert environment(spec)["FLASHINFER_CUDA_ARCH_LIST"] == "9.0a 12.1a 12.0"
+
+
+def test_flashinfer_arch_list_on_the_spark(plan):
+    assert env(plan, "flashinfer")["FLASHINFER_CUDA_ARCH_LIST"] == "12.1a"

@@ -200,3 +200,8 @@ def test_overrides_of_pins_and_components_are_inherited_and_merged(tmp_path, rec
     assert sorted(table) == ["transformers", "triton"]
     assert table["transformers"]["kind"] == "pin" and table["transformers"]["version"] == "5.0.0"
     assert table["triton"] == {"kind": "component", "version": "3.5.1", "reason": "torch 2.10.0 wants another triton"}
+
+
+def test_the_arch_list_is_kept_as_parsed_one_arch_per_entry(tmp_path, recipes):
+    p = write(tmp_path, BASE.replace('["12.1a"]', '[" 9.0a;12.1a", "12.0+PTX "]'))
+    assert load(str(p), recipes).target.cuda_arch_list == ("9.0a", "12.1a", "12.0+PTX")

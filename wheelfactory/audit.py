@@ -31,6 +31,7 @@ from typing import Any
 
 from . import cuda_compat as cc
 from . import fatbin
+from .cuda_arch import devices_of
 from .errors import FactoryError, InputError
 
 AUDIT_FORMAT = 1
@@ -261,12 +262,9 @@ def judge_object(obj: ObjectCode, devices: Sequence[tuple[int, int]]) -> ObjectV
 def target_devices(targets: Sequence[str]) -> tuple[tuple[int, int], ...]:
     """The devices of a target arch list ("9.0a", "12.1a" or "9.0a;12.1a"); InputError if it is bad or empty."""
     try:
-        devices = cc.devices_of(targets)
+        return devices_of(targets)
     except InputError as e:
         raise InputError(f"target arch list {';'.join(targets)!r}: {e}") from None
-    if not devices:
-        raise InputError("empty target arch list: name at least one arch, e.g. --arch 12.1a")
-    return devices
 
 
 def judge(audit: WheelAudit, targets: Sequence[str]) -> Verdict:

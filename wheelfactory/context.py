@@ -16,7 +16,6 @@ from typing import Any
 
 from . import devicecode
 from .crossbuild import CrossToolchain
-from .cuda_arch import gencode_flags
 from .errors import BuildError
 from .plan import Step
 from .recipe import Target
@@ -74,10 +73,6 @@ class BuildContext:
     @property
     def version(self) -> str:
         return self.step.version
-
-    def gencode(self, *, keep_suffix: bool = True) -> str:
-        """nvcc -gencode flags for the target's arch list, space separated."""
-        return " ".join(gencode_flags(self.target.archs, keep_suffix=keep_suffix))
 
     def run(self, cmd: Sequence[str | Path], *, cwd: Path | None = None,
             env: Mapping[str, str] | None = None, capture: bool = False) -> str:

@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cuda_arch import parse_arch
 from .errors import InputError
 
 NATIVE, JIT, NONE = "native", "jit", "none"
 
 _CODE_RE = re.compile(r"^(sm|compute)_(\d+)(\d)([af]?)$")
-_DEVICE_RE = re.compile(r"^(\d+)\.(\d)[af]?$")
 _LOADS_ON = ("same-major-not-older", "exact", "any-not-older")
 
 
@@ -61,10 +61,7 @@ def parse_code(text: str) -> DeviceCode:
 
 def parse_device(text: str) -> tuple[int, int]:
     """A device's compute capability from '12.1' (or an arch-list entry such as '12.1a')."""
-    m = _DEVICE_RE.match(text.strip().removesuffix("+PTX"))
-    if not m:
-        raise InputError(f"bad compute capability {text!r}: expected MAJOR.MINOR, e.g. '12.1'")
-    return int(m[1]), int(m[2])
+    return parse_arch(text).device
 
 
 @functools.cache
@@ -104,14 +101,6 @@ def how_loaded(code: DeviceCode | str, device: tuple[int, int] | str) -> str:
     return JIT if rule.jit else NATIVE
 
 
-def loads_natively(code: DeviceCode | str, device: tuple[int, int] | str) -> bool:
-    return how_loaded(code, device) == NATIVE
-
-
-def jit_loadable(code: DeviceCode | str, device: tuple[int, int] | str) -> bool:
-    return how_loaded(code, device) == JIT
-
-
 def best(codes: Iterable[DeviceCode | str], device: tuple[int, int] | str) -> str:
     """How a device runs an object holding all these codes: the best of them (native > jit > none)."""
     found = {how_loaded(c, device) for c in codes}
@@ -124,11 +113,3 @@ def is_foreign_specific(code: DeviceCode | str, devices: Iterable[tuple[int, int
     return code.suffix == "a" and all(how_loaded(code, d) == NONE for d in devices)
 
 
-def devices_of(arch_list: Iterable[str]) -> tuple[tuple[int, int], ...]:
-    """The distinct compute capabilities of a release's arch list ('12.1a' -> (12, 1)), in order."""
-    out: list[tuple[int, int]] = []
-    for entry in arch_list:
-        for item in re.split(r"[;\s]+", entry.strip()):
-            if item and (dev := parse_device(item)) not in out:
-                out.append(dev)
-    return tuple(out)

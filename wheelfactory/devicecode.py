@@ -28,6 +28,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from . import cuda_compat as cc
+from .cuda_arch import devices_of
 from .cuda_compat import JIT, NATIVE, NONE, DeviceCode
 from .errors import InputError
 
@@ -191,7 +192,7 @@ def _device_name(dev: tuple[int, int]) -> str:
 def evaluate(objects: Sequence[CudaObject], arch_list: Sequence[str],
              allowances: Sequence[Allowance] = ()) -> DeviceCodePlan:
     """Judge every object against the release's devices (see the module docstring)."""
-    devices = cc.devices_of(arch_list)
+    devices = devices_of(arch_list)
     rows: dict[str, FamilyRow] = {}
     errors: list[str] = []
     warnings: list[str] = []

@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
-
 from .cargo import RUSTUP_HINT
 from .ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
 from .crossbuild import CROSS, TRIPLETS, cross_tools_hint, missing_cross_tools
@@ -36,31 +33,14 @@ from .toolkit import is_wheel_label, mismatch_warning
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
-# Peak disk of one step's work tree (source copy, build directory, venv, wheels), in GB, from
-# builds of these components; rough on purpose. A table rather than a Recipe field: a Recipe's
-# declaration enters every build key, and an estimate must not rebuild the world when it changes.
-DISK_GB = {"torch": 40.0, "vllm": 25.0, "triton": 15.0, "flashinfer": 10.0, "nccl": 5.0,
-           "torchvision": 3.0, "torchaudio": 3.0}
-DEFAULT_DISK_GB = 5.0
-LIGHT_VLLM_GB = 3.0  # vLLM with options.kernels = false compiles nothing
-LIGHT_FLASHINFER_GB = 2.0  # flashinfer-python alone copies sources; only the AOT jit-cache compiles
+# A step's work tree peak is its recipe's estimate (Recipe.disk_gb, disk_gb_if; Step.disk_gb).
 TOOLKIT_GB = 5.0  # a CUDA toolkit from wheels: the wheels plus their unpacked tree
 PER_STEP_GB = 1.0  # what each step leaves behind: its source in the cache, its wheels
 MIN_FREE_GB = 1.0  # below this no step gets through fetch and prepare, whatever it builds
 PROBE_TIMEOUT_S = 30
 _DEFAULT_PORTS = {"ssh": 22, "git": 9418}
 
-# The oldest GCC a component's build accepts, from its own build files: (component, versions, GCC
-# major, why, what a clang does). vLLM's CMake tests CMAKE_CXX_COMPILER_ID STREQUAL "GNU", so a clang
-# configures, but as nvcc's host compiler clang 14 stopped on Marlin's generated kernel selector
-# (measured on 0.33.0). Only steps that compile native code count (vLLM with kernels).
-MIN_GCC = (
-    ("vllm", ">=0.33", 13, "DeepGEMM and DeepSelect host code uses C++20 <format>; vLLM's CMake stops "
-                           "below GCC 13 (vllm-project/vllm#58158)",
-     "a clang passes vLLM's CMake check, but clang 14 as nvcc's host compiler stops on its Marlin kernels "
-     "(\"bracket nesting level exceeded\" in csrc/quantization/marlin/kernel_selector.h): --until configure "
-     "works, a full build needs GCC 13"),
-)
+# The oldest GCC a component's build accepts is its recipe's (Recipe.gcc_needs; Step.gcc_need).
 
 # Run by the target interpreter: its version, and whether it can make the venvs builds need
 # (Debian's python3.X without python3.X-venv has no ensurepip, and `-m venv` fails mid-build).
@@ -160,14 +140,6 @@ def check_python(version: str, override: str | None, probe: Probe) -> Check:
     return Check("python", OK, f"{candidate} runs Python {version} and can create venvs")
 
 
-def step_disk_gb(step: Step) -> float:
-    if step.component == "vllm" and step.options.get("kernels") is False:
-        return LIGHT_VLLM_GB
-    if step.component == "flashinfer" and not step.options.get("jit_cache"):
-        return LIGHT_FLASHINFER_GB
-    return DISK_GB.get(step.component, DEFAULT_DISK_GB)
-
-
 def check_disk(cache_dir: Path, steps: Sequence[Step], toolkit_needed: bool, probe: Probe) -> Check:
     """Free space where work trees go against the peak need: work trees are removed after each
     successful step, so the largest one counts, plus what every step leaves and the toolkit.
@@ -176,15 +148,15 @@ def check_disk(cache_dir: Path, steps: Sequence[Step], toolkit_needed: bool, pro
     step can get through fetch and prepare, fails."""
     if not steps:
         return Check("disk", OK, "nothing to build")
-    largest = max(steps, key=step_disk_gb)
-    need = step_disk_gb(largest) + PER_STEP_GB * len(steps) + (TOOLKIT_GB if toolkit_needed else 0.0)
+    largest = max(steps, key=lambda s: s.disk_gb)
+    need = largest.disk_gb + PER_STEP_GB * len(steps) + (TOOLKIT_GB if toolkit_needed else 0.0)
     free = probe.disk_free(cache_dir) / 1e9
     text = f"{free:.1f} GB free for {cache_dir}; the build needs ~{need:.0f} GB ({largest.component}'s work " \
-           f"tree ~{step_disk_gb(largest):.0f} GB)"
+           f"tree ~{largest.disk_gb:.0f} GB)"
     if free < MIN_FREE_GB:
         return Check("disk", FAIL, f"{text}: under {MIN_FREE_GB:.0f} GB nothing builds; free space or pass "
                                    "--cache-dir on a larger disk")
-    if free < step_disk_gb(largest):
+    if free < largest.disk_gb:
         return Check("disk", WARN, f"{text}: likely to run out unless the sources are small; free space or "
                                    "pass --cache-dir on a larger disk")
     if free < need:
@@ -246,15 +218,13 @@ def compiler_of(out: str) -> tuple[str, int] | None:
 
 
 def check_compiler(steps: Sequence[Step], probe: Probe) -> list[Check]:
-    """The C++ compiler a step's configure will find (its env's CXX, else c++ on PATH) against
-    MIN_GCC, before a download and a venv are spent on a configure that stops."""
+    """The C++ compiler a step's configure will find (its env's CXX, else c++ on PATH) against the
+    recipe's GCC need, before a download and a venv are spent on a configure that stops."""
     checks = []
     for step in steps:
-        rules = [(gcc, why, clang) for component, versions, gcc, why, clang in MIN_GCC
-                 if component == step.component and Version(step.version) in SpecifierSet(versions)]
-        if not rules or not step.options.get("kernels", True):
+        if step.gcc_need is None:
             continue
-        gcc, why, clang = max(rules)
+        gcc, why, clang = step.gcc_need.gcc, step.gcc_need.why, step.gcc_need.clang
         cxx = step.env.get("CXX", "c++")
         code, out = probe.run([cxx, "-E", "-dM", "-x", "c++", "/dev/null"])
         found = compiler_of(out) if code == 0 else None
@@ -267,7 +237,8 @@ def check_compiler(steps: Sequence[Step], probe: Probe) -> list[Check]:
             checks.append(Check("cxx", FAIL, f"{label} needs GCC {gcc} or newer and `{cxx}` is GCC {found[1]}: "
                                              f"{why}; install g++-{gcc} and pass --env {step.component}:CXX=g++-{gcc}"))
         elif found[0] == "clang":
-            checks.append(Check("cxx", WARN, f"`{cxx}` is clang {found[1]} for {label}: {clang}"))
+            checks.append(Check("cxx", WARN, f"`{cxx}` is clang {found[1]} for {label}: "
+                                             f"{clang or f'the build asks for GCC {gcc} or newer ({why})'}"))
         else:
             checks.append(Check("cxx", OK, f"`{cxx}` is {found[0]} {found[1]} for {label}"))
     return checks

@@ -1,7 +1,8 @@
 """The planner: a pure function from (release, targets, options) to an ordered, keyed plan.
 
 Each step's build key is a sha256 over everything that decides the bytes of its wheels:
-the recipe's declaration, code and declared data files, the engine modules that shape wheels,
+the recipe's declaration, code and declared data files, the engine modules that shape wheels
+(code as its canonical digest, codehash.py: docstrings, comments, annotations and paths do not count),
 the source identity, the resolved build environment and options, the target, the keys of its
 dependencies and this tool's version. Jobs counts, timestamps
 and absolute paths never enter it, so a key is the same on every machine and every run.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +23,12 @@ from typing import Any
 from . import __version__
 from .adopt import check_adopt_spec
 from .checked import unchecked_archs
+from .codehash import file_digest, set_digest
 from .crossbuild import CROSS, EMULATED, key_input, step_mode
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
 from .pydeps import DEFAULT_INDEX, index_identity
-from .recipe import EnvSpec, LoadedRecipe, Target
+from .recipe import EnvSpec, GccNeed, LoadedRecipe, Target
 from .release import Release
 from .secretenv import REDACTED, is_secret_name
 from .sources import Source
@@ -90,6 +93,8 @@ class Step:
     # Secret values for the build's processes only (env shows them as REDACTED): kept out of
     # repr, to_json and the key inputs, so no plan, manifest or log can print them.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    disk_gb: float = 5.0  # the recipe's estimate of the work tree's peak, for the host check (not keyed)
+    gcc_need: GccNeed | None = None  # the oldest GCC the build accepts, for the host check (not keyed)
     # How the step runs (crossbuild.py): native, cross or emulated; None for an adopted wheel.
     mode: str | None = None
     # The release's archs this version's device code was never checked for on its real configure
@@ -155,22 +160,50 @@ class Plan:
         }
 
 
+# What a build key's inputs mean. Bump it when the same inputs come to be computed differently, so
+# that no key of the old meaning can match a new one: 2 = recipe and engine code enter as canonical
+# code digests (codehash.py), no longer as file bytes.
+KEY_FORMAT = 2
+
 # The engine modules whose code decides the bytes of a built wheel, beyond what the key already
-# names: context.py (the default build command and source edits every recipe uses), patches.py
-# (how patch files are applied), provenance.py (the .dist-info/wheelfactory.json every built wheel
-# carries), repair.py (strip, retag) and wheelpack.py (wheel layout, RECORD, timestamps). Modules
-# that only plan, fetch by content, log or check (plan, fetch, runner, wheelmeta, wheelhouse) are
-# left out so that editing them does not rebuild the world.
-ENGINE_MODULES = ("context.py", "patches.py", "provenance.py", "repair.py", "wheelpack.py")
+# names, by import name under this package (wherever a module lives: a move edits this list and
+# changes no key, see codehash.py). What each one decides:
+#   buildenv    the build's environment (SOURCE_DATE_EPOCH, the CUDA compiler variables, what is inherited)
+#   cargo       the Rust build's environment and toolchain (CARGO_HOME's config, rustup's toolchain)
+#   context     the default build command and the source edits every recipe uses
+#   crossbuild  a cross step's toolchain: the cross CUDA root, the CMake toolchain file, the compilers
+#   installer   what goes into the build venv (the base build requirements, the tree's [build-system])
+#   patches     how patch files are applied
+#   provenance  the .dist-info/wheelfactory.json every built wheel carries
+#   pydeps      which build-requirement files (per index, hash-pinned) the build venv installs
+#   repair      strip and retag
+#   stepbuild   the phases: the source copy, patches, venv, hooks and default build, repair, stamp
+#   wheelpack   wheel layout, RECORD, timestamps
+# Left out, so that editing them rebuilds nothing: modules that plan, order, lock, log, fetch by
+# content or only check (plan, executor, runner, fetch, outputs, audit, devicecode, wheelhouse);
+# toolkit.py, whose assembled root is named by its LAYOUT_VERSION in the target's toolkit identity;
+# cuda_arch.py, whose flags reach a build only through a recipe hook's env (keyed as values).
+# tests/test_codehash.py makes each factory module these modules or a recipe import one or the other.
+ENGINE_MODULES = ("buildenv", "cargo", "context", "crossbuild", "installer", "patches", "provenance", "pydeps",
+                  "repair", "stepbuild", "wheelpack")
+
+
+def engine_files() -> dict[str, Path]:
+    """Each declared engine module's file, found by import name (without importing it)."""
+    files = {}
+    for name in ENGINE_MODULES:
+        spec = importlib.util.find_spec(f"{__package__}.{name}")
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"ENGINE_MODULES names {name!r}, which is not a module of {__package__}")
+        files[name] = Path(spec.origin)
+    return files
 
 
 @functools.cache
 def engine_sha256() -> str:
-    """sha256 over the engine modules' names and bytes, in sorted order (read once per process)."""
-    digest = hashlib.sha256()
-    for name in sorted(ENGINE_MODULES):
-        digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes() + b"\0")
-    return digest.hexdigest()
+    """The engine modules' canonical code digests as one digest: names, paths and order do not
+    enter it (read once per process)."""
+    return set_digest(file_digest(path) for path in engine_files().values())
 
 
 def canonical_json(obj: Any) -> str:
@@ -297,9 +330,10 @@ def plan_release(
                    if action == BUILD else {})
         inputs = {
             "tool": __version__,
+            "key_format": KEY_FORMAT,
             "component": name,
             "version": spec.version,
-            "recipe": {"declaration": canonical_json(recipe), "code_sha256": loaded.code_sha256,
+            "recipe": {"declaration": canonical_json(recipe.key_declaration()), "code": loaded.code_digest,
                        "data": dict(sorted(loaded.data_sha256.items())) if action == BUILD else {}},
             "engine": engine_sha256(),
             "source": source_identity,
@@ -332,7 +366,9 @@ def plan_release(
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
                           secrets=secrets if action == BUILD else {}, mode=mode,
                           unchecked_archs=(unchecked_archs(name, spec.version, spec.options, target.cuda_arch_list)
-                                           if action == BUILD else ())))
+                                           if action == BUILD else ()),
+                          disk_gb=recipe.disk_estimate(spec.options),
+                          gcc_need=recipe.gcc_need(spec.version, spec.options)))
     return Plan(release, target, tuple(steps), dict(release.pins), release.override_table(), build_host)
 
 

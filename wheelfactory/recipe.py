@@ -1,26 +1,14 @@
 """The recipe declaration: one frozen `RECIPE` per component module, plus optional hooks.
 
-A recipe module under `recipes/` defines:
-  RECIPE                    a `Recipe` (pure data)
-  environment(spec) -> dict optional; build environment for a target, values may use ${site}, ${src},
-                            ${work}, ${cuda_home}, ${cache} and ${source_<name>} placeholders filled
-                            in at build time (so the build key never sees an absolute path)
-  requirements(spec) -> [str] optional; build requirements that depend on the release (CUDA wheels)
-  extra_sources(spec) -> {name: Source}
-                            optional; further sources the build needs (vLLM's CMake dependencies,
-                            Triton's LLVM), fetched by `fetch` so that `build --offline` works
-  fetch(ctx)                optional; more fetch work once the source tree is in the cache (vLLM's
-                            Rust crates, vendored with cargo), run by `fetch` and by every build's
-                            fetch phase; with ctx.offline it only checks that the work was done
-  prepare(ctx)              optional; edits the unpacked source before building
-  configure(ctx)            optional; runs the build system's configure step only (build --until configure)
-  build(ctx) -> [Path]      optional; default is `pip wheel --no-build-isolation` of the source
-  CROSS = True              optional; the build cross-compiles for another machine with the toolchain
-                            a cross step gets (`build --cross`, see crossbuild.py)
-Recipe modules import nothing heavy and run nothing at import time.
+A recipe module under `recipes/` defines RECIPE, a `Recipe` (pure data), and any of the hooks
+of `RecipeHooks` below, each optional; without a build hook the default build runs
+`python -m build --wheel --no-isolation` on the source (BuildContext.build_wheel). A module
+constant `CROSS = True` says the build cross-compiles with the toolchain a cross step gets
+(`build --cross`, see crossbuild.py). Recipe modules import from `wheelfactory.recipe_api` only,
+import nothing heavy and run nothing at import time. docs/RECIPES.md is the guide.
 
 The contract is closed: every public function a recipe module defines must be one of the hooks
-above (checked at load, so `def prepair(ctx)` is an error, not a hook that silently never runs);
+(checked at load, so `def prepair(ctx)` is an error, not a hook that silently never runs);
 helpers start with `_`. The options a release may set and the data files the recipe reads are
 declared in RECIPE, so both are validated and keyed.
 """
@@ -32,17 +20,68 @@ import importlib.util
 import inspect
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+from .codehash import code_digest
 from .cuda_arch import CudaArch, parse_arch_list
 from .errors import InputError, did_you_mean
 from .sources import Source
 
-# The hooks a recipe module may define, each called with one argument (see the module docstring).
-HOOKS = ("environment", "requirements", "extra_sources", "fetch", "prepare", "configure", "build")
+if TYPE_CHECKING:
+    from .context import BuildContext, FetchContext
+
+
+class RecipeHooks(Protocol):
+    """The hooks a recipe module may define, in the order a build calls them; each is optional and
+    takes one argument. The first three are pure (they shape the plan and the build key); the
+    others do the work, through their context only."""
+
+    def environment(self, spec: EnvSpec) -> Mapping[str, str]:
+        """The build's environment for a target. Values may use ${site}, ${src}, ${work},
+        ${cuda_home}, ${cache} and ${source_<name>}, filled in at build time (so the key never
+        sees an absolute path)."""
+        ...
+
+    def requirements(self, spec: EnvSpec) -> list[str]:
+        """PyPI build requirements that depend on the release (the CUDA wheels of its CUDA)."""
+        ...
+
+    def extra_sources(self, spec: EnvSpec) -> Mapping[str, Source]:
+        """Further sources the build needs (vLLM's CMake dependencies, Triton's LLVM), by name;
+        fetched by `fetch`, so that `build --offline` works."""
+        ...
+
+    def fetch(self, ctx: FetchContext) -> None:
+        """More fetch work once the source tree is in the cache (vLLM's Rust crates), run by
+        `fetch` and by every build's fetch phase; with ctx.offline it only checks it was done."""
+        ...
+
+    def prepare(self, ctx: BuildContext) -> None:
+        """Edits of the private source copy, after the release's patches, before the venv is filled."""
+        ...
+
+    def configure(self, ctx: BuildContext) -> None:
+        """The build system's configure step alone (`build --until configure` stops after it)."""
+        ...
+
+    def build(self, ctx: BuildContext) -> list[Path]:
+        """The wheels, built into ctx.dist; without this hook: ctx.build_wheel()."""
+        ...
+
+
+# The hook names, in the order a build calls them: the Protocol's methods.
+HOOKS = tuple(name for name, value in vars(RecipeHooks).items() if inspect.isfunction(value) and name[0] != "_")
+
+
+def hook_argument(name: str) -> str:
+    """What a hook is called with, as the Protocol names it: 'spec' (an EnvSpec) or 'ctx' (a context)."""
+    return list(inspect.signature(getattr(RecipeHooks, name)).parameters)[1]
 
 
 @dataclass(frozen=True)
@@ -101,6 +140,24 @@ def _is_type(value: Any, kind: type) -> bool:
     return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
+# Field metadata of a Recipe fact that is not part of the build (a host estimate): build keys leave it out.
+NOT_KEYED = {"keyed": False}
+
+
+@dataclass(frozen=True)
+class GccNeed:
+    """The oldest GCC a component's build accepts, from its own build files (checked by `doctor`
+    and before a build, so that no download and venv are spent on a configure that stops)."""
+
+    versions: str  # the component versions it holds for, a PEP 440 specifier such as ">=0.33"
+    gcc: int  # the oldest GCC major
+    why: str  # what in the build needs it, with the upstream reference
+    clang: str = ""  # what a clang does instead (a warning), when the build's own check lets one pass
+    # (option, value): only when a release sets the option to the value (vLLM compiles C++ only
+    # with kernels = true); empty: always.
+    when: tuple[str, Any] | tuple[()] = ()
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything the planner needs to know about a component, as data."""
@@ -126,9 +183,34 @@ class Recipe:
     # Variables of the factory's environment the build may read besides buildenv's allowlist (a
     # build system's own cache location, say). Credentials never pass; --secret-env gives those.
     pass_env: tuple[str, ...] = ()
+    # Facts for checking a host, not for building: kept out of build keys (NOT_KEYED), so that
+    # refining an estimate rebuilds nothing. Peak disk of one build's work tree (source copy,
+    # build directory, venv, wheels) in GB, from builds of the component; rough on purpose.
+    disk_gb: float = field(default=5.0, metadata=NOT_KEYED)
+    # (option, value, GB): the peak instead when a release sets the option to the value (vLLM
+    # without kernels compiles nothing); the first match wins.
+    disk_gb_if: tuple[tuple[str, Any, float], ...] = field(default=(), metadata=NOT_KEYED)
+    # The compilers the build accepts, by version (a build that compiles with an older GCC stops).
+    gcc_needs: tuple[GccNeed, ...] = field(default=(), metadata=NOT_KEYED)
 
     def option_defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
+
+    def key_declaration(self) -> dict[str, Any]:
+        """The declaration as it enters build keys: every field but the NOT_KEYED ones."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("keyed", True)}
+
+    def disk_estimate(self, options: Mapping[str, Any]) -> float:
+        """Peak GB of one build's work tree with these options (defaults filled in)."""
+        values = self.option_defaults() | dict(options)
+        return next((gb for name, value, gb in self.disk_gb_if if values.get(name) == value), self.disk_gb)
+
+    def gcc_need(self, version: str, options: Mapping[str, Any]) -> GccNeed | None:
+        """The strictest GCC need that holds for this version and these options, if any."""
+        values = self.option_defaults() | dict(options)
+        needs = [n for n in self.gcc_needs if (not n.when or values.get(n.when[0]) == n.when[1])
+                 and Version(version) in SpecifierSet(n.versions)]
+        return max(needs, key=lambda n: n.gcc, default=None)
 
     @property
     def build_deps(self) -> tuple[str, ...]:
@@ -156,12 +238,6 @@ class Target:
         return parse_arch_list(list(self.cuda_arch_list))
 
     @property
-    def cuda_tag(self) -> str:
-        """'cu131' for CUDA 13.1.x."""
-        major, minor = self.cuda.split(".")[:2]
-        return f"cu{major}{minor}"
-
-    @property
     def machine(self) -> str:
         """'aarch64' or 'x86_64', from the platform tag."""
         return self.platform.split("_", 1)[1] if "_" in self.platform else self.platform
@@ -183,7 +259,9 @@ class LoadedRecipe:
 
     recipe: Recipe
     module: ModuleType
-    code_sha256: str
+    # Of its canonical code (codehash.py), RECIPE left out (keyed as its declaration): docstrings,
+    # comments, annotations and the path do not count.
+    code_digest: str
     path: Path
     data_sha256: Mapping[str, str] = field(default_factory=dict)  # declared data file -> sha256
 
@@ -249,7 +327,7 @@ def check_hooks(module: ModuleType, path: Path) -> None:
                              f"name a helper with a leading underscore, e.g. _{name}")
         if not inspect.isfunction(obj) or len(params) != 1:
             raise InputError(f"{path}: {shown}: the {name} hook takes exactly one argument "
-                             f"({'ctx' if name in ('fetch', 'prepare', 'configure', 'build') else 'spec'})")
+                             f"({hook_argument(name)})")
 
 
 def load_recipe_module(path: Path) -> LoadedRecipe:
@@ -274,13 +352,23 @@ def load_recipe_module(path: Path) -> LoadedRecipe:
     names = [o.name for o in recipe.options]
     if len(set(names)) != len(names):
         raise InputError(f"{path}: RECIPE.options declares an option twice: {', '.join(names)}")
+    for need in recipe.gcc_needs:
+        try:
+            SpecifierSet(need.versions)
+        except InvalidSpecifier:
+            raise InputError(f"{path}: RECIPE.gcc_needs: {need.versions!r} is not a version specifier such as "
+                             "'>=0.33'") from None
+    for option in [o for o, _, _ in recipe.disk_gb_if] + [n.when[0] for n in recipe.gcc_needs if n.when]:
+        if option not in names:
+            raise InputError(f"{path}: RECIPE names option {option!r} in a host estimate, which RECIPE.options does "
+                             f"not declare{did_you_mean(option, names)}")
     data = {}
     for name in recipe.data_files:
         data_file = path.with_name("data") / name
         if not data_file.is_file():
             raise InputError(f"{path}: RECIPE.data_files names {name!r}, and {data_file} does not exist")
         data[name] = hashlib.sha256(data_file.read_bytes()).hexdigest()
-    return LoadedRecipe(recipe, module, hashlib.sha256(code).hexdigest(), path, data)
+    return LoadedRecipe(recipe, module, code_digest(code, str(path), data_names=("RECIPE",)), path, data)
 
 
 def load_recipes(*recipes_dirs: Path) -> dict[str, LoadedRecipe]:

@@ -26,7 +26,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from .adopt import check_adopt_spec
-from .cuda_arch import parse_arch_list
+from .cuda_arch import parse_arch, parse_arch_list
 from .errors import InputError, did_you_mean
 from .grammar import (
     MAX_EXTENDS_DEPTH,
@@ -256,11 +256,6 @@ def check_version(version: str, pattern: str | None, where: str) -> None:
         raise InputError(f"{where}: bad version {version!r}: expected a PEP 440 version such as 2.10.0") from None
 
 
-def _capability(text: str) -> tuple[int, int]:
-    major, minor = text.split(".")
-    return int(major), int(minor)
-
-
 def known_targets() -> dict[str, Any]:
     """data/targets.toml: the platforms and CUDA compute capabilities a release may name."""
     with open(TARGETS_FILE, "rb") as f:
@@ -286,15 +281,15 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
     known = known_targets()
     try:
         archs = parse_arch_list(arch_list)
-        for entry in arch_list:
-            if not entry.isascii():
-                raise InputError(f"bad CUDA arch {entry!r}: ASCII digits only")
+        # Kept in the parser's spelling, one arch per entry ("9.0;12.1a" -> "9.0", "12.1a"), so a
+        # build key and every tool given the list see one form of it.
+        arch_list = [str(a) for a in archs]
     except InputError as e:
         raise InputError(f"{where} [target].cuda_arch_list: {e}") from None
     for arch in archs:
         capability = f"{arch.major}.{arch.minor}"
         first = {"a": known["arch_specific_from"], "f": known["family_specific_from"]}.get(arch.suffix)
-        if capability not in known["capabilities"] or (first and _capability(capability) < _capability(first)):
+        if capability not in known["capabilities"] or (first and arch.device < parse_arch(first).device):
             raise InputError(f"{where} [target].cuda_arch_list: {str(arch)!r} is no CUDA architecture; known "
                              f"compute capabilities: {', '.join(known['capabilities'])} ('a' from "
                              f"{known['arch_specific_from']}, 'f' from {known['family_specific_from']}; "
