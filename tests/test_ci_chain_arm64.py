@@ -35,6 +35,11 @@ STACK = {"nvidia-nccl-cu13": "2.29.2", "torch": "2.9.1", "flashinfer-python": "0
 
 @pytest.fixture(scope="module")
 def docker() -> Docker:
+    if not os.environ.get("WHEELFACTORY_TEST_ARM64_CHAIN"):
+        # Opt-in: the chain with its machine set-up took ~65 min on a loaded 2-core host (bench/README.md,
+        # "aarch64 under emulation"), more than CI's budget beside the rest of the suite.
+        pytest.skip("the emulated aarch64 chain runs only with WHEELFACTORY_TEST_ARM64_CHAIN=1 "
+                    "(after .ci/arm64-env.sh); it takes most of an hour on a 2-core machine")
     d = Docker()
     if error := d.engine_error():
         pytest.skip(f"no Docker engine answers ({d.binary}: {error}); run .ci/docker-engine.sh")
