@@ -1,5 +1,5 @@
 # Short aliases only; the logic lives in the wheelfactory package.
-RELEASE ?= 0.15.0-t4
+RELEASE ?= 0.33.0-t5
 # `make images` builds every release locked in the wheelhouse; e.g. IMAGES="-r tests/releases/ci.toml"
 IMAGES ?= --all
 PYTHON ?= python3

@@ -165,6 +165,12 @@ class Assembler:
         manifest = wh.manifest()
         keys = {build_key_arg(p.component): manifest.get(p.filename, {}).get("key", "")
                 for p in lock.packages if p.component}
+        for package in lock.packages:  # build keys become bake-file strings and --build-arg values
+            key = keys.get(build_key_arg(package.component)) if package.component else None
+            if key and not (isinstance(key, str) and re.fullmatch(r"[0-9a-f]{64}", key)):
+                raise InputError(f"{wh.manifest_path}: the build key of {package.filename} is not 64 hex digits "
+                                 f"({str(key)[:40]!r}); the manifest was edited outside wheelfactory: restore it or "
+                                 f"rebuild the release (`wheelfactory build --release {release.name}`)")
         out = self.output_dir / release.name
         context = out / "context"
         write_context(context, layers, wh.root)

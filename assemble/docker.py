@@ -59,7 +59,7 @@ class Docker:
             cmd += ["--build-arg", f"{k}={v}"]
         if network_none:
             cmd.append("--network=none")
-        return cmd + [str(context)]
+        return cmd + ["--", str(context)]  # `--`: a path or reference is never an option
 
     def build(self, cmd: Sequence[str], log: Path) -> None:
         """Run a build command, logging its output; BuildError with the log's tail on failure."""
@@ -75,12 +75,12 @@ class Docker:
 
     def inspect(self, ref: str) -> dict[str, Any] | None:
         """`docker image inspect` of a reference, or None when the image is absent."""
-        r = self._run(["image", "inspect", ref])
+        r = self._run(["image", "inspect", "--", ref])
         return json.loads(r.stdout)[0] if r.returncode == 0 else None
 
     def history(self, ref: str) -> list[tuple[int, str]]:
         """(size, created by) of each history entry, oldest first."""
-        r = self._run(["history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", ref])
+        r = self._run(["history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", "--", ref])
         if r.returncode != 0:
             raise BuildError(f"docker history {ref}: {r.stderr.strip()}")
         rows = [line.split("\t", 1) for line in r.stdout.splitlines()]
@@ -88,23 +88,23 @@ class Docker:
 
     def export(self, ref: str, dest: Path) -> None:
         """The image's file system as a tar file (through a created, never started, container)."""
-        r = self._run(["create", ref, "/nonexistent"])
+        r = self._run(["create", "--", ref, "/nonexistent"])
         if r.returncode != 0:
             raise BuildError(f"docker create {ref}: {r.stderr.strip()}")
         cid = r.stdout.strip()
         try:
-            r = self._run(["export", "-o", str(dest), cid])
+            r = self._run(["export", "-o", str(dest), "--", cid])
             if r.returncode != 0:
                 raise BuildError(f"docker export {ref}: {r.stderr.strip()}")
         finally:
-            self._run(["rm", cid])
+            self._run(["rm", "--", cid])
 
     def tags(self, repository: str) -> list[str]:
         """Tags of a repository in the engine."""
-        r = self._run(["image", "ls", repository, "--format", "{{.Tag}}"])
+        r = self._run(["image", "ls", "--format", "{{.Tag}}", "--", repository])
         return [t for t in r.stdout.split() if t != "<none>"] if r.returncode == 0 else []
 
     def run(self, ref: str, argv: Sequence[str], network: str = "none",
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run a command in a throw-away container (no network by default)."""
-        return self._run(["run", "--rm", f"--network={network}", ref, *argv], timeout=timeout)
+        return self._run(["run", "--rm", f"--network={network}", "--", ref, *argv], timeout=timeout)

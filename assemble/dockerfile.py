@@ -6,9 +6,13 @@ from the lock at build time; the Dockerfile only names the layer directories.
 
 from __future__ import annotations
 
+import re
 import shlex
 import textwrap
 from collections.abc import Mapping, Sequence
+
+from wheelfactory.errors import InputError
+from wheelfactory.grammar import check_text
 
 from .bases import BaseImage
 from .spec import VENV, ImageSpec, jit_root_links
@@ -25,9 +29,18 @@ PIP_INSTALL = (f"{VENV}/bin/python -B -m pip install --no-index --find-links /wh
                "-r /wheels/requirements.txt")
 
 
-def _quote(value: str) -> str:
-    """A Dockerfile LABEL/ENV value in double quotes (variables still expand)."""
+def _quote(value: str, where: str = "a LABEL or ENV value") -> str:
+    """A Dockerfile LABEL/ENV value in double quotes (variables still expand); a value with a
+    control character is refused, as a newline would end the instruction and start another."""
+    check_text(value, f"Dockerfile {where}")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _key(key: str) -> str:
+    """An ENV or LABEL key, written bare: letters, digits, '.', '_', '-' only."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
+        raise InputError(f"Dockerfile key {key!r}: only letters, digits, '.', '_' and '-' are written bare")
+    return key
 
 
 def _continued(lines: Sequence[str], indent: str = "    ") -> str:
@@ -120,11 +133,11 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
                 f"RUN --mount=type=bind,source=layers/{name},target=/wheels \\\n    {PIP_INSTALL}", ""]
     out += _jit_root(env)
     env = {"VIRTUAL_ENV": VENV, "PATH": f"{VENV}/bin:$PATH"} | env
-    out.append("ENV " + _continued([f"{k}={_quote(v)}" for k, v in env.items()]))
+    out.append("ENV " + _continued([f"{_key(k)}={_quote(v, f'ENV {k}')}" for k, v in env.items()]))
     out.append("")
     # Build-time values come last: a new date or revision must not invalidate any cached layer.
     out += [f"ARG {arg}" for arg in sorted(set(spec.arg_labels.values()))]
     labels = {k: v for k, v in spec.labels.items()} | {k: "${" + a + "}" for k, a in spec.arg_labels.items()}
-    out.append("LABEL " + _continued([f"{k}={_quote(v)}" for k, v in labels.items()]))
+    out.append("LABEL " + _continued([f"{_key(k)}={_quote(v, f'LABEL {k}')}" for k, v in labels.items()]))
     out.append("")
     return "\n".join(out)

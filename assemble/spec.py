@@ -15,6 +15,14 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from wheelfactory.errors import InputError
+from wheelfactory.grammar import (
+    OCI_NAME_MAX,
+    check_label_namespace,
+    check_oci_registry,
+    check_oci_repository,
+    check_oci_tag,
+    check_text,
+)
 from wheelfactory.release import Release
 
 from .datafiles import load_data
@@ -180,7 +188,21 @@ def build_key_arg(component: str) -> str:
 
 
 def image_specs(release: Release, recipes_dir: Path, settings: Settings = Settings()) -> list[ImageSpec]:
-    """The images of a release: a vLLM runtime image, or a pytorch dev and runtime pair."""
+    """The images of a release: a vLLM runtime image, or a pytorch dev and runtime pair; each
+    reference (registry, repository, tag) checked against the OCI reference grammar."""
+    specs = _image_specs(release, recipes_dir, settings)
+    for spec in specs:
+        where = f"{release.path} [image].tag" if "tag" in release.image else f"{release.path}: the image tag derived " \
+            "from the release's versions (set [image] tag)"
+        check_oci_tag(spec.tag, where)
+        name = spec.ref(settings.registry).rsplit(":", 1)[0]
+        if len(name) > OCI_NAME_MAX:
+            raise InputError(f"image name {name[:60]!r}... is {len(name)} characters; registry and repository "
+                             f"together have at most {OCI_NAME_MAX}")
+    return specs
+
+
+def _image_specs(release: Release, recipes_dir: Path, settings: Settings) -> list[ImageSpec]:
     image = release.image
     kind = image.get("kind")
     if not kind:
@@ -191,6 +213,13 @@ def image_specs(release: Release, recipes_dir: Path, settings: Settings = Settin
             raise InputError(f"{release.path}: [image] needs {key!r} to build images")
     repository = settings.repository or image["repository"]
     ns = settings.label_namespace
+    # Every value below becomes Dockerfile text, a bake-file string or a docker argument: each is
+    # checked against its grammar, so no tag or label can add a line (`x\nRUN ...`).
+    check_text(release.name, f"{release.path}: release name")
+    if settings.registry:
+        check_oci_registry(settings.registry, "--registry")
+    check_oci_repository(repository, "--repository" if settings.repository else f"{release.path} [image].repository")
+    check_label_namespace(ns, "--label-namespace")
     groups = release_groups(release, recipes_dir)
     arg_labels = dict(BUILD_ARG_LABELS) | {f"{ns}.{c}_build_key": build_key_arg(c) for c in sorted(release.components)}
     common = dict(release=release.name, python=release.target.python, platform=release.target.platform,

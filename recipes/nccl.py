@@ -19,6 +19,10 @@ from wheelfactory.wheelpack import pack_tree
 
 DIST = "nvidia-nccl-cu13"
 
+# Cross-builds (`build --cross`): NCCL's makefiles pass `-ccbin $(CXX)` to nvcc and link with
+# $(CXX) against $(CUDA_HOME)'s libraries, so the target's g++ and the cross CUDA root are all it needs.
+CROSS = True
+
 RECIPE = Recipe(
     name="nccl",
     summary="NVIDIA NCCL for the release's CUDA arches, as the nvidia-nccl-cu13 wheel",
@@ -47,10 +51,19 @@ def environment(spec: EnvSpec) -> dict[str, str]:
     return {"NVCC_GENCODE": " ".join(gencode_flags(spec.target.archs, keep_suffix=False))}
 
 
+def _make_command(ctx, builddir: Path) -> list[str]:
+    """NCCL's `make src.build` for the target arches; in a cross step with the target's g++ as CXX
+    (nvcc's host compiler and the linker) and the cross CUDA root as CUDA_HOME."""
+    cmd = ["make", f"-j{ctx.jobs}", "src.build", f"BUILDDIR={builddir}",
+           f"NVCC_GENCODE={ctx.env['NVCC_GENCODE']}", f"CUDA_HOME={ctx.cuda_home}"]
+    if ctx.cross is not None:
+        cmd.append(f"CXX={ctx.cross.cxx}")
+    return cmd
+
+
 def build(ctx) -> list[Path]:
     builddir = ctx.work / "build"
-    ctx.run(["make", f"-j{ctx.jobs}", "src.build", f"BUILDDIR={builddir}",
-             f"NVCC_GENCODE={ctx.env['NVCC_GENCODE']}", f"CUDA_HOME={ctx.cuda_home}"])
+    ctx.run(_make_command(ctx, builddir))
     tree = ctx.work / "wheel-tree"
     lib_dir = tree / "nvidia" / "nccl" / "lib"
     lib_dir.mkdir(parents=True)

@@ -30,6 +30,11 @@ from wheelfactory.errors import BuildError
 from wheelfactory.recipe import EnvSpec, Option, Recipe, Repair, recipe_data, version_table
 from wheelfactory.sources import GitSource, Source
 
+# Cross-builds (`build --cross`): vLLM's kernels are a CMake project, and every CMake its setup.py
+# starts reads the cross step's CMAKE_TOOLCHAIN_FILE (target compilers, this host's nvcc, the target's
+# CUDA libraries, the target torch's CMake prefix); see crossbuild.py and README "Cross builds".
+CROSS = True
+
 RECIPE = Recipe(
     name="vllm",
     summary="vLLM with CUDA kernels for the release's arch list, against the factory's torch",

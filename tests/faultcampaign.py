@@ -462,6 +462,33 @@ def _build(*extra: str, target: bool = True, host_check: bool = False) -> Callab
     return make
 
 
+def _extends_chain(depth: int) -> Callable[[Lab, Path], list[str]]:
+    """A release at the end of an `extends` chain `depth` files long."""
+    def make(lab: Lab, d: Path) -> list[str]:
+        _write(d / "c0.toml", "extends = 'r'\n")
+        for i in range(1, depth):
+            _write(d / f"c{i}.toml", f"extends = 'c{i - 1}'\n")
+        return ["plan", "--release", str(d / f"c{depth - 1}.toml")]
+    return make
+
+
+def _git_option_source(lab: Lab, d: Path) -> list[str]:
+    """A git source whose URL is a git option that would create a canary file (issue 20, item 1)."""
+    body = f"extends = 'r'\n[components.fault0]\nsource = {{ git = '--upload-pack=touch {d}/PWNED;', ref = 'v1' }}\n"
+    return ["fetch", "--release", str(_write(d / "rel.toml", body)), "fault0"]
+
+
+def _images(body: str, *extra: str) -> Callable[[Lab, Path], list[str]]:
+    """`images --no-build` of a release extending the lab's with an [image] table."""
+    def make(lab: Lab, d: Path) -> list[str]:
+        image = "[image]\nkind = 'vllm'\nrepository = 'fault/vllm'\nbase = 'local/debian-py:bookworm'\ntag = 't'\n"
+        release = _write(d / "img.toml", "extends = 'r'\n" + image + body)
+        return ["images", "--release", str(release), "--no-build", "--output-dir", str(d / "out"), *extra]
+    return make
+
+
+LONG_NAME = "n" * 300  # longer than any file system's NAME_MAX
+
 BAD_INPUTS = (
     BadInput("unknown release name", 2, "nope", lambda lab, d: ["plan", "--release", "nope"]),
     BadInput("release file that does not exist", 2, "does not exist",
@@ -505,6 +532,51 @@ BAD_INPUTS = (
     BadInput("unknown option", 2, "No such option", lambda lab, d: ["build", "--frobnicate"]),
     BadInput("cache gc --release that does not exist", 2, "nope",
              lambda lab, d: ["cache", "gc", "--dry-run", "--release", "nope"]),
+    # Values that reach command lines are data (issue 20, items 1, 3, 5 and the input grammars of 7-9).
+    BadInput("git source that is a git option", 2, "starts with '-' (git would read it as an option)",
+             _git_option_source),
+    BadInput("git ref that is a git option", 2, "bad git ref '--output=x'",
+             _release("extends = 'r'\n[components.fault0]\n"
+                      "source = { git = 'https://example.invalid/r.git', ref = '--output=x' }\n")),
+    BadInput("pin name that is an index option", 2, "is not a package name",
+             _release("extends = 'r'\n[pins]\n'--extra-index-url http://127.0.0.1:9/simple #' = '1.0'\n")),
+    BadInput("pin name with a space", 2, "'foo bar' is not a package name",
+             _release("extends = 'r'\n[pins]\n'foo bar' = '1.0'\n")),
+    BadInput("empty pin name", 2, "'' is not a package name", _release("extends = 'r'\n[pins]\n'' = '1.0'\n")),
+    BadInput("--index-url http with a leading space", 2, "--allow-insecure-index",
+             lambda lab, d: ["--index-url", " http://example.invalid/simple", "plan", "--release", "r"]),
+    BadInput("--adopt of a plain-http URL", 2, "is fetched over plain http",
+             _build("--adopt", "fault0=http://example.invalid/fault0-1.0-py3-none-any.whl")),
+    BadInput("image tag with a newline and a RUN", 2, "contains control character(s) \\n",
+             _release("extends = 'r'\n[image]\ntag = \"x\\nRUN touch /pwned\"\n")),
+    BadInput("--registry outside the OCI grammar", 2, "--registry: bad registry", _images("", "--registry",
+                                                                                          "bad registry!!")),
+    BadInput("--label-namespace with a newline", 2, "--label-namespace: bad label namespace",
+             _images("", "--label-namespace", "dev.x\nRUN touch /pwned")),
+    BadInput("version in full-width digits", 2, "full-width digits",
+             _release("extends = 'r'\n[components.fault0]\nversion = '\uff11.0'\n")),
+    BadInput("version of 5000 digits", 2, "a version has at most 128",
+             _release("extends = 'r'\n[components.fault0]\nversion = '" + "1" * 5000 + "'\n")),
+    BadInput("version with whitespace", 2, "without spaces",
+             _release("extends = 'r'\n[components.fault0]\nversion = '1.0 '\n")),
+    BadInput("env key with '='", 2, "is not an environment variable name",
+             _release("extends = 'r'\n[components.fault0.env]\n'A=B' = 'x'\n")),
+    BadInput("empty env key", 2, "'' is not an environment variable name",
+             _release("extends = 'r'\n[components.fault0.env]\n'' = 'x'\n")),
+    BadInput("NUL in an env value", 2, "\\x00",
+             _release("extends = 'r'\n[components.fault0.env]\nX = \"a\\u0000b\"\n")),
+    BadInput("unknown [target] platform", 2, "'win_amd64' is not a platform",
+             _release("extends = 'r'\n[target]\nplatform = 'win_amd64'\n")),
+    BadInput("unknown CUDA arch", 2, "'99.0' is no CUDA architecture",
+             _release("extends = 'r'\n[target]\ncuda_arch_list = ['99.0']\n")),
+    BadInput("empty source path", 2, "source.path: empty",
+             _release("extends = 'r'\n[components.fault0]\nsource = { path = '' }\n")),
+    BadInput("extends chain 1500 deep", 2, "more than 32 releases long", _extends_chain(1500)),
+    BadInput("TOML nested 5000 deep", 2, "nested thousands deep", _release("a = " + "[" * 5000 + "]" * 5000 + "\n")),
+    BadInput("--release file name too long", 2, "too long for the file system",
+             lambda lab, d: ["plan", "--release", str(d / f"{LONG_NAME}.toml")]),
+    BadInput("--wheelhouse name too long", 2, "too long for the file system",
+             lambda lab, d: ["--wheelhouse", str(d / LONG_NAME), "plan", "--release", "r"]),
 )
 
 

@@ -138,3 +138,19 @@ def test_good_input_writes_files_without_docker(setup) -> None:
     assert (layers / "stack" / "idna-3.20-py3-none-any.whl").is_file()
     assert (out / "tiny" / "runtime.Dockerfile").is_file() and (out / "tiny" / "docker-bake.hcl").is_file()
     assert not (docker.parent / "docker-ran").exists()
+
+
+def test_a_build_key_that_is_not_hex_never_reaches_the_bake_file(setup) -> None:
+    factory, release, docker = setup
+    wh = factory.wheelhouse_dir
+    write_lock(wh, ["transformers-4.57.6-py3-none-any.whl"])
+    lock_file = wh / "locks" / "tiny.json"
+    lock = json.loads(lock_file.read_text())
+    lock["packages"][0]["component"] = "vllm"
+    lock_file.write_text(json.dumps(lock))
+    entry = {"dist": "transformers", "version": "4.57.6", "sha256": "0" * 64, "size": 1,
+             "key": '${REGISTRY}"\n  dockerfile = "/etc/x'}
+    (wh / "manifest.json").write_text(json.dumps({"wheels": {"transformers-4.57.6-py3-none-any.whl": entry}}))
+    message = refused(factory, docker, "--release", str(release), "--no-build")
+    assert "the build key of transformers-4.57.6-py3-none-any.whl is not 64 hex digits" in message
+    assert not (wh.parent / "out" / "tiny" / "docker-bake.hcl").exists()

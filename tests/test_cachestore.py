@@ -217,3 +217,50 @@ def test_cli_gc_with_an_unknown_release_is_bad_input(lab):
     assert res.exit_code != 0 and "nope" in str(res.exception)
     assert getattr(res.exception, "exit_code", None) == 2
     assert (lab.cache_dir / "work" / "a-999999999999").exists()
+
+
+def _wheelhouse_built_from(root: Path, commit: str, extra_sha: str) -> Path:
+    """A wheelhouse whose one wheel was built from a git commit and an extra source archive (the key
+    inputs its manifest entry records), and a lock naming it."""
+    root.mkdir(parents=True)
+    (root / "manifest.json").write_text(json.dumps({"format": 1, "wheels": {
+        "x-1.0-py3-none-any.whl": {"component": "x", "dist": "x", "version": "1.0", "sha256": "0" * 64, "size": 1,
+                                   "inputs": {"source": {"git_commit": commit, "submodules": True},
+                                              "extra_sources": {"dep": {"archive_sha256": extra_sha}}}},
+        "y-1.0-py3-none-any.whl": {"component": None, "dist": "y", "version": "1.0", "sha256": "1" * 64,
+                                   "size": 1}}}))
+    (root / "locks").mkdir()
+    (root / "locks" / "mine.json").write_text(json.dumps({"format": 1, "packages": [
+        {"name": "x", "version": "1.0", "filename": "x-1.0-py3-none-any.whl", "sha256": "0" * 64,
+         "component": "x", "origin": "built"}]}))
+    return root
+
+
+def test_gc_keeps_what_the_wheelhouse_was_built_from_though_no_known_release_plans_it(lab):
+    # a release given by path, built yesterday, then forgotten by gc: its sources must stay
+    _wheelhouse_built_from(lab.wheelhouse_dir, OLD_COMMIT, STALE_SHA)
+    res = _cli(lab, "cache", "gc")
+    assert res.exit_code == 0, res.output
+    trees = lab.cache_dir / "sources" / "trees"
+    assert (trees / f"git-{OLD_COMMIT}").exists() and (trees / f"sha256-{STALE_SHA}").exists()
+    assert (lab.cache_dir / "sources" / "archives" / f"{STALE_SHA}-z.tar.gz").exists()
+    assert "and the 2 the wheels of" in res.output
+
+
+@pytest.mark.parametrize("given", ["dir", "manifest", "lock"])
+def test_gc_keeps_what_a_wheelhouse_or_lock_it_is_given_was_built_from(lab, tmp_path, given):
+    other = _wheelhouse_built_from(tmp_path / "elsewhere", OLD_COMMIT, STALE_SHA)
+    path = {"dir": other, "manifest": other / "manifest.json", "lock": other / "locks" / "mine.json"}[given]
+    res = _cli(lab, "cache", "gc", "--keep-built-from", str(path))
+    assert res.exit_code == 0, res.output
+    assert (lab.cache_dir / "sources" / "trees" / f"git-{OLD_COMMIT}").exists()
+    res = _cli(lab, "cache", "gc")  # without it: no longer kept
+    assert not (lab.cache_dir / "sources" / "trees" / f"git-{OLD_COMMIT}").exists()
+
+
+def test_gc_keep_built_from_a_file_that_is_none_of_them_is_bad_input(lab, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    res = CliRunner().invoke(cli, ["--recipes-dir", str(lab.recipes_dir), "--cache-dir", str(lab.cache_dir),
+                                   "cache", "gc", "--keep-built-from", str(tmp_path / "notes.txt")])
+    assert getattr(res.exception, "exit_code", None) == 2 and "--keep-built-from" in str(res.exception)
+    assert (lab.cache_dir / "sources" / "trees" / f"git-{OLD_COMMIT}").exists()

@@ -121,13 +121,15 @@ def test_golden_file_is_what_it_claims():
     """Independent of the code: facts of the contract the golden must show."""
     golden = json.loads(GOLDEN.read_text())
     s = golden["shape"]
-    assert golden["format_version"] == 1 and s["format_version"] == "integer"
-    assert set(s) == {"format_version", "release", "target", "steps", "pins", "overrides"}
+    assert golden["format_version"] == 3 and s["format_version"] == "integer"
+    assert set(s) == {"format_version", "release", "target", "steps", "pins", "overrides", "build_host"}
+    assert s["build_host"] == {"machine": "string", "cross": "boolean"}
     assert s["target"] == {"python": "string", "cuda": "string", "cuda_arch_list": ["string"],
                            "platform": "string", "toolkit": "string"}
     [step] = s["steps"]
     assert step["component"] == step["version"] == step["key"] == step["action"] == "string"
     assert step["source"] == step["adopt"] == "null|string"  # built from a source, or adopted
+    assert step["mode"] == "null|string"  # native, cross or emulated; null for an adopted wheel
     assert step["depends_on"] == step["outputs"] == step["unresolved"] == ["string"]
     assert step["env"] == {MAP: "string"} and step["patches"] == {MAP: ["string"]}
     assert step["options"] == {MAP: "boolean"}

@@ -15,6 +15,7 @@ import pytest
 from wheelfactory import lock as lockmod
 from wheelfactory.cli import _print_plan
 from wheelfactory.factory import Factory
+from wheelfactory.installer import find_uv
 
 FAST = """extends = "0.33.0-t5"
 [components.torch]
@@ -56,7 +57,7 @@ class FakeUv:
         given = {}
         for flag in ("--override",):
             given[flag] = Path(cmd[cmd.index(flag) + 1]).read_text()
-        given["requirements.in"] = Path(cmd[3]).read_text()
+        given["requirements.in"] = Path(cmd[cmd.index("--") + 1]).read_text()  # after "--": data, never an option
         self.files.append(given)
         out = Path(cmd[cmd.index("-o") + 1])
         entries = []
@@ -113,7 +114,7 @@ def test_lock_resolves_with_the_components_wheel_as_override(factory: Factory, f
     lock = lockmod.lock_release(plan, wh, uv, "python3.12", "https://pypi.org/simple", offline=True)
 
     (cmd,) = uv.calls
-    assert cmd[:3] == ["uv", "pip", "compile"] and "--override" in cmd and "--no-index" in cmd
+    assert cmd[:3] == [find_uv(), "pip", "compile"] and "--override" in cmd and "--no-index" in cmd
     overrides = uv.files[0]["--override"].splitlines()
     assert f"torch @ {torch.resolve().as_uri()}" in overrides
     assert "torch==2.14.0" not in uv.files[0]["--override"]
@@ -163,3 +164,37 @@ def test_real_uv_accepts_a_component_override_by_file_and_fails_without_it(tmp_p
     assert with_override.returncode == 0, with_override.stderr
     locked = {p["name"]: p for p in tomllib.loads((tmp_path / "pylock.with.toml").read_text())["packages"]}
     assert locked["torch"]["version"] == "2.14.1" and locked["torch"]["archive"]["path"] == str(torch)
+
+
+def test_a_lock_whose_inputs_did_not_change_is_up_to_date_without_resolving(factory: Factory, fast_release: Path,
+                                                                           monkeypatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    from .test_wheelhouse import make_wheel
+
+    wh = factory.wheelhouse
+    wh.root.mkdir(parents=True, exist_ok=True)
+    made = {n: make_wheel(tmp_path / n, n, v) for n, v in (("torch", "2.14.1"), ("vllm", "0.33.0"),
+                                                            ("transformers", "5.20.2"))}
+    with wh.lock():
+        for n, w in made.items():
+            wh.publish([w], {"component": None if n == "transformers" else n, "key": f"k-{n}", "origin": "built"})
+    torch, vllm, transformers = (wh.root / made[n].name for n in ("torch", "vllm", "transformers"))
+    plan = factory.plan(factory.release(str(fast_release)), ["vllm"])
+    monkeypatch.setattr(lockmod, "component_wheels", lambda plan, wheelhouse: {"torch": [torch], "vllm": [vllm]})
+    uv = FakeUv([torch, vllm, transformers])
+
+    def lock(p=plan, **kw):
+        return lockmod.lock_release(p, wh, uv, "python3.12", "https://pypi.org/simple", offline=True, **kw)
+
+    first = lock()
+    assert len(uv.calls) == 1 and not first.up_to_date and len(first.inputs_sha256) == 64
+    again = lock()
+    assert len(uv.calls) == 1 and again.up_to_date and again.packages == first.packages
+    assert not lock(refresh=True).up_to_date and len(uv.calls) == 2
+    assert not lock(dataclasses.replace(plan, pins={**plan.pins, "transformers": "5.20.1"})).up_to_date  # a pin
+    assert len(uv.calls) == 3
+    inputs = lock().inputs_sha256  # written again with the release's own pins
+    assert len(uv.calls) == 4 and lockmod.fresh_lock(wh, "fast", inputs) is not None
+    transformers.unlink()  # a locked wheel gone from the wheelhouse: not fresh, resolve again
+    assert lockmod.fresh_lock(wh, "fast", inputs) is None

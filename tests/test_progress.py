@@ -324,3 +324,16 @@ def test_build_quiet_and_verbose_contradict_and_quiet_keeps_only_warnings(tmp_pa
     for line in ("[1/3] torch 2.10.0: build (log: x)", "host: ok ccache", "warning: no nvcc", "[2/3] nccl: done"):
         _quiet_echo(line)
     assert capsys.readouterr().err == "warning: no nvcc\n"
+
+
+def test_the_factorys_messages_go_above_live_status_rows_never_over_them(monkeypatch, capsys):
+    from wheelfactory import cli
+    from wheelfactory.progress import BOARD
+
+    printed: list[str] = []
+    monkeypatch.setattr(BOARD, "print", printed.append)
+    cli._echo("downloading 14 CUDA 13.1.0 toolkit wheel(s)")  # no live rows: a plain line on stderr
+    assert printed == [] and capsys.readouterr().err == "downloading 14 CUDA 13.1.0 toolkit wheel(s)\n"
+    monkeypatch.setattr(BOARD, "_live", object())  # a build's rows are up
+    cli._echo("assembling the CUDA 13.1.0 toolkit")
+    assert printed == ["assembling the CUDA 13.1.0 toolkit"] and capsys.readouterr().err == ""

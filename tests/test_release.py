@@ -96,7 +96,8 @@ def test_release_by_path_and_user_extends(tmp_path, recipes):
      "{p} [components.torch]: unknown key 'verison' (did you mean 'version'?); "
      "expected one of: adopt, env, extra_sources, keep_debug, options, source, version"),
     (BASE + '[components.torch]\nversion = "two point ten"\n',
-     "{p} [components.torch].version: bad version 'two point ten': expected a PEP 440 version such as 2.10.0"),
+     "{p} [components.torch].version: bad version 'two point ten': a version is ASCII letters, digits and "
+     "punctuation without spaces, e.g. 2.10.0 (full-width digits are not digits here)"),
     (BASE.replace('"2.29.2-1"', '"2.29.2"'),
      "{p} [components.nccl].version: bad version '2.29.2': expected the form \\d+\\.\\d+\\.\\d+-\\d+"),
     (BASE.replace('python = "3.12"\n', ""), "{p} [target]: missing key 'python' (e.g. python = '3.12', "
@@ -106,7 +107,7 @@ def test_release_by_path_and_user_extends(tmp_path, recipes):
     (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { git = "x", tag = "v1" }\n',
      "{p} [components.torch].source: unknown key 'tag' in a git source; "
      "allowed: allow_insecure, follow, git, ref, submodules"),
-    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { url = "x", sha256 = "abc" }\n',
+    (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { url = "https://x.invalid/x", sha256 = "abc" }\n',
      "{p} [components.torch].source.sha256: expected 64 lowercase hex digits, got 'abc'"),
     (BASE + '[components.torch]\nversion = "2.10.0"\nsource = { path = "/nonexistent/x" }\n',
      "{p} [components.torch].source: source directory '/nonexistent/x' does not exist"),

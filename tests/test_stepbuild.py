@@ -51,6 +51,8 @@ def build(ctx):
     ctx.run(["sh", "-c", "env > " + str(EVENTS.parent / "build.env")])
     if FAIL.exists():
         raise BuildError("[c] the link failed")
+    if FAIL.with_name("INTERRUPT").exists():
+        raise KeyboardInterrupt
     tree = ctx.work / "t"
     (tree / "c").mkdir(parents=True, exist_ok=True)
     (tree / "c" / "__init__.py").write_text("")
@@ -95,6 +97,23 @@ def test_a_failed_step_resumes_without_preparing_or_compiling_again(tmp_path):
     assert any("resuming the work tree a run left (failed)" in m for m in said)
     assert [e["component"] for e in f.wheelhouse.manifest().values()] == ["c"]
     assert not list((f.cache_dir / "work").glob("c-*/src"))  # a finished step's tree is removed
+
+
+@pytest.mark.slow  # venvs, pip, sh
+def test_an_interrupted_step_says_its_tree_is_kept_and_how_to_resume_or_drop_it(tmp_path):
+    f = setup(tmp_path)
+    (tmp_path / "INTERRUPT").touch()
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        build(f, said)
+    [line] = [m for m in said if "interrupted:" in m]
+    work = next((f.cache_dir / "work").glob("c-*[!k]"))
+    assert line.startswith("[c] interrupted: the work tree (") and f"is kept at {work}; the next run" in line
+    assert "`--fresh` starts over, `wheelfactory cache gc` removes it" in line
+    (tmp_path / "INTERRUPT").unlink()
+    said.clear()
+    build(f, said)
+    assert any("resuming the work tree a run left (interrupted)" in m for m in said)
 
 
 @pytest.mark.slow
@@ -394,3 +413,24 @@ def test_the_step_environment_points_every_compiler_launcher_at_the_ccache_it_wa
                                parent_path="/usr/bin")
     assert not [k for k in without if "CCACHE" in k or k.endswith("_LAUNCHER")]
     assert without["UV_OFFLINE"] == "1" and "CUDA_HOME" not in without
+
+
+def test_until_configure_stops_without_announcing_a_build_phase(tmp_path, capsys, factory):
+    from types import SimpleNamespace
+
+    from wheelfactory.progress import PLAIN
+    from wheelfactory.runner import Runner
+    from wheelfactory.stepbuild import StepBuild, StoppedAfter
+
+    step = factory.plan(factory.release("0.33.0-t5"), ["nccl"]).steps[0]
+    runner = Runner("nccl", tmp_path / "log", output=PLAIN)
+    sb = StepBuild(step, runner, SimpleNamespace(work_dir=lambda s: tmp_path / "work"), until="configure")
+    runner.set_phase("configure")
+    with pytest.raises(StoppedAfter):
+        sb._done("configure")
+    err = capsys.readouterr().err
+    assert "[nccl] phase configure" in err and "phase build" not in err
+    assert "phase configure done; stopping here (--until configure)" in (tmp_path / "log").read_text()
+    sb.until = None
+    sb._done("configure")  # without --until the status moves on to the build
+    assert "[nccl] phase build" in capsys.readouterr().err

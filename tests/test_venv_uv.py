@@ -78,7 +78,7 @@ def test_pip_on_request(tmp_path, monkeypatch):
     assert [c for c in runner.commands if "install" in c][0][1:4] == ["-m", "pip", "install"]
 
 
-def test_find_uv_prefers_the_uv_package_then_path(monkeypatch):
+def test_find_uv_is_the_uv_packages_never_one_on_path(monkeypatch):
     monkeypatch.setitem(sys.modules, "uv", types.SimpleNamespace(find_uv_bin=lambda: "/site/bin/uv"))
     assert installer_mod.find_uv() == "/site/bin/uv"
 
@@ -86,7 +86,28 @@ def test_find_uv_prefers_the_uv_package_then_path(monkeypatch):
         raise FileNotFoundError
 
     monkeypatch.setitem(sys.modules, "uv", types.SimpleNamespace(find_uv_bin=missing))
-    monkeypatch.setattr(installer_mod.shutil, "which", lambda name: "/usr/bin/uv" if name == "uv" else None)
-    assert installer_mod.find_uv() == "/usr/bin/uv"
-    monkeypatch.setattr(installer_mod.shutil, "which", lambda name: None)
-    assert installer_mod.find_uv() is None
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/uv" if name == "uv" else None)
+    assert installer_mod.find_uv() is None  # a tool install has only wheelfactory on PATH
+
+
+def test_clear_replaces_a_venv_and_nothing_else(tmp_path, monkeypatch):
+    import pytest
+
+    from wheelfactory.errors import InputError
+
+    monkeypatch.setattr(venv_mod, "find_uv", lambda: "/opt/uv")
+    wh = locked_wheelhouse(tmp_path)
+    old = tmp_path / "v"
+    (old / "lib").mkdir(parents=True)
+    (old / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (old / "lib" / "stale.py").write_text("")
+    with pytest.raises(InputError, match="exists and is not empty; .* or pass --clear"):
+        create_venv(old, "r", wh, {}, "python3.11", FakeRunner())
+    create_venv(old, "r", wh, {}, "python3.11", FakeRunner(), clear=True)
+    assert not (old / "lib" / "stale.py").exists() and (old / "bin").is_dir()
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="is not a virtual environment \\(no pyvenv.cfg\\)"):
+        create_venv(mine, "r", wh, {}, "python3.11", FakeRunner(), clear=True)
+    assert (mine / "notes.txt").read_text() == "keep me"

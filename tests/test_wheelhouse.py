@@ -172,3 +172,24 @@ def test_the_attic_never_overwrites_a_copy_moved_in_the_same_second(tmp_path):
     kept = sorted(p.read_bytes() for p in (wh.root / "attic").iterdir())
     assert kept == sorted(w.read_bytes() for w in wheels[:3])
     assert (wh.root / wheels[3].name).read_bytes() == wheels[3].read_bytes()
+
+
+def test_a_rebuild_with_the_same_bytes_adds_nothing_to_the_attic(tmp_path):
+    wh = Wheelhouse(tmp_path / "wh")
+    a = make_wheel(tmp_path, "pure", "1.0", b"same")
+    with wh.lock():
+        wh.publish([a], {"component": "c", "key": "k1", "origin": "built"})
+        wh.publish([a], {"component": "c", "key": "k2", "origin": "built"})  # another key, byte-identical
+        wh.quarantine([a.name], same_as={wh.manifest()[a.name]["sha256"]})  # a --rebuild about to publish it
+    assert not (wh.root / "attic").exists()
+
+
+def test_the_attic_keeps_one_copy_of_the_same_bytes(tmp_path):
+    wh = Wheelhouse(tmp_path / "wh")
+    old, new = make_wheel(tmp_path / "o", "pure", "1.0", b"old"), make_wheel(tmp_path / "n", "pure", "1.0", b"new")
+    with wh.lock():
+        for i in range(3):  # old, new, old, new, ...: each replaced old build is the same bytes
+            wh.publish([old], {"component": "c", "key": f"old{i}", "origin": "built"})
+            wh.publish([new], {"component": "c", "key": f"new{i}", "origin": "built"})
+    kept = [p.read_bytes() for p in (wh.root / "attic").iterdir()]
+    assert sorted(kept) == sorted([old.read_bytes(), new.read_bytes()])  # one copy of each, not five

@@ -23,8 +23,10 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .errors import InputError
+from .grammar import check_text
 from .recipe import Recipe, Target
 from .sources import is_local_wheel
+from .transport import ADOPT_SCHEMES, check_url, scheme_of
 
 _ANY_PLATFORM = "PLATFORM"  # stands for every platform tag the target accepts
 
@@ -37,10 +39,15 @@ def _wheel_filename(spec: str) -> str:
     return Path(spec).name if is_local_wheel(spec) else Path(unquote(urlparse(spec).path)).name
 
 
-def check_adopt_spec(spec: str, recipe: Recipe, where: str, version: str | None = None) -> None:
-    """Refuse an adopt spec that cannot give this component's wheel (InputError naming where)."""
+def check_adopt_spec(spec: str, recipe: Recipe, where: str, version: str | None = None) -> str:
+    """The adopt spec (a URL normalised), or InputError naming where: a spec that cannot give this
+    component's wheel, a URL pip would fetch over plain http, text that is no requirement."""
     outputs = ", ".join(recipe.outputs)
-    if is_local_wheel(spec) or "://" in spec:
+    check_text(spec, where)
+    is_url = scheme_of(spec) is not None
+    if is_url:
+        spec = check_url(spec, False, where, "download the wheel yourself and adopt its path", ADOPT_SCHEMES)
+    if is_url or is_local_wheel(spec):
         name = _wheel_filename(spec)
         try:
             dist = parse_wheel_filename(name)[0]
@@ -48,7 +55,7 @@ def check_adopt_spec(spec: str, recipe: Recipe, where: str, version: str | None 
             raise InputError(f"{where}: {spec!r} is not a wheel file name: {e}") from None
         if dist not in _outputs(recipe):
             raise InputError(f"{where}: {name} is a wheel of {dist!r}; {recipe.name} adopts one of: {outputs}")
-        return
+        return spec
     try:
         req = Requirement(spec)
     except InvalidRequirement as e:
@@ -56,9 +63,12 @@ def check_adopt_spec(spec: str, recipe: Recipe, where: str, version: str | None 
                          f"'{recipe.outputs[0]}==<version>': {e}") from None
     if canonicalize_name(req.name) not in _outputs(recipe):
         raise InputError(f"{where}: requirement {spec!r} names {req.name!r}; {recipe.name} adopts one of: {outputs}")
+    if req.url:  # NAME @ URL: pip fetches it as it would any adopted URL
+        check_url(req.url, False, where, "download the wheel yourself and adopt its path", ADOPT_SCHEMES)
     if version is not None and req.specifier and (wanted := _version(version, recipe)) is not None:
         if not req.specifier.contains(wanted, prereleases=True):
             raise InputError(f"{where}: requirement {spec!r} excludes the release's version {version}")
+    return spec
 
 
 def _version(version: str, recipe: Recipe) -> Version | None:

@@ -20,27 +20,31 @@ and never removes what is in use:
   a quarantined wheel not built again yet may be the only copy, and stays. Published wheels,
   the manifest, the index and the locks are never touched;
 - sources are kept when any release known here (the shipped ones, --recipes-dir's, and every
-  `--release` given) plans them, by the commit or sha256 recorded for them on any index; a
-  release that cannot be planned, or a build or fetch in progress, leaves every source alone.
+  `--release` given) plans them, by the commit or sha256 recorded for them on any index, and when
+  a wheel of the wheelhouse (or of a wheelhouse, manifest or lock given with --keep-built-from)
+  was built from them, as its manifest entry's key inputs say: a release given by path and built
+  yesterday keeps its sources, so `build --offline` still works. A release that cannot be planned,
+  or a build or fetch in progress, leaves every source alone.
   Lock files stay: removing one a waiting process has open would let two processes hold "it".
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .errors import LockedError
+from .errors import InputError, LockedError
 from .interrupt import pid_alive, try_lock
 from .sources import GitSource, PypiSource, Source, UrlSource
 from .wheelhouse import Wheelhouse
@@ -343,3 +347,45 @@ def sources_in_use(factory: Factory, releases: Iterable[str]) -> tuple[set[str],
             for source in ([step.source] if step.source else []) + list(step.extra_sources.values()):
                 keep |= source_contents(factory, source)
     return keep, planned
+
+
+def _contents(identity: object) -> set[str]:
+    """The commit or sha256 a key input's source identity names (a local tree's digest is not cached)."""
+    if not isinstance(identity, dict):
+        return set()
+    return {v for k in ("git_commit", "archive_sha256") if isinstance(v := identity.get(k), str) and v}
+
+
+def built_from(manifest: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The commits and sha256s of the sources (and extra sources) a wheelhouse's wheels were built
+    from, as their manifest entries' key inputs record them."""
+    keep: set[str] = set()
+    for entry in manifest.values():
+        inputs = entry.get("inputs") if isinstance(entry, Mapping) else None
+        if not isinstance(inputs, Mapping):
+            continue
+        keep |= _contents(inputs.get("source"))
+        extra = inputs.get("extra_sources")
+        for identity in extra.values() if isinstance(extra, Mapping) else ():
+            keep |= _contents(identity)
+    return keep
+
+
+def kept_by(path: Path) -> set[str]:
+    """What gc keeps for `--keep-built-from PATH`: the sources of the wheels of a wheelhouse (its
+    directory or manifest.json) or of a lock file in it (locks/<release>.json: only its wheels).
+    InputError naming the file for anything else."""
+    path = path.expanduser()
+    if path.is_dir():
+        path = path / "manifest.json"
+    lock = path.parent.name == "locks" and path.suffix == ".json"
+    manifest_path = path.parent.parent / "manifest.json" if lock else path
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))["wheels"]
+        files = {p["filename"] for p in json.loads(path.read_text(encoding="utf-8"))["packages"]} if lock else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"--keep-built-from {path}: not a wheelhouse, its manifest.json or a lock file in its locks/ "
+                         f"({type(e).__name__}: {e})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"--keep-built-from {manifest_path}: its 'wheels' is not a table of wheels")
+    return built_from({f: e for f, e in manifest.items() if files is None or f in files})

@@ -16,27 +16,39 @@ import click
 from assemble.cli import images  # the image assembler; it only reads releases, plans and locks
 
 from . import __version__
+from .configurefirst import ConfigureFirst, check_dir, configure_first
+from .crossbuild import CROSS, EMULATED, NATIVE_ONLY, cross_blockers
 from .errors import BuildError, FactoryError, InputError
 from .executor import PHASES, find_python
 from .factory import DEFAULT_RELEASE, Factory, default_recipes_dir
+from .globalopts import AFTER_COMMAND, GlobalOptionsGroup, accept_after_subcommand, show_envvars
+from .grammar import check_git_ref, check_git_url, check_path_length, check_release_name, check_version_text
 from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
 from .lock import lock_paths, lock_release
 from .plan import CACHED, Plan
-from .progress import QUIET, output_mode_set
+from .progress import BOARD, QUIET, output_mode_set
 from .rebuild import components_to_rebuild
-from .release import list_releases
+from .release import Release, list_releases
 from .runner import Runner
-from .sources import check_transport
 from .toolkit import is_wheel_label, mismatch_warning
+from .transport import INDEX_SCHEMES, check_url
 from .venv import create_venv
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "WHEELFACTORY"}
+# No auto_envvar_prefix: the environment variables are the ones declared on options (and shown in
+# --help), not a WHEELFACTORY_<COMMAND>_<OPTION> for every option (--force included) behind the user's back.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+ALLOW_INSECURE_INDEX = "--allow-insecure-index"
 
 
 def _echo(msg: str) -> None:
-    click.echo(msg, err=True)
+    # While live status rows are up (a build on a terminal), a message goes above them, never over
+    # them: the toolkit's download lines, a waiting lock, a step's summary.
+    if BOARD.active():
+        BOARD.print(msg)
+    else:
+        click.echo(msg, err=True)
 
 
 release_option = click.option("--release", "-r", default=DEFAULT_RELEASE, show_default=True,
@@ -82,6 +94,29 @@ system_cuda_option = click.option(
          "(enters the build key; give it to lock too, or set WHEELFACTORY_SYSTEM_CUDA=1).")
 
 
+def _use_cross(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # On the Factory, as --system-cuda.
+    if value:
+        ctx.find_object(Factory).cross = True
+
+
+def _use_target_cuda(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(Factory).target_cuda = value.expanduser().absolute()
+
+
+cross_option = click.option(
+    "--cross", is_flag=True, expose_value=False, callback=_use_cross, envvar="WHEELFACTORY_CROSS",
+    help="Build a release meant for another machine (platform = 'linux_aarch64' on an x86_64 host) for that "
+         "machine: steps whose recipe can cross-compile run this host's nvcc with the target's GNU cross "
+         "compiler and CUDA libraries; the plan shows each step's mode (native, cross, emulated).")
+target_cuda_option = click.option(
+    "--target-cuda", type=click.Path(path_type=Path), default=None, expose_value=False, callback=_use_target_cuda,
+    envvar="WHEELFACTORY_TARGET_CUDA", metavar="DIR",
+    help="With --cross: the target's CUDA libraries (DIR/lib64 or DIR/lib, e.g. a cross toolkit's "
+         "targets/sbsa-linux) instead of the release's CUDA wheels for the target machine.")
+
+
 def _verify_cached(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     # On the Factory, as --system-cuda: the executor it makes hashes every cached wheel in full.
     if value:
@@ -97,12 +132,12 @@ verify_option = click.option(
 def plan_inputs(command):
     """The options every planning command takes: release, targets, --env, --source-dir, --adopt."""
     for decorate in reversed((release_option, targets_argument, env_option, secret_env_option, source_dir_option,
-                              adopt_option, system_cuda_option)):
+                              adopt_option, system_cuda_option, cross_option, target_cuda_option)):
         command = decorate(command)
     return command
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=GlobalOptionsGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="wheelfactory")
 @click.option("--wheelhouse", type=click.Path(path_type=Path), default=Path("wheelhouse"), show_default=True,
               envvar="WHEELFACTORY_WHEELHOUSE", help="The wheelhouse directory (wheels, simple/, manifest).")
@@ -120,8 +155,16 @@ def plan_inputs(command):
 def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path | None, index_url: str,
         allow_insecure_index: bool) -> None:
     """Build the DGX Spark inference stack into wheels built against each other, and assemble
-    thin runtime images from them."""
-    check_transport(index_url, allow_insecure_index, "--index-url", "pass --allow-insecure-index")
+    thin runtime images from them.
+
+    The options below are also accepted after the command (`wheelfactory plan --cache-dir DIR`)."""
+    # the flag counts after the command's name as well (see globalopts.py)
+    allowed = allow_insecure_index or ALLOW_INSECURE_INDEX in ctx.meta.get(AFTER_COMMAND, ())
+    ctx.meta[ALLOW_INSECURE_INDEX] = allowed
+    index_url = check_url(index_url, allowed, "--index-url", "pass --allow-insecure-index", INDEX_SCHEMES)
+    for option, path in (("--wheelhouse", wheelhouse), ("--cache-dir", cache_dir), ("--recipes-dir", recipes_dir)):
+        if path is not None:
+            check_path_length(path.expanduser(), option)
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
                       wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
@@ -135,21 +178,51 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
 def list_cmd(factory: Factory, show_options: bool) -> None:
     """Show recipes, releases and what the wheelhouse holds."""
     click.echo("recipes:")
-    for name, loaded in factory.recipes.items():
+    loaded_recipes = list(factory.recipes.items())
+    rows = [(name, ", ".join(lr.recipe.outputs), ", ".join(lr.recipe.depends_on)) for name, lr in loaded_recipes]
+    lines = table(("component", "wheels", "after"), rows)
+    click.echo(f"  {lines[0]}")
+    for line, (_name, loaded) in zip(lines[1:], loaded_recipes, strict=True):
         r = loaded.recipe
-        deps = f"  (after {', '.join(r.depends_on)})" if r.depends_on else ""
-        click.echo(f"  {name:<12} {', '.join(r.outputs)}{deps}")
+        click.echo(f"  {line}")
         for o in r.options if show_options else ():
             default = str(o.default).lower() if o.type is bool else repr(o.default)
             click.echo(f"      options.{o.name} ({o.type.__name__}, default {default}): {o.help}")
     click.echo("releases:")
     for name in list_releases(factory.recipes_dirs):
         click.echo(f"  {name}")
+    from .cachestore import fmt_bytes
+
     manifest = factory.wheelhouse.manifest()
-    click.echo(f"wheelhouse {factory.wheelhouse.root}: {len(manifest)} wheel(s)")
-    for filename, e in manifest.items():
-        click.echo(f"  {e.get('component') or '-':<12} {e['version']:<24} {e.get('origin', '?'):<8} "
-                   f"{e['size'] / 1e6:8.1f} MB  {filename}")
+    ours = {f: e for f, e in manifest.items() if e.get("component")}
+    deps = {f: e for f, e in manifest.items() if not e.get("component")}
+    click.echo(f"wheelhouse {factory.wheelhouse.root}: {len(ours)} factory wheel(s) "
+               f"({fmt_bytes(sum(e['size'] for e in ours.values()))}), {len(deps)} dependency wheel(s) from the index "
+               f"({fmt_bytes(sum(e['size'] for e in deps.values()))})")
+    if ours:
+        rows = [(e["component"], e["version"], e.get("origin", "?"), fmt_bytes(e["size"]), f)
+                for f, e in sorted(ours.items(), key=lambda fe: (fe[1]["component"], fe[0]))]
+        for line in table(("component", "version", "origin", "size", "file"), rows, right=(3,)):
+            click.echo(f"  {line}")
+    if deps:
+        click.echo("dependency wheels (locks' runtime closure, downloaded by `lock`):")
+        rows = [(e.get("dist") or f.split("-")[0], e["version"], fmt_bytes(e["size"]), f)
+                for f, e in sorted(deps.items())]
+        for line in table(("name", "version", "size", "file"), rows, right=(2,)):
+            click.echo(f"  {line}")
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+    """A header line and one line per row, each column as wide as its widest value (the last one
+    left ragged), columns in `right` aligned right."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [str(v).rjust(w) if i in right else str(v).ljust(w)
+                 for i, (v, w) in enumerate(zip(row, widths, strict=True))]
+        return ("  ".join(cells[:-1] + [str(row[-1])])).rstrip()
+
+    return [line(header), *(line(r) for r in rows)]
 
 
 def _print_plan(plan: Plan) -> None:
@@ -161,10 +234,31 @@ def _print_plan(plan: Plan) -> None:
         click.echo(f"  {warning}")
     if t.platform != plan.release.target.platform:
         click.echo(f"  note: the release is meant for {plan.release.target.platform}; wheels built here are "
-                   f"{t.platform}")
-    for i, s in enumerate(plan.steps, 1):
-        origin = f"adopt {s.adopt}" if s.adopt else (s.source.describe() if s.source else "")
-        click.echo(f"{i:>2}. {s.action:<6} {s.component:<12} {s.version:<10} {s.key[:12]}  {origin}")
+                   f"{t.platform} (--cross builds them for {plan.release.target.platform})")
+    host = plan.build_host
+    if host is not None and host.cross and host.machine != t.machine:
+        click.echo(f"  cross build on {host.machine} for {t.machine}: target CUDA libraries {host.cross_cuda}; "
+                   "mode per step: native, cross (this host's nvcc, the target's compilers and libraries) or "
+                   "emulated (runs target code: not in this process)")
+    rows = [(f"{i}.", s.action, s.mode or "-", s.component, s.version, s.key[:12],
+             f"adopt {s.adopt}" if s.adopt else (s.source.describe() if s.source else ""))
+            for i, s in enumerate(plan.steps, 1)]
+    lines = table(("#", "action", "mode", "component", "version", "key", "source"), rows, right=(0,))
+    click.echo(lines[0])
+    for line, s in zip(lines[1:], plan.steps, strict=True):
+        click.echo(line)
+        if s.mode == EMULATED:
+            click.echo(f"      emulated: {NATIVE_ONLY.get(s.component, 'its recipe does not declare CROSS')}")
+        elif s.mode == CROSS and s.build_with:
+            click.echo(f"      cross: its build venv also needs the target's {', '.join(s.build_with)} wheels "
+                       "(imported by its build): not wired yet, a cross build stops before it")
+        for tree, patches in s.patches.items():
+            click.echo(f"      patches ({tree}): {', '.join(Path(p.name).name for p in patches)}")
+        if s.unchecked_archs and s.action != CACHED:
+            click.echo(f"      device code NOT CHECKED for {' '.join(s.unchecked_archs)}: {s.component} {s.version}'s "
+                       f"configure was never judged for it, so the build may stop there with the device-code table; "
+                       f"find out in minutes, before its dependencies' hours: wheelfactory build --release "
+                       f"{plan.release.name} {s.component} --until configure (README, Releases)")
         if s.unresolved:
             # Keyed by name until fetch records the commit or sha256; the key changes then.
             click.echo(f"      unresolved: run fetch (keyed by name until fetch records the commit or sha256 of: "
@@ -214,9 +308,15 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     """Resolve every git ref to a commit and every sdist to its sha256 (recorded in the cache; a moved
     tag is an error), and download every source and build requirement, so that `build --offline`
     needs no network."""
+    from .doctor import FAIL, Probe, check_remotes
+
     rel = factory.release(release)
     p = factory.plan(rel, targets, env, source_dirs, adopt)
     _python_first(p, python)
+    # One line for no network, before any remote is asked (not a git error per source).
+    if (net := check_remotes([s for s in p.steps if s.source or s.extra_sources], factory.index_url,
+                             Probe())).level == FAIL:
+        raise InputError(f"fetch: {net.message}")
     if factory.resolve_sources(p, _echo, refresh=True, accept_moved=accept_moved_tags):
         p = factory.plan(rel, targets, env, source_dirs, adopt)  # keyed by the commits and hashes just recorded
     factory.executor(p, _echo, python=python, verbose=verbose).fetch()
@@ -250,11 +350,15 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                    "the lock; only publishing waits.")
 @click.option("--pip", "use_pip", is_flag=True,
               help="Fill build venvs with pip instead of uv (slower; the same files).")
+@click.option("--no-configure-check", is_flag=True,
+              help="Do not configure a vLLM whose device code was never checked for the release's arch before "
+                   "building its dependencies (the check adopts them from the index, in a wheelhouse of its own).")
 @click.pass_obj
 def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[str, ...],
           source_dirs: tuple[str, ...], adopt: tuple[str, ...], jobs: int | None, offline: bool, keep_work: bool,
           until: str | None, python: str | None, verbose: bool, quiet: bool, rebuild: tuple[str, ...],
-          force: bool, no_host_check: bool, fresh: bool, wait: float | None, use_pip: bool) -> None:
+          force: bool, no_host_check: bool, fresh: bool, wait: float | None, use_pip: bool,
+          no_configure_check: bool) -> None:
     """Build TARGETS (default: the whole release) and their dependencies into the wheelhouse."""
     if quiet and verbose:
         raise InputError("--quiet and --verbose contradict each other; pass one of them")
@@ -266,15 +370,24 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
                          f"{until}` (their dependencies are built in full first)")
     rel = factory.release(release)
     p = factory.plan(rel, targets, env, source_dirs, adopt)
+    if blockers := cross_blockers(p.steps, p.target.platform):  # before any remote is asked anything
+        raise InputError("\n".join(blockers))
     with output_mode_set(QUIET if quiet else None):  # every runner's status line: none with --quiet
-        if not offline and any(s.unresolved for s in p.steps):
-            # A source never fetched is resolved first, so that the wheels are keyed by its content.
-            _python_first(p, python)
-            if factory.resolve_sources(p, echo):
-                p = factory.plan(rel, targets, env, source_dirs, adopt)
         forced = components_to_rebuild(p, rebuild, force, factory.recipes)
+        # The host check comes before any remote is asked: an unreachable network or a missing
+        # interpreter is one line of its summary (exit 2), not one git error per source.
         if not no_host_check:
             _host_check(factory, p, python, forced, echo, offline=offline)
+        if not offline and any(s.unresolved for s in p.steps):
+            # A source never fetched is resolved first, so that the wheels are keyed by its content.
+            if no_host_check:
+                _python_first(p, python)
+            if factory.resolve_sources(p, echo):
+                p = factory.plan(rel, targets, env, source_dirs, adopt)
+                forced = components_to_rebuild(p, rebuild, force, factory.recipes)
+        if not until and not no_configure_check and (first := configure_first(p, factory.recipes)):
+            _configure_first(factory, rel, first, env, source_dirs, adopt, echo, jobs=jobs, offline=offline,
+                             python=python, verbose=verbose, fresh=fresh, use_pip=use_pip)
         results = factory.executor(p, echo, jobs=jobs, offline=offline, keep_work=keep_work, python=python,
                                    verbose=verbose, until=until, until_steps=tuple(targets), rebuild=forced,
                                    fresh=fresh, wait=wait, use_pip=use_pip).build()
@@ -285,6 +398,24 @@ def build(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     built = sum(1 for r in results if r.action != "cached")
     _echo(f"{built} built, {len(results) - built} cached, in {time.monotonic() - started:.1f}s; "
           f"wheelhouse: {factory.wheelhouse.root}")
+
+
+def _configure_first(factory: Factory, rel: Release, first: ConfigureFirst, env: tuple[str, ...],
+                     source_dirs: tuple[str, ...], adopt: tuple[str, ...], echo: Callable[[str], None],
+                     **options: object) -> None:
+    """Configure an unchecked step against its dependencies adopted from the index, in a wheelhouse of its
+    own, before the release's own builds: a device-code failure stops the build here (exit 1), with the table."""
+    s = first.step
+    echo(f"{s.component} {s.version}'s device code was never checked for {' '.join(s.unchecked_archs)}: configuring "
+         f"it first, against {', '.join(first.adopt.values())} from the index, before the builds of "
+         f"{', '.join(first.adopt)} (--no-configure-check skips this)")
+    where = check_dir(factory.cache_dir, rel.name)
+    checker = dataclasses.replace(factory, wheelhouse_dir=where / "wheelhouse")
+    # the user's --adopt after ours: a wheel given by hand wins
+    cp = checker.plan(rel, [s.component], env, source_dirs, (*first.adopt_options(), *adopt))
+    checker.executor(cp, echo, until="configure", until_steps=(s.component,), **options).build()
+    echo(f"{s.component} {s.version}: its configure's device code fits {' '.join(s.unchecked_archs)}; "
+         "building the release")
 
 
 def _say_lock_holder(holder: str) -> None:
@@ -329,6 +460,8 @@ def _host_check(factory: Factory, p: Plan, python: str | None, forced: frozenset
 @release_option
 @targets_argument
 @system_cuda_option
+@cross_option
+@target_cuda_option
 @click.option("--python", help="Interpreter for build venvs (default: python<release version> on PATH).")
 @click.pass_obj
 def doctor(factory: Factory, release: str, targets: tuple[str, ...], python: str | None) -> None:
@@ -404,16 +537,22 @@ def _repack_from_python(factory: Factory, component: str, python: str, with_requ
               help="Resolve from the wheelhouse alone; download nothing.")
 @click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
 @click.option("--verbose", "-v", is_flag=True, help="Echo pip's output as well as logging it.")
+@click.option("--refresh", is_flag=True, help="Resolve again although nothing the lock was made from changed "
+                                               "(newer versions of dependencies on the index).")
 @click.pass_obj
-def lock(factory: Factory, release: str, offline: bool, python: str | None, verbose: bool) -> None:
+def lock(factory: Factory, release: str, offline: bool, python: str | None, verbose: bool, refresh: bool) -> None:
     """Resolve the release's complete runtime closure into the wheelhouse and write its lock file."""
     rel = factory.release(release)
     p = factory.plan(rel)
     runner = Runner("lock", factory.cache_dir / "logs" / f"lock-{rel.name}.log", verbose=verbose)
     with factory.wheelhouse.lock(on_wait=_say_lock_holder):
         locked = lock_release(p, factory.wheelhouse, runner, find_python(rel.target.python, python),
-                              factory.index_url, offline=offline)
+                              factory.index_url, offline=offline, refresh=refresh)
     json_path, txt_path = lock_paths(factory.wheelhouse, rel.name)
+    if locked.up_to_date:
+        _echo(f"lock of {rel.name} up to date ({len(locked.packages)} packages; nothing it was made from changed): "
+              f"{txt_path}; --refresh resolves again")
+        return
     ours = sum(1 for pkg in locked.packages if pkg.component)
     _echo(f"locked {len(locked.packages)} packages ({ours} from the factory, {len(locked.packages) - ours} from "
           f"PyPI) -> {txt_path}")
@@ -426,14 +565,17 @@ def lock(factory: Factory, release: str, offline: bool, python: str | None, verb
 @click.option("--verbose", "-v", is_flag=True, help="Echo pip's output as well as logging it.")
 @click.option("--pip", "use_pip", is_flag=True, help="Install with pip instead of uv (the default; pip when no "
                                                       "uv is found).")
+@click.option("--clear", is_flag=True, help="Replace a virtual environment already at PATH (as `python -m venv "
+                                            "--clear`; a directory that is not a venv is left alone).")
 @click.pass_obj
-def venv(factory: Factory, path: Path, release: str, python: str | None, verbose: bool, use_pip: bool) -> None:
+def venv(factory: Factory, path: Path, release: str, python: str | None, verbose: bool, use_pip: bool,
+         clear: bool) -> None:
     """Create a virtual environment at PATH from the release's lock, offline, and smoke-test it."""
     rel = factory.release(release)
     runner = Runner("venv", factory.cache_dir / "logs" / f"venv-{rel.name}.log", verbose=verbose)
     ran = create_venv(path.expanduser().absolute(), rel.name, factory.wheelhouse, factory.recipes,
                       find_python(rel.target.python, python), runner, use_uv=not use_pip,
-                      uv_cache=uv_cache_dir(factory.cache_dir))
+                      uv_cache=uv_cache_dir(factory.cache_dir), clear=clear)
     _echo(f"venv ready at {path} ({len(ran)} smoke check(s) and pip check passed); "
           f"activate with: source {path}/bin/activate")
 
@@ -544,6 +686,16 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
                    force: bool, dry_run: bool, data_only: bool) -> None:
     """Derive a release of vLLM VERSION and its recipe data from upstream, printing every value with
     its source; writes recipes/releases/<name>.toml and appends to recipes/data/*.toml."""
+    # Each value becomes a file name, TOML text or a git argument: checked like a release's own.
+    for option, version in (("--vllm", vllm_version), ("--cuda", cuda), ("--nccl", nccl)):
+        if version is not None:
+            check_version_text(version, option)
+    if name:
+        check_release_name(name, "--name")
+    if ref:
+        check_git_ref(ref, "--ref")
+    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
+        check_git_url(url, option)
     from .derive import Request, derive, plan_writes
     from .release import releases_dir
 
@@ -640,20 +792,30 @@ def cache_list(factory: Factory) -> None:
               help="A release whose sources to keep besides the shipped and --recipes-dir ones (repeatable; "
                    "a release file kept elsewhere must be named here, or its sources are removed).")
 @click.option("--keep-sources", is_flag=True, help="Leave the source trees and archives alone.")
+@click.option("--keep-built-from", "built", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+              help="Also keep the sources the wheels of this wheelhouse (a directory or its manifest.json) or lock "
+                   "(locks/<release>.json) were built from (repeatable; the --wheelhouse in use always counts).")
 @click.pass_obj
-def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_sources: bool) -> None:
-    """Remove work trees, staged copies, superseded attic entries and the sources no known release
-    uses. What a running build holds is skipped with a message; published wheels are never touched."""
-    from .cachestore import CacheStore, fmt_bytes, sources_in_use
+def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_sources: bool,
+             built: tuple[Path, ...]) -> None:
+    """Remove work trees, staged copies, superseded attic entries and the sources that neither a known
+    release nor a wheel of the wheelhouse uses. What a running build holds is skipped with a message;
+    published wheels are never touched."""
+    from .cachestore import CacheStore, built_from, fmt_bytes, kept_by, sources_in_use
 
     for name in releases:
         factory.release(name)  # a --release that does not exist is bad input (exit 2), before anything goes
+    from_wheels = set().union(*(kept_by(p) for p in built))  # a bad PATH is bad input, before anything goes
     keep, note = None, "--keep-sources"
     if not keep_sources:
         names = list(dict.fromkeys([*list_releases(factory.recipes_dirs), *releases]))
         try:
             keep, planned = sources_in_use(factory, names)
-            _echo(f"sources kept: those of {len(planned)} release(s) ({', '.join(planned)})")
+            from_wheels |= built_from(factory.wheelhouse.manifest())
+            keep |= from_wheels
+            _echo(f"sources kept: those of {len(planned)} release(s) ({', '.join(planned)}) and the "
+                  f"{len(from_wheels)} the wheels of {factory.wheelhouse.root}"
+                  f"{' and --keep-built-from' if built else ''} were built from")
         except FactoryError as e:  # a release that cannot be planned here: its sources are unknown
             note = f"cannot tell which sources the releases use: {e}"
     store = CacheStore(factory.cache_dir, factory.wheelhouse)
@@ -683,6 +845,31 @@ def release_schema_cmd(factory: Factory) -> None:
 
 # The image assembler lives in its own package; it only reads releases, plans and locks.
 cli.add_command(images)
+
+
+def _late_path(attr: str, option: str):
+    def apply(ctx: click.Context, value: Path) -> None:
+        check_path_length(value.expanduser(), option)
+        setattr(ctx.find_object(Factory), attr, value.expanduser().absolute())
+    return apply
+
+
+def _late_index_url(ctx: click.Context, value: str) -> None:
+    ctx.find_object(Factory).index_url = check_url(value, ctx.find_root().meta.get(ALLOW_INSECURE_INDEX, False),
+                                                   "--index-url", "pass --allow-insecure-index", INDEX_SCHEMES)
+
+
+def _late_allow_insecure(ctx: click.Context, value: bool) -> None:
+    ctx.find_root().meta[ALLOW_INSECURE_INDEX] = ctx.find_root().meta.get(ALLOW_INSECURE_INDEX) or value
+
+
+# Last, once every command is declared: the group's options after any subcommand too, and every
+# environment variable in --help.
+accept_after_subcommand(cli, {"wheelhouse": _late_path("wheelhouse_dir", "--wheelhouse"),
+                              "cache_dir": _late_path("cache_dir", "--cache-dir"),
+                              "recipes_dir": _late_path("recipes_dir", "--recipes-dir"), "index_url": _late_index_url,
+                              "allow_insecure_index": _late_allow_insecure})
+show_envvars(cli)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import devicecode
+from .crossbuild import CrossToolchain
 from .cuda_arch import gencode_flags
 from .errors import BuildError
 from .plan import Step
@@ -59,6 +60,8 @@ class BuildContext:
     echo: Callable[[str], None] = print
     device_code: dict[str, Any] | None = None  # the configure phase's device-code plan, for the manifest
     trees: dict[str, Path] = field(default_factory=dict)  # extra sources by name, as the build sees them
+    # A cross step's toolchain (crossbuild.py): the target's compilers, the cross CUDA root; None natively.
+    cross: CrossToolchain | None = None
 
     @property
     def python(self) -> Path:
@@ -90,7 +93,7 @@ class BuildContext:
         """
         before = set(self.dist.glob("*.whl"))
         self.run([self.python, "-m", "build", "--wheel", "--no-isolation", "--outdir", self.dist,
-                  *extra_args, path or self.src], env=env)
+                  *extra_args, "--", path or self.src], env=env)
         return sorted(set(self.dist.glob("*.whl")) - before)
 
     def replace_in_file(self, path: Path, pattern: str, replacement: str, *, regex: bool = False,

@@ -13,22 +13,25 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from .cargo import RUSTUP_HINT
 from .ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
+from .crossbuild import CROSS, TRIPLETS, cross_tools_hint, missing_cross_tools
 from .cuda_arch import CudaArch
 from .fetch import SourceCache
 from .host import Host
 from .plan import BUILD, Plan, Step
-from .sources import LocalSource, PypiSource, Source
+from .sources import GitSource, LocalSource, PypiSource, Source
 from .toolkit import is_wheel_label, mismatch_warning
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -45,6 +48,7 @@ TOOLKIT_GB = 5.0  # a CUDA toolkit from wheels: the wheels plus their unpacked t
 PER_STEP_GB = 1.0  # what each step leaves behind: its source in the cache, its wheels
 MIN_FREE_GB = 1.0  # below this no step gets through fetch and prepare, whatever it builds
 PROBE_TIMEOUT_S = 30
+_DEFAULT_PORTS = {"ssh": 22, "git": 9418}
 
 # The oldest GCC a component's build accepts, from its own build files: (component, versions, GCC
 # major, why, what a clang does). vLLM's CMake tests CMAKE_CXX_COMPILER_ID STREQUAL "GNU", so a clang
@@ -94,9 +98,18 @@ def _disk_free(path: Path) -> int:
 
 
 def _reach(url: str) -> str | None:
-    """Whether an HTTP(S) server answers at url (any status counts: it is the network we test)."""
+    """Whether a server answers at url (any status counts: it is the network we test): an HTTP(S)
+    request, or for ssh:// and git:// (which no HTTP request can ask) a TCP connection to its port."""
     import requests
 
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 22)
+            with socket.create_connection((parts.hostname or "", port), timeout=10):
+                return None
+        except (OSError, ValueError) as e:
+            return f"{type(e).__name__}: {e}"
     try:
         requests.head(url, timeout=10, allow_redirects=False)
     except requests.RequestException as e:
@@ -341,10 +354,33 @@ def missing_sources(steps: Sequence[Step], sources: SourceCache) -> list[tuple[s
 
 
 def source_url(source: Source, index_url: str) -> str:
-    """Where fetching a source goes first: the index for an sdist, the repository or URL otherwise."""
+    """Where fetching a source goes first: the index for an sdist, the repository or URL otherwise
+    (scp-like `user@host:path` git URLs as ssh://, the form a connection check reads)."""
     if isinstance(source, PypiSource):
         return index_url
-    return getattr(source, "url", index_url)
+    url = getattr(source, "url", index_url)
+    if isinstance(source, GitSource) and "://" not in url and (scp := _scp_host(url)):
+        return f"ssh://{scp}"
+    return url
+
+
+def _scp_host(url: str) -> str | None:
+    """The host of git's scp-like form (`[user@]host:path`: a colon before the first slash)."""
+    head, colon, _ = url.partition(":")
+    return head.rpartition("@")[2] if colon and "/" not in head and head else None
+
+
+def local_repository(source: Source) -> Path | None:
+    """The directory a git source names on this machine (a path or file:// URL: a mirror), or None
+    for a remote one. Reaching it needs no network."""
+    if not isinstance(source, GitSource):
+        return None
+    url = source.url
+    if url.lower().startswith("file://"):
+        return Path(unquote(urlsplit(url).path))
+    if "://" in url or _scp_host(url):
+        return None
+    return Path(url).expanduser()
 
 
 def check_network(steps: Sequence[Step], sources: SourceCache, index_url: str, offline: bool,
@@ -357,11 +393,46 @@ def check_network(steps: Sequence[Step], sources: SourceCache, index_url: str, o
     if offline:
         return Check("network", FAIL, f"--offline and not in the cache: {names}; run `wheelfactory fetch` "
                                       "where there is a network first")
-    for url in dict.fromkeys(source_url(src, index_url) for _, src in missing):
+    local = {what: repo for what, src in missing if (repo := local_repository(src)) is not None}
+    if absent := [f"{what} ({repo})" for what, repo in local.items() if not probe.exists(str(repo))]:
+        return Check("network", FAIL, f"no git repository at the local path of {', '.join(absent)}: fix the "
+                                      "source's git = ... (a path or file:// URL of a clone or mirror)")
+    remote = [src for what, src in missing if what not in local]
+    for url in dict.fromkeys(source_url(src, index_url) for src in remote):
         if (why := probe.reach(url)) is not None:
             return Check("network", FAIL, f"{url} does not answer ({why}) and the cache lacks {names}: run on a "
                                           "network, or `wheelfactory fetch` where there is one and bring the cache")
-    return Check("network", OK, f"to fetch: {names}; their hosts answer")
+    return Check("network", OK, f"to fetch: {names}; " + ("their hosts answer" if remote else "from local paths"))
+
+
+def check_remotes(steps: Sequence[Step], index_url: str, probe: Probe) -> Check:
+    """`fetch`'s network check, before it asks any remote: every place a source of the steps comes
+    from (cached or not: fetch asks each tag and sdist again) answers, and every local mirror is there."""
+    named = [src for s in steps for src in ([s.source] if s.source else []) + list(s.extra_sources.values())
+             if not isinstance(src, LocalSource)]
+    if absent := [str(repo) for src in named if (repo := local_repository(src)) is not None
+                  and not probe.exists(str(repo))]:
+        return Check("network", FAIL, f"no git repository at {', '.join(dict.fromkeys(absent))}: fix the source's "
+                                      "git = ... (a path or file:// URL of a clone or mirror)")
+    for url in dict.fromkeys(source_url(src, index_url) for src in named if local_repository(src) is None):
+        if (why := probe.reach(url)) is not None:
+            return Check("network", FAIL, f"{url} does not answer ({why}): fetch needs the network of every "
+                                          "source; run it where there is one and bring the cache")
+    return Check("network", OK, "every source's host answers")
+
+
+def check_cross(steps: Sequence[Step], target_machine: str, probe: Probe) -> list[Check]:
+    """The target's GNU cross compilers (and strip) for the steps that cross-compile, before any download."""
+    cross = [s.component for s in steps if s.mode == CROSS]
+    if not cross:
+        return []
+    missing = missing_cross_tools(target_machine, probe.which)
+    names = ", ".join(cross)
+    if missing:
+        return [Check("cross", FAIL, f"{names} cross-compile{'s' if len(cross) == 1 else ''} for {target_machine} "
+                                     f"and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH: "
+                                     f"{cross_tools_hint(target_machine)}")]
+    return [Check("cross", OK, f"{TRIPLETS[target_machine]}-g++ for {names} (as nvcc's host compiler)")]
 
 
 def steps_to_run(plan: Plan, rebuild: Iterable[str] = ()) -> list[Step]:
@@ -387,6 +458,7 @@ def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, pro
                check_memory(host, building), check_ccache(cache_dir, probe), check_cuda(plan, host, probe)]
     compiling = [s for s in work if s.action == BUILD]
     checks += check_rust(compiling, probe) + check_compiler(compiling, probe)
+    checks += check_cross(compiling, plan.target.machine, probe)
     if building and (arch := check_arch(plan.target.archs, nvcc, probe)) is not None:
         checks.append(arch)
     if sources is not None:

@@ -14,11 +14,14 @@ from pathlib import Path
 import requests
 
 from .errors import BuildError
+from .transport import check_url
 
 
 def download_checked(url: str, folder: Path, name: str, sha256: str | None = None, *,
-                     what: str | None = None) -> Path:
-    """Download url to folder/<sha256>-<name>; with sha256 given, a different file is a BuildError."""
+                     what: str | None = None, allow_insecure: bool = False) -> Path:
+    """Download url to folder/<sha256>-<name>; with sha256 given, a different file is a BuildError.
+    Plain http only with allow_insecure (a file listed by an index the user opted in for)."""
+    url = check_url(url, allow_insecure, what or url, "pass --allow-insecure-index for an http index")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=folder)
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from .buildenv import inherited_environ
 from .ccache import ensure_ccache
 from .context import FetchContext
+from .crossbuild import CROSS, CrossSetup
 from .errors import InputError
 from .fetch import SourceCache
 from .host import Host
@@ -49,6 +50,7 @@ from .stepbuild import (
 )
 from .toolkit import ToolkitCache, WheelToolkit, toolkits_dir
 from .wheelhouse import Wheelhouse
+from .wheelmeta import sha256_file
 
 __all__ = ["PHASES", "ExecOptions", "Executor", "StepResult", "StoppedAfter", "find_python"]
 
@@ -101,8 +103,9 @@ def find_python(version: str, override: str | None) -> str:
 class Executor:
     def __init__(self, plan: Plan, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe], host: Host,
                  options: ExecOptions, echo: Callable[[str], None] = print, toolkit: WheelToolkit | None = None,
-                 installer: Installer | None = None):
+                 installer: Installer | None = None, cross: CrossSetup | None = None):
         self.plan = plan
+        self.cross = cross  # a cross build's target CUDA libraries (crossbuild.py), else None
         self.wheelhouse = wheelhouse
         self.recipes = recipes
         # The CUDA toolkit builds use: assembled from wheels (the default), or the host's (None).
@@ -141,6 +144,8 @@ class Executor:
             self.python  # noqa: B018 -- fail on a missing interpreter before downloading anything
         if self.toolkit is not None and any(s.action == BUILD for s in steps):
             self.toolkits.ensure(self.toolkit, offline=False, echo=self.echo)
+        if self.cross is not None and any(s.action == BUILD and s.mode == CROSS for s in steps):
+            self.cross.ensure(self.toolkits, offline=False, echo=self.echo)
         known: dict[str, list[Path]] = {s.component: self.wheelhouse.files_for_key(s.key) or []
                                         for s in self.plan.steps}
         for i, step in enumerate(steps, 1):
@@ -200,18 +205,23 @@ class Executor:
                 log.unlink()
             runner = Runner(step.component, log, verbose=self.opts.verbose,
                             base_env=inherited_environ(os.environ, recipe.pass_env))
-            runner.step = StepClock(started, previous)  # heartbeats show step time and ETA
+            # From here, not from `started`: waiting for another process's key lock is no part of
+            # this step's time, its ETA or the duration the next build is estimated from.
+            working = time.monotonic()
+            runner.step = StepClock(working, previous)  # heartbeats show step time and ETA
             runner.hide(step.secrets.values())  # a secret passed to the build never reaches its log
             runner.set_phase("adopt" if step.action == ADOPT else "fetch")
             with runner.showing():  # the live status line stays up between commands too
                 built = self._produce(i, step, runner, stopping, started)
                 if isinstance(built, StepResult):
                     return built  # stopped on purpose (--until)
+                # the build's own time: neither the key lock's wait before nor the wheelhouse lock's after
+                build_took = time.monotonic() - working
                 runner.set_phase("publish")
                 published = self._publish(step, built, forced, log)
         took = time.monotonic() - started
-        if step.action == BUILD:
-            timings.record(step.component, took, version=step.version, key=step.key)
+        if step.action == BUILD and not built.from_staged:
+            timings.record(step.component, build_took, version=step.version, key=step.key)
         extra = f" ({built.ccache.summary()})" if built.ccache is not None else ""
         self.echo(f"[{i}/{total}] {step.component}: done in {took:.1f}s{extra} -> "
                   + ", ".join(w.path.name for w in published))
@@ -253,7 +263,8 @@ class Executor:
             with self.wheelhouse.lock(timeout=self.opts.wait, on_wait=waiting):
                 if forced:  # same key, maybe the same file name: the old build goes to attic/ first
                     self.wheelhouse.quarantine(sorted(n for n, e in self.wheelhouse.manifest().items()
-                                                      if e.get("key") == step.key))
+                                                      if e.get("key") == step.key),
+                                               same_as={sha256_file(w) for w in built.wheels})
                 published = self.wheelhouse.publish(built.wheels, built.origin | {
                     "component": step.component, "key": step.key, "inputs": step.key_inputs,
                     "log": str(log), "bytes_stripped": built.bytes_saved})
@@ -274,7 +285,7 @@ class Executor:
                             sources=self.sources, installer=self.installer, cache_dir=self.opts.cache_dir,
                             python=self.python, index_url=self.opts.index_url, offline=self.opts.offline,
                             jobs=self.opts.jobs, keep_work=self.opts.keep_work, toolkit=self.toolkit,
-                            toolkits=self.toolkits, ccache=self._ccache_for, echo=self.echo)
+                            toolkits=self.toolkits, ccache=self._ccache_for, echo=self.echo, cross=self.cross)
 
     def _ccache_for(self, runner: Runner) -> str | None:
         if not self._ccache:
@@ -310,7 +321,7 @@ class Executor:
             return None
         if data.get("key") != step.key or not wheels or not all(w.is_file() for w in wheels):
             return None
-        return BuiltStep(wheels, int(data.get("bytes_saved", 0)), dict(data["origin"]))
+        return BuiltStep(wheels, int(data.get("bytes_saved", 0)), dict(data["origin"]), from_staged=True)
 
     def _key_lock(self, step: Step) -> contextlib.AbstractContextManager[None]:
         """The per-key lock in the cache (work/<component>-<key>.lock): a second build of the same

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from .crossbuild import CrossSetup, check_target_machine, cross_blockers, machine_of
 from .errors import BuildError, InputError
 from .executor import ExecOptions, Executor
 from .fetch import SourceCache
+from .grammar import check_env_key, check_env_value
 from .host import Host, detect_host
 from .installer import Installer
-from .plan import Plan, PlanOptions, make_target, plan_release
+from .plan import BuildHost, Plan, PlanOptions, make_target, plan_release
 from .recipe import LoadedRecipe, load_recipes
 from .release import Release, load_release
 from .runner import Runner
@@ -23,7 +25,9 @@ from .sources import Source, is_local_wheel, local_source
 from .toolkit import ToolkitCache, WheelToolkit, load_toolkit, mismatch_warning, toolkits_dir
 from .wheelhouse import Wheelhouse
 
-DEFAULT_RELEASE = "0.15.0-t4"
+# The newest release whose vLLM device code was checked for its arch (wheelfactory/data/device_code_checked.toml),
+# every component built from source with one CUDA: what `plan` and `build` without --release mean.
+DEFAULT_RELEASE = "0.33.0-t5"
 
 
 def default_recipes_dir() -> Path:
@@ -63,7 +67,8 @@ def parse_env_options(values: Sequence[str]) -> dict[str, dict[str, str]]:
         if not sep or not eq or not comp or not key:
             raise InputError(f"--env {value!r}: expected COMPONENT:KEY=VALUE, e.g. "
                              "--env 'nccl:ONLY_FUNCS=AllReduce Sum f32 RING SIMPLE|SendRecv'")
-        out.setdefault(comp, {})[key] = val
+        check_env_key(key, f"--env {value!r}")
+        out.setdefault(comp, {})[key] = check_env_value(val, f"--env {comp}:{key}")
     return out
 
 
@@ -92,6 +97,10 @@ class Factory:
     # The layer under recipes_dir: --recipes-dir adds the user's recipes, releases and data on top
     # of the shipped ones instead of replacing them all. None: recipes_dir alone.
     shipped_recipes_dir: Path | None = None
+    # --cross: build a release meant for another machine for that machine (crossbuild.py), with the
+    # target's CUDA libraries from its wheels or from --target-cuda DIR
+    cross: bool = False
+    target_cuda: Path | None = None
 
     @property
     def recipes_dirs(self) -> tuple[Path, ...]:
@@ -131,10 +140,31 @@ class Factory:
         options = PlanOptions(env=parse_env_options(env), sources=sources, adopt=parse_adopt_options(adopt),
                               secrets=parse_secret_env(self.secret_env))
         toolkit = self.toolkit(release)
-        target = make_target(release, self.host.platform, toolkit.label if toolkit else self.host.toolkit)
+        cross = self.cross_setup(release)
+        platform = release.target.platform if cross is not None else self.host.platform
+        target = make_target(release, platform, toolkit.label if toolkit else self.host.toolkit)
+        build_host = BuildHost(machine_of(self.host.platform), cross.identity if cross is not None else None)
         cached = self.wheelhouse.cached_keys()
         return plan_release(release, self.recipes, target, targets, options, is_cached=cached.__contains__,
-                            recorded=self.sources.recorded)
+                            recorded=self.sources.recorded, build_host=build_host)
+
+    def cross_setup(self, release: Release) -> CrossSetup | None:
+        """With --cross and a release meant for another machine: where its CUDA libraries come from.
+        None when nothing is cross-built (no --cross, or the release is meant for this machine)."""
+        machine = machine_of(release.target.platform)
+        if not self.cross or machine == machine_of(self.host.platform):
+            if self.target_cuda is not None and not self.cross:
+                raise InputError(f"--target-cuda {self.target_cuda}: only a cross build uses it; add --cross")
+            return None
+        check_target_machine(machine, f"{release.path} [target].platform")
+        if self.target_cuda is not None:
+            if not self.target_cuda.is_dir():
+                raise InputError(f"--target-cuda {self.target_cuda}: not a directory (expected the target's CUDA "
+                                 "libraries under lib64/ or lib/)")
+            return CrossSetup(machine, directory=self.target_cuda)
+        return CrossSetup(machine, toolkit=load_toolkit(self.data_root("cuda_wheels.toml") / "data" /
+                                                        "cuda_wheels.toml", release.target.cuda,
+                                                        release.target.platform))
 
     @cached_property
     def sources(self) -> SourceCache:
@@ -195,6 +225,8 @@ class Factory:
         toolkit = self.toolkit(plan.release)
         if toolkit is None and (warning := mismatch_warning(plan.target.cuda, self.host.toolkit)):
             echo(warning)  # before anything is fetched or built
+        if blockers := cross_blockers(plan.steps, plan.target.platform):
+            raise InputError("\n".join(blockers))
         return Executor(plan, self.wheelhouse, self.recipes, self.host,
                         ExecOptions(cache_dir=self.cache_dir, index_url=self.index_url, verify=self.verify, **options),  # type: ignore[arg-type]
-                        echo, toolkit=toolkit, installer=installer)
+                        echo, toolkit=toolkit, installer=installer, cross=self.cross_setup(plan.release))

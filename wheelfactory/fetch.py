@@ -26,10 +26,12 @@ from packaging.utils import canonicalize_name, parse_sdist_filename
 
 from .download import download_checked, index_files
 from .errors import BuildError, InputError
+from .grammar import HEX40, check_git_ref, check_git_url
 from .interrupt import file_lock
 from .resolve import SourceRecords, commit_of, record_key
 from .runner import Runner
-from .sources import GitSource, LocalSource, PypiSource, Source, UrlSource, check_transport
+from .sources import GitSource, LocalSource, PypiSource, Source, UrlSource
+from .transport import check_git_transport, check_url, is_plain
 from .wheelmeta import sha256_file
 
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -89,14 +91,13 @@ class SourceCache:
             return None
         entry: dict[str, str]
         if isinstance(source, GitSource):
-            check_transport(source.url, source.allow_insecure, f"git source {source.describe()}",
-                            "set allow_insecure = true in its source table")
-            out = runner.run(["git", "ls-remote", source.url, source.ref, f"{source.ref}^{{}}"], capture=True)
+            _check_git(source)
+            out = runner.run(["git", "ls-remote", "--", source.url, source.ref, f"{source.ref}^{{}}"], capture=True)
             commit, kind = commit_of(source, out)
             entry, new, what = {"commit": commit, "kind": kind}, commit, f"{kind} {source.ref} of {source.url}"
         elif isinstance(source, PypiSource):
             found = self._index_file(source)
-            sha = found["sha256"] or sha256_file(self._download(found["url"], None))
+            sha = found["sha256"] or sha256_file(self._download(found["url"], None, is_plain(self.index_url)))
             entry, new, what = {"sha256": sha, "filename": found["filename"]}, sha, \
                 f"{found['filename']} on {self.index_url}"
         else:
@@ -161,7 +162,7 @@ class SourceCache:
                             raise BuildError(f"{found['filename']}: {self.index_url} now publishes sha256 "
                                              f"{found['sha256']}, recorded {content}; run `wheelfactory fetch` to "
                                              "see the change and accept it or not")
-                        archive = self._download(found["url"], content)
+                        archive = self._download(found["url"], content, is_plain(self.index_url))
                         info = {"url": found["url"].split("#")[0], "filename": found["filename"]}
                     else:
                         archive, info = self._download(source.url, content, source.allow_insecure), {"url": source.url}
@@ -174,16 +175,20 @@ class SourceCache:
         return tree
 
     def _git(self, source: GitSource, commit: str, dest: Path, runner: Runner) -> dict[str, str]:
-        check_transport(source.url, source.allow_insecure, f"git source {source.describe()}",
-                        "set allow_insecure = true in its source table")
-        runner.run(["git", "init", "-q", dest])
+        _check_git(source)
+        if not HEX40.fullmatch(commit):
+            raise BuildError(f"{source.describe()}: the recorded commit {commit!r} is not 40 hex digits; "
+                             f"remove its entry from {self.records.path} and run `wheelfactory fetch` again")
+        runner.run(["git", "init", "-q", "--", dest])
         # A shallow fetch of the recorded commit is fastest and fetches exactly what the key names;
-        # servers that refuse a commit by id get a full fetch, then the same checkout.
+        # servers that refuse a commit by id get a full fetch, then the same checkout. `--` before
+        # the repository: a value of a release file is never an option of git.
         try:
-            runner.run(["git", "fetch", "-q", "--depth", "1", source.url, commit], cwd=dest)
+            runner.run(["git", "fetch", "-q", "--depth", "1", "--", source.url, commit], cwd=dest)
         except BuildError:
-            runner.run(["git", "fetch", "-q", "--tags", source.url, "+refs/heads/*:refs/remotes/origin/*"], cwd=dest)
-        runner.run(["git", "checkout", "-q", commit], cwd=dest)
+            runner.run(["git", "fetch", "-q", "--tags", "--", source.url, "+refs/heads/*:refs/remotes/origin/*"],
+                       cwd=dest)
+        runner.run(["git", "checkout", "-q", commit, "--"], cwd=dest)
         if source.submodules and (dest / ".gitmodules").exists():
             runner.run(["git", "submodule", "update", "-q", "--init", "--recursive", "--depth", "1"], cwd=dest)
         head = runner.run(["git", "rev-parse", "HEAD"], cwd=dest, capture=True).strip().splitlines()[-1]
@@ -193,14 +198,14 @@ class SourceCache:
 
     def _download(self, url: str, sha256: str | None, allow_insecure: bool = False) -> Path:
         """Download to archives/, verifying sha256 when given; reuse a verified copy."""
-        check_transport(url, allow_insecure, f"archive {url}", "set allow_insecure = true in its source table")
+        url = check_url(url, allow_insecure, f"archive {url}", "set allow_insecure = true in its source table")
         self.archives.mkdir(parents=True, exist_ok=True)
         name = url.rsplit("/", 1)[-1].split("#")[0].split("?")[0] or "archive"
         if sha256:
             cached = self.archives / f"{sha256}-{name}"
             if cached.exists() and sha256_file(cached) == sha256:
                 return cached
-        return download_checked(url, self.archives, name, sha256)
+        return download_checked(url, self.archives, name, sha256, allow_insecure=allow_insecure)
 
     def _index_file(self, source: PypiSource) -> dict[str, str]:
         """The sdist's filename, absolute URL and published sha256 ("" when the index gives none),
@@ -223,6 +228,14 @@ class SourceCache:
                         "sha256": published}
         raise InputError(f"{source.name} {source.version} has no sdist on {self.index_url}; "
                          "pick a version that publishes one, or use a git or url source")
+
+
+def _check_git(source: GitSource) -> None:
+    """A git source checked again where git runs: recipes and `release derive` make sources too."""
+    where = f"git source {source.describe()}"
+    check_git_url(source.url, where)
+    check_git_ref(source.ref, where)
+    check_git_transport(source.url, source.allow_insecure, where, "set allow_insecure = true in its source table")
 
 
 def extract_archive(archive: Path, dest: Path) -> Path:

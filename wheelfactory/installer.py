@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from urllib.parse import unquote, urlparse
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import BuildError
+from .errors import BuildError, InputError
 from .interrupt import file_lock
 from .runner import Runner
 from .wheelmeta import read_wheel
@@ -30,13 +29,25 @@ BASE_BUILD_REQUIRES = ("build", "wheel", "setuptools")
 
 
 def find_uv() -> str | None:
-    """uv's binary: the one the uv package (a dependency) installed, else a uv on PATH, else None."""
+    """uv's binary as the uv package (a dependency) installed it beside this Python, or None.
+
+    Never a `uv` from PATH: in a tool install (pipx, `uv tool install`) only `wheelfactory` is on
+    PATH, and a uv found there would be some other version than the one the factory depends on."""
     try:
         from uv import find_uv_bin
 
         return find_uv_bin()
     except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
+        return None
+
+
+def require_uv() -> str:
+    """uv's binary for the commands that need uv itself (`lock`'s resolution), or InputError."""
+    uv = find_uv()
+    if uv is None:
+        raise InputError("the uv package's binary is not installed beside this wheelfactory (a dependency); "
+                         "reinstall wheelfactory (pip install ., pipx install ., uv tool install .)")
+    return uv
 
 
 class Installer(Protocol):
@@ -57,7 +68,7 @@ class PipInstaller:
     def install(self, runner: Runner, python: Path, requirements: Sequence[str], find_links: Sequence[Path],
                 env: Mapping[str, str]) -> None:
         links = [a for d in find_links for a in ("--find-links", str(d))]
-        runner.run([python, "-m", "pip", "install", "-q", "--no-index", *links, *requirements], env=env)
+        runner.run([python, "-m", "pip", "install", "-q", "--no-index", *links, "--", *requirements], env=env)
 
 
 class UvInstaller:
@@ -75,7 +86,7 @@ class UvInstaller:
                 env: Mapping[str, str]) -> None:
         links = [a for d in find_links for a in ("--find-links", str(d))]
         runner.run([self.uv, "pip", "install", "--no-config", "--quiet", "--python", python, "--no-index",
-                    "--cache-dir", self.cache, "--link-mode", "hardlink", *links, *requirements], env=env)
+                    "--cache-dir", self.cache, "--link-mode", "hardlink", *links, "--", *requirements], env=env)
 
 
 def uv_cache_dir(cache_dir: Path) -> Path:
@@ -99,7 +110,7 @@ def download(runner: Runner, python: str, requirements: Sequence[str], pydeps: P
     with file_lock(pydeps.parent / "pydeps.lock", on_wait=lambda holder: runner.note(
             f"waiting for {pydeps}: another download is filling it ({holder})")):
         runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", pydeps,
-                    "--find-links", wheelhouse, "--index-url", index_url, *requirements])
+                    "--find-links", wheelhouse, "--index-url", index_url, "--", *requirements])
         # pip copies local wheels it was given into -d; the wheelhouse stays their only home.
         for name in list(local_names) + [Path(r).name for r in requirements if r.endswith(".whl")]:
             (pydeps / name).unlink(missing_ok=True)

@@ -20,6 +20,9 @@ top-level one, so no other copy of that version can stand in for it.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -33,7 +36,9 @@ from urllib.parse import unquote, urlparse
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from . import __version__
 from .errors import BuildError, InputError
+from .installer import require_uv
 from .plan import Plan
 from .runner import Runner
 from .wheelhouse import Wheelhouse, atomic_write_text
@@ -60,6 +65,10 @@ class Lock:
     top_level: tuple[str, ...]
     packages: tuple[LockedPackage, ...]
     overrides: Mapping[str, str] = field(default_factory=dict)  # name -> why the release overrides it
+    # sha256 of everything the resolution was given (lock_inputs): the same inputs give the same lock,
+    # so `lock` answers "up to date" without resolving again
+    inputs_sha256: str = ""
+    up_to_date: bool = field(default=False, compare=False)  # this call found it fresh (not written)
 
     def package(self, name: str) -> LockedPackage:
         cname = canonicalize_name(name)
@@ -71,7 +80,7 @@ class Lock:
     def to_json(self) -> dict[str, Any]:
         return {"format": LOCK_FORMAT, "release": self.release, "python": self.python, "platform": self.platform,
                 "top_level": list(self.top_level), "overrides": dict(self.overrides),
-                "packages": [p.__dict__ for p in self.packages]}
+                "inputs_sha256": self.inputs_sha256, "packages": [p.__dict__ for p in self.packages]}
 
     def requirements_txt(self) -> str:
         lines = [f"# wheelfactory lock of release {self.release} (python {self.python}, {self.platform})",
@@ -100,7 +109,8 @@ def read_lock(wheelhouse: Wheelhouse, release: str) -> Lock:
         raise InputError(f"{path}: lock format {found} is not {LOCK_FORMAT}; {again}")
     try:
         return Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
-                    tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}))
+                    tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}),
+                    str(data.get("inputs_sha256", "")))
     except (KeyError, TypeError) as e:  # a key missing, a package that is not an object or has odd keys
         raise InputError(f"{path}: not a lock file wheelfactory wrote ({type(e).__name__}: {e}); {again}") from None
 
@@ -149,9 +159,9 @@ def _uv_compile(runner: Runner, python: str, workdir: Path, name: str, sources: 
     out = workdir / f"pylock.{name}.toml"
     # --no-cache: uv unpacks every find-links wheel into its cache to read it (gigabytes for a
     # CUDA stack, again for each wheelhouse path); a throw-away cache keeps the disk as it was.
-    runner.run(["uv", "pip", "compile", workdir / "requirements.in", "--override", workdir / "overrides.txt",
+    runner.run([require_uv(), "pip", "compile", "--override", workdir / "overrides.txt",
                 "--python", python, "--only-binary", ":all:", "--format", "pylock.toml", "--quiet",
-                "--no-header", "--no-cache", "-o", out, *sources],
+                "--no-header", "--no-cache", "-o", out, *sources, "--", workdir / "requirements.in"],
                env={"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"})
     with open(out, "rb") as f:
         return tomllib.load(f)["packages"]
@@ -169,17 +179,61 @@ def _local_path(artifact: Mapping[str, Any]) -> Path | None:
     return Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
 
 
+def lock_inputs(plan: Plan, wheelhouse: Wheelhouse, requirements: str, overrides: str, index_url: str,
+                offline: bool) -> str:
+    """sha256 of what a resolution is given: the requirements and overrides (component wheels by
+    file), the sha256 of each component wheel as published, the target, the index (online), the lock
+    format and the versions of wheelfactory and uv. Equal inputs resolve to the same lock."""
+    manifest = wheelhouse.manifest()
+    wheels = sorted((name, manifest.get(name, {}).get("sha256")) for files in
+                    component_wheels(plan, wheelhouse).values() for name in (f.name for f in files))
+    try:
+        uv_version = importlib.metadata.version("uv")
+    except importlib.metadata.PackageNotFoundError:
+        uv_version = None
+    body = {"format": LOCK_FORMAT, "wheelfactory": __version__, "uv": uv_version, "python": plan.target.python,
+            "platform": plan.target.platform, "requirements": requirements, "overrides": overrides,
+            "wheels": wheels, "index": None if offline else index_url, "pins": dict(sorted(plan.pins.items()))}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def fresh_lock(wheelhouse: Wheelhouse, release: str, inputs_sha256: str) -> Lock | None:
+    """The release's lock when it was made from these inputs and every wheel it names is still the
+    file it recorded (the manifest's sha256 and size, the file there); else None (resolve again)."""
+    json_path, txt_path = lock_paths(wheelhouse, release)
+    if not (json_path.is_file() and txt_path.is_file()):
+        return None
+    try:
+        lock = read_lock(wheelhouse, release)
+    except InputError:
+        return None
+    if lock.inputs_sha256 != inputs_sha256:
+        return None
+    manifest = wheelhouse.manifest()
+    for p in lock.packages:
+        entry, path = manifest.get(p.filename) or {}, wheelhouse.root / p.filename
+        if entry.get("sha256") != p.sha256 or not path.is_file() or path.stat().st_size != entry.get("size"):
+            return None
+    return dataclasses.replace(lock, up_to_date=True)
+
+
 def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str, index_url: str,
-                 offline: bool = False) -> Lock:
-    """Resolve, download what is missing into the wheelhouse, resolve offline, verify, write the lock."""
+                 offline: bool = False, refresh: bool = False) -> Lock:
+    """Resolve, download what is missing into the wheelhouse, resolve offline, verify, write the lock;
+    or, unless refresh, the lock as it is when its inputs have not changed (up_to_date)."""
     wheels = component_wheels(plan, wheelhouse)
     dists = {w: read_wheel(w).dist for files in wheels.values() for w in files}
     overrides = override_reasons(plan, dists, wheels)
     root = wheelhouse.root.resolve()
+    requirements = "\n".join(_top_level(plan, dists)) + "\n"
+    override_lines = "".join(f"{line}\n" for line in override_requirements(plan, dists, wheels))
+    inputs = lock_inputs(plan, wheelhouse, requirements, override_lines, index_url, offline)
+    if not refresh and (fresh := fresh_lock(wheelhouse, plan.release.name, inputs)) is not None:
+        return fresh
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "requirements.in").write_text("\n".join(_top_level(plan, dists)) + "\n")
-        (work / "overrides.txt").write_text("".join(f"{line}\n" for line in override_requirements(plan, dists, wheels)))
+        (work / "requirements.in").write_text(requirements)
+        (work / "overrides.txt").write_text(override_lines)
         if not offline:
             online = _uv_compile(runner, python, work, "online", ["--find-links", str(root), "--index-url", index_url])
             _download_missing(wheelhouse, runner, python, index_url, online, work)
@@ -206,7 +260,7 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
                 raise BuildError(f"the resolution left out {comp}'s wheel {f.name}; a PyPI copy may have replaced it")
     top = [canonicalize_name(d) for d in dists.values()] + [canonicalize_name(n) for n in sorted(plan.pins)]
     lock = Lock(plan.release.name, plan.target.python, plan.target.platform, tuple(top),
-                tuple(sorted(packages, key=lambda p: p.name)), overrides)
+                tuple(sorted(packages, key=lambda p: p.name)), overrides, inputs)
     json_path, txt_path = lock_paths(wheelhouse, plan.release.name)
     atomic_write_text(json_path, json.dumps(lock.to_json(), indent=2) + "\n")
     atomic_write_text(txt_path, lock.requirements_txt())

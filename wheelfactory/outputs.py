@@ -75,7 +75,7 @@ def adopted_wheel(step: Step, recipe: Recipe, target: Target, runner: Runner, *,
                                  "forbids downloading; run `wheelfactory fetch` first")
             dest.mkdir(parents=True, exist_ok=True)
             runner.run([python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        "--index-url", index_url, "-d", dest, spec])
+                        "--index-url", index_url, "-d", dest, "--", spec])
             have = list(dest.glob("*.whl"))
         if len(have) != 1:
             raise BuildError(f"[{step.component}] adopting {spec!r} gave {len(have)} wheels, expected one")

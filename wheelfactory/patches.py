@@ -91,7 +91,7 @@ def apply_patches(tree: Path, patches: tuple[Patch, ...], runner: Runner, compon
     env = {"GIT_CEILING_DIRECTORIES": str(tree.parent)}
     for patch in patches:
         for check in (True, False):
-            cmd = ["git", "apply", "-p1", "--whitespace=nowarn", *(["--check"] if check else []), patch.path]
+            cmd = ["git", "apply", "-p1", "--whitespace=nowarn", *(["--check"] if check else []), "--", patch.path]
             try:
                 runner.run(cmd, cwd=tree, env=env)
             except BuildError as e:

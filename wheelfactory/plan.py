@@ -20,6 +20,8 @@ from typing import Any
 
 from . import __version__
 from .adopt import check_adopt_spec
+from .checked import unchecked_archs
+from .crossbuild import CROSS, EMULATED, key_input, step_mode
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
 from .recipe import EnvSpec, LoadedRecipe, Target
@@ -32,7 +34,8 @@ BUILD, CACHED, ADOPT = "build", "cached", "adopt"
 # The version of `plan --json`'s shape (Plan.to_json). Bump it whenever a key is added, removed or
 # changes type, and regenerate tests/golden/plan-json-shape.json (see tests/test_golden.py), so
 # that scripts reading the plan can tell which shape they were given.
-PLAN_FORMAT_VERSION = 1
+# 2: each step's mode (native, cross, emulated) and the plan's build_host; 3: steps[].unchecked_archs
+PLAN_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,19 @@ class PlanOptions:
     adopt: Mapping[str, str] = field(default_factory=dict)  # component -> wheel/requirement to adopt
     # component -> {name: value} passed to its build only (--secret-env); see secretenv.py
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildHost:
+    """Where the steps run: this host's machine, and with --cross the identity of the target's CUDA
+    libraries that cross steps link (None: no cross build was asked for)."""
+
+    machine: str
+    cross_cuda: str | None = None
+
+    @property
+    def cross(self) -> bool:
+        return self.cross_cuda is not None
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,11 @@ class Step:
     # Secret values for the build's processes only (env shows them as REDACTED): kept out of
     # repr, to_json and the key inputs, so no plan, manifest or log can print them.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # How the step runs (crossbuild.py): native, cross or emulated; None for an adopted wheel.
+    mode: str | None = None
+    # The release's archs this version's device code was never checked for on its real configure
+    # (checked.py): its build may stop at configure. Not keyed: it says what is known, not what is built.
+    unchecked_archs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +109,8 @@ class Step:
             "options": dict(self.options),
             "patches": {tree: [p.name for p in ps] for tree, ps in self.patches.items()},
             "unresolved": list(self.unresolved),
+            "mode": self.mode,
+            "unchecked_archs": list(self.unchecked_archs),
         }
 
     @property
@@ -107,6 +130,7 @@ class Plan:
     # The release's [overrides]: name -> {kind (pin | component), version, reason}. The lock makes
     # each version win over what other packages declare (vLLM's torch==X when the release adopts Y).
     overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    build_host: BuildHost | None = None  # None: the target's own machine, no cross build
 
     def step(self, component: str) -> Step:
         for s in self.steps:
@@ -123,6 +147,8 @@ class Plan:
             "steps": [s.to_json() for s in self.steps],
             "pins": dict(self.pins),
             "overrides": {name: dict(o) for name, o in self.overrides.items()},
+            "build_host": {"machine": (self.build_host.machine if self.build_host else self.target.machine),
+                           "cross": bool(self.build_host and self.build_host.cross)},
         }
 
 
@@ -194,10 +220,14 @@ def plan_release(
     options: PlanOptions | None = None,
     is_cached: Callable[[str], bool] = lambda key: False,
     recorded: Callable[[Source], str | None] = lambda source: None,
+    build_host: BuildHost | None = None,
 ) -> Plan:
     """Order the components the targets need and key each one. Pure: touches no file or network
     except hashing a local source directory. `recorded` gives the content (commit, sha256) that
-    `fetch` recorded for a source; a source without one is keyed by its name, marked unresolved."""
+    `fetch` recorded for a source; a source without one is keyed by its name, marked unresolved.
+    `build_host` is where the steps run (default: the target's machine); with its cross_cuda set,
+    steps for another machine cross-compile or run emulated (crossbuild.step_mode)."""
+    host = build_host or BuildHost(target.machine)
     options = options or PlanOptions()
     named = list(options.env) + list(options.secrets) + [n.split(".")[0] for n in options.sources]
     for name in list(targets) + named + list(options.adopt):
@@ -219,7 +249,7 @@ def plan_release(
             source = source.with_version(spec.version)
         adopt = options.adopt.get(name) or spec.adopt
         if name in options.adopt:
-            check_adopt_spec(adopt, recipe, f"--adopt {name}={adopt}", spec.version)
+            adopt = check_adopt_spec(adopt, recipe, f"--adopt {name}={adopt}", spec.version)
         if adopt:
             source_identity: Any = {"adopt": adopt}
             action = ADOPT
@@ -275,6 +305,11 @@ def plan_release(
             "deps": {d: keys[d] for d in deps} if action == BUILD else {},
             "patches": {tree: [p.identity() for p in ps] for tree, ps in sorted(patches.items())},
         }
+        mode = step_mode(building=action == BUILD, host_machine=host.machine, target_machine=target.machine,
+                         cross=host.cross, recipe_cross=loaded.cross)
+        if mode in (CROSS, EMULATED):
+            # Only then: a native step's key is what it was before cross builds existed.
+            inputs["build"] = key_input(mode, host.machine, target.machine, host.cross_cuda or "")
         key = build_key(inputs)
         keys[name] = key
         build_with = tuple(d for d in recipe.build_deps if d in keys)
@@ -283,8 +318,10 @@ def plan_release(
                           tuple(build_requires) if action == BUILD else (),
                           extra_sources if action == BUILD else {}, recipe.outputs,
                           recipe.mem_per_job_gb, spec.keep_debug, spec.options, inputs, patches,
-                          secrets=secrets if action == BUILD else {}))
-    return Plan(release, target, tuple(steps), dict(release.pins), release.override_table())
+                          secrets=secrets if action == BUILD else {}, mode=mode,
+                          unchecked_archs=(unchecked_archs(name, spec.version, spec.options, target.cuda_arch_list)
+                                           if action == BUILD else ())))
+    return Plan(release, target, tuple(steps), dict(release.pins), release.override_table(), build_host)
 
 
 def _override_extra_sources(name: str, extra: dict[str, Source], from_release: Mapping[str, Source],

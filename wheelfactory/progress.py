@@ -451,6 +451,10 @@ class StatusBoard:
         if live is not None:
             live.stop()  # outside the lock: stopping waits for the refresh thread, which renders
 
+    def active(self) -> bool:
+        """Whether live rows are on the terminal now: a line must then go through print(), above them."""
+        return self._live is not None
+
     def print(self, text: str) -> None:
         """A line above the live rows (the build output --verbose echoes)."""
         from rich.text import Text

@@ -25,6 +25,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from .errors import BuildError
+from .transport import INDEX_SCHEMES, check_url, is_plain
 
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
 
@@ -39,6 +40,9 @@ class Index:
         self._projects: dict[str, dict] = {}
 
     def _fetch(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
+        # A file the index lists travels over plain http only when the index itself does (opted in).
+        url = check_url(url, is_plain(self.url), url, "pass --allow-insecure-index for an http index",
+                        INDEX_SCHEMES)
         try:
             r = self._get(url, headers=headers)
             r.raise_for_status()

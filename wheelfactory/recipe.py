@@ -15,6 +15,8 @@ A recipe module under `recipes/` defines:
   prepare(ctx)              optional; edits the unpacked source before building
   configure(ctx)            optional; runs the build system's configure step only (build --until configure)
   build(ctx) -> [Path]      optional; default is `pip wheel --no-build-isolation` of the source
+  CROSS = True              optional; the build cross-compiles for another machine with the toolchain
+                            a cross step gets (`build --cross`, see crossbuild.py)
 Recipe modules import nothing heavy and run nothing at import time.
 
 The contract is closed: every public function a recipe module defines must be one of the hooks
@@ -190,6 +192,13 @@ class LoadedRecipe:
             raise ValueError(f"{name!r} is not a recipe hook (hooks: {', '.join(HOOKS)})")
         fn = getattr(self.module, name, None)
         return fn if callable(fn) else None
+
+    @property
+    def cross(self) -> bool:
+        """Whether the module declares `CROSS = True`: its build cross-compiles with the toolchain a
+        cross step gets (crossbuild.py). A module constant, not a Recipe field: the declaration enters
+        every key, and the module's code (this line with it) already enters the recipe's."""
+        return getattr(self.module, "CROSS", False) is True
 
 
 def _data_path(recipe: Recipe, recipe_file: str | Path, name: str) -> Path:

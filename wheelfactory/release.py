@@ -15,9 +15,10 @@ A release names the target and, for each component, its version and optional ove
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,18 @@ from packaging.version import InvalidVersion, Version
 from .adopt import check_adopt_spec
 from .cuda_arch import parse_arch_list
 from .errors import InputError, did_you_mean
+from .grammar import (
+    MAX_EXTENDS_DEPTH,
+    check_distribution_name,
+    check_env_key,
+    check_env_value,
+    check_oci_repository,
+    check_oci_tag,
+    check_path_length,
+    check_text,
+    check_tree,
+    check_version_text,
+)
 from .recipe import LoadedRecipe, Recipe
 from .sources import Source, is_local_wheel, source_from_table
 
@@ -36,6 +49,10 @@ OPTIONAL_TARGET_KEYS = {"system_cuda"}  # true: build with the host's CUDA toolk
 IMAGE_KEYS = {"kind", "repository", "base", "tag", "dev_base"}
 IMAGE_KINDS = {"vllm", "pytorch"}
 COMPONENT_KEYS = {"version", "source", "env", "adopt", "keep_debug", "options", "extra_sources"}
+# Where a release's strings are prose (tabs and newlines allowed); every other string of a
+# release file is refused if it holds a control character (grammar.check_tree).
+PROSE = frozenset({("description",), ("overrides", "*"), ("components", "*", "env", "*")})
+TARGETS_FILE = Path(__file__).with_name("data") / "targets.toml"
 
 
 @dataclass(frozen=True)
@@ -106,16 +123,17 @@ def list_releases(recipes_dir: Path | Sequence[Path]) -> list[str]:
 def resolve_release_path(name_or_path: str, recipes_dir: Path | Sequence[Path], near: Path | None = None) -> Path:
     """A release name (looked up next to `near`, then in each recipes directory's releases/, the
     first one that has it winning) or a path to a TOML file."""
+    check_text(name_or_path, "release name or path")
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         p = Path(name_or_path).expanduser()
         if near is not None and not p.is_absolute():
             p = near / p
-        if not p.is_file():
+        if not check_path_length(p, "release file").is_file():
             raise InputError(f"release file {str(p)!r} does not exist")
         return p
     for d in ([near] if near else []) + [releases_dir(r) for r in _layers(recipes_dir)]:
         p = d / f"{name_or_path}.toml"
-        if p.is_file():
+        if check_path_length(p, "release").is_file():
             return p
     raise InputError(f"unknown release {name_or_path!r}"
                      f"{did_you_mean(name_or_path, list_releases(recipes_dir))}; "
@@ -130,6 +148,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib raises this one, not TOMLDecodeError
         raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise InputError(f"{path}: arrays or tables nested thousands deep; a release file is a few tables "
+                         "deep") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +169,11 @@ def _raw_release(path: Path, recipes_dir: Path | Sequence[Path], seen: tuple[Pat
     if path.resolve() in seen:
         chain = " -> ".join(str(p) for p in seen + (path.resolve(),))
         raise InputError(f"{path}: 'extends' forms a cycle: {chain}")
+    if len(seen) >= MAX_EXTENDS_DEPTH:
+        raise InputError(f"{seen[0]}: the 'extends' chain is more than {MAX_EXTENDS_DEPTH} releases long (it reaches "
+                         f"{path}); extend a release nearer the root")
     data = _read_toml(path)
+    check_tree(data, str(path), PROSE)
     _check_keys(data, TOP_KEYS, str(path), "top-level key")
     parent = data.pop("extends", None)
     if parent is None:
@@ -176,6 +201,28 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
+def _check_adopt(spec: str, where: str, *, recipe: Recipe, version: str) -> str:
+    return check_adopt_spec(spec, recipe, where, version)
+
+
+def _adopt_choice(value: Any, path: Path, where: str, check: Callable[[str, str], str]) -> str:
+    """A component's adopt spec: one string, or a list of alternatives of which the first local
+    wheel that exists is taken, else the first requirement or URL (a CPU wheel that one kind of
+    machine has on disk, PyPI's wheel of that version anywhere else). Each is checked; relative
+    wheel paths are taken from the release file's directory."""
+    alternatives = value if isinstance(value, list) and value else [value]
+    specs = []
+    for i, item in enumerate(alternatives):
+        at = f"{where}[{i}]" if isinstance(value, list) else where
+        spec = _string(item, at)
+        if is_local_wheel(spec) and not Path(spec).expanduser().is_absolute():
+            spec = str((path.parent / spec).resolve())
+        specs.append(check(spec, at))  # a URL comes back normalised
+    local = [s for s in specs if is_local_wheel(s)]
+    return next((s for s in local if Path(s).expanduser().is_file()),
+                next((s for s in specs if not is_local_wheel(s)), specs[0]))
+
+
 def _string(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise InputError(f"{where}: expected a non-empty string, got {value!r}")
@@ -196,15 +243,28 @@ def _options(given: Mapping[str, Any], recipe: Recipe, where: str) -> dict[str, 
 
 
 def check_version(version: str, pattern: str | None, where: str) -> None:
-    """Reject a version that is neither PEP 440 nor the recipe's own pattern."""
+    """Reject a version that is neither PEP 440 nor the recipe's own pattern (ASCII, no
+    whitespace, bounded length, either way)."""
+    check_version_text(version, where)
     if pattern is not None:
-        if not re.fullmatch(pattern, version):
+        if not re.fullmatch(pattern, version, re.ASCII):
             raise InputError(f"{where}: bad version {version!r}: expected the form {pattern}")
         return
     try:
         Version(version)
     except InvalidVersion:
         raise InputError(f"{where}: bad version {version!r}: expected a PEP 440 version such as 2.10.0") from None
+
+
+def _capability(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def known_targets() -> dict[str, Any]:
+    """data/targets.toml: the platforms and CUDA compute capabilities a release may name."""
+    with open(TARGETS_FILE, "rb") as f:
+        return tomllib.load(f)
 
 
 def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
@@ -223,26 +283,46 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
     arch_list = target["cuda_arch_list"]
     if not isinstance(arch_list, list) or not all(isinstance(a, str) for a in arch_list):
         raise InputError(f"{where} [target].cuda_arch_list: expected a list of strings such as ['12.1a']")
+    known = known_targets()
     try:
-        parse_arch_list(arch_list)
+        archs = parse_arch_list(arch_list)
+        for entry in arch_list:
+            if not entry.isascii():
+                raise InputError(f"bad CUDA arch {entry!r}: ASCII digits only")
     except InputError as e:
         raise InputError(f"{where} [target].cuda_arch_list: {e}") from None
+    for arch in archs:
+        capability = f"{arch.major}.{arch.minor}"
+        first = {"a": known["arch_specific_from"], "f": known["family_specific_from"]}.get(arch.suffix)
+        if capability not in known["capabilities"] or (first and _capability(capability) < _capability(first)):
+            raise InputError(f"{where} [target].cuda_arch_list: {str(arch)!r} is no CUDA architecture; known "
+                             f"compute capabilities: {', '.join(known['capabilities'])} ('a' from "
+                             f"{known['arch_specific_from']}, 'f' from {known['family_specific_from']}; "
+                             f"{TARGETS_FILE.name})")
     python = _string(target["python"], f"{where} [target].python")
-    if not re.fullmatch(r"3\.\d+", python):
+    if not re.fullmatch(r"3\.\d+", python, re.ASCII):  # ASCII: \d also takes full-width digits
         raise InputError(f"{where} [target].python: expected MAJOR.MINOR such as '3.12', got {python!r}")
     cuda = _string(target["cuda"], f"{where} [target].cuda")
-    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda, re.ASCII):
         raise InputError(f"{where} [target].cuda: expected a version such as '13.1.0', got {cuda!r}")
     system_cuda = target.get("system_cuda", False)
     if not isinstance(system_cuda, bool):
         raise InputError(f"{where} [target].system_cuda: expected true or false, got {system_cuda!r}")
-    target_spec = TargetSpec(python, cuda, tuple(arch_list), _string(target["platform"], f"{where} [target].platform"),
-                             system_cuda)
+    platform = _string(target["platform"], f"{where} [target].platform")
+    if platform not in known["platforms"]:
+        raise InputError(f"{where} [target].platform: {platform!r} is not a platform the factory builds for"
+                         f"{did_you_mean(platform, known['platforms'])}; expected one of "
+                         f"{', '.join(known['platforms'])}")
+    target_spec = TargetSpec(python, cuda, tuple(arch_list), platform, system_cuda)
 
     image = _table(data, "image", where)
     _check_keys(image, IMAGE_KEYS, f"{where} [image]", "key")
     for key, value in image.items():
         _string(value, f"{where} [image].{key}")
+    if "tag" in image:  # a tag and a repository become Dockerfile text and docker arguments
+        check_oci_tag(image["tag"], f"{where} [image].tag")
+    if "repository" in image:
+        check_oci_repository(image["repository"], f"{where} [image].repository")
     if "kind" in image and image["kind"] not in IMAGE_KINDS:
         raise InputError(f"{where} [image].kind: unknown kind {image['kind']!r}"
                          f"{did_you_mean(image['kind'], IMAGE_KINDS)}; expected one of {sorted(IMAGE_KINDS)}")
@@ -266,14 +346,14 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
             source = source_from_table(src, f"{cwhere}.source", path.parent)
         env = _table(table, "env", cwhere)
         for key, value in env.items():
+            check_env_key(key, f"{cwhere}.env")
             if not isinstance(value, str):
                 raise InputError(f"{cwhere}.env.{key}: environment values are strings, got {value!r}")
+            check_env_value(value, f"{cwhere}.env.{key}")
         adopt = table.get("adopt")
         if adopt is not None:
-            adopt = _string(adopt, f"{cwhere}.adopt")
-            if is_local_wheel(adopt) and not Path(adopt).is_absolute():
-                adopt = str((path.parent / adopt).resolve())
-            check_adopt_spec(adopt, recipes[name].recipe, f"{cwhere}.adopt", version)
+            adopt = _adopt_choice(adopt, path, f"{cwhere}.adopt", functools.partial(
+                _check_adopt, recipe=recipes[name].recipe, version=version))
         keep_debug = table.get("keep_debug", False)
         if not isinstance(keep_debug, bool):  # bool("no") is True: a string must not pass for a switch
             raise InputError(f"{cwhere}.keep_debug: expected true or false, got {keep_debug!r}")
@@ -289,6 +369,9 @@ def load_release(name_or_path: str, recipes: Mapping[str, LoadedRecipe],
 
     pins: dict[str, str] = {}
     for name, version in _table(data, "pins", where).items():
+        # A pin is written into requirement files as NAME==VERSION: a name that is not a package
+        # name ("--extra-index-url http://... #") would be a line of options there.
+        check_distribution_name(name, f"{where} [pins]")
         version = _string(version, f"{where} [pins].{name}")
         if name in recipes:
             raise InputError(f"{where} [pins].{name}: {name!r} is a built component; set it under [components.{name}]")

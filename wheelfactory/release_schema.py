@@ -20,8 +20,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .grammar import ENV_KEY, OCI_REPOSITORY, OCI_TAG
 from .recipe import LoadedRecipe, Option
-from .release import COMPONENT_KEYS, IMAGE_KEYS, IMAGE_KINDS, OPTIONAL_TARGET_KEYS, TARGET_KEYS, TOP_KEYS
+from .release import (
+    COMPONENT_KEYS,
+    IMAGE_KEYS,
+    IMAGE_KINDS,
+    OPTIONAL_TARGET_KEYS,
+    TARGET_KEYS,
+    TOP_KEYS,
+    known_targets,
+)
 from .sources import _FLAGS as SOURCE_FLAGS
 from .sources import _SOURCE_KEYS as SOURCE_KEYS
 
@@ -30,6 +39,8 @@ SHA256 = "^[0-9a-f]{64}$"
 # The forms release.py checks with re.fullmatch (release_schema tests check that both agree).
 PYTHON = r"^3\.\d+$"
 CUDA = r"^\d+\.\d+(\.\d+)?$"
+# The grammars of grammar.py, as ECMA-262 patterns (the loader checks them in full).
+PEP508_NAME = r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$"
 
 _JSON_TYPES = {bool: "boolean", int: "integer", str: "string"}
 _NON_EMPTY = {"type": "string", "minLength": 1}
@@ -69,9 +80,12 @@ def _component_schema(loaded: LoadedRecipe) -> dict[str, Any]:
         "version": version,
         "source": SOURCE_REF,
         "env": {"type": "object", "additionalProperties": {"type": "string"},
+                "propertyNames": {"pattern": f"^{ENV_KEY.pattern}$"},
                 "description": "extra build environment (enters the build key)"},
-        "adopt": dict(_NON_EMPTY, description="take an existing wheel instead of building: a requirement, "
-                                              "a wheel URL or a path to a .whl"),
+        "adopt": {"oneOf": [_NON_EMPTY, {"type": "array", "items": _NON_EMPTY, "minItems": 1}],
+                  "description": "take an existing wheel instead of building: a requirement, a wheel URL or a "
+                                 "path to a .whl; or a list of them, of which the first local wheel that exists "
+                                 "is taken, else the first requirement or URL"},
         "keep_debug": {"type": "boolean", "default": False,
                        "description": "keep debug symbols in the wheel's shared objects (default: stripped)"},
         "options": {"type": "object", "additionalProperties": False,
@@ -94,12 +108,15 @@ def release_schema(recipes: Mapping[str, LoadedRecipe]) -> dict[str, Any]:
         "cuda": {"type": "string", "pattern": CUDA, "description": "the CUDA version, e.g. 13.1.0"},
         "cuda_arch_list": {"type": "array", "items": {"type": "string"},
                            "description": "CUDA architectures, e.g. [\"12.1a\"]"},
-        "platform": dict(_NON_EMPTY, description="the wheel platform the release is meant for, e.g. linux_aarch64"),
+        "platform": {"type": "string", "enum": known_targets()["platforms"],
+                     "description": "the wheel platform the release is meant for, e.g. linux_aarch64"},
         "system_cuda": {"type": "boolean", "default": False,
                         "description": "build with the host's CUDA toolkit instead of the release's from wheels"},
     }
     image: dict[str, Any] = {key: dict(_NON_EMPTY) for key in sorted(IMAGE_KEYS)}
     image["kind"] = {"type": "string", "enum": sorted(IMAGE_KINDS)}
+    image["tag"]["pattern"] = f"^{OCI_TAG.pattern}$"
+    image["repository"]["pattern"] = f"^{OCI_REPOSITORY.pattern}$"
     properties: dict[str, Any] = {
         "extends": dict(_NON_EMPTY, description="a release name or a path to start from"),
         "description": {"type": "string"},
@@ -108,7 +125,7 @@ def release_schema(recipes: Mapping[str, LoadedRecipe]) -> dict[str, Any]:
         "components": {"type": "object", "additionalProperties": False,
                        "properties": {name: _component_schema(r) for name, r in sorted(recipes.items())}},
         "pins": {"type": "object", "additionalProperties": dict(_NON_EMPTY),
-                 "propertyNames": {"not": {"enum": sorted(recipes)}},
+                 "propertyNames": {"not": {"enum": sorted(recipes)}, "pattern": PEP508_NAME},
                  "description": "pure-Python packages from the index at exact versions (a built component "
                                 "is set under [components])"},
         "overrides": {"type": "object", "additionalProperties": {"type": "string", "pattern": r"\S"},

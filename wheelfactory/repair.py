@@ -58,8 +58,9 @@ def check_no_grafted_libraries(tree: Path, component: str, wheel_name: str) -> N
 
 
 def repair_wheel(wheel: Path, policy: Repair, component: str, *, keep_debug: bool, runner: Runner,
-                 work: Path) -> RepairReport:
-    """Apply a recipe's repair policy to a built wheel in place."""
+                 work: Path, strip: str = "strip") -> RepairReport:
+    """Apply a recipe's repair policy to a built wheel in place. `strip` is the binutils strip that
+    reads the wheel's ELFs: the target's (aarch64-linux-gnu-strip) for a cross-built wheel."""
     if policy.mode == "none":
         return RepairReport(wheel)
     tree = work / f"repair-{wheel.stem}"
@@ -71,7 +72,7 @@ def repair_wheel(wheel: Path, policy: Repair, component: str, *, keep_debug: boo
         for path in sorted(tree.rglob("*.so*")):
             if path.is_file() and not path.is_symlink() and is_elf(path):
                 before = path.stat().st_size
-                runner.run(["strip", "--strip-debug", path])
+                runner.run([strip, "--strip-debug", "--", path])
                 stripped += 1
                 saved += before - path.stat().st_size
     if stripped:
@@ -92,12 +93,12 @@ def manylinux_retag(wheel: Path, runner: Runner) -> Path:
     """
     if not any(tag.platform.startswith("linux_") for tag in parse_wheel_filename(wheel.name)[3]):
         return wheel
-    out = runner.run([sys.executable, "-m", "auditwheel", "show", wheel], capture=True, check=False)
+    out = runner.run([sys.executable, "-m", "auditwheel", "show", "--", wheel], capture=True, check=False)
     m = _CONSISTENT_RE.search(" ".join(out.split()))
     if not m or not m["tag"].startswith("manylinux"):
         runner.note(f"{wheel.name}: auditwheel finds no manylinux policy it meets; keeping the linux tag")
         return wheel
-    new = runner.run([sys.executable, "-m", "wheel", "tags", "--remove", f"--platform-tag={m['tag']}", wheel],
+    new = runner.run([sys.executable, "-m", "wheel", "tags", "--remove", f"--platform-tag={m['tag']}", "--", wheel],
                      cwd=wheel.parent, capture=True).strip().splitlines()[-1]
     runner.note(f"retagged {wheel.name} -> {new} (auditwheel show)")
     return wheel.parent / new

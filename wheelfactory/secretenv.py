@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from .errors import InputError
+from .grammar import check_env_key
 
 REDACTED = "***"
 
@@ -44,6 +45,7 @@ def parse_secret_env(values: Sequence[str], environ: Mapping[str, str] | None = 
             raise InputError(f"--secret-env {value!r}: expected COMPONENT:NAME (the value is read from the "
                              "environment variable NAME, never given on the command line), e.g. "
                              "--secret-env vllm:HF_TOKEN")
+        check_env_key(name, f"--secret-env {value!r}")
         if name not in environ:
             raise InputError(f"--secret-env {value}: ${name} is not set in this environment; export it first")
         out.setdefault(comp, {})[name] = environ[name]

@@ -20,25 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .grammar import check_distribution_name, check_git_ref, check_git_url, git_url_kind
+from .transport import check_git_transport, check_url
 
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 # What a key input says about a source whose content `fetch` has not recorded yet.
 UNRESOLVED = "run `wheelfactory fetch`"
-
-# Transports anyone on the network path can rewrite; refused unless a source (or the index
-# option) says allow_insecure, so that a swapped archive is never the user's silent default.
-_INSECURE_SCHEMES = ("http://", "git://")
-
-
-def check_transport(url: str, allow_insecure: bool, where: str, how_to_allow: str) -> None:
-    """InputError for a plain http:// or git:// URL, unless allowed explicitly."""
-    scheme = next((s for s in _INSECURE_SCHEMES if url.lower().startswith(s)), None)
-    if scheme and not allow_insecure:
-        raise InputError(f"{where}: {url!r} is fetched over plain {scheme[:-3]}, which anyone on the network "
-                         f"path can alter; use https, or {how_to_allow} if you trust this network")
-
 
 @dataclass(frozen=True)
 class GitSource:
@@ -67,7 +56,7 @@ class GitSource:
 
     @property
     def is_commit(self) -> bool:
-        return bool(_HEX40.match(self.ref))
+        return bool(_HEX40.fullmatch(self.ref))
 
 
 @dataclass(frozen=True)
@@ -175,23 +164,31 @@ def source_from_table(table: dict[str, Any], where: str, base_dir: Path) -> Sour
     allow_insecure = table.get("allow_insecure", False)
     how = f"set {where}.allow_insecure = true"
     if kind == "git":
-        check_transport(table["git"], allow_insecure, f"{where}.git", how)
-        source = GitSource(table["git"], table["ref"], table.get("submodules", True), table.get("follow", False),
-                           allow_insecure)
+        url = check_git_url(table["git"], f"{where}.git")
+        check_git_transport(url, allow_insecure, f"{where}.git", how)
+        if git_url_kind(url) == "path":  # a local repository, relative to the release file like a path source
+            url = str(base_dir / Path(url).expanduser())
+        source = GitSource(url, check_git_ref(table["ref"], f"{where}.ref"), table.get("submodules", True),
+                           table.get("follow", False), allow_insecure)
         if source.follow and source.is_commit:
             raise InputError(f"{where}.follow: ref {source.ref!r} is a commit, which never moves; follow = true "
                              "is for a branch (remove follow, or give the branch's name as ref)")
         return source
     if kind == "url":
-        check_transport(table["url"], allow_insecure, f"{where}.url", how)
-        if not _HEX64.match(table["sha256"]):
+        url = check_url(table["url"], allow_insecure, f"{where}.url", how)
+        if not _HEX64.fullmatch(table["sha256"]):
             raise InputError(f"{where}.sha256: expected 64 lowercase hex digits, got {table['sha256']!r}")
-        return UrlSource(table["url"], table["sha256"], allow_insecure)
+        return UrlSource(url, table["sha256"], allow_insecure)
     if kind == "pypi":
         sha = table.get("sha256")
-        if sha is not None and not _HEX64.match(sha):
+        if sha is not None and not _HEX64.fullmatch(sha):
             raise InputError(f"{where}.sha256: expected 64 lowercase hex digits, got {sha!r}")
-        return PypiSource(table["pypi"], table.get("version", "{version}"), sha)
+        return PypiSource(check_distribution_name(table["pypi"], f"{where}.pypi"), table.get("version", "{version}"),
+                          sha)
+    if not table["path"].strip():
+        # Path("") is ".": an empty path would build the release file's own directory.
+        raise InputError(f"{where}.path: empty; give the directory of the component's source tree, "
+                         "e.g. path = '~/src/nccl'")
     path = Path(os.path.expanduser(table["path"]))
     return local_source(path if path.is_absolute() else base_dir / path, where)
 

@@ -26,6 +26,7 @@ from packaging.utils import canonicalize_name
 from .buildenv import StepPaths, env_script, step_environment
 from .ccache import CacheStats, read_stats
 from .context import BuildContext, FetchContext
+from .crossbuild import CROSS, CrossSetup, CrossToolchain, prepare_toolchain
 from .errors import BuildError
 from .fetch import SourceCache
 from .host import Host, default_jobs
@@ -79,6 +80,7 @@ class StepServices:
     toolkits: ToolkitCache | None = None
     ccache: Callable[[Runner], str | None] = lambda _runner: None
     echo: Callable[[str], None] = print
+    cross: CrossSetup | None = None  # a cross build's target CUDA libraries (crossbuild.py)
     parent_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
     @property
@@ -96,6 +98,7 @@ class BuiltStep:
     origin: dict[str, object]  # the manifest entry's build facts
     ccache: CacheStats | None = None
     resumed: bool = False
+    from_staged: bool = False  # built by an earlier run that could not publish: nothing was built now
 
 
 class StepBuild:
@@ -108,13 +111,16 @@ class StepBuild:
         self.fresh = fresh
         self.work = services.work_dir(step)
         self.nvcc: str | None = None
+        self.cross: CrossToolchain | None = None  # a cross step's toolchain, made with its environment
         self._prepared = False  # the work tree holds this key's prepared source and venv
 
     def _done(self, phase: str) -> None:
-        self.runner.note(f"phase {phase} done")
         if self.until == phase:
+            # not "phase X done": that moves the status line on to the next phase, which never starts
+            self.runner.note(f"phase {phase} done; stopping here (--until {phase})")
             self._record(stopped=f"stopped after {phase} (--until)")
             raise StoppedAfter(phase, self.work)
+        self.runner.note(f"phase {phase} done")
 
     # -- the phases ----------------------------------------------------------------------------
 
@@ -188,6 +194,12 @@ class StepBuild:
                              f"`source {self.work}/build_env.sh`") from None
         except KeyboardInterrupt:
             self._record(stopped="interrupted")
+            if self._prepared:  # say what stays, and how to go on or drop it (the CLI adds "interrupted")
+                from .cachestore import fmt_bytes, tree_size
+
+                self.s.echo(f"[{self.step.component}] interrupted: the work tree ({fmt_bytes(tree_size(self.work))}) "
+                            f"is kept at {self.work}; the next run of this step resumes it, `--fresh` starts over, "
+                            "`wheelfactory cache gc` removes it")
             raise
         staged = self._stage(wheels)
         origin: dict[str, object] = {"origin": "built", "from": step.source.describe()}
@@ -208,7 +220,8 @@ class StepBuild:
         recipe = self.s.recipes[self.step.component].recipe
         for wheel in wheels:
             report = repair_wheel(wheel, recipe.repair, self.step.component, keep_debug=self.step.keep_debug,
-                                  runner=self.runner, work=self.work)
+                                  runner=self.runner, work=self.work,
+                                  strip=self.cross.strip if self.cross is not None else "strip")
             saved += report.bytes_saved
             repaired.append(report.wheel)
             if report.stripped_files:
@@ -300,16 +313,33 @@ class StepBuild:
             ctx.trees[name] = tree
         paths = StepPaths(src=ctx.src, work=ctx.work, venv=ctx.venv, site=ctx.site, cache=self.s.cache_dir)
         ccache = self.s.ccache(self.runner)
-        env = step_environment(self.step, paths, cuda_home=self.s.host.cuda_home, jobs=ctx.jobs,
+        cross_env: dict[str, str] = {}
+        if self.step.mode == CROSS:
+            # This host's nvcc and the target's libraries as one CUDA root in the work tree, the
+            # toolchain file beside it; the step's CUDA home (and ${cuda_home}) is that root.
+            if self.s.cross is None or not self.s.host.cuda_home:
+                raise BuildError(f"[{self.step.component}] a cross step needs this host's CUDA toolkit and the "
+                                 "target's CUDA libraries; plan it with --cross")
+            self.cross, toolchain_file = prepare_toolchain(
+                Path(self.s.host.cuda_home), self.s.cross.root(self.s.toolkits or ToolkitCache(self.s.cache_dir)),
+                ctx.work, self.s.cross.machine, ctx.site)
+            ctx.cuda_home = str(self.cross.cuda_root)
+            ctx.cross = self.cross
+            cross_env = self.cross.environment(toolchain_file)
+            self.runner.note(f"cross step for {self.cross.machine}: {self.cross.cxx} as host compiler of "
+                             f"{self.cross.nvcc}, toolchain file {toolchain_file}")
+        env = step_environment(self.step, paths, cuda_home=ctx.cuda_home, jobs=ctx.jobs,
                                offline=self.s.offline, ccache=ccache, trees=ctx.trees,
                                parent_path=self.s.parent_env.get("PATH", os.defpath))
-        return env
+        return env | cross_env
 
     def _prepare_cuda(self) -> None:
         """Assemble the wheel toolkit if needed, and read the nvcc version this build will use from
         `$CUDA_HOME/bin/nvcc --version` (logged, and recorded in the manifest)."""
         if self.s.toolkit is not None and self.s.toolkits is not None:
             self.s.toolkits.ensure(self.s.toolkit, offline=self.s.offline, echo=self.s.echo)
+        if self.step.mode == CROSS and self.s.cross is not None and self.s.toolkits is not None:
+            self.s.cross.ensure(self.s.toolkits, offline=self.s.offline, echo=self.s.echo)
         cuda_home = self.s.host.cuda_home
         if not cuda_home or not Path(cuda_home, "bin", "nvcc").exists():
             return

@@ -43,6 +43,7 @@ from packaging.utils import canonicalize_name
 
 from .download import download_checked, index_files
 from .errors import BuildError, InputError
+from .transport import is_plain
 from .wheelmeta import sha256_file
 
 # Bump when the assembled layout changes (a new link, a different stub): every root is rebuilt.
@@ -330,7 +331,8 @@ class ToolkitCache:
                              "match the index")
         filename = match[0]["filename"]
         return download_checked(requests.compat.urljoin(url, match[0]["url"]), self.wheels, filename,
-                                pin.sha256, what=f"{filename} (pinned in recipes/data/cuda_wheels.toml)")
+                                pin.sha256, what=f"{filename} (pinned in recipes/data/cuda_wheels.toml)",
+                                allow_insecure=is_plain(self.index_url))
 
     def ensure(self, toolkit: WheelToolkit, *, offline: bool, echo: Callable[[str], None] = lambda s: None,
                cc: str = "gcc") -> Path:

@@ -34,8 +34,10 @@ def install_command(uv: str | None, py: Path, wheelhouse: Path, txt: Path, uv_ca
 
 
 def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mapping[str, LoadedRecipe],
-                python: str, runner: Runner, *, use_uv: bool = True, uv_cache: Path | None = None) -> list[str]:
+                python: str, runner: Runner, *, use_uv: bool = True, uv_cache: Path | None = None,
+                clear: bool = False) -> list[str]:
     """Create a venv at path from the release's lock with no index, verify hashes, run smoke checks.
+    With clear, a virtual environment already at path (one with pyvenv.cfg, nothing else) is removed first.
 
     Returns the smoke checks that ran. Every package is installed with --require-hashes, so each
     factory wheel in the venv is byte-for-byte the one the lock names.
@@ -45,7 +47,13 @@ def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mappi
     lock = read_lock(wheelhouse, release)
     _, txt = lock_paths(wheelhouse, release)
     if path.exists() and any(path.iterdir()):
-        raise InputError(f"{path} exists and is not empty; pick a new path or remove it")
+        if not clear:
+            raise InputError(f"{path} exists and is not empty; pick a new path, remove it, or pass --clear "
+                             "(a virtual environment there is replaced)")
+        if not (path / "pyvenv.cfg").is_file():
+            raise InputError(f"{path} is not a virtual environment (no pyvenv.cfg); --clear replaces only a venv, "
+                             "so remove it yourself or pick a new path")
+        shutil.rmtree(path)
     runner.run([python, "-m", "venv", path])
     py = path / "bin" / "python"
     try:

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,9 +211,10 @@ class Wheelhouse:
             # (SIGKILL cannot wait: recover() repairs what it leaves, at the next publish.)
             with deferred_signals():
                 for info, tmp in staged:
+                    incoming_sha = sha256_file(tmp)
                     for name, old in list(manifest.items()):
                         if _same_slot(old, info) and (name != info.path.name or old.get("key") != entry.get("key")):
-                            self._to_attic(name)
+                            self._to_attic(name, same_as={incoming_sha})
                             del manifest[name]
                     final = self.root / info.path.name
                     os.replace(tmp, final)
@@ -256,10 +257,21 @@ class Wheelhouse:
             (echo or (lambda line: print(line, file=sys.stderr)))(f"wheelhouse {self.root}: {note}")
         return notes
 
-    def _to_attic(self, name: str) -> Path | None:
+    def _to_attic(self, name: str, same_as: Collection[str] = ()) -> Path | None:
+        """Move a wheel out of the way into attic/, keeping one copy of any bytes: a wheel whose
+        sha256 is in `same_as` (the bytes replacing it: a rebuild that gave a byte-identical wheel)
+        or that the attic already holds is removed instead. Returns where its bytes are kept, or None."""
         src = self.root / name
         if src.exists():
             attic = self.root / "attic"
+            digest = sha256_file(src)
+            if digest in same_as:
+                src.unlink()
+                return None
+            for kept in [attic / name, *attic.glob(f"*-{name}")] if attic.is_dir() else []:
+                if kept.is_file() and kept.stat().st_size == src.stat().st_size and sha256_file(kept) == digest:
+                    src.unlink()
+                    return kept
             attic.mkdir(exist_ok=True)
             dest = attic / name
             stamp = time.strftime('%Y%m%dT%H%M%S')
@@ -271,11 +283,12 @@ class Wheelhouse:
             return dest
         return None
 
-    def quarantine(self, names: list[str]) -> list[Path]:
+    def quarantine(self, names: list[str], same_as: Collection[str] = ()) -> list[Path]:
         """Move wheels that no longer match the manifest to attic/ (kept for inspection, never
-        deleted) and drop their entries, so the step builds again; caller holds the lock."""
+        deleted, but never a second copy of the same bytes, nor a copy of bytes in `same_as`: the
+        wheels of a rebuild about to replace them) and drop their entries; caller holds the lock."""
         manifest = self.manifest()
-        moved = [dest for name in names if (dest := self._to_attic(name)) is not None]
+        moved = [dest for name in names if (dest := self._to_attic(name, same_as)) is not None]
         for name in names:
             manifest.pop(name, None)
         self._write_manifest(manifest)
