@@ -3,7 +3,7 @@
 vLLM spreads a model over several machines through Ray: a head node started in one container, a
 worker in another, each on its own machine. Here the two containers share the host's network
 namespace (the CI engine has no default bridge, and the test must only use loopback addresses) and
-each Ray node takes its own loopback address (head 127.0.0.1, worker 127.0.0.2) and its own port
+each Ray node takes its own loopback address (head 127.0.0.2, worker 127.0.0.3) and its own port
 ranges, so each is addressed exactly as a second machine would be. The image is the CI release with
 Ray pinned (tests/releases/ci-ray.toml), built by `wheelfactory images` from the session's CI
 wheelhouse like every other image.
@@ -29,7 +29,9 @@ from .conftest import CI_RELEASES, RECIPES, run_cli
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE = "wheelfactory-ci/vllm-ray:0.14.1-t4"
 HEAD, WORKER = "wf-ray-head", "wf-ray-worker"
-HEAD_IP, WORKER_IP = "127.0.0.1", "127.0.0.2"
+# Not 127.0.0.1: Ray replaces that address (and "localhost") with the machine's first interface
+# address (ray._private.services.resolve_ip_for_localhost), which is not a loopback address.
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 GCS_PORT = 6391  # not Ray's default 6379: a Redis or another Ray on the machine must not answer
 # Each node its own ports: both raylets share one network namespace (see the module docstring).
 NODE_ARGS = {
