@@ -7,12 +7,13 @@ refused before any engine runs.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -21,19 +22,22 @@ from packaging.version import InvalidVersion, Version
 from wheelfactory.errors import BuildError, InputError
 from wheelfactory.factory import Factory
 from wheelfactory.lock import Lock, lock_paths, read_lock
+from wheelfactory.one_cuda import carried_cuda, load_cuda_wheels, refuse_mixed
 from wheelfactory.recipe import LoadedRecipe
 from wheelfactory.release import Release
+from wheelfactory.toolkit import ToolkitCache, toolkits_dir
 from wheelfactory.wheelhouse import atomic_write_text
 
 from .bake import render_bake, target_name
 from .bases import BaseImage, find_base, incompatible_wheels, load_bases
 from .closure import ClosureReport, check_tar
 from .context import write_context
+from .devtoolkit import CONTEXT_DIR, dev_toolkit, write_toolkit_context
 from .docker import Docker
-from .dockerfile import render_dockerfile
+from .dockerfile import IMAGE_FILES, extra_runs, provision_packages, render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
 from .report import SizeReport, measure
-from .spec import ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
+from .spec import TOOLKIT_ARG, VENV, ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
 from .syslibs import needed_system_packages, variant_sets
 
 
@@ -52,12 +56,28 @@ class Prepared:
     # (python package, why, system package names) installed before the venv (system_libraries.toml)
     system: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     preview: bool = False  # written from the release's pins without a lock: not buildable
+    triton: str | None = None  # the locked Triton version: the image's smoke test compiles a kernel with it
+    nccl: bool = False  # the lock holds NCCL: the image's smoke test loads rdma-core (libibverbs + mlx5)
 
     @property
     def run_names(self) -> list[str]:
         """Names of the image's RUN layers, in order."""
-        return (["python"] if self.base.needs_python else []) + (["system"] if self.system else []) + \
-            ["venv"] + [x.name for x in self.layers]
+        return (["python"] if provision_packages(self.spec, self.base) else []) + \
+            (["system"] if self.system else []) + ["venv"] + [x.name for x in self.layers] + \
+            extra_runs(self.spec, self.base)
+
+    @property
+    def needs_network(self) -> bool:
+        """Whether a RUN installs packages from the base's package manager (the others run with no network)."""
+        return bool(provision_packages(self.spec, self.base) or self.system or
+                    (self.spec.dev_tooling and self.base.dev_packages))
+
+
+# What NCCL's IB/RoCE transport loads with dlopen (no DT_NEEDED names them): the libraries of
+# the nvidia-nccl-cu13 system-library set (assemble/data/system_libraries.toml).
+RDMA_CHECK = ("import ctypes\n"
+              "for name in ('libibverbs.so.1', 'libmlx5.so.1', 'librdmacm.so.1'):\n"
+              "    ctypes.CDLL(name)\n")
 
 
 def _public(version: str) -> str:
@@ -152,6 +172,13 @@ class Assembler:
             return self._preview(release, specs, bases)
         lock = read_lock(wh, release.name)
         check_lock(release, lock, wh.root)
+        cuda_table = load_cuda_wheels(self.factory.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml")
+        locked = [(x.name, x.version) for x in lock.packages]
+        refuse_mixed(release.name, locked, cuda_table, release.target.cuda)  # a lock written before the rule
+        carried = carried_cuda(locked, cuda_table)
+        if carried:  # the CUDA the image's NVIDIA wheels really are, beside the release's cuda_version
+            ns = self.settings.label_namespace
+            specs = [replace(s, labels={**s.labels, f"{ns}.cuda_wheels_version": carried}) for s in specs]
         for spec, base in zip(specs, bases, strict=True):
             check_base(spec, base, lock)
         libs, jit = cuda_wheel_names(self.factory.data_root("cuda_wheels.toml"))
@@ -174,15 +201,26 @@ class Assembler:
         out = self.output_dir / release.name
         context = out / "context"
         write_context(context, layers, wh.root)
+        args = {s.name: dict(keys) for s in specs}  # per image: the build keys (+ a dev image's toolkit)
+        for spec, base in zip(specs, bases, strict=True):
+            if spec.dev_tooling:  # the release's toolkit, links into the venv for the wheels the lock has
+                dev = dev_toolkit(self.factory.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml",
+                                  release, lock, own=set().union(*jit.values()))
+                cache = ToolkitCache(toolkits_dir(self.factory.cache_dir), self.factory.index_url)
+                write_toolkit_context(context / CONTEXT_DIR, dev, lock, wh.root, cache,
+                                      f"{VENV}/lib/python{base.python}/site-packages", self.echo)
+                args[spec.name][TOOLKIT_ARG] = dev.toolkit.label
         prepared = []
         for spec, base in zip(specs, bases, strict=True):
             system = needed_system_packages((p.name for p in lock.packages), base.family, base.ref)
             dockerfile = out / f"{spec.name}.Dockerfile"
             atomic_write_text(dockerfile, render_dockerfile(spec, base, [(x.name, x.group.about) for x in layers],
                                                             system=system))
-            prepared.append(Prepared(spec, base, layers, dockerfile, context, keys, out / f"{spec.name}.build.log",
-                                     system=system))
-        bake = render_bake(specs, self.settings.registry, {target_name(s): keys for s in specs})
+            triton = next((x.version for x in lock.packages if x.name == "triton"), None)
+            prepared.append(Prepared(spec, base, layers, dockerfile, context, args[spec.name],
+                                     out / f"{spec.name}.build.log", system=system, triton=triton,
+                                     nccl=any(x.name == "nvidia-nccl-cu13" for x in lock.packages)))
+        bake = render_bake(specs, self.settings.registry, {target_name(s): args[s.name] for s in specs})
         atomic_write_text(out / "docker-bake.hcl", bake)
         return prepared
 
@@ -236,15 +274,48 @@ class Assembler:
                              "--no-build to only write the Dockerfiles")
         return self.docker.has_buildx()
 
+    def network(self, p: Prepared) -> str | None:
+        """The build's --network: none without a package manager to run; else the user's choice, where
+        `auto` is the engine's default network, or the host's on an engine without a default bridge
+        (dockerd --bridge=none, where RUN steps fail with "network bridge not found")."""
+        if not p.needs_network:
+            return "none"
+        choice = self.settings.network
+        if choice == "auto":
+            return None if self.docker.has_default_bridge() else "host"
+        return None if choice == "default" else choice
+
+    def base_digest(self, p: Prepared) -> str:
+        """The base's digest for the label and the FROM line: the pin of bases.toml, else the registry digest
+        of the base as the engine has it (pulled when absent), else a local base's image ID."""
+        if p.base.digest:
+            return p.base.digest
+        info = self.docker.inspect(p.base.ref)
+        if info is None:
+            self.docker.pull(p.base.ref)
+            info = self.docker.inspect(p.base.ref) or {}
+        repo = p.base.ref.rsplit(":", 1)[0] if ":" in p.base.ref.rsplit("/", 1)[-1] else p.base.ref
+        for entry in info.get("RepoDigests") or []:
+            name, _, digest = entry.partition("@")
+            if name == repo or name.endswith("/" + repo):
+                # From a registry: pin FROM to the digest the label records, for this build.
+                text = p.dockerfile.read_text()
+                pinned = text.replace(f"\nFROM {p.base.ref}\n", f"\nFROM {p.base.ref}@{digest}\n", 1)
+                if pinned != text:
+                    atomic_write_text(p.dockerfile, pinned)
+                    self.echo(f"{p.spec.ref()}: base {p.base.ref} pinned to {digest} for this build; pin it for "
+                              f"every build with digest = \"{digest}\" in assemble/data/bases.toml")
+                return digest
+        return str(info.get("Id", ""))  # a local image: no registry digest; its ID names its content
+
     def build(self, p: Prepared, buildx: bool) -> None:
-        """Build one image (no network unless the base must install Python)."""
+        """Build one image (no network unless a RUN installs packages from the base's package manager)."""
         if p.preview:
             raise InputError(f"{p.dockerfile} is a preview without a lock; run `wheelfactory lock --release "
                              f"{p.spec.release}` first")
-        # The network only for a package manager: Python or system libraries to install.
+        args = self.build_args(p) | {"WF_BASE_DIGEST": self.base_digest(p)}
         cmd = self.docker.build_command(p.dockerfile, p.context, p.spec.ref(self.settings.registry),
-                                        self.build_args(p), network_none=not (p.base.needs_python or p.system),
-                                        buildx=buildx)
+                                        args, network=self.network(p), buildx=buildx)
         started = time.monotonic()
         self.docker.build(cmd, p.log)
         p.timings["build_s"] = time.monotonic() - started
@@ -261,6 +332,32 @@ class Assembler:
             report = check_tar(tar, env, variants=variant_sets())
         p.timings["closure_s"] = time.monotonic() - started
         return report
+
+    def check_triton(self, p: Prepared) -> dict | None:
+        """The image's Triton compiles a kernel ahead of time for sm_121a with the ptxas its environment
+        names (imagefiles/triton_aot_check.py, no GPU needed); None when the image has no Triton."""
+        if p.triton is None:
+            return None
+        argv = ["python", f"{IMAGE_FILES}/triton_aot_check.py", "--capability", "121"]
+        # the toolkit wheels' ptxas, when the image has them: Triton must use it, not its bundled one
+        ptxas = p.spec.env.get("TRITON_PTXAS_BLACKWELL_PATH") or p.spec.env.get("TRITON_PTXAS_PATH")
+        if ptxas:
+            argv += ["--expect-ptxas", ptxas]
+        started = time.monotonic()
+        r = self.docker.run(p.spec.ref(self.settings.registry), argv)
+        p.timings["triton_s"] = time.monotonic() - started
+        try:
+            return json.loads(r.stdout.splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            return {"ok": False, "error": f"the check did not run (exit {r.returncode}): {r.stderr.strip()[-2000:]}"}
+
+    def check_rdma(self, p: Prepared) -> str | None:
+        """None when the image loads rdma-core's libraries as NCCL does (dlopen of libibverbs.so.1,
+        its mlx5 provider, librdmacm.so.1); else what failed. Skipped (None) without NCCL."""
+        if not p.nccl:
+            return None
+        r = self.docker.run(p.spec.ref(self.settings.registry), ["python", "-c", RDMA_CHECK])
+        return None if r.returncode == 0 else (r.stderr.strip() or r.stdout.strip())[-1000:]
 
     def sibling(self, p: Prepared) -> str | None:
         """An image of the same repository and vLLM version with other transformers (another major first)."""
@@ -282,8 +379,11 @@ class Assembler:
 
     def size_report(self, p: Prepared) -> SizeReport:
         """Sizes of a built image against the installed bytes of its wheels."""
-        installed: list[int | None] = [None] * (len(p.run_names) - len(p.layers)) + [x.installed_bytes
-                                                                                    for x in p.layers]
+        # RUNs before the wheel layers (Python, system libraries, venv) and after them (dev tooling and
+        # toolkit, the user) install no wheels
+        after = len(extra_runs(p.spec, p.base))
+        installed: list[int | None] = [None] * (len(p.run_names) - len(p.layers) - after) + \
+            [x.installed_bytes for x in p.layers] + [None] * after
         return measure(self.docker, p.spec.ref(self.settings.registry), p.run_names, installed, self.sibling(p))
 
 

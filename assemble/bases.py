@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +32,16 @@ class BaseImage:
     cuda: str | None = None
     jit_packages: tuple[str, ...] = ()  # the host compiler of images with a JIT toolkit
     family: str | None = None  # distribution family (debian), for system_libraries.toml
+    digest: str | None = None  # the registry digest the base is pinned to (FROM ref@digest)
 
     @property
     def needs_python(self) -> bool:
         return self.provision != "none"
+
+    @property
+    def pinned_ref(self) -> str:
+        """What FROM names: the reference pinned to its digest when bases.toml gives one."""
+        return f"{self.ref.split('@')[0]}@{self.digest}" if self.digest else self.ref
 
 
 def load_bases(data: Mapping[str, Any] | None = None) -> dict[str, BaseImage]:
@@ -47,9 +54,16 @@ def load_bases(data: Mapping[str, Any] | None = None) -> dict[str, BaseImage]:
         if how not in PROVISIONS:
             raise InputError(f"bases.toml [{ref}]: provision {how!r} is not one of {sorted(PROVISIONS)}")
         pkgs = provision.get(how, {})
+        # Build tooling and the JIT's compiler come from the family's package manager, also on a base
+        # whose Python needs no provisioning (the local Debian base).
+        tools = provision.get("apt", {}) if t.get("family") == "debian" else pkgs
+        digest = t.get("digest")
+        if digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", str(digest)):
+            raise InputError(f"bases.toml [{ref}]: digest {digest!r} is not sha256:<64 hex digits>")
         out[ref] = BaseImage(ref, t["python"], t.get("python_executable", "/usr/bin/python3"),
                              tuple(t["platforms"]), t["glibc"], how, tuple(pkgs.get("python", ())),
-                             tuple(pkgs.get("dev", ())), t.get("cuda"), tuple(pkgs.get("jit", ())), t.get("family"))
+                             tuple(tools.get("dev", ())), t.get("cuda"), tuple(tools.get("jit", ())), t.get("family"),
+                             digest)
     return out
 
 

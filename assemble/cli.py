@@ -59,14 +59,18 @@ def _releases(factory: Factory, names: tuple[str, ...], all_: bool) -> list[str]
 @click.option("--no-build", is_flag=True, help="Only write the Dockerfiles, bake file and build contexts; a release "
               "without a lock gets a preview from its pins (Dockerfiles and bake file only).")
 @click.option("--no-check", is_flag=True, help="Skip the shared-library closure check of the built images.")
+@click.option("--network", type=click.Choice(["auto", "host", "default"]), default="auto", show_default=True,
+              envvar="WHEELFACTORY_DOCKER_NETWORK", help="The network of RUN steps that install packages (apt); "
+              "auto: the engine's default, or the host's on an engine without a default bridge network. Steps "
+              "that install only wheels always run with no network.")
 @click.option("--docker", "docker_bin", envvar="WHEELFACTORY_DOCKER", default=None,
               help="The docker client (default: /usr/bin/docker when present, else docker on PATH).")
 @click.pass_obj
 def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: Path, registry: str,
            label_namespace: str, repository: str | None, base_image: str | None, max_layer_gb: float,
-           no_build: bool, no_check: bool, docker_bin: str | None) -> None:
+           no_build: bool, no_check: bool, network: str, docker_bin: str | None) -> None:
     """Build the runtime images of releases: Dockerfiles that only pip-install the locked wheels."""
-    settings = Settings(registry, label_namespace, repository, base_image, int(max_layer_gb * 1e9))
+    settings = Settings(registry, label_namespace, repository, base_image, int(max_layer_gb * 1e9), network)
     asm = Assembler(factory, settings, output_dir.expanduser().absolute(), Docker(docker_bin), _echo)
     names = _releases(factory, releases, all_)
     prepared: list[Prepared] = []
@@ -83,7 +87,9 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
     buildx = asm.require_engine()
     for p in prepared:
         ref = p.spec.ref(settings.registry)
-        _echo(f"building {ref} on {p.base.ref} ({'buildx' if buildx else 'DOCKER_BUILDKIT=1 ' + asm.docker.binary})")
+        net = asm.network(p)
+        _echo(f"building {ref} on {p.base.ref} ({'buildx' if buildx else 'DOCKER_BUILDKIT=1 ' + asm.docker.binary}, "
+              f"network {net or 'default'}{': RUN steps install packages' if p.needs_network else ''})")
         asm.build(p, buildx)
         _echo(f"built {ref} in {p.timings['build_s']:.1f}s (log: {p.log})")
     failed = []
@@ -101,10 +107,25 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
                   f"{len(closure.warnings)} warning(s) ({p.timings['closure_s']:.1f}s)")
             if not closure.ok:
                 failed.append(ref)
+            rdma = asm.check_rdma(p)
+            if rdma is not None:
+                _echo(f"  error: {ref} cannot load rdma-core's libraries as NCCL does: {rdma}")
+                failed.append(ref)
+            triton = asm.check_triton(p)
+            if triton is not None:
+                if triton.get("ok"):
+                    what = (f"compiles for sm_121a: cubin {triton.get('cubin_sm')} by ptxas "
+                            f"{triton.get('cubin_ptxas')} ({triton.get('ptxas')})")
+                else:
+                    what = f"FAILED: {triton.get('error')}"
+                _echo(f"triton {p.triton} of {ref}: {what} ({p.timings['triton_s']:.1f}s)")
+                if not triton.get("ok"):
+                    failed.append(ref)
         for line in asm.size_report(p).lines():
             click.echo(line)
     if failed:
-        raise BuildError(f"the closure check failed for {', '.join(failed)}: a shared library is missing "
-                         "from the image (see the errors above)")
+        raise BuildError(f"the image checks failed for {', '.join(failed)}: a shared library is missing from "
+                         "the image, NCCL's rdma-core does not load, or its Triton cannot compile for sm_121a "
+                         "(see the errors above)")
 
 

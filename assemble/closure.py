@@ -24,11 +24,22 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from wheelfactory.repair import ELF_MAGIC
 
 from .datafiles import load_data
 
+# Libraries whose symbols are resolved as well as their names (what `ldd -r` does), with the
+# pattern of the symbols that are theirs: NCCL is the library the factory swaps under official
+# wheels (torch, vLLM), and an older NCCL than the one they were built against loads, then fails
+# at `import torch` with `undefined symbol: ncclRecv`.
+SYMBOL_CHECKED = {"libnccl.so*": re.compile(r"^p?nccl[A-Z]")}
+# One copy per image: two libnccl files mean torch and vLLM may load different NCCLs in one process.
+ONE_COPY = ("libnccl.so*",)
+# Configuration files that change a library's behaviour behind the image's back (a stray
+# /etc/nccl.conf froze vLLM's warm-up upstream): none may be in an image.
+FORBIDDEN_FILES = {"/etc/nccl.conf": "NCCL reads it at every start and overrides the environment's NCCL_* settings"}
 DEFAULT_DIRS = ("/lib", "/usr/lib")
 DEFAULT_DIRS_64 = ("/lib64", "/usr/lib64")
 
@@ -44,6 +55,8 @@ class ElfObject:
     rpath: tuple[str, ...]
     runpath: tuple[str, ...]
     soname: str | None
+    undefined: frozenset[str] = frozenset()  # undefined, non-weak dynamic symbols
+    defined: frozenset[str] = frozenset()  # dynamic symbols it exports
 
 
 @dataclass(frozen=True)
@@ -135,8 +148,9 @@ class ImageTree:
         return sorted(posixpath.join(real, n) for n in self.children.get(real, []) if fnmatch.fnmatch(n, base))
 
 
-def read_elf(tree: ImageTree, path: str) -> ElfObject | None:
-    """The ELF facts of a file, or None when it is no loadable ELF object."""
+def read_elf(tree: ImageTree, path: str, symbols: re.Pattern[str] | None = None) -> ElfObject | None:
+    """The ELF facts of a file, or None when it is no loadable ELF object; with `symbols`, its dynamic
+    symbols whose names match (undefined and defined)."""
     f = tree.read(path)
     if f is None or f.read(4) != ELF_MAGIC:
         return None
@@ -149,7 +163,12 @@ def read_elf(tree: ImageTree, path: str) -> ElfObject | None:
         rpath: list[str] = []
         runpath: list[str] = []
         soname = None
+        undefined: set[str] = set()
+        defined: set[str] = set()
+        dynsym = None
         for section in elf.iter_sections():
+            if isinstance(section, SymbolTableSection) and section.name == ".dynsym":
+                dynsym = section
             if not isinstance(section, DynamicSection):
                 continue
             for tag in section.iter_tags():
@@ -161,7 +180,21 @@ def read_elf(tree: ImageTree, path: str) -> ElfObject | None:
                     runpath += tag.runpath.split(":")
                 elif tag.entry.d_tag == "DT_SONAME":
                     soname = tag.soname
-        return ElfObject(path, elf["e_machine"], elf.elfclass, tuple(needed), tuple(rpath), tuple(runpath), soname)
+        # symbols only of the objects that link a symbol-checked library or are one: reading every
+        # symbol table of a CUDA stack would cost minutes
+        names = [*needed, soname or "", posixpath.basename(path)]
+        if symbols is not None and dynsym is not None and \
+                any(fnmatch.fnmatch(n, g) for n in names for g in SYMBOL_CHECKED):
+            for sym in dynsym.iter_symbols():
+                if not sym.name or sym["st_info"]["bind"] == "STB_LOCAL" or not symbols.match(sym.name):
+                    continue
+                if sym["st_shndx"] == "SHN_UNDEF":
+                    if sym["st_info"]["bind"] != "STB_WEAK":
+                        undefined.add(sym.name)
+                else:
+                    defined.add(sym.name)
+        return ElfObject(path, elf["e_machine"], elf.elfclass, tuple(needed), tuple(rpath), tuple(runpath), soname,
+                         frozenset(undefined), frozenset(defined))
     except (ELFError, ValueError, KeyError, OSError, AssertionError):
         return None
 
@@ -205,9 +238,10 @@ def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], opti
     `variants`: name -> a pattern over ELF paths whose first group names the variant of a set of
     alternatives; one variant whose files all resolve suffices (see `accept_variants`)."""
     objects: dict[str, ElfObject] = {}
+    symbols = re.compile("|".join(f"(?:{p.pattern})" for p in SYMBOL_CHECKED.values()))
     for path, m in tree.entries.items():
         if m.isfile() and m.size >= 52 or m.islnk():
-            obj = read_elf(tree, path)
+            obj = read_elf(tree, path, symbols)
             if obj is not None:
                 objects[path] = obj
     by_name: dict[str, list[str]] = {}
@@ -232,7 +266,14 @@ def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], opti
         for needed in obj.needed:
             if needed in injected:
                 continue
-            if _find(tree, objects, obj, needed, dirs):
+            found = _find(tree, objects, obj, needed, dirs)
+            if found:
+                missing = _missing_symbols(obj, objects[found], needed)
+                if missing:
+                    report.errors.append(Finding(obj.path, needed, (
+                        f"resolves to {found}, which lacks {len(missing)} symbol(s) it needs: "
+                        f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''} (an older build than the one "
+                        "it was linked against; `import` fails with `undefined symbol`)")))
                 continue
             why = next((w for g, w in optional.items() if fnmatch.fnmatch(obj.path, g)), None)
             elsewhere = [p for p in by_name.get(needed, []) if objects[p].machine == obj.machine]
@@ -244,6 +285,7 @@ def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], opti
                                                "`import torch`) provides it"))
             else:
                 report.errors.append(Finding(obj.path, needed, "found nowhere in the image"))
+    _one_copy_and_forbidden(tree, objects, machine, report)
     checked_paths = [o.path for o in objects.values()
                      if (not only_under or any(o.path.startswith(p.rstrip("/") + "/") for p in only_under))
                      and not (machine and o.machine != machine)]
@@ -285,15 +327,40 @@ def accept_variants(report: ClosureReport, name: str, pattern: re.Pattern[str], 
     report.notes.append(note)
 
 
-def _find(tree: ImageTree, objects: Mapping[str, ElfObject], obj: ElfObject, needed: str, dirs: list[str]) -> bool:
+def _find(tree: ImageTree, objects: Mapping[str, ElfObject], obj: ElfObject, needed: str,
+          dirs: list[str]) -> str | None:
+    """The image path the loader would load for `needed`, or None."""
     candidates = [needed] if "/" in needed else [posixpath.join(d, needed) for d in dirs]
     for c in candidates:
         real = tree.resolve(c)
         if real is not None and real in objects:
             lib = objects[real]
             if lib.machine == obj.machine and lib.elfclass == obj.elfclass:
-                return True
-    return False
+                return real
+    return None
+
+
+def _missing_symbols(obj: ElfObject, lib: ElfObject, needed: str) -> list[str]:
+    """The symbols of a symbol-checked library (SYMBOL_CHECKED) that `obj` needs and `lib` lacks."""
+    for glob, pattern in SYMBOL_CHECKED.items():
+        if fnmatch.fnmatch(needed, glob):
+            return sorted(s for s in obj.undefined if pattern.match(s) and s not in lib.defined)
+    return []
+
+
+def _one_copy_and_forbidden(tree: ImageTree, objects: Mapping[str, ElfObject], machine: str | None,
+                            report: ClosureReport) -> None:
+    """Errors for a second copy of a one-copy library (ONE_COPY) and for a forbidden file (FORBIDDEN_FILES)."""
+    for glob in ONE_COPY:
+        copies = sorted(p for p, o in objects.items() if fnmatch.fnmatch(posixpath.basename(p), glob)
+                        and tree.entries[p].isfile() and not (machine and o.machine != machine))
+        for extra in copies[1:]:
+            report.errors.append(Finding(extra, glob.rstrip("*"), (
+                f"a second copy (besides {copies[0]}): exactly one may be in an image, so that every "
+                "library that links it (torch, vLLM) loads the same one")))
+    for path, why in FORBIDDEN_FILES.items():
+        if tree.resolve(path) is not None and tree.is_file(tree.resolve(path) or path):
+            report.errors.append(Finding(path, posixpath.basename(path), f"must not be in an image: {why}"))
 
 
 def check_tar(tar_path: Path, env: Mapping[str, str], only_under: Sequence[str] = (),

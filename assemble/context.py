@@ -17,6 +17,21 @@ from wheelfactory.wheelhouse import atomic_write_text
 
 from .layers import Layer
 
+IMAGE_FILES = Path(__file__).resolve().parent / "imagefiles"
+
+
+def write_image_files(context: Path) -> None:
+    """context/imagefiles/: the scripts every image carries (entrypoint, Triton check), byte for byte."""
+    dest = context / "imagefiles"
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = {p.name for p in IMAGE_FILES.glob("*.py") if p.name != "__init__.py"}
+    for old in dest.iterdir():
+        if old.name not in wanted:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    for name in sorted(wanted):
+        atomic_write_text(dest / name, (IMAGE_FILES / name).read_text())
+        (dest / name).chmod(0o644)  # BuildKit hashes the mode into the cache key
+
 
 def requirements_txt(layer: Layer) -> str:
     """pip requirements with the lock's hashes for one layer (empty when the layer has no wheels)."""
@@ -38,7 +53,9 @@ def _link(src: Path, dest: Path) -> None:
 
 
 def write_context(context: Path, layers: Sequence[Layer], wheel_dir: Path) -> None:
-    """Fill context/layers/<name>/ for every layer and remove anything left from an earlier run."""
+    """Fill context/layers/<name>/ for every layer and context/imagefiles/, and remove anything left
+    from an earlier run."""
+    write_image_files(context)
     root = context / "layers"
     root.mkdir(parents=True, exist_ok=True)
     wanted = {layer.name for layer in layers}

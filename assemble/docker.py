@@ -50,15 +50,29 @@ class Docker:
         except (OSError, subprocess.TimeoutExpired):
             return False
 
+    def has_default_bridge(self) -> bool:
+        """Whether the engine has its default bridge network (not with `dockerd --bridge=none`)."""
+        try:
+            return self._run(["network", "inspect", "bridge"], timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def pull(self, ref: str) -> None:
+        """Pull an image from its registry; BuildError with the engine's reason."""
+        r = self._run(["pull", "--", ref])
+        if r.returncode != 0:
+            raise BuildError(f"docker pull {ref}: {(r.stderr or r.stdout).strip()[-2000:]}")
+
     def build_command(self, dockerfile: Path, context: Path, tag: str, build_args: Mapping[str, str],
-                      network_none: bool, buildx: bool) -> list[str]:
-        """The build command line (BuildKit through buildx, or the classic client with DOCKER_BUILDKIT=1)."""
+                      network: str | None, buildx: bool) -> list[str]:
+        """The build command line (BuildKit through buildx, or the classic client with DOCKER_BUILDKIT=1);
+        `network` is the RUN steps' network (none, host), None for the engine's default."""
         cmd = [self.binary, "buildx", "build", "--load"] if buildx else [self.binary, "build"]
         cmd += ["--progress=plain", "-f", str(dockerfile), "-t", tag]
         for k, v in build_args.items():
             cmd += ["--build-arg", f"{k}={v}"]
-        if network_none:
-            cmd.append("--network=none")
+        if network:
+            cmd.append(f"--network={network}")
         return cmd + ["--", str(context)]  # `--`: a path or reference is never an option
 
     def build(self, cmd: Sequence[str], log: Path) -> None:
@@ -104,7 +118,7 @@ class Docker:
         r = self._run(["image", "ls", "--format", "{{.Tag}}", "--", repository])
         return [t for t in r.stdout.split() if t != "<none>"] if r.returncode == 0 else []
 
-    def run(self, ref: str, argv: Sequence[str], network: str = "none",
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """Run a command in a throw-away container (no network by default)."""
-        return self._run(["run", "--rm", f"--network={network}", "--", ref, *argv], timeout=timeout)
+    def run(self, ref: str, argv: Sequence[str], network: str = "none", timeout: float = 600,
+            options: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """Run a command in a throw-away container (no network by default); `options` go before the image."""
+        return self._run(["run", "--rm", f"--network={network}", *options, "--", ref, *argv], timeout=timeout)

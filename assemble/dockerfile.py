@@ -15,7 +15,10 @@ from wheelfactory.errors import InputError
 from wheelfactory.grammar import check_text
 
 from .bases import BaseImage
-from .spec import VENV, ImageSpec, jit_root_links
+from .devtoolkit import CONTEXT_DIR, DEV_CUDA_HOME, required_paths
+from .spec import VENV, VLLM_UID, ImageSpec, jit_root_links
+
+IMAGE_FILES = "/opt/wheelfactory"  # the image's own checks (assemble/imagefiles), copied from the context
 
 # pip flags of every wheel layer:
 #   --no-index --find-links  the layer's own bind-mounted wheels, never an index
@@ -47,22 +50,79 @@ def _continued(lines: Sequence[str], indent: str = "    ") -> str:
     return (" \\\n" + indent).join(lines)
 
 
+def _apt(packages: Sequence[str]) -> str:
+    """One apt RUN that leaves no package lists, downloaded .debs or apt caches in its layer: a base
+    without the docker-clean apt setting of Debian's and Ubuntu's own images (the debootstrapped CI
+    base) kept 79 MB of them in a 2 MB install, and 194 MB in the dev image's tooling layer."""
+    return "RUN " + _continued(["apt-get update",
+                                "&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+                                + " ".join(sorted(packages)),
+                                "&& apt-get clean && rm -rf /var/lib/apt/lists/*"])
+
+
+def provision_packages(spec: ImageSpec, base: BaseImage) -> list[str]:
+    """What the first RUN installs: the base's Python, and the JIT's host compiler when the image has one."""
+    jit = bool(spec.jit_home) and bool(base.jit_packages)
+    packages = list(base.python_packages)
+    return packages + ([p for p in base.jit_packages if p not in packages] if jit else [])
+
+
 def _provision(spec: ImageSpec, base: BaseImage) -> list[str]:
-    jit = bool(spec.env.get("CUDA_HOME")) and bool(base.jit_packages)
-    packages = list(base.python_packages) + (list(base.dev_packages) if spec.dev_tooling else [])
-    packages += [p for p in base.jit_packages if p not in packages] if jit else []
+    packages = provision_packages(spec, base)
     if not packages:
         return []
-    why = "python and build tooling" if spec.dev_tooling else f"python {base.python}: the base image has none"
-    if jit:
-        why += "; the host C++ compiler and linker that nvcc and FlashInfer's JIT run"
-    if base.provision == "apt":
-        return [f"# {why}",
-                "RUN " + _continued(["apt-get update",
-                                     "&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-                                     + " ".join(sorted(packages)),
-                                     "&& rm -rf /var/lib/apt/lists/*"]), ""]
-    raise AssertionError(base.provision)
+    why = ([f"python {base.python}: the base image has none"] if base.python_packages else []) + \
+        (["the host C++ compiler and linker that nvcc and FlashInfer's JIT run"] if spec.jit_home and base.jit_packages
+         else [])
+    if base.family == "debian":
+        return [f"# {'; '.join(why)}", _apt(packages), ""]
+    raise AssertionError(base.family)
+
+
+def extra_runs(spec: ImageSpec, base: BaseImage) -> list[str]:
+    """Names of the RUNs after the wheel layers, in order (the size report names every RUN)."""
+    return ((["jit-links"] if jit_root_links(_jit_env(spec)) else [])
+            + (["tooling"] if spec.dev_tooling and base.dev_packages else [])
+            + (["toolkit"] if spec.dev_tooling else []) + (["user"] if spec.user else []))
+
+
+def _dev_tooling(spec: ImageSpec, base: BaseImage) -> list[str]:
+    """Compilers and build tools of a -dev image, after the wheel layers: the dev image shares every
+    earlier layer with the runtime image."""
+    if not (spec.dev_tooling and base.dev_packages):
+        return []
+    if base.family != "debian":
+        raise AssertionError(base.family)
+    return ["# build tooling: compilers, CMake, Ninja, the Python headers extensions compile against",
+            _apt(base.dev_packages), ""]
+
+
+def _dev_toolkit(spec: ImageSpec) -> list[str]:
+    """The release's CUDA toolkit at DEV_CUDA_HOME, from the build context; the build fails on a missing piece."""
+    if not spec.dev_tooling:
+        return []
+    check = " ".join(required_paths())
+    return ["# the release's CUDA toolkit from NVIDIA's wheels, laid out as the factory builds with it; the wheels",
+            "# the venv already installed are links into it, so only nvcc, NVVM, CCCL, ... and the libcuda stub add up",
+            f"RUN --mount=type=bind,source={CONTEXT_DIR},target=/toolkit \\\n    " + _continued([
+                f"mkdir -p {DEV_CUDA_HOME} && cp -a /toolkit/. {DEV_CUDA_HOME}/",
+                f"&& for f in {check}; do test -e \"{DEV_CUDA_HOME}/$f\" || "
+                "{ echo \"toolkit: missing $f\" >&2; exit 1; }; done"]), ""]
+
+
+def _user(spec: ImageSpec) -> list[str]:
+    """The image's non-root user (uid 1000; the uid-1000 user of an Ubuntu base is replaced)."""
+    if not spec.user:
+        return []
+    name = shlex.quote(spec.user)
+    return ["# a non-root user to run as; `docker run --user root` (or -u 0) overrides it",
+            "RUN " + _continued([f"if other=$(id -nu {VLLM_UID} 2>/dev/null); then userdel --remove \"$other\"; fi",
+                                 f"&& useradd --create-home --uid {VLLM_UID} --user-group --shell /bin/bash {name}"]),
+            ""]
+
+
+def _jit_env(spec: ImageSpec) -> dict[str, str]:
+    return {"CUDA_HOME": spec.jit_home} if spec.jit_home else {}
 
 
 def _system_libraries(base: BaseImage, system: Sequence[tuple[str, str, Sequence[str]]]) -> list[str]:
@@ -73,10 +133,7 @@ def _system_libraries(base: BaseImage, system: Sequence[tuple[str, str, Sequence
         raise AssertionError(base.family)  # needed_system_packages refuses a family without names
     names = sorted({n for _, _, pkgs in system for n in pkgs})
     out = [f"# system libraries {name} loads: {about}" for name, about, _ in system]
-    return out + ["RUN " + _continued(["apt-get update",
-                                       "&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-                                       + " ".join(names),
-                                       "&& rm -rf /var/lib/apt/lists/*"]), ""]
+    return out + [_apt(names), ""]
 
 
 def _venv(spec: ImageSpec, base: BaseImage) -> list[str]:
@@ -124,17 +181,36 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
     out += [f"# Image {spec.ref()} ({spec.variant}). The build context holds layers/<name>/: a layer's",
             "# locked wheels and its requirements.txt with their hashes. Each RUN bind-mounts one of them,",
             "# so no wheel is ever copied into a layer.",
-            f"FROM {base.ref}", ""]
+            f"FROM {base.pinned_ref}", ""]
+    # Right after FROM: the size report counts the RUN layers at the image's end as the assembler's,
+    # and a COPY among them would shift them. These few files change rarely (a change rebuilds every
+    # layer after it).
+    out += ["# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile",
+            f"COPY imagefiles/ {IMAGE_FILES}/", ""]
     out += _provision(spec, base)
     out += _system_libraries(base, system)
     out += _venv(spec, base)
     for name, about in layers:
         out += [f"# {name}: {about}",
                 f"RUN --mount=type=bind,source=layers/{name},target=/wheels \\\n    {PIP_INSTALL}", ""]
-    out += _jit_root(env)
+    out += _jit_root(_jit_env(spec))
+    out += _dev_tooling(spec, base)
+    out += _dev_toolkit(spec)
+    out += _user(spec)
     env = {"VIRTUAL_ENV": VENV, "PATH": f"{VENV}/bin:$PATH"} | env
     out.append("ENV " + _continued([f"{_key(k)}={_quote(v, f'ENV {k}')}" for k, v in env.items()]))
     out.append("")
+    if spec.user:
+        # numeric, so that an engine can tell it is not root without the image's /etc/passwd
+        out += [f"USER {VLLM_UID}:{VLLM_UID}", f"WORKDIR /home/{spec.user}", ""]
+    if spec.entrypoint:
+        # -I -S: the gate runs on the standard library alone, whatever PYTHON* variables a user sets,
+        # without site-packages' .pth hooks; -B: it writes no .pyc into the image's container.
+        # `docker run IMAGE` serves (vllm serve); options alone go to vllm serve; any other command
+        # runs after the check; --entrypoint replaces the check (README: Images).
+        out += ["# check the host's NVIDIA driver against the image's CUDA, then run the command",
+                f'ENTRYPOINT ["{VENV}/bin/python", "-I", "-S", "-B", "{IMAGE_FILES}/entrypoint.py"]',
+                'CMD ["vllm", "serve"]', ""]
     # Build-time values come last: a new date or revision must not invalidate any cached layer.
     out += [f"ARG {arg}" for arg in sorted(set(spec.arg_labels.values()))]
     labels = {k: v for k, v in spec.labels.items()} | {k: "${" + a + "}" for k, a in spec.arg_labels.items()}

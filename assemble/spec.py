@@ -14,6 +14,8 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from wheelfactory.cuda_arch import parse_arch_list, torch_arch_list
+from wheelfactory.cuda_drivers import driver_floor, gate_env
 from wheelfactory.errors import InputError
 from wheelfactory.grammar import (
     OCI_NAME_MAX,
@@ -24,8 +26,10 @@ from wheelfactory.grammar import (
     check_text,
 )
 from wheelfactory.release import Release
+from wheelfactory.triton_ptxas import ptxas_env
 
 from .datafiles import load_data
+from .devtoolkit import DEV_CUDA_HOME
 
 DEFAULT_NAMESPACE = "dev.wheelfactory"
 VENV = "/opt/venv"
@@ -37,7 +41,17 @@ VERSION_LABELS = ("nccl", "torch", "torchvision", "torchaudio", "triton", "flash
 # last RUN so that a new value never invalidates a cached layer (and stays out of snapshots).
 BUILD_ARG_LABELS = {"org.opencontainers.image.created": "WF_CREATED",
                     "org.opencontainers.image.revision": "WF_REVISION",
-                    "org.opencontainers.image.source": "WF_SOURCE"}
+                    "org.opencontainers.image.source": "WF_SOURCE",
+                    # the base's registry digest (or a local base's image ID), resolved when building
+                    "org.opencontainers.image.base.digest": "WF_BASE_DIGEST"}
+
+# The build arg of a -dev image's toolkit label: "wheels:<cuda>:<identity>" of its toolkit pins (devtoolkit.py).
+TOOLKIT_ARG = "WF_CUDA_TOOLKIT"
+
+# The non-root user of vLLM images (vLLM needs no root: its caches go to $HOME/.cache). uid 1000,
+# the first user of most hosts, so that a mounted cache directory is writable for both.
+VLLM_USER = "vllm"
+VLLM_UID = 1000
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Settings:
     repository: str | None = None  # overrides the release's [image].repository
     base_image: str | None = None  # overrides every image's base (e.g. a local base)
     max_layer_bytes: int = 8 * 10**9  # installed bytes per layer; registries reject layers over 10 GB
+    network: str = "auto"  # RUN steps that install packages: auto (host without a default bridge), host, default
 
 
 @dataclass(frozen=True)
@@ -78,7 +93,11 @@ class ImageSpec:
     labels: Mapping[str, str]  # known from the release
     arg_labels: Mapping[str, str]  # label -> build arg
     env: Mapping[str, str] = field(default_factory=dict)  # set after the wheels are installed
-    dev_tooling: bool = False
+    # the entrypoint that checks the host's driver (imagefiles/entrypoint.py) before `vllm serve`
+    entrypoint: bool = False
+    dev_tooling: bool = False  # build tooling and the release's CUDA toolkit at DEV_CUDA_HOME
+    jit_home: str | None = None  # CUDA_HOME of the JIT toolkit wheels in the venv (runtime and dev images)
+    user: str | None = None  # the non-root user the image runs as (vLLM images)
     transformers_major: str | None = None
     vllm_version: str | None = None
 
@@ -135,10 +154,13 @@ def cuda_minor(cuda: str) -> str:
 
 
 def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
-    """CUDA_HOME, TRITON_PTXAS_PATH and PATH into the JIT toolkit wheels, when the release pins them all.
+    """CUDA_HOME, every ptxas variable of the release's Triton and PATH into the JIT toolkit wheels,
+    when the release pins them all.
 
     NVIDIA's CUDA 13 wheels install into site-packages/nvidia/cu13/{bin,include,lib,nvvm}, the
-    layout of a CUDA toolkit root (nvcc.profile finds nvvm/ and include/ relative to bin/).
+    layout of a CUDA toolkit root (nvcc.profile finds nvvm/ and include/ relative to bin/). Triton
+    >= 3.6 runs TRITON_PTXAS_BLACKWELL_PATH's ptxas for sm_100 and up (the Spark's sm_121a), not
+    TRITON_PTXAS_PATH's (wheelfactory/data/triton_ptxas.toml).
     """
     _, jit = cuda_wheel_names(recipes_dir)
     needed = jit.get(cuda_minor(release.target.cuda), set())
@@ -147,7 +169,8 @@ def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
         return {}
     major = release.target.cuda.split(".")[0]
     home = f"{VENV}/lib/python{release.target.python}/site-packages/nvidia/cu{major}"
-    return {"CUDA_HOME": home, "TRITON_PTXAS_PATH": f"{home}/bin/ptxas", "PATH": f"{VENV}/bin:{home}/bin:$PATH"}
+    return {"CUDA_HOME": home, **ptxas_env(release.version_of("triton"), f"{home}/bin/ptxas"),
+            "PATH": f"{VENV}/bin:{home}/bin:$PATH"}
 
 
 def jit_root_links(env: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -171,14 +194,29 @@ def _major(version: str, what: str, release: Release) -> str:
         raise InputError(f"{release.path}: {what} {version!r} is not a version") from None
 
 
-def _labels(release: Release, ns: str, title: str, tag: str) -> dict[str, str]:
+def dev_env(release: Release) -> dict[str, str]:
+    """The environment of a -dev image: its toolkit at DEV_CUDA_HOME and the release's arch list, so that
+    torch's cpp_extension and CMake builds compile for the release's GPUs without being told."""
+    return {"CUDA_HOME": DEV_CUDA_HOME, **ptxas_env(release.version_of("triton"), f"{DEV_CUDA_HOME}/bin/ptxas"),
+            "PATH": f"{VENV}/bin:{DEV_CUDA_HOME}/bin:$PATH",
+            "TORCH_CUDA_ARCH_LIST": torch_arch_list(parse_arch_list(release.target.cuda_arch_list))}
+
+
+def _labels(release: Release, ns: str, title: str, tag: str, base: str) -> dict[str, str]:
     labels = {f"{ns}.release": release.name, f"{ns}.cuda_version": release.target.cuda}
+    floor = driver_floor(release.target.cuda)
+    if floor is not None:
+        # the host driver the image needs (its entrypoint refuses an older one), and the one its
+        # toolkit's PTX needs to be JIT-compiled (wheelfactory/data/cuda_drivers.toml)
+        labels[f"{ns}.min_driver"] = floor.minimum_driver
+        labels[f"{ns}.ptx_driver"] = floor.ptx_driver
     for name in VERSION_LABELS:
         version = release.version_of(name)
         if version:
             labels[f"{ns}.{name}_version"] = version
     labels["org.opencontainers.image.title"] = title
     labels["org.opencontainers.image.version"] = tag
+    labels["org.opencontainers.image.base.name"] = base
     return labels
 
 
@@ -222,8 +260,9 @@ def _image_specs(release: Release, recipes_dir: Path, settings: Settings) -> lis
     check_label_namespace(ns, "--label-namespace")
     groups = release_groups(release, recipes_dir)
     arg_labels = dict(BUILD_ARG_LABELS) | {f"{ns}.{c}_build_key": build_key_arg(c) for c in sorted(release.components)}
+    jit = jit_env(release, recipes_dir)
     common = dict(release=release.name, python=release.target.python, platform=release.target.platform,
-                  groups=groups, arg_labels=arg_labels, env=jit_env(release, recipes_dir))
+                  groups=groups, arg_labels=arg_labels, jit_home=jit.get("CUDA_HOME"))
     if kind == "vllm":
         vllm = release.version_of("vllm")
         transformers = release.version_of("transformers")
@@ -235,10 +274,11 @@ def _image_specs(release: Release, recipes_dir: Path, settings: Settings) -> lis
             raise InputError(f"{release.path}: a vllm image is tagged <vllm>-t<transformers major>; the release "
                              "needs [components.vllm] and [pins] transformers, or an explicit [image] tag")
         t_major = _major(transformers, "transformers", release) if transformers else None
-        return [ImageSpec(variant="runtime", repository=repository, tag=tag,
-                          base=settings.base_image or image["base"],
-                          labels=_labels(release, ns, repository, tag), transformers_major=t_major,
-                          vllm_version=vllm, **common)]
+        base = settings.base_image or image["base"]
+        return [ImageSpec(variant="runtime", repository=repository, tag=tag, base=base,
+                          labels=_labels(release, ns, repository, tag, base), transformers_major=t_major,
+                          vllm_version=vllm, env={**jit, **gate_env(release.target.cuda)}, user=VLLM_USER,
+                          entrypoint=True, **common)]
     torch = release.version_of("torch")
     if "tag" in image:
         tag = image["tag"]
@@ -246,12 +286,16 @@ def _image_specs(release: Release, recipes_dir: Path, settings: Settings) -> lis
         tag = f"{torch}-cu{cuda_minor(release.target.cuda).replace('.', '')}"
     else:
         raise InputError(f"{release.path}: a pytorch image is tagged <torch>-cu<cuda>; add [components.torch]")
-    if "dev_base" not in image and not settings.base_image:
-        raise InputError(f"{release.path}: a pytorch release needs [image] dev_base (a CUDA devel image) "
-                         "for its -dev image")
     specs = []
-    for variant, base in (("dev", image.get("dev_base")), ("runtime", image["base"])):
+    # The dev image is the runtime image plus build tooling and the release's toolkit, on the same base
+    # (a `dev_base`, e.g. a CUDA devel image, is still honoured: docs/IMAGES.md compares the two).
+    for variant, base in (("dev", image.get("dev_base", image["base"])), ("runtime", image["base"])):
         repo = f"{repository}-{variant}"
-        specs.append(ImageSpec(variant=variant, repository=repo, tag=tag, base=settings.base_image or base,
-                               labels=_labels(release, ns, repo, tag), dev_tooling=variant == "dev", **common))
+        base = settings.base_image or base
+        dev = variant == "dev"
+        labels = {**arg_labels, **({f"{ns}.cuda_toolkit": TOOLKIT_ARG} if dev else {})}
+        specs.append(ImageSpec(variant=variant, repository=repo, tag=tag, base=base,
+                               labels=_labels(release, ns, repo, tag, base), dev_tooling=dev,
+                               env=jit | dev_env(release) if dev else jit,
+                               **(common | {"arg_labels": labels})))
     return specs

@@ -65,6 +65,9 @@ def build(ctx) -> list[Path]:
     builddir = ctx.work / "build"
     ctx.run(_make_command(ctx, builddir))
     tree = ctx.work / "wheel-tree"
+    # A resumed work tree may hold the tree a stopped run began packing: start it over, so that
+    # the hook is idempotent (it once failed here with FileExistsError on resume).
+    shutil.rmtree(tree, ignore_errors=True)
     lib_dir = tree / "nvidia" / "nccl" / "lib"
     lib_dir.mkdir(parents=True)
     # Wheels hold no symlinks: ship the real library under its soname, as PyPI's wheel does.

@@ -120,8 +120,11 @@ class Lab:
 
     def build_args(self, component: str, round_: str, *extra: str, offline: bool = True) -> list[str]:
         secrets = [a for n in self.names for a in ("--secret-env", f"{n}:{CANARY_VAR}")]
+        # The canary also rides on the command line, as a secret-looking --env value: no lock file
+        # (which once recorded sys.argv) and no "waiting for the lock" message may hold it.
         return ["build", "--release", "r", "--no-host-check", *(["--offline"] if offline else []), *secrets,
-                "--env", f"{component}:ROUND={round_}", *extra, component]
+                "--env", f"{component}:ROUND={round_}", "--env", f"{component}:API_TOKEN={self.canary}", *extra,
+                component]
 
     def cli(self, *args: str, wheelhouse: Path | None = None, cache: Path | None = None,
             timeout: float = 600) -> Run:
@@ -577,7 +580,52 @@ BAD_INPUTS = (
              lambda lab, d: ["plan", "--release", str(d / f"{LONG_NAME}.toml")]),
     BadInput("--wheelhouse name too long", 2, "too long for the file system",
              lambda lab, d: ["--wheelhouse", str(d / LONG_NAME), "plan", "--release", "r"]),
+    # Names are not paths: a manifest or lock entry naming a file outside the wheelhouse.
+    BadInput("manifest entry outside the wheelhouse", 2, "'../victim-1.0-py3-none-any.whl' is not a plain file name",
+             _with_manifest(b'{"wheels": {"../victim-1.0-py3-none-any.whl": {"dist": "victim", "version": "1.0", '
+                            b'"sha256": "0", "size": 1}}}')),
+    BadInput("lock entry outside the wheelhouse (venv)", 2, "corrupt lock: entry '../../etc/passwd'",
+             lambda lab, d: ["--wheelhouse", str(_write(d / "wh" / "locks" / "r.json", json.dumps(
+                 {"format": 1, "release": "r", "python": "3.12", "platform": "linux_x86_64", "top_level": [],
+                  "packages": [{"name": "x", "version": "1", "filename": "../../etc/passwd", "sha256": "0",
+                                "component": None, "origin": "pypi"}]})).parent.parent),
+                             "venv", str(d / "v"), "--release", "r"]),
+    BadInput("--wait nan", 2, "nan is not a number of seconds", _build("--wait", "nan")),
+    BadInput("--wait inf", 2, "inf is not a number of seconds", _build("--wait", "inf")),
+    BadInput("--cache-dir that is a file", 2, "is a file, not a directory",
+             lambda lab, d: ["--cache-dir", str(_write(d / "cachefile", "")), "plan", "--release", "r"]),
+    BadInput("cache list on a wheelhouse that is a file", 2, "is a file, not a directory",
+             lambda lab, d: ["--wheelhouse", str(_write(d / "wh", "")), "cache", "list"]),
+    BadInput("cache gc on a wheelhouse that is a file", 2, "is a file, not a directory",
+             lambda lab, d: ["--wheelhouse", str(_write(d / "wh", "")), "cache", "gc", "--dry-run",
+                             "--keep-sources"]),
+    BadInput("recipe module with a syntax error", 2, "not valid Python",
+             lambda lab, d: ["--recipes-dir", str(_write(d / "recipes" / "bad.py", "def x(:\n").parent), "list"]),
+    BadInput("recipe module raising on import", 2, "raised RuntimeError on import",
+             lambda lab, d: ["--recipes-dir", str(_write(d / "recipes" / "bad.py", "raise RuntimeError('x')\n").parent),
+                             "list"]),
+    BadInput("inspect of a zip without .dist-info", 2, "not a wheel",
+             lambda lab, d: ["inspect", str(_zip(d / "dist" / "demo-1.0-py3-none-any.whl", {"demo/__init__.py": ""}))]),
+    BadInput("adopted local file that is no wheel", 2, "nothing was built",
+             lambda lab, d: _build("--adopt", f"fault0={_write(d / 'dist' / 'fault0-1.0-py3-none-any.whl', 'no zip')}")(
+                 lab, d)),
+    BadInput("options on an adopted component", 2, "is adopted", _release(
+        "extends = '0.15.0-t4'\n[components.flashinfer]\nadopt = 'flashinfer-python==0.6.2'\n"
+        "options = { cubin = true }\n")),
+    BadInput("--source-dir that is a file", 2, "is a file, not a directory",
+             lambda lab, d: _build("--source-dir", f"fault0={_write(d / 'passwd', 'root:x:0:0')}")(lab, d)),
 )
+
+
+def _zip(path: Path, members: dict[str, str]) -> Path:
+    """A zip archive of `members` (name -> text) at path."""
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in members.items():
+            zf.writestr(name, text)
+    return path
 
 
 def _other_wheel(d: Path) -> Path:
@@ -638,8 +686,8 @@ point = sys.argv[1]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if point == "old wheel moved to attic":
     orig_attic = w.Wheelhouse._to_attic
-    def to_attic(self, name):
-        dest = orig_attic(self, name)
+    def to_attic(self, name, *args, **kwargs):  # whatever else _to_attic takes (same_as)
+        dest = orig_attic(self, name, *args, **kwargs)
         if dest is not None:
             die()
         return dest

@@ -79,12 +79,31 @@ def test_imports_and_nccl_without_network(docker: Docker, built) -> None:
     assert r.returncode == 0 and r.stdout.startswith("nccl "), r.stderr[-2000:]
 
 
+def test_runs_as_a_non_root_user_and_root_on_request(docker: Docker, built) -> None:
+    r = docker.run(T4, ["sh", "-c", "id -u; id -un; echo $HOME; touch $HOME/.cache-probe"])
+    assert r.returncode == 0 and r.stdout.split() == ["1000", "vllm", "/home/vllm"], r.stderr
+    assert docker.run(T4, ["id", "-u"], options=["--user", "root"]).stdout.strip() == "0"
+
+
+def test_entrypoint_gate_and_rdma_core_in_the_ci_image(docker: Docker, built) -> None:
+    # no GPU here: the driver gate says nothing and runs the command; NCCL's rdma-core loads
+    r = docker.run(T4, ["python", "-c", "import ctypes; [ctypes.CDLL(n) for n in ('libibverbs.so.1', "
+                                        "'libmlx5.so.1', 'librdmacm.so.1')]; print('rdma ok')"])
+    assert r.returncode == 0 and r.stdout == "rdma ok\n" and r.stderr == "", r.stderr[-2000:]
+    config = docker.inspect(T4)["Config"]
+    assert config["Entrypoint"][-1] == "/opt/wheelfactory/entrypoint.py" and config["Cmd"] == ["vllm", "serve"]
+    assert config["Labels"][f"{NS}.min_driver"] == "580" and "WHEELFACTORY_MIN_DRIVER=580" in config["Env"]
+
+
 def test_labels_say_what_is_inside(docker: Docker, built) -> None:
     labels = docker.inspect(T4)["Config"]["Labels"]
     assert labels[f"{NS}.vllm_version"] == "0.14.1" and labels[f"{NS}.torch_version"] == "2.13.0"
     assert labels[f"{NS}.transformers_version"] == "4.57.6" and labels[f"{NS}.nccl_version"] == "2.29.2-1"
     assert labels[f"{NS}.cuda_version"] == "13.0" and labels[f"{NS}.flashinfer_version"] == "0.6.2"
     assert labels["org.opencontainers.image.version"] == "0.14.1-t4" and labels["org.opencontainers.image.created"]
+    # a local base has no registry digest: its image ID names the base it was built on
+    assert labels["org.opencontainers.image.base.name"] == "local/debian-py:bookworm"
+    assert labels["org.opencontainers.image.base.digest"] == docker.inspect("local/debian-py:bookworm")["Id"]
     for component in ("nccl", "torch", "flashinfer", "vllm"):
         assert len(labels[f"{NS}.{component}_build_key"]) == 64
     r = docker.run(T4, ["python", "-c", "import transformers; print(transformers.__version__)"])
@@ -94,7 +113,7 @@ def test_labels_say_what_is_inside(docker: Docker, built) -> None:
 def test_no_wheels_caches_or_pyc_left(docker: Docker, built) -> None:
     # the base's own files (Debian's python-wheels, its .pyc) are not the assembler's
     script = "find / -xdev \\( -name '*.whl' -o -path '*/.cache/pip*' \\) -not -path '/usr/share/python-wheels/*'"
-    r = docker.run(T4, ["sh", "-c", script])
+    r = docker.run(T4, ["sh", "-c", script], options=["--user", "0"])  # every directory, /root included
     assert r.returncode == 0 and r.stdout == "", r.stdout
     # .pyc files no installed RECORD lists (a wheel may ship a few; pip's own come from ensurepip)
     r = docker.run(T4, ["python", "-B", "-c", PYC_NOT_IN_RECORD])  # -B: the check itself writes none
@@ -113,7 +132,8 @@ def test_size_report_overhead_under_two_percent(docker: Docker, built) -> None:
     asm = Assembler(factory, Settings(), out, docker)
     [p] = asm.prepare(str(CI_RELEASES / "ci.toml"))
     report = asm.size_report(p)
-    assert [x.name for x in report.layers] == ["venv", "cuda", "torch", "stack", "transformers"]
+    # system: rdma-core for NCCL (the stand-in nvidia-nccl-cu13), system_libraries.toml; user: the vLLM user
+    assert [x.name for x in report.layers] == ["system", "venv", "cuda", "torch", "stack", "transformers", "user"]
     assert report.installed > 2e9 and 0 <= report.overhead < 2.0, report.lines()
 
 
@@ -123,7 +143,7 @@ def test_closure_check_passes_and_fails_on_a_missing_library(docker: Docker, bui
     [p] = asm.prepare(str(CI_RELEASES / "ci.toml"))
     assert asm.check_closure(p).ok
     # A broken image: torch's bundled OpenMP runtime removed.
-    (tmp_path / "Dockerfile").write_text(f"FROM {T4}\nRUN find /opt/venv -name 'libgomp*.so*' -delete\n")
+    (tmp_path / "Dockerfile").write_text(f"FROM {T4}\nUSER root\nRUN find /opt/venv -name 'libgomp*.so*' -delete\n")
     r = subprocess.run([docker.binary, "build", "--network=none", "-t", BROKEN, str(tmp_path)],
                        env=dict(os.environ, DOCKER_BUILDKIT="1"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

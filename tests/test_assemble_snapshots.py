@@ -25,8 +25,11 @@ from .conftest import RECIPES
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
 RELEASES = ["0.15.0-t4", "0.15.0-t5", "pytorch-2.10.0-cu131", "0.33.0-t5"]
 # Packages of a release's lock that load system libraries (assemble/data/system_libraries.toml):
-# vLLM 0.33.0 requires torchcodec>=0.14 (its wheel's METADATA), so a lock of 0.33.0-t5 holds it.
-LOCKED_WITH_SYSTEM_LIBRARIES = {"0.33.0-t5": ("vllm", "torchcodec")}
+# vLLM 0.33.0 requires torchcodec>=0.14 (its wheel's METADATA), so a lock of 0.33.0-t5 holds it; every
+# release with an nccl component locks the factory's nvidia-nccl-cu13 (rdma-core for NCCL's IB/RoCE).
+LOCKED_WITH_SYSTEM_LIBRARIES = {"0.33.0-t5": ("vllm", "torchcodec", "nvidia-nccl-cu13"),
+                                "0.15.0-t4": ("nvidia-nccl-cu13",), "0.15.0-t5": ("nvidia-nccl-cu13",),
+                                "pytorch-2.10.0-cu131": ("nvidia-nccl-cu13",)}
 UPDATE = os.environ.get("WHEELFACTORY_UPDATE_SNAPSHOTS") == "1"
 # DL3008 (pin apt package versions): the base image's distribution snapshot decides them; pinning
 # Debian/Ubuntu revisions breaks every build once the archive moves on. The stack itself is pinned
@@ -80,7 +83,9 @@ def test_runtime_dockerfiles_only_install_wheels(factory: Factory) -> None:
     for name, text in all_files(factory).items():
         if not name.endswith(".Dockerfile"):
             continue
-        assert "COPY" not in text and "ADD " not in text, name
+        # the only COPY is of the image's own check scripts, never of a wheel
+        copies = [line for line in text.splitlines() if line.startswith("COPY")]
+        assert copies == ["COPY imagefiles/ /opt/wheelfactory/"] and "ADD " not in text, name
         for line in text.splitlines():
             if "pip install" in line:
                 for flag in ("--no-index", "--require-hashes", "--no-deps", "--no-cache-dir", "--no-compile"):

@@ -34,6 +34,15 @@ def test_vllm_release_tag_labels_and_groups(factory: Factory) -> None:
     assert spec.arg_labels["org.opencontainers.image.created"] == "WF_CREATED"
     assert spec.arg_labels[f"{ns}.torch_build_key"] == "WF_TORCH_BUILD_KEY"
     assert spec.env["TRITON_PTXAS_PATH"] == "/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin/ptxas"
+    # Triton 3.5.1 reads no other ptxas variable
+    assert "TRITON_PTXAS_BLACKWELL_PATH" not in spec.env
+
+
+def test_triton_38_image_points_the_blackwell_ptxas_at_the_toolkit(factory: Factory) -> None:
+    # Triton >= 3.6 runs TRITON_PTXAS_BLACKWELL_PATH's ptxas for sm_121a, not TRITON_PTXAS_PATH's
+    [spec] = image_specs(factory.release("0.33.0-t5"), RECIPES)
+    ptxas = "/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin/ptxas"
+    assert spec.env["TRITON_PTXAS_BLACKWELL_PATH"] == ptxas and spec.env["TRITON_PTXAS_PATH"] == ptxas
 
 
 def test_t5_differs_from_t4_only_in_transformers(factory: Factory) -> None:
@@ -48,9 +57,16 @@ def test_t5_differs_from_t4_only_in_transformers(factory: Factory) -> None:
 def test_pytorch_release_makes_dev_and_runtime(factory: Factory) -> None:
     dev, runtime = image_specs(factory.release("pytorch-2.10.0-cu131"), RECIPES)
     assert dev.ref() == "dgx-spark-pytorch-dev:2.10.0-cu131" and dev.dev_tooling
-    assert dev.base == "nvidia/cuda:13.1.0-devel-ubuntu24.04"
+    # the thin design: the runtime image's base, plus tooling and the release's toolkit at /usr/local/cuda
+    assert dev.base == runtime.base == "nvidia/cuda:13.1.0-base-ubuntu24.04"
     assert runtime.ref() == "dgx-spark-pytorch-runtime:2.10.0-cu131" and not runtime.dev_tooling
-    assert runtime.base == "nvidia/cuda:13.1.0-base-ubuntu24.04"
+    assert dev.env["CUDA_HOME"] == "/usr/local/cuda" and dev.env["TORCH_CUDA_ARCH_LIST"] == "12.1a"
+    assert dev.env["PATH"].split(":")[:2] == ["/opt/venv/bin", "/usr/local/cuda/bin"]
+    assert "CUDA_HOME" not in runtime.env and dev.user is None and runtime.user is None
+    assert dev.labels["org.opencontainers.image.base.name"] == "nvidia/cuda:13.1.0-base-ubuntu24.04"
+    assert dev.arg_labels["org.opencontainers.image.base.digest"] == "WF_BASE_DIGEST"
+    assert dev.arg_labels["dev.wheelfactory.cuda_toolkit"] == "WF_CUDA_TOOLKIT"
+    assert "dev.wheelfactory.cuda_toolkit" not in runtime.arg_labels
     assert [g.name for g in runtime.groups] == ["cuda", "torch", "stack"]  # no transformers pin
     assert "dev.wheelfactory.vllm_version" not in runtime.labels
 
@@ -164,3 +180,12 @@ def test_the_jit_root_run_line_works_in_a_posix_shell(tmp_path) -> None:
     assert (root / "lib" / "libcudart.so").readlink().as_posix() == "libcudart.so.13"
     (root / "lib" / "libcudart.so.13").unlink()
     assert subprocess.run(["sh", "-c", run]).returncode != 0
+
+
+def test_cuda_13_1_image_states_its_driver_floor_and_gates_on_it(factory: Factory) -> None:
+    [spec] = image_specs(factory.release("0.33.0-t5"), RECIPES)
+    ns = "dev.wheelfactory"
+    assert spec.labels[f"{ns}.min_driver"] == "580" and spec.labels[f"{ns}.ptx_driver"] == "590.44.01"
+    assert spec.entrypoint and spec.env["WHEELFACTORY_MIN_DRIVER"] == "580"
+    # never CUDA's forward-compatibility libcuda on the library path
+    assert not any("LD_LIBRARY_PATH" in k or "compat" in v for k, v in spec.env.items())

@@ -119,6 +119,6 @@ def test_build_refuses_huge_jobs_before_anything(tmp_path, monkeypatch, capsys):
 
 def test_manifest_entries_written_by_publish_pass_the_check(tmp_path):
     wh = Wheelhouse(tmp_path)
-    wh._write_manifest({"a.whl": {"dist": "a", "version": "1", "sha256": "0", "size": 1}})
-    assert list(wh.manifest()) == ["a.whl"]
+    wh._write_manifest({"a-1-py3-none-any.whl": {"dist": "a", "version": "1", "sha256": "0", "size": 1}})
+    assert list(wh.manifest()) == ["a-1-py3-none-any.whl"]
     assert json.loads((tmp_path / "manifest.json").read_text())["format"] == 1

@@ -55,7 +55,7 @@ class FakeUv:
         cmd = [str(c) for c in cmd]
         self.calls.append(cmd)
         given = {}
-        for flag in ("--override",):
+        for flag in ("--override", "--constraint"):
             given[flag] = Path(cmd[cmd.index(flag) + 1]).read_text()
         given["requirements.in"] = Path(cmd[cmd.index("--") + 1]).read_text()  # after "--": data, never an option
         self.files.append(given)

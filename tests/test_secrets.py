@@ -5,6 +5,7 @@ parent environment's own tokens are not handed to build scripts."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -117,3 +118,80 @@ def test_a_build_gets_the_secret_and_nothing_stores_it(tmp_path, monkeypatch):
               if p.is_file() and p.name != "seen" and CANARY.encode() in p.read_bytes()]
     assert stored == []  # manifest, index, log, build_env.sh, the wheel's provenance: none holds it
     assert "MY_TOKEN" in f.wheelhouse.manifest_path.read_text()
+
+
+# -- lock files and the messages of a process waiting on one -------------------------------------
+
+def test_a_lock_records_command_and_targets_never_option_values(tmp_path, monkeypatch):
+    """The canary of a secret-looking --env (and of a URL's password) reaches no lock file (the
+    wheelhouse's, a per-key work lock, any other file_lock) and no output, a waiting process's
+    message and the --wait refusal included."""
+    import threading
+
+    from wheelfactory.errors import LockedError
+    from wheelfactory.factory import Factory
+    from wheelfactory.interrupt import file_lock
+
+    from .conftest import invoke
+
+    f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
+    seen: dict[str, str] = {}
+
+    class HoldingExecutor:
+        """Takes the locks a build takes and, while holding them, has a second process-like waiter ask."""
+
+        def __init__(self, factory):
+            self.factory = factory
+
+        def build(self):
+            wh = self.factory.wheelhouse
+            with wh.lock(), file_lock(self.factory.cache_dir / "work" / "a-0123456789ab.lock"):
+                seen["wheelhouse"] = (wh.root / ".lock").read_text()
+                seen["work"] = (self.factory.cache_dir / "work" / "a-0123456789ab.lock").read_text()
+                said: list[str] = []
+
+                def wait() -> None:
+                    try:
+                        with wh.lock(timeout=0.6, on_wait=said.append):
+                            pass
+                    except LockedError as e:
+                        said.append(str(e))
+                t = threading.Thread(target=wait)
+                t.start()
+                t.join()
+                seen["waiter"] = "\n".join(said)
+            return []
+
+    monkeypatch.setattr(Factory, "executor", lambda self, *a, **k: HoldingExecutor(self))
+    r = invoke("--recipes-dir", str(f.recipes_dir), "--wheelhouse", str(f.wheelhouse_dir), "--cache-dir",
+               str(f.cache_dir), "build", "--release", "r", "--no-host-check", "--system-cuda",
+               "--env", f"a:API_TOKEN={CANARY}", "--env", f"a:URL=https://u:{CANARY}@h/x", "a")
+    assert r.returncode == 0, r.stderr
+    assert seen["wheelhouse"].startswith(f"pid {os.getpid()} (wheelfactory build a) since ")
+    assert seen["work"] == seen["wheelhouse"]
+    assert "held by pid" in seen["waiter"] and "(wheelfactory build a)" in seen["waiter"]
+    assert "gave up after" in seen["waiter"]
+    stored = [p for p in tmp_path.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+    assert stored == [] and CANARY not in r.stdout + r.stderr + "".join(seen.values())
+
+
+def test_the_shown_command_keeps_positional_words_without_secrets():
+    import click
+
+    from wheelfactory.secretenv import shown_command
+
+    @click.group()
+    def main():
+        pass
+
+    @main.command()
+    @click.argument("component")
+    @click.argument("wheel")
+    @click.option("--env")
+    def adopt(component, wheel, env):
+        return shown_command()
+
+    got = main.main(["adopt", "--env", CANARY, "torch", f"https://user:{CANARY}@h.example/t.whl?token={CANARY}"],
+                    standalone_mode=False)
+    assert got == "wheelfactory adopt torch https://h.example/t.whl"
+    assert shown_command() == "wheelfactory"  # outside a command: the program only

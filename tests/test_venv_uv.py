@@ -36,8 +36,9 @@ def locked_wheelhouse(tmp_path: Path) -> Wheelhouse:
     wh = Wheelhouse(tmp_path / "wh")
     wh.locks_dir.mkdir(parents=True)
     lock = {"format": LOCK_FORMAT, "release": "r", "python": "3.11", "platform": "linux_x86_64",
-            "top_level": ["six"], "packages": [{"name": "six", "version": "1.17.0", "filename": "six.whl",
-                                                "sha256": "0" * 64, "component": None, "origin": "pypi"}]}
+            "top_level": ["six"], "packages": [{"name": "six", "version": "1.17.0",
+                                                "filename": "six-1.17.0-py2.py3-none-any.whl", "sha256": "0" * 64,
+                                                "component": None, "origin": "pypi"}]}
     (wh.locks_dir / "r.json").write_text(json.dumps(lock))
     (wh.locks_dir / "r.txt").write_text("six==1.17.0 --hash=sha256:" + "0" * 64 + "\n")
     return wh

@@ -5,6 +5,7 @@ the CUDA objects' flags), before and after recipes/patches/vllm/<version>/."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def test_the_0_14_1_patches_are_declared_for_both_trees():
     patches = declared_patches(RECIPES, "vllm", "0.14.1", ("cutlass", "flash_attn", "flashmla", "qutlass",
                                                            "triton_kernels"))
     assert [p.name.rsplit("/", 1)[1] for p in patches["source"]] == [
-        "0001-marlin-sm120-native.patch", "0002-hadacore-c2x-sm120-native.patch", "0003-qutlass-sm120f.patch"]
+        "0001-marlin-sm120-native.patch", "0002-hadacore-c2x-sm120-native.patch", "0003-qutlass-sm120f.patch",
+        "0004-marlin-fp8-gate-sm12x.patch"]
     assert len(patches["flash_attn"]) == 2
     for p in patches["source"] + patches["flash_attn"]:
         header = p.path.read_text().split("\n--- a/", 1)[0]
@@ -190,6 +192,55 @@ def test_the_vllm_patches_apply_to_the_real_sdist(tmp_path, request, version, ex
     patches = declared_patches(RECIPES, "vllm", version, ("flash_attn",))["source"]
     apply_patches(tree, patches, Runner("vllm", tmp_path / "log"), "vllm")
     assert expected in (tree / "CMakeLists.txt").read_text()
+
+
+# Run-time gates that accept 12.0 and reject 12.1: an exact 120 in a capability comparison.
+EXACT_120_GATE = re.compile(r"(?:minor_capability|capability\(\s*)\s*(?:==\s*)?120\b|is_device_capability\(\s*120\s*\)")
+GATED_FILES = {"0.13.0": ("csrc/quantization/gptq_marlin/gptq_marlin.cu", "csrc/moe/marlin_moe_wna16/ops.cu",
+                          "vllm/model_executor/layers/quantization/utils/marlin_utils.py"),
+               "0.14.1": ("csrc/quantization/gptq_marlin/gptq_marlin.cu", "csrc/moe/marlin_moe_wna16/ops.cu",
+                          "vllm/model_executor/layers/quantization/utils/marlin_utils.py"),
+               "0.33.0": ("csrc/quantization/marlin/marlin.cu", "csrc/moe/marlin_moe_wna16/ops.cu",
+                          "vllm/model_executor/layers/quantization/utils/marlin_utils.py")}
+
+
+def exact_120_gates(tree: Path, files: tuple[str, ...]) -> list[str]:
+    """'file:line' of each run-time capability gate that names exactly 120 (rejects GB10's 12.1)."""
+    out = []
+    for name in files:
+        text = (tree / name).read_text()
+        # a Python call split over lines: join each `is_device_capability(\n 120\n)` onto one line
+        text = re.sub(r"\(\s*\n\s*(\d+)\s*\n\s*\)", r"(\1)", text)
+        out += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1) if EXACT_120_GATE.search(line)]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["0.13.0", "0.14.1", "0.33.0"])
+def test_the_patched_sdist_has_no_gate_that_rejects_12_1(tmp_path, request, version):
+    """The Marlin W4A8-FP8 gates (`== 120`) of 0.13.0 and 0.14.1 are there before the patches and gone
+    after (family 12); 0.33.0 has family checks upstream (vllm-project/vllm#35568)."""
+    import tarfile
+
+    from wheelfactory.patches import apply_patches
+    from wheelfactory.runner import Runner
+    sdist = vllm_sdist(Path(request.config.cache.mkdir("vllm-sdist")), version)
+    with tarfile.open(sdist) as tf:
+        members = [m for m in tf.getmembers() if m.name.split("/", 1)[-1] in GATED_FILES[version]
+                   or m.name.endswith("/CMakeLists.txt") and m.name.count("/") == 1]
+        tf.extractall(tmp_path, members=members, filter="data")
+    tree = tmp_path / f"vllm-{version}"
+    before = exact_120_gates(tree, GATED_FILES[version])
+    patches = declared_patches(RECIPES, "vllm", version, ("flash_attn",))["source"]
+    gate_patches = tuple(p for p in patches if "gate" in p.name)
+    apply_patches(tree, gate_patches, Runner("vllm", tmp_path / "log"), "vllm")
+    after = exact_120_gates(tree, GATED_FILES[version])
+    if version == "0.33.0":
+        assert before == [] and gate_patches == ()
+    else:
+        assert len(before) == 3 and after == [], (before, after)
+        assert "major_capability == 12," in (tree / GATED_FILES[version][0]).read_text()
+        assert "is_device_capability_family(120)" in (tree / GATED_FILES[version][2]).read_text()
 
 
 def test_extra_sources_can_be_replaced_by_the_release_or_the_command_line(factory, tmp_path):

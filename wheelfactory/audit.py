@@ -151,6 +151,10 @@ def audit_wheel(path: Path) -> WheelAudit:
     provenance = None
     try:
         with zipfile.ZipFile(path) as zf:
+            # A wheel has NAME-VERSION.dist-info/METADATA at its top (PEP 427); a zip without it
+            # that is merely named .whl is not judged a wheel (it was once, with exit 0).
+            if not any(n.count("/") == 1 and n.endswith(".dist-info/METADATA") for n in zf.namelist()):
+                raise InputError(f"{path}: not a wheel: no NAME-VERSION.dist-info/METADATA in it")
             for info in zf.infolist():
                 if _PROVENANCE_RE.match(info.filename):
                     provenance = _read_provenance(zf, info)

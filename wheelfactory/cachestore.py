@@ -225,6 +225,11 @@ class CacheStore:
             if superseded:
                 plan.remove.append(Item("attic", path, path.stat().st_size,
                                         "superseded: the manifest holds a newer build of it"))
+        # A build-requirements download killed before it moved its files (pydeps.py); an hour
+        # old, so not one in progress.
+        for temp in sorted((self.root / "pydeps").glob(".download-*")):
+            if _older_than(temp, _TEMP_AGE_S):
+                plan.remove.append(Item("temp", temp, tree_size(temp), "left by an interrupted download"))
         if keep_sources is None:
             if sources_note:
                 plan.skipped.append(f"{self.root / 'sources'}: left alone ({sources_note})")

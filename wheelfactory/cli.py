@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -27,8 +29,10 @@ from .installed import repack_installed
 from .installer import uv_cache_dir
 from .interrupt import Interrupted, install_handlers
 from .lock import lock_paths, lock_release
+from .one_cuda import load_cuda_wheels
 from .plan import CACHED, Plan
 from .progress import BOARD, QUIET, output_mode_set
+from .pydeps import pydeps_dir
 from .rebuild import components_to_rebuild
 from .release import Release, list_releases
 from .runner import Runner
@@ -165,6 +169,9 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
     for option, path in (("--wheelhouse", wheelhouse), ("--cache-dir", cache_dir), ("--recipes-dir", recipes_dir)):
         if path is not None:
             check_path_length(path.expanduser(), option)
+    cache = cache_dir.expanduser()
+    if cache.exists() and not cache.is_dir():  # every command keeps logs or sources there
+        raise InputError(f"--cache-dir {cache} is a file, not a directory; pass a directory")
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
                       wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
@@ -323,6 +330,13 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
     _echo("fetched everything the plan needs")
 
 
+def _finite_wait(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange(min=0) lets nan (every comparison false: a wait without end) and inf through.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds; give a finite number >= 0")
+    return value
+
+
 @cli.command()
 @plan_inputs
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="WHEELFACTORY_JOBS",
@@ -344,7 +358,7 @@ def fetch(factory: Factory, release: str, targets: tuple[str, ...], env: tuple[s
 @click.option("--no-host-check", is_flag=True, help="Skip the host checks that run first (see `wheelfactory doctor`).")
 @click.option("--fresh", is_flag=True,
               help="Start every step over: never resume a work tree a failed or stopped run left.")
-@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS", callback=_finite_wait,
               help="Give up (exit 3) when the wheelhouse lock is still held by another process after SECONDS "
                    "(default: wait as long as it takes, saying who holds it once a minute). Builds run outside "
                    "the lock; only publishing waits.")
@@ -485,6 +499,7 @@ def doctor(factory: Factory, release: str, targets: tuple[str, ...], python: str
 @click.argument("component")
 @click.argument("wheel_or_requirement", required=False)
 @release_option
+@system_cuda_option  # the adopted step's key, as the builds against it will compute it
 @click.option("--python", help="Interpreter of the target Python version (default: python<release version>).")
 @click.option("--from-python", "from_python", metavar="PYTHON",
               help="Adopt the distribution installed in this interpreter, repacked into a wheel (its files "
@@ -522,11 +537,12 @@ def _repack_from_python(factory: Factory, component: str, python: str, with_requ
     out = cache / "adopt" / "installed" / component
     wheels = repack_installed(python, outputs[0], out, runner, with_requires=with_requires)
     main_wheel, requires = wheels[0], wheels[1:]
-    (cache / "pydeps").mkdir(parents=True, exist_ok=True)
+    pydeps = pydeps_dir(cache, factory.index_url)  # offered to builds against this index only
+    pydeps.mkdir(parents=True, exist_ok=True)
     for wheel in requires:
-        shutil.move(str(wheel), cache / "pydeps" / wheel.name)
+        shutil.move(str(wheel), pydeps / wheel.name)
     _echo(f"repacked {main_wheel.name} from {python}" + (f" and {len(requires)} installed requirement(s) into "
-                                                        f"{cache / 'pydeps'}" if requires else ""))
+                                                        f"{pydeps}" if requires else ""))
     return main_wheel
 
 
@@ -547,7 +563,9 @@ def lock(factory: Factory, release: str, offline: bool, python: str | None, verb
     runner = Runner("lock", factory.cache_dir / "logs" / f"lock-{rel.name}.log", verbose=verbose)
     with factory.wheelhouse.lock(on_wait=_say_lock_holder):
         locked = lock_release(p, factory.wheelhouse, runner, find_python(rel.target.python, python),
-                              factory.index_url, offline=offline, refresh=refresh)
+                              factory.index_url, offline=offline, refresh=refresh,
+                              cuda_wheels=load_cuda_wheels(factory.data_root("cuda_wheels.toml") / "data" /
+                                                           "cuda_wheels.toml"))
     json_path, txt_path = lock_paths(factory.wheelhouse, rel.name)
     if locked.up_to_date:
         _echo(f"lock of {rel.name} up to date ({len(locked.packages)} packages; nothing it was made from changed): "
@@ -769,6 +787,7 @@ def cache_list(factory: Factory) -> None:
     and the wheelhouse's attic."""
     from .cachestore import CacheStore, busy, fmt_bytes, tree_size
 
+    factory.wheelhouse.check_root()  # a --wheelhouse that is a file: bad input, before anything is listed
     store = CacheStore(factory.cache_dir, factory.wheelhouse)
     rows = store.usage()
     click.echo(f"cache {factory.cache_dir}: {fmt_bytes(sum(r[3] for r in rows))}")
@@ -803,6 +822,7 @@ def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_so
     published wheels are never touched."""
     from .cachestore import CacheStore, built_from, fmt_bytes, kept_by, sources_in_use
 
+    factory.wheelhouse.check_root()  # a --wheelhouse that is a file: bad input, before anything goes
     for name in releases:
         factory.release(name)  # a --release that does not exist is bad input (exit 2), before anything goes
     from_wheels = set().union(*(kept_by(p) for p in built))  # a bad PATH is bad input, before anything goes
@@ -892,3 +912,10 @@ def main() -> None:
     except KeyboardInterrupt:
         _echo("interrupted; nothing partial was published")
         sys.exit(130)
+    except OSError as e:  # a full disk or a file in the way, outside any step: a message, not a traceback
+        if e.errno == errno.ENOSPC:
+            _echo(f"error: no space left on the device{f' writing {e.filename}' if e.filename else ''}; "
+                  "free some space and run again")
+        else:
+            _echo(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
+        sys.exit(1)

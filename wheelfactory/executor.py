@@ -24,11 +24,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adopt import check_adopted_wheel
 from .buildenv import inherited_environ
 from .ccache import ensure_ccache
 from .context import FetchContext
 from .crossbuild import CROSS, CrossSetup
-from .errors import InputError
+from .errors import BuildError, FactoryError, InputError
 from .fetch import SourceCache
 from .host import Host
 from .installer import Installer, default_installer, download
@@ -36,8 +37,10 @@ from .interrupt import file_lock
 from .outputs import adopted_wheel, audit_wheels
 from .plan import ADOPT, BUILD, CACHED, Plan, Step
 from .progress import StepClock, Timings, fmt_duration
+from .pydeps import pydeps_dir, record_pins
 from .recipe import LoadedRecipe
 from .runner import Runner
+from .sources import is_local_wheel
 from .stepbuild import (
     PHASES,
     BuiltStep,
@@ -46,11 +49,12 @@ from .stepbuild import (
     StoppedAfter,
     read_state,
     step_build_requirements,
+    step_failure,
     work_dir,
 )
 from .toolkit import ToolkitCache, WheelToolkit, toolkits_dir
 from .wheelhouse import Wheelhouse
-from .wheelmeta import sha256_file
+from .wheelmeta import read_wheel, sha256_file
 
 __all__ = ["PHASES", "ExecOptions", "Executor", "StepResult", "StoppedAfter", "find_python"]
 
@@ -120,7 +124,7 @@ class Executor:
         self.echo = echo
         self.installer = installer or default_installer(options.cache_dir, "pip" if options.use_pip else "uv")
         self.sources = SourceCache(options.cache_dir, options.index_url)
-        self.pydeps = options.cache_dir / "pydeps"
+        self.pydeps = pydeps_dir(options.cache_dir, options.index_url)  # this index's own (pydeps.py)
         self.logs = options.cache_dir / "logs"
         self._python: str | None = None
         self._ccache: list[str | None] = []  # resolved (and installed if need be) once per run
@@ -161,9 +165,10 @@ class Executor:
             if (hook := self.recipes[step.component].hook("fetch")) is not None:
                 hook(FetchContext(step, tree, self.opts.cache_dir, runner, offline=False, echo=self.echo))
             deps = [str(w) for d in step.build_with for w in known.get(d, [])]
-            download(runner, self.python, deps + step_build_requirements(step, tree, self.recipes), self.pydeps,
-                     wheelhouse=self.wheelhouse.root, index_url=self.opts.index_url,
-                     local_names=self.wheelhouse.manifest())
+            reqs = deps + step_build_requirements(step, tree, self.recipes)
+            pins = download(runner, self.python, reqs, self.pydeps, wheelhouse=self.wheelhouse.root,
+                            index_url=self.opts.index_url, local_names=self.wheelhouse.manifest())
+            record_pins(self.pydeps, reqs, pins)  # what `build --offline` installs for these requirements
 
     def build(self) -> list[StepResult]:
         """Build (or adopt) every step not already in the wheelhouse, in order."""
@@ -172,7 +177,25 @@ class Executor:
         # A publish killed by SIGKILL is repaired first, even when every step is cached and
         # nothing will be published (a stale index would otherwise stay until the next publish).
         self.wheelhouse.recover_if_idle(self.echo)
+        self._check_adopted_files()
         return [self._step(i, step) for i, step in enumerate(self.plan.steps, 1)]
+
+    def _check_adopted_files(self) -> None:
+        """A local wheel the plan adopts is checked (present, this component at the release's
+        version for the target, a readable wheel) before any step runs: exit 2 then means that
+        nothing was built, not that its dependencies were built first."""
+        for step in self.plan.steps:
+            if step.action != ADOPT or step.adopt is None or not is_local_wheel(step.adopt):
+                continue
+            wheel = Path(step.adopt)
+            if not wheel.is_file():
+                raise InputError(f"[{step.component}] adopt = {step.adopt!r}: no such wheel file; nothing was built")
+            recipe = self.recipes[step.component].recipe
+            check_adopted_wheel(wheel, step.component, step.version, recipe, self.plan.target)
+            try:
+                read_wheel(wheel)
+            except BuildError as e:
+                raise InputError(f"[{step.component}] adopted wheel: {e}; nothing was built") from None
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -212,7 +235,12 @@ class Executor:
             runner.hide(step.secrets.values())  # a secret passed to the build never reaches its log
             runner.set_phase("adopt" if step.action == ADOPT else "fetch")
             with runner.showing():  # the live status line stays up between commands too
-                built = self._produce(i, step, runner, stopping, started)
+                try:
+                    built = self._produce(i, step, runner, stopping, started)
+                except (FactoryError, KeyboardInterrupt):
+                    raise
+                except Exception as e:  # noqa: BLE001 -- an adopt's or a staged copy's OSError: the step's failure
+                    raise BuildError(step_failure(step.component, runner.status.phase, e)) from None
                 if isinstance(built, StepResult):
                     return built  # stopped on purpose (--until)
                 # the build's own time: neither the key lock's wait before nor the wheelhouse lock's after
@@ -239,7 +267,12 @@ class Executor:
                                       echo=self.echo):
                 built.origin["device_code"] = audits
             return built
-        if (staged := self._staged(step)) is not None:
+        if (staged := self._staged(step)) is not None and self._published(step, staged):
+            # Left by a run stopped just after it published them: nothing new to publish, and a
+            # --rebuild means build.
+            shutil.rmtree(self._staged_dir(step), ignore_errors=True)
+            staged = None
+        if staged is not None:
             self.echo(f"[{i}/{total}] {step.component}: publishing the wheels an earlier run built "
                       f"(staged/{step.key[:12]})")
             return staged
@@ -269,14 +302,33 @@ class Executor:
                     "component": step.component, "key": step.key, "inputs": step.key_inputs,
                     "log": str(log), "bytes_stripped": built.bytes_saved})
         except Exception as e:
+            if not isinstance(e, FactoryError):  # a full disk, a file in the way: the step's failure
+                e = BuildError(step_failure(step.component, "publish", e))
             if built.origin.get("origin") == "built":
                 e.args = (f"{e.args[0] if e.args else e}\nthe built wheels stay in {self._staged_dir(step)}: "
                           "the next run publishes them without building again",)
+            raise e from None
+        except KeyboardInterrupt:
+            # A stop signal held back while the wheels moved in arrives once they are in: the
+            # publish finished, so say so and drop the staged copy (a --rebuild after this must
+            # build, not publish the same wheels again); then stop as asked.
+            if self._published(step, built):
+                shutil.rmtree(self._staged_dir(step), ignore_errors=True)
+                self.echo(f"[{step.component}] published {', '.join(w.name for w in built.wheels)} before the "
+                          "interrupt took effect")
             raise
         # Published: the wheelhouse holds the only copy now; staged/ would keep a second one
         # (GBs for torch) forever.
         shutil.rmtree(self._staged_dir(step), ignore_errors=True)
         return published
+
+    def _published(self, step: Step, built: BuiltStep) -> bool:
+        """Whether the wheelhouse lists these very wheels (by sha256) under the step's key."""
+        try:
+            listed = {e["sha256"] for e in self.wheelhouse.manifest().values() if e.get("key") == step.key}
+            return bool(built.wheels) and all(w.is_file() and sha256_file(w) in listed for w in built.wheels)
+        except (OSError, FactoryError):
+            return False
 
     # -- helpers -------------------------------------------------------------------------------
 

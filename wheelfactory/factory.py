@@ -138,7 +138,7 @@ class Factory:
         sources = {c: local_source(Path(p).expanduser(), f"--source-dir {c}")
                    for c, p in parse_source_dirs(source_dirs).items()}
         options = PlanOptions(env=parse_env_options(env), sources=sources, adopt=parse_adopt_options(adopt),
-                              secrets=parse_secret_env(self.secret_env))
+                              secrets=parse_secret_env(self.secret_env), build_index=self.index_url)
         toolkit = self.toolkit(release)
         cross = self.cross_setup(release)
         platform = release.target.platform if cross is not None else self.host.platform

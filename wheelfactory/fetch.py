@@ -252,7 +252,11 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                 target = (dest / member).resolve()
                 if target != root and root not in target.parents:
                     raise BuildError(f"{archive}: member {member!r} would be written outside the tree; refusing")
-            zf.extractall(dest)
+            try:
+                zf.extractall(dest)
+            except (OSError, ValueError, zipfile.BadZipFile) as e:
+                # e.g. a symlink entry (written as a file) with members under it: NotADirectoryError
+                raise BuildError(f"{archive}: refusing to extract: {e}") from None
     else:
         try:
             with tarfile.open(archive) as tf:

@@ -2,14 +2,17 @@
 
 The Executor is handed an Installer, so tests can give it one that records instead of running
 and users can choose pip over uv. Both install from local files only — the wheelhouse and the
-cache's pydeps/ directory (filled by `download`, the one place that talks to an index) — so a
-build never picks up a PyPI copy of a component the factory builds.
+step's own pinned build requirements (filled by `download`, the one place that talks to an
+index; pydeps.py) — so a build never picks up a PyPI copy of a component the factory builds, nor
+a file another index served.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +25,7 @@ from packaging.utils import canonicalize_name
 from .errors import BuildError, InputError
 from .interrupt import file_lock
 from .runner import Runner
-from .wheelmeta import read_wheel
+from .wheelmeta import read_wheel, sha256_file
 
 # Always in a build venv: the PEP 517 front end and the usual backends' basics.
 BASE_BUILD_REQUIRES = ("build", "wheel", "setuptools")
@@ -102,18 +105,33 @@ def default_installer(cache_dir: Path, prefer: str = "uv") -> Installer:
 
 
 def download(runner: Runner, python: str, requirements: Sequence[str], pydeps: Path, *,
-             wheelhouse: Path, index_url: str, local_names: Iterable[str]) -> None:
-    """Fill pydeps/ (the build requirements' wheels and sdists) from the index, so later installs
-    need none. One process at a time: two builds downloading into one directory would each see
-    the other's half-written files."""
+             wheelhouse: Path, index_url: str, local_names: Iterable[str], into: Path | None = None) -> dict[str, str]:
+    """Download the build requirements' wheels and sdists from the index into a directory of their
+    own (`into`, else a temporary one), keep a copy in this index's pydeps/ for later runs, and
+    return the pins: each file's name -> sha256. Only the files of these requirements end up in
+    `into`: a build venv is offered nothing else. One process at a time per index directory."""
     pydeps.mkdir(parents=True, exist_ok=True)
-    with file_lock(pydeps.parent / "pydeps.lock", on_wait=lambda holder: runner.note(
-            f"waiting for {pydeps}: another download is filling it ({holder})")):
-        runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", pydeps,
-                    "--find-links", wheelhouse, "--index-url", index_url, "--", *requirements])
-        # pip copies local wheels it was given into -d; the wheelhouse stays their only home.
-        for name in list(local_names) + [Path(r).name for r in requirements if r.endswith(".whl")]:
-            (pydeps / name).unlink(missing_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=".download-", dir=pydeps.parent))
+    try:
+        with file_lock(pydeps.parent / f"{pydeps.name}.lock", on_wait=lambda holder: runner.note(
+                f"waiting for {pydeps}: another download is filling it ({holder})")):
+            runner.run([python, "-m", "pip", "download", "-q", "--prefer-binary", "-d", fresh, "--find-links",
+                        wheelhouse, "--find-links", pydeps, "--index-url", index_url, "--", *requirements])
+            # pip copies local wheels it was given into -d; the wheelhouse stays their only home.
+            for name in list(local_names) + [Path(r).name for r in requirements if r.endswith(".whl")]:
+                (fresh / name).unlink(missing_ok=True)
+            pins = {f.name: sha256_file(f) for f in sorted(fresh.iterdir()) if f.is_file()}
+            for name in pins:
+                shutil.copyfile(fresh / name, pydeps / f".{name}.part")
+                os.replace(pydeps / f".{name}.part", pydeps / name)
+        if into is not None:
+            if into.exists():
+                shutil.rmtree(into)
+            into.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(fresh, into)
+        return pins
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def build_requirements(tree: Path, declared_by_recipe: Sequence[str], provided: set[str]) -> list[str]:

@@ -24,12 +24,13 @@ import fcntl
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+from .secretenv import shown_command
 
 # The signals that mean "stop now" from a terminal, a service manager or a closed session.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -197,7 +198,7 @@ def lock_holder(f: IO[str]) -> str:
 
 @contextlib.contextmanager
 def file_lock(path: Path, on_wait: Callable[[str], None] | None = None, *, timeout: float | None = None,
-              what: str = "") -> Iterator[None]:
+              what: str = "", record: bool = True) -> Iterator[None]:
     """An exclusive flock on `path`. The holder writes its pid, command and start time into the
     file, so a waiting process can say who it waits for: on_wait gets that line at once and again
     every LOCK_REMIND_S seconds. Without a timeout it waits as long as it takes; after `timeout`
@@ -227,11 +228,31 @@ def file_lock(path: Path, on_wait: Callable[[str], None] | None = None, *, timeo
                         told = now
                         on_wait(f"{lock_holder(f)}; waiting {now - started:.0f}s so far")
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} ({' '.join(sys.argv) or 'python'}) since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            f.flush()
+            if record:  # (a lock whose holders are readers records nobody: see shared_lock)
+                f.seek(0)
+                f.truncate()
+                # Who holds it, for whoever waits: never sys.argv, whose option values may be secrets.
+                f.write(f"pid {os.getpid()} ({shown_command()}) since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def shared_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """A shared flock on `path`: any number of readers hold it at once, and a writer's exclusive
+    file_lock waits until they are done (as they wait for it). A reader writes nothing into the
+    file; while it waits, on_wait hears the writer's holder line (if it records one), once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(lock_holder(f))
+            fcntl.flock(f, fcntl.LOCK_SH)
+        try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

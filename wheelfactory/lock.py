@@ -39,9 +39,10 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from . import __version__
 from .errors import BuildError, InputError
 from .installer import require_uv
+from .one_cuda import refuse_mixed, toolkit_constraints
 from .plan import Plan
 from .runner import Runner
-from .wheelhouse import Wheelhouse, atomic_write_text
+from .wheelhouse import Wheelhouse, atomic_write_text, check_wheel_name
 from .wheelmeta import read_wheel, sha256_file
 
 LOCK_FORMAT = 1
@@ -108,11 +109,14 @@ def read_lock(wheelhouse: Wheelhouse, release: str) -> Lock:
         found = data.get("format") if isinstance(data, dict) else None
         raise InputError(f"{path}: lock format {found} is not {LOCK_FORMAT}; {again}")
     try:
-        return Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
+        lock = Lock(data["release"], data["python"], data["platform"], tuple(data["top_level"]),
                     tuple(LockedPackage(**p) for p in data["packages"]), data.get("overrides", {}),
                     str(data.get("inputs_sha256", "")))
     except (KeyError, TypeError) as e:  # a key missing, a package that is not an object or has odd keys
         raise InputError(f"{path}: not a lock file wheelfactory wrote ({type(e).__name__}: {e}); {again}") from None
+    for p in lock.packages:  # joined to the wheelhouse path by venv and images: names, never paths
+        check_wheel_name(p.filename, f"{path}: corrupt lock", again)
+    return lock
 
 
 def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]]:
@@ -120,6 +124,10 @@ def component_wheels(plan: Plan, wheelhouse: Wheelhouse) -> dict[str, list[Path]
     out = {}
     for step in plan.steps:
         files = wheelhouse.files_for_key(step.key)
+        if files is None and (changed := wheelhouse.mismatches(step.key)):
+            raise InputError(f"{step.component} {step.version} (key {step.key[:12]}) is in the wheelhouse, but "
+                             f"{'; '.join(m.describe() for m in changed)}; run `wheelfactory build --release "
+                             f"{plan.release.name}` (it moves the changed wheel to attic/ and builds it again)")
         if files is None:
             raise InputError(f"{step.component} {step.version} (key {step.key[:12]}) is not in the wheelhouse; "
                              f"run `wheelfactory build --release {plan.release.name}` first")
@@ -155,11 +163,13 @@ def override_reasons(plan: Plan, dists: Mapping[Path, str], wheels: Mapping[str,
 
 
 def _uv_compile(runner: Runner, python: str, workdir: Path, name: str, sources: list[str]) -> list[dict[str, Any]]:
-    """`uv pip compile` of workdir/requirements.in (with overrides.txt) into a PEP 751 pylock; its packages."""
+    """`uv pip compile` of workdir/requirements.in (with overrides.txt and constraints.txt) into a PEP 751
+    pylock; its packages."""
     out = workdir / f"pylock.{name}.toml"
     # --no-cache: uv unpacks every find-links wheel into its cache to read it (gigabytes for a
     # CUDA stack, again for each wheelhouse path); a throw-away cache keeps the disk as it was.
     runner.run([require_uv(), "pip", "compile", "--override", workdir / "overrides.txt",
+                "--constraint", workdir / "constraints.txt",
                 "--python", python, "--only-binary", ":all:", "--format", "pylock.toml", "--quiet",
                 "--no-header", "--no-cache", "-o", out, *sources, "--", workdir / "requirements.in"],
                env={"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"})
@@ -218,22 +228,31 @@ def fresh_lock(wheelhouse: Wheelhouse, release: str, inputs_sha256: str) -> Lock
 
 
 def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str, index_url: str,
-                 offline: bool = False, refresh: bool = False) -> Lock:
+                 offline: bool = False, refresh: bool = False, cuda_wheels: Mapping[str, Any] | None = None) -> Lock:
     """Resolve, download what is missing into the wheelhouse, resolve offline, verify, write the lock;
-    or, unless refresh, the lock as it is when its inputs have not changed (up_to_date)."""
+    or, unless refresh, the lock as it is when its inputs have not changed (up_to_date).
+
+    `cuda_wheels` (cuda_wheels.toml's table) constrains every CUDA wheel to the release's CUDA and
+    refuses a resolution that mixes toolkit versions (one_cuda.py)."""
     wheels = component_wheels(plan, wheelhouse)
     dists = {w: read_wheel(w).dist for files in wheels.values() for w in files}
     overrides = override_reasons(plan, dists, wheels)
     root = wheelhouse.root.resolve()
     requirements = "\n".join(_top_level(plan, dists)) + "\n"
     override_lines = "".join(f"{line}\n" for line in override_requirements(plan, dists, wheels))
-    inputs = lock_inputs(plan, wheelhouse, requirements, override_lines, index_url, offline)
+    # a CUDA wheel the release overrides ([pins] + [overrides]: an adopted torch's own cuDNN, say) is the
+    # release's decision, not the toolkit's pin
+    constraint_lines = "".join(f"{line}\n" for line in toolkit_constraints(cuda_wheels or {}, plan.target.cuda)
+                               if canonicalize_name(line.split("==")[0]) not in overrides)
+    # the constraints are inputs of the resolution as much as the overrides are
+    inputs = lock_inputs(plan, wheelhouse, requirements, override_lines + constraint_lines, index_url, offline)
     if not refresh and (fresh := fresh_lock(wheelhouse, plan.release.name, inputs)) is not None:
         return fresh
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "requirements.in").write_text(requirements)
         (work / "overrides.txt").write_text(override_lines)
+        (work / "constraints.txt").write_text(constraint_lines)
         if not offline:
             online = _uv_compile(runner, python, work, "online", ["--find-links", str(root), "--index-url", index_url])
             _download_missing(wheelhouse, runner, python, index_url, online, work)
@@ -253,6 +272,7 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
                              "the wheelhouse was modified outside wheelfactory")
         packages.append(LockedPackage(canonicalize_name(pkg["name"]), str(pkg["version"]), path.name, sha,
                                       owned.get(path), entry.get("origin", "pypi")))
+    refuse_mixed(plan.release.name, ((p.name, p.version) for p in packages), cuda_wheels or {}, plan.target.cuda)
     locked_files = {p.filename for p in packages}
     for comp, files in wheels.items():
         for f in files:

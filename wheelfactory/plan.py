@@ -24,6 +24,7 @@ from .checked import unchecked_archs
 from .crossbuild import CROSS, EMULATED, key_input, step_mode
 from .errors import InputError, did_you_mean
 from .patches import Patch, declared_patches
+from .pydeps import DEFAULT_INDEX, index_identity
 from .recipe import EnvSpec, LoadedRecipe, Target
 from .release import Release
 from .secretenv import REDACTED, is_secret_name
@@ -47,6 +48,8 @@ class PlanOptions:
     adopt: Mapping[str, str] = field(default_factory=dict)  # component -> wheel/requirement to adopt
     # component -> {name: value} passed to its build only (--secret-env); see secretenv.py
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The index build requirements come from (its identity, pydeps.py): enters every build's key.
+    build_index: str = DEFAULT_INDEX
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,11 @@ def plan_release(
         adopt = options.adopt.get(name) or spec.adopt
         if name in options.adopt:
             adopt = check_adopt_spec(adopt, recipe, f"--adopt {name}={adopt}", spec.version)
+        defaults = {o.name: o.default for o in recipe.options}
+        if adopt and (steered := sorted(k for k, v in spec.options.items() if k not in defaults or defaults[k] != v)):
+            # Options steer a build; an adopted wheel is taken as it is, so they would do nothing.
+            raise InputError(f"{release.path} [components.{name}]: options {', '.join(steered)} apply to a build, "
+                             f"and {name} is adopted ({adopt}); remove the options or the adopt")
         if adopt:
             source_identity: Any = {"adopt": adopt}
             action = ADOPT
@@ -304,6 +312,10 @@ def plan_release(
             "target": target_json,
             "deps": {d: keys[d] for d in deps} if action == BUILD else {},
             "patches": {tree: [p.identity() for p in ps] for tree, ps in sorted(patches.items())},
+            # Where the build requirements come from: another index may serve other files under
+            # the same names, so it is another key (pydeps.py).
+            # (An adopted wheel installs no build requirement: its key stays as it was.)
+            **({"build_index": index_identity(options.build_index)} if action == BUILD else {}),
         }
         mode = step_mode(building=action == BUILD, host_machine=host.machine, target_machine=target.machine,
                          cross=host.cross, recipe_cross=loaded.cross)

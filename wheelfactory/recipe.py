@@ -259,7 +259,12 @@ def load_recipe_module(path: Path) -> LoadedRecipe:
     if spec is None or spec.loader is None:
         raise InputError(f"{path}: cannot be imported as a recipe module")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise InputError(f"{path}:{e.lineno}: not valid Python ({e.msg}); fix the recipe module") from None
+    except Exception as e:  # noqa: BLE001 -- any exception a module raises while imported is bad input
+        raise InputError(f"{path}: the recipe module raised {type(e).__name__} on import ({e}); fix it") from None
     recipe = getattr(module, "RECIPE", None)
     if not isinstance(recipe, Recipe):
         raise InputError(f"{path}: a recipe module must define RECIPE = Recipe(...)")

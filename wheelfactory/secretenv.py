@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import InputError
 from .grammar import check_env_key
@@ -59,3 +60,39 @@ def redact(text: str, values: Sequence[str]) -> str:
         if v:
             text = text.replace(v, REDACTED)
     return text
+
+
+# How long one word of a shown command may be (a target, a release name); longer ones are cut.
+SHOWN_WORD_MAX = 80
+
+
+def _shown_word(value: str) -> str:
+    """One positional argument as a lock file or message may show it: no control characters, a
+    URL without its user, password, query or fragment (where tokens ride), at most SHOWN_WORD_MAX."""
+    word = "".join(c if c.isprintable() else "?" for c in value)
+    if "://" in word:
+        with_secret = urlsplit(word)
+        word = urlunsplit((with_secret.scheme, with_secret.hostname or "", with_secret.path, "", ""))
+    return word if len(word) <= SHOWN_WORD_MAX else word[:SHOWN_WORD_MAX - 3] + "..."
+
+
+def shown_command(ctx: object | None = None) -> str:
+    """The factory's own command line as every lock file and message shows it: the program, the
+    subcommand and its positional arguments (the targets), never an option or its value and never
+    sys.argv (an --env value may be a token; a lock file is readable by every user)."""
+    import click  # the CLI's own library; imported here so that this module stays a leaf
+
+    context = ctx if isinstance(ctx, click.Context) else click.get_current_context(silent=True)
+    if context is None:
+        return "wheelfactory"
+    words = []
+    chain = context
+    while chain.parent is not None:  # the subcommands' names; the program is always "wheelfactory"
+        words.insert(0, _shown_word(chain.info_name or ""))
+        chain = chain.parent
+    for param in context.command.params:
+        if isinstance(param, click.Argument):
+            value = context.params.get(param.name or "")
+            values = value if isinstance(value, (tuple, list)) else () if value is None else (value,)
+            words += [_shown_word(str(v)) for v in values]
+    return " ".join(["wheelfactory", *words])

@@ -195,6 +195,8 @@ def source_from_table(table: dict[str, Any], where: str, base_dir: Path) -> Sour
 
 def local_source(path: Path, where: str) -> LocalSource:
     """A LocalSource for an existing directory, or an InputError naming it."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{where}: {str(path)!r} is a file, not a directory; give the source tree's directory")
     if not path.is_dir():
         raise InputError(f"{where}: source directory {str(path)!r} does not exist")
     return LocalSource(str(path.resolve()))

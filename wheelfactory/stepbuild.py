@@ -13,6 +13,7 @@ aside instead; `--fresh` always starts over.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ from .patches import SOURCE, apply_patches
 from .plan import Plan, Step
 from .progress import STEP_PHASES
 from .provenance import build_provenance, fetched_source_info, stamp_wheel
+from .pydeps import link_pinned, pydeps_dir, read_pins, record_pins
 from .recipe import LoadedRecipe
 from .repair import repair_wheel
 from .runner import Runner
@@ -85,7 +87,8 @@ class StepServices:
 
     @property
     def pydeps(self) -> Path:
-        return self.cache_dir / "pydeps"
+        """This index's build-requirements directory (one per index: pydeps.py says why)."""
+        return pydeps_dir(self.cache_dir, self.index_url)
 
     def work_dir(self, step: Step) -> Path:
         return work_dir(self.cache_dir, step)
@@ -113,6 +116,7 @@ class StepBuild:
         self.nvcc: str | None = None
         self.cross: CrossToolchain | None = None  # a cross step's toolchain, made with its environment
         self._prepared = False  # the work tree holds this key's prepared source and venv
+        self.pins: dict[str, str] | None = None  # the build requirements installed: file -> sha256
 
     def _done(self, phase: str) -> None:
         if self.until == phase:
@@ -125,6 +129,29 @@ class StepBuild:
     # -- the phases ----------------------------------------------------------------------------
 
     def run(self) -> BuiltStep:
+        """The step's phases; any exception a phase or a recipe hook raises (a FileExistsError of a
+        hook run again on a resumed tree, a full disk) is the step's failure: a message naming the
+        step, its phase and the work tree kept, never a traceback."""
+        try:
+            return self._run()
+        except (StoppedAfter, BuildError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- every other exception of a step is its failure message
+            raise BuildError(self._failed(step_failure(self.step.component, self._phase(), e))) from None
+
+    def _phase(self) -> str | None:
+        return getattr(getattr(self.runner, "status", None), "phase", None)
+
+    def _failed(self, message: str) -> str:
+        """Record the tree as failed (resumable once prepared) and say where it is kept."""
+        self._record(stopped="failed")
+        if not self.work.is_dir():
+            return message
+        resume = " (the next run of this step resumes it; --fresh starts over)" if self._prepared else ""
+        return (f"{message}\nthe work tree is kept at {self.work}{resume}; re-enter it with "
+                f"`source {self.work}/build_env.sh`")
+
+    def _run(self) -> BuiltStep:
         step, runner = self.step, self.runner
         loaded = self.s.recipes[step.component]
         recipe = loaded.recipe
@@ -187,11 +214,9 @@ class StepBuild:
             self._done("repair")
         except StoppedAfter:
             raise
-        except BuildError as e:
-            self._record(stopped="failed")
-            resume = " (the next run of this step resumes it; --fresh starts over)" if self._prepared else ""
-            raise BuildError(f"{e}\nthe work tree is kept at {self.work}{resume}; re-enter it with "
-                             f"`source {self.work}/build_env.sh`") from None
+        except Exception as e:  # noqa: BLE001 -- a hook's own exception is the step's failure too
+            text = str(e) if isinstance(e, BuildError) else step_failure(step.component, self._phase(), e)
+            raise BuildError(self._failed(text)) from None
         except KeyboardInterrupt:
             self._record(stopped="interrupted")
             if self._prepared:  # say what stays, and how to go on or drop it (the CLI adds "interrupted")
@@ -203,6 +228,8 @@ class StepBuild:
             raise
         staged = self._stage(wheels)
         origin: dict[str, object] = {"origin": "built", "from": step.source.describe()}
+        if self.pins is not None:
+            origin["build_requirements"] = self.pins  # what the build venv was filled with, by sha256
         if self.nvcc:
             origin["nvcc"] = self.nvcc  # provenance: the nvcc this build ran, as it reported
         if ctx.device_code is not None:
@@ -353,15 +380,35 @@ class StepBuild:
     def _install_build_venv(self, ctx: BuildContext) -> None:
         """Install the dependency components' own wheels (by path, so never a PyPI copy) and the
         build requirements into the step's venv, from the wheelhouse and pydeps/ only."""
+        # Under the wheelhouse's read lock from the manifest read to the last check: a concurrent
+        # `build --rebuild` of a dependency publishes (moving the old wheel to attic/) only after.
+        with self.s.wheelhouse.reading(on_wait=lambda holder: self.runner.note(
+                f"waiting to read the wheelhouse: a publish holds it ({holder})")):
+            self._install_build_venv_locked(ctx)
+
+    def _install_build_venv_locked(self, ctx: BuildContext) -> None:
         deps = dependency_wheels(self.step, self.s.plan, self.s.wheelhouse)
         reqs = [str(p) for p in deps] + step_build_requirements(self.step, ctx.src, self.s.recipes)
+        # The step's own directory of build requirements: exactly the files pinned for it, never
+        # the rest of the cache (pydeps.py).
+        pinned = self.work / "build-requirements"
         if not self.s.offline:
-            download(self.runner, str(ctx.python), reqs, self.s.pydeps, wheelhouse=self.s.wheelhouse.root,
-                     index_url=self.s.index_url, local_names=self.s.wheelhouse.manifest())
+            self.pins = download(self.runner, str(ctx.python), reqs, self.s.pydeps, wheelhouse=self.s.wheelhouse.root,
+                                 index_url=self.s.index_url, local_names=self.s.wheelhouse.manifest(), into=pinned)
+            record_pins(self.s.pydeps, reqs, self.pins)
+        elif (pins := read_pins(self.s.pydeps, reqs)) is not None:
+            self.pins = pins
+            link_pinned(self.s.pydeps, pins, pinned)
+        else:
+            # Never pinned for exactly these requirements: `fetch` could not know the wheel of a
+            # dependency built from source after it. This index's own directory stands in (never
+            # another index's files); the manifest then records no build_requirements.
+            self.runner.note(f"no pins for these build requirements (--offline): installing from {self.s.pydeps}")
+            pinned = self.s.pydeps
         started = time.monotonic()
         try:
             # uv refuses a --find-links directory that does not exist (a first build's wheelhouse)
-            links = [d for d in (self.s.wheelhouse.root, self.s.pydeps) if d.is_dir()]
+            links = [d for d in (self.s.wheelhouse.root, pinned) if d.is_dir()]
             self.s.installer.install(self.runner, ctx.python, reqs, links,
                                      env={"PATH": ctx.env["PATH"]} | ({"UV_OFFLINE": "1"} if self.s.offline else {}))
         except BuildError as e:
@@ -372,6 +419,14 @@ class StepBuild:
         self.runner.note(f"build venv filled with {self.s.installer.name} in {time.monotonic() - started:.1f}s")
         for wheel in deps:
             check_installed_from(ctx.site, wheel)
+
+
+def step_failure(component: str, phase: str | None, e: BaseException) -> str:
+    """An unexpected exception of a step as its one-line failure (a full disk said plainly)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"[{component}] {phase or 'build'}: no space left on the device{where}; free some space and run again"
+    return f"[{component}] {phase or 'build'} failed: {type(e).__name__}: {e}"
 
 
 def work_dir(cache_dir: Path, step: Step) -> Path:

@@ -15,7 +15,8 @@ from .installer import find_uv
 from .lock import lock_paths, read_lock
 from .recipe import LoadedRecipe
 from .runner import Runner
-from .wheelhouse import Wheelhouse
+from .triton_ptxas import ptxas_env, ptxas_knobs
+from .wheelhouse import Wheelhouse, atomic_write_text
 
 
 def install_command(uv: str | None, py: Path, wheelhouse: Path, txt: Path, uv_cache: Path | None) -> list[str]:
@@ -60,17 +61,51 @@ def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mappi
         uv = find_uv() if use_uv else None
         if use_uv and uv is None:
             runner.note("uv not found: installing with pip (slower)")
-        runner.run(install_command(uv, py, wheelhouse.root, txt, uv_cache))
+        with wheelhouse.reading():  # a concurrent --rebuild publishes after, never from under it
+            runner.run(install_command(uv, py, wheelhouse.root, txt, uv_cache))
         check_consistency(py, lock.overrides, runner)
     except BuildError:
         shutil.rmtree(path, ignore_errors=True)
         raise
+    triton = next((p.version for p in lock.packages if p.name == "triton"), None)
+    ptxas = point_triton_at_toolkit(path, triton)
+    if ptxas:
+        runner.note(f"{', '.join(ptxas_knobs(triton))} -> {ptxas} (set in {PTH_NAME} unless already set)")
     ran = []
     for component in sorted({p.component for p in lock.packages if p.component in recipes}):
         for statement in recipes[component].recipe.smoke:
             runner.run([py, "-c", statement])
             ran.append(statement)
+    if triton is not None:
+        # Triton compiles a kernel for the Spark (sm_121a) with the toolkit's ptxas: no GPU needed
+        argv = [py, str(TRITON_CHECK), "--capability", "121"] + (["--expect-ptxas", str(ptxas)] if ptxas else [])
+        runner.run(argv)
+        ran.append(f"{TRITON_CHECK.name} --capability 121")
     return ran
+
+
+PTH_NAME = "wheelfactory-triton-ptxas.pth"
+TRITON_CHECK = Path(__file__).resolve().parents[1] / "assemble" / "imagefiles" / "triton_aot_check.py"
+
+
+def ptxas_pth(triton: str | None, ptxas: str) -> str:
+    """A .pth line that points every ptxas variable of that Triton at `ptxas`, unless the user set it.
+
+    Python runs a .pth line that starts with `import` at every start of the venv's interpreter, so
+    the venv's python finds the toolkit's ptxas without an activated shell."""
+    env = ptxas_env(triton, ptxas)
+    return f"import os; [os.environ.setdefault(k, v) for k, v in {env!r}.items()]\n"
+
+
+def point_triton_at_toolkit(venv: Path, triton: str | None) -> Path | None:
+    """Write the .pth of ptxas_pth when the venv holds the toolkit wheels' ptxas; that ptxas, or None."""
+    found = sorted(venv.glob("lib/python*/site-packages/nvidia/cu*/bin/ptxas"))
+    if not found:
+        return None
+    ptxas = found[-1]
+    site = ptxas.parents[3]
+    atomic_write_text(site / PTH_NAME, ptxas_pth(triton, str(ptxas)))
+    return ptxas
 
 
 def check_consistency(python: Path, overrides: Mapping[str, str], runner: Runner) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from .errors import BuildError
-from .wheelhouse import Wheelhouse
+from .wheelhouse import Wheelhouse, plain_wheel_name
 from .wheelmeta import sha256_file
 
 _LINK = re.compile(r'<a href="([^"]*)"')
@@ -32,6 +32,9 @@ def verify_wheelhouse(wh: Wheelhouse) -> list[str]:
     actual: dict[str, str] = {}  # file name -> sha256 of the file on disk
     for name, entry in sorted(manifest.items()):
         path = wh.root / name
+        if path.is_symlink():  # a link could point outside the wheelhouse: never read through it
+            problems.append(f"{name}: a symbolic link, not a file of the wheelhouse (not followed)")
+            continue
         if not path.is_file():
             problems.append(f"{name}: in manifest.json, missing from the wheelhouse")
             continue
@@ -40,6 +43,10 @@ def verify_wheelhouse(wh: Wheelhouse) -> list[str]:
             problems.append(f"{name}: sha256 {actual[name]}, manifest.json recorded {entry.get('sha256')}")
         elif path.stat().st_size != entry.get("size"):
             problems.append(f"{name}: {path.stat().st_size} bytes, manifest.json recorded {entry.get('size')}")
+    leftovers = [*wh.root.glob(".incoming-*"), *wh.root.glob(".simple-*"), *wh.root.glob(".download-*")]
+    for leftover in sorted(leftovers):
+        problems.append(f"{leftover.name}/: left by an interrupted publish or download (the next build or lock "
+                        "removes it)")
     for path in sorted(wh.root.glob("*.whl")):
         if path.name not in manifest:
             problems.append(f"{path.name}: in the wheelhouse, missing from manifest.json")
@@ -111,8 +118,10 @@ def _check_locks(wh: Wheelhouse, manifest: dict[str, dict], actual: dict[str, st
             problems.append(f"locks/{lock_json.name}: not valid JSON: {e}")
             continue
         for pkg in packages:
-            name, sha = pkg.get("filename"), pkg.get("sha256")
-            if name not in manifest:
+            name, sha = (pkg.get("filename"), pkg.get("sha256")) if isinstance(pkg, dict) else (pkg, None)
+            if (why := plain_wheel_name(name)) is not None:
+                problems.append(f"locks/{lock_json.name}: entry {name!r} is {why}")
+            elif name not in manifest:
                 problems.append(f"locks/{lock_json.name}: {name} is not in manifest.json")
             elif name in actual and actual[name] != sha:
                 problems.append(f"locks/{lock_json.name}: {name} locked with sha256 {sha}, the file has {actual[name]}")

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .errors import BuildError, InputError
-from .interrupt import deferred_signals, file_lock, try_lock
+from .interrupt import deferred_signals, file_lock, shared_lock, try_lock
 from .pep658 import index_attributes, write_metadata_files
 from .wheelmeta import WheelInfo, sha256_file, verify_wheel
 
@@ -41,6 +41,32 @@ MANIFEST_FORMAT = 1
 ENTRY_KEYS = ("dist", "version", "sha256", "size")
 
 
+
+def plain_wheel_name(name: object) -> str | None:
+    """Why `name` is not a plain wheel file name of the wheelhouse's top directory (None when it is).
+    Manifest entries, lock entries and attic names are joined to the wheelhouse path: a name with a
+    separator, a `..`, a NUL or a leading dot would reach a file outside it (or a hidden one)."""
+    if not isinstance(name, str) or not name:
+        return "not a file name"
+    if "/" in name or "\\" in name or "\0" in name or name.startswith(".") or any(ord(c) < 32 for c in name):
+        return "not a plain file name (a path separator, a leading dot or a control character)"
+    try:
+        parse_wheel_filename(name)
+    except InvalidWheelFilename as e:
+        return f"not a wheel file name ({e})"
+    return None
+
+
+def check_wheel_name(name: object, where: str, fix: str) -> str:
+    """`name` when it is a plain wheel file name, else InputError (exit 2) naming `where` and the entry."""
+    why = plain_wheel_name(name)
+    if why is not None:
+        raise InputError(f"{where}: entry {name!r} is {why}; {fix}")
+    return str(name)
+
+
+# Shared by processes reading the wheelhouse's files, taken exclusively to move wheels out.
+READERS_LOCK = ".readers.lock"
 
 # In simple/: the sha256 of the manifest the index was written from (served files skip dotfiles).
 INDEX_STAMP = ".manifest-sha256"
@@ -60,6 +86,8 @@ class Mismatch:
     def describe(self) -> str:
         if self.actual == "missing":
             return f"{self.name}: in the manifest, missing from the wheelhouse"
+        if self.actual == "symlink":
+            return f"{self.name}: a symbolic link, not a file of the wheelhouse (not followed)"
         return f"{self.name}: sha256 {self.actual}, the manifest recorded {self.recorded}"
 
 
@@ -98,6 +126,7 @@ class Wheelhouse:
         self.manifest_path = root / "manifest.json"
         self.simple = root / "simple"
         self.locks_dir = root / "locks"
+        self._wait: float | None = None  # the --wait of the write lock held now
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -121,6 +150,9 @@ class Wheelhouse:
             missing = [k for k in ENTRY_KEYS if k not in entry] if isinstance(entry, dict) else list(ENTRY_KEYS)
             if missing:
                 raise InputError(f"{self.manifest_path}: entry {name!r} lacks {', '.join(missing)}; {fix}")
+            # Before any file operation: an entry named "../x.whl" must never move or read a file
+            # outside the wheelhouse (rebuild's attic, verify, list, the index).
+            check_wheel_name(name, f"{self.manifest_path}: corrupt manifest", fix)
         return wheels
 
     def check_root(self) -> None:
@@ -133,6 +165,8 @@ class Wheelhouse:
         mtime as recorded at publish; a full sha256 when they differ, none was recorded, or `full`.
         Returns None when it matches, else what is wrong (a missing file has actual "missing")."""
         path = self.root / name
+        if path.is_symlink():  # a link could point anywhere: never read through it
+            return Mismatch(name, entry.get("sha256", "?"), "symlink")
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -182,6 +216,34 @@ class Wheelhouse:
             raise InputError(f"cannot write to the wheelhouse {self.root}: {e.strerror}; pass a --wheelhouse "
                              "this user can write") from None
         with file_lock(self.root / ".lock", on_wait, timeout=timeout, what=f"the wheelhouse lock {self.root}/.lock"):
+            self._wait = timeout  # a publish waits for readers as long as it waited for the lock
+            yield
+
+    @contextlib.contextmanager
+    def reading(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the wheelhouse's files in place while reading them (a build venv installing its
+        dependency wheels, `venv` installing a lock): readers share `.readers.lock`, and a publish
+        moves a wheel out (to attic/) only under it exclusively, so a concurrent `build --rebuild`
+        of a dependency cannot pull a file from under a reader. The write lock (`.lock`) is not
+        involved: a build still runs while another process holds it, and waits only while wheels
+        are being moved. A wheelhouse not made yet, or one this user cannot write, is read unlocked."""
+        if not self.root.is_dir():
+            yield
+            return
+        try:
+            open(self.root / READERS_LOCK, "a").close()  # noqa: SIM115 -- the file a publish also opens
+        except OSError:  # read-only: nobody publishes into it from here
+            yield
+            return
+        with shared_lock(self.root / READERS_LOCK, on_wait):
+            yield
+
+    @contextlib.contextmanager
+    def _no_readers(self) -> Iterator[None]:
+        """Wait (up to the write lock's --wait) until no process reads the wheelhouse's files, and
+        keep new readers out while wheels move; caller holds the write lock."""
+        with file_lock(self.root / READERS_LOCK, timeout=self._wait, record=False,
+                       what=f"{self.root}: builds installing from the wheelhouse ({READERS_LOCK})"):
             yield
 
     def _write_manifest(self, wheels: Mapping[str, Any]) -> None:
@@ -209,7 +271,9 @@ class Wheelhouse:
             # From the first wheel moved in to the index that lists it, one step: SIGINT/SIGTERM/SIGHUP
             # wait until it is done, so an interrupt never leaves a wheel the manifest does not list.
             # (SIGKILL cannot wait: recover() repairs what it leaves, at the next publish.)
-            with deferred_signals():
+            # Replacing a wheel moves the old one out: only then wait until no reader uses it.
+            replaces = any(_same_slot(old, info) for info in infos for old in manifest.values())
+            with self._no_readers() if replaces else contextlib.nullcontext(), deferred_signals():
                 for info, tmp in staged:
                     incoming_sha = sha256_file(tmp)
                     for name, old in list(manifest.items()):
@@ -236,16 +300,17 @@ class Wheelhouse:
 
     def recover(self, echo: Callable[[str], None] | None = None) -> list[str]:
         """Repair what a publish killed by SIGKILL (which cannot be deferred) left behind; caller
-        holds the lock, so no publish is running. Temporary .incoming-*/.simple-* directories are
+        holds the lock, so no publish is running. Temporary .incoming-*/.simple-*/.download-* directories are
         removed, and a wheel the manifest does not list (moved in, manifest not yet written) goes
         to attic/ with a message: it was never in the index, so nothing could have used it.
         Returns the messages."""
         notes = []
-        for leftover in [*self.root.glob(".incoming-*"), *self.root.glob(".simple-*")]:
+        for leftover in [*self.root.glob(".incoming-*"), *self.root.glob(".simple-*"), *self.root.glob(".download-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
         listed = self.manifest()
         for wheel in sorted(self.root.glob("*.whl")):
-            if wheel.name not in listed and (dest := self._to_attic(wheel.name)) is not None:
+            # A directory entry of the top directory: a plain name, even when it is no wheel's.
+            if wheel.name not in listed and (dest := self._move_to_attic(wheel.name)) is not None:
                 notes.append(f"{wheel.name} is in the wheelhouse but not in its manifest (an interrupted "
                              f"publish); moved to {dest}")
         # Killed between writing the manifest and swapping the new index in, or in the swap itself:
@@ -258,12 +323,21 @@ class Wheelhouse:
         return notes
 
     def _to_attic(self, name: str, same_as: Collection[str] = ()) -> Path | None:
-        """Move a wheel out of the way into attic/, keeping one copy of any bytes: a wheel whose
-        sha256 is in `same_as` (the bytes replacing it: a rebuild that gave a byte-identical wheel)
-        or that the attic already holds is removed instead. Returns where its bytes are kept, or None."""
+        """Move a wheel the manifest names to attic/ (its name checked first: names are not paths)."""
+        check_wheel_name(name, f"{self.root}: moving to attic/", "restore the manifest or remove the wheelhouse")
+        return self._move_to_attic(name, same_as)
+
+    def _move_to_attic(self, name: str, same_as: Collection[str] = ()) -> Path | None:
+        """Move the top-level file `name` (a directory entry, or a checked name) out of the way into
+        attic/, keeping one copy of any bytes: a wheel whose sha256 is in `same_as` (the bytes
+        replacing it: a rebuild that gave a byte-identical wheel) or that the attic already holds
+        is removed instead. Returns where its bytes are kept, or None."""
         src = self.root / name
-        if src.exists():
+        if src.exists() or src.is_symlink():
             attic = self.root / "attic"
+            if attic.is_symlink() or (attic.exists() and not attic.is_dir()):
+                raise InputError(f"{attic}: not a directory of the wheelhouse (a symbolic link or a file); "
+                                 "remove it")
             digest = sha256_file(src)
             if digest in same_as:
                 src.unlink()
@@ -288,7 +362,8 @@ class Wheelhouse:
         deleted, but never a second copy of the same bytes, nor a copy of bytes in `same_as`: the
         wheels of a rebuild about to replace them) and drop their entries; caller holds the lock."""
         manifest = self.manifest()
-        moved = [dest for name in names if (dest := self._to_attic(name, same_as)) is not None]
+        with self._no_readers():
+            moved = [dest for name in names if (dest := self._to_attic(name, same_as)) is not None]
         for name in names:
             manifest.pop(name, None)
         self._write_manifest(manifest)

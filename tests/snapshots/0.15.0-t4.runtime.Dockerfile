@@ -4,10 +4,18 @@
 # so no wheel is ever copied into a layer.
 FROM nvidia/cuda:13.1.0-base-ubuntu24.04
 
+# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile
+COPY imagefiles/ /opt/wheelfactory/
+
 # python 3.12: the base image has none; the host C++ compiler and linker that nvcc and FlashInfer's JIT run
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
+
+# system libraries nvidia-nccl-cu13 loads: rdma-core's user space (libibverbs, its mlx5 provider, librdmacm), which NCCL loads with dlopen for InfiniBand/RoCE (the Sparks' ConnectX-7 link); without it NCCL falls back to TCP sockets without an error
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ibverbs-providers libibverbs1 librdmacm1 \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # the venv every layer installs into; the base's python must be the one the wheels are for
 RUN /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' && /usr/bin/python3 -m venv /opt/venv
@@ -32,11 +40,27 @@ RUN --mount=type=bind,source=layers/transformers,target=/wheels \
 RUN { [ -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64 ] || ln -s lib /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64; } && test -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64 \
     && { [ -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so ] || ln -s libcudart.so.13 /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so; } && test -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so
 
+# a non-root user to run as; `docker run --user root` (or -u 0) overrides it
+RUN if other=$(id -nu 1000 2>/dev/null); then userdel --remove "$other"; fi \
+    && useradd --create-home --uid 1000 --user-group --shell /bin/bash vllm
+
 ENV VIRTUAL_ENV="/opt/venv" \
     PATH="/opt/venv/bin:/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin:$PATH" \
     CUDA_HOME="/opt/venv/lib/python3.12/site-packages/nvidia/cu13" \
-    TRITON_PTXAS_PATH="/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin/ptxas"
+    TRITON_PTXAS_PATH="/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin/ptxas" \
+    WHEELFACTORY_CUDA_VERSION="13.1" \
+    WHEELFACTORY_MIN_DRIVER="580" \
+    WHEELFACTORY_MIN_CUDA_API="13000" \
+    WHEELFACTORY_PTX_DRIVER="590.44.01"
 
+USER 1000:1000
+WORKDIR /home/vllm
+
+# check the host's NVIDIA driver against the image's CUDA, then run the command
+ENTRYPOINT ["/opt/venv/bin/python", "-I", "-S", "-B", "/opt/wheelfactory/entrypoint.py"]
+CMD ["vllm", "serve"]
+
+ARG WF_BASE_DIGEST
 ARG WF_CREATED
 ARG WF_FLASHINFER_BUILD_KEY
 ARG WF_NCCL_BUILD_KEY
@@ -49,6 +73,8 @@ ARG WF_TRITON_BUILD_KEY
 ARG WF_VLLM_BUILD_KEY
 LABEL dev.wheelfactory.release="0.15.0-t4" \
     dev.wheelfactory.cuda_version="13.1.0" \
+    dev.wheelfactory.min_driver="580" \
+    dev.wheelfactory.ptx_driver="590.44.01" \
     dev.wheelfactory.nccl_version="2.29.2-1" \
     dev.wheelfactory.torch_version="2.10.0" \
     dev.wheelfactory.torchvision_version="0.25.0" \
@@ -60,9 +86,11 @@ LABEL dev.wheelfactory.release="0.15.0-t4" \
     dev.wheelfactory.ray_version="2.53.0" \
     org.opencontainers.image.title="dgx-spark-vllm" \
     org.opencontainers.image.version="0.15.0-t4" \
+    org.opencontainers.image.base.name="nvidia/cuda:13.1.0-base-ubuntu24.04" \
     org.opencontainers.image.created="${WF_CREATED}" \
     org.opencontainers.image.revision="${WF_REVISION}" \
     org.opencontainers.image.source="${WF_SOURCE}" \
+    org.opencontainers.image.base.digest="${WF_BASE_DIGEST}" \
     dev.wheelfactory.flashinfer_build_key="${WF_FLASHINFER_BUILD_KEY}" \
     dev.wheelfactory.nccl_build_key="${WF_NCCL_BUILD_KEY}" \
     dev.wheelfactory.torch_build_key="${WF_TORCH_BUILD_KEY}" \

@@ -2,12 +2,20 @@
 # Image dgx-spark-pytorch-dev:2.10.0-cu131 (dev). The build context holds layers/<name>/: a layer's
 # locked wheels and its requirements.txt with their hashes. Each RUN bind-mounts one of them,
 # so no wheel is ever copied into a layer.
-FROM nvidia/cuda:13.1.0-devel-ubuntu24.04
+FROM nvidia/cuda:13.1.0-base-ubuntu24.04
 
-# python and build tooling
+# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile
+COPY imagefiles/ /opt/wheelfactory/
+
+# python 3.12: the base image has none
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends build-essential cmake git ninja-build pkg-config python3 python3-dev python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
+
+# system libraries nvidia-nccl-cu13 loads: rdma-core's user space (libibverbs, its mlx5 provider, librdmacm), which NCCL loads with dlopen for InfiniBand/RoCE (the Sparks' ConnectX-7 link); without it NCCL falls back to TCP sockets without an error
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ibverbs-providers libibverbs1 librdmacm1 \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # the venv every layer installs into; the base's python must be the one the wheels are for
 RUN /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' && /usr/bin/python3 -m venv /opt/venv
@@ -24,10 +32,27 @@ RUN --mount=type=bind,source=layers/torch,target=/wheels \
 RUN --mount=type=bind,source=layers/stack,target=/wheels \
     /opt/venv/bin/python -B -m pip install --no-index --find-links /wheels --require-hashes --no-deps --no-cache-dir --no-compile --disable-pip-version-check --root-user-action=ignore -r /wheels/requirements.txt
 
-ENV VIRTUAL_ENV="/opt/venv" \
-    PATH="/opt/venv/bin:$PATH"
+# build tooling: compilers, CMake, Ninja, the Python headers extensions compile against
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends build-essential cmake git ninja-build pkg-config python3-dev \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 
+# the release's CUDA toolkit from NVIDIA's wheels, laid out as the factory builds with it; the wheels
+# the venv already installed are links into it, so only nvcc, NVVM, CCCL, ... and the libcuda stub add up
+RUN --mount=type=bind,source=toolkit,target=/toolkit \
+    mkdir -p /usr/local/cuda && cp -a /toolkit/. /usr/local/cuda/ \
+    && for f in bin/nvcc bin/nvcc.profile bin/ptxas bin/nvlink bin/fatbinary bin/cudafe++ bin/bin2c bin/crt/link.stub nvvm/bin/cicc nvvm/libdevice/libdevice.10.bc include/crt/host_config.h include/cccl/cuda/std/version include/cuda.h include/cuda_runtime.h lib64/libcudart.so lib64/libcudart_static.a lib64/libcudadevrt.a lib64/libculibos.a include/nvrtc.h lib64/libnvrtc.so include/cublas_v2.h lib64/libcublas.so lib64/libcublasLt.so include/cusparse.h lib64/libcusparse.so include/cusolverDn.h lib64/libcusolver.so include/cufft.h lib64/libcufft.so include/curand.h lib64/libcurand.so include/cupti.h lib64/libcupti.so include/nvtx3/nvToolsExt.h include/nvJitLink.h lib64/libnvJitLink.so include/cuda_profiler_api.h lib64/stubs/libcuda.so; do test -e "/usr/local/cuda/$f" || { echo "toolkit: missing $f" >&2; exit 1; }; done
+
+ENV VIRTUAL_ENV="/opt/venv" \
+    PATH="/opt/venv/bin:/usr/local/cuda/bin:$PATH" \
+    CUDA_HOME="/usr/local/cuda" \
+    TRITON_PTXAS_PATH="/usr/local/cuda/bin/ptxas" \
+    TRITON_PTXAS_BLACKWELL_PATH="/usr/local/cuda/bin/ptxas" \
+    TORCH_CUDA_ARCH_LIST="12.1a"
+
+ARG WF_BASE_DIGEST
 ARG WF_CREATED
+ARG WF_CUDA_TOOLKIT
 ARG WF_NCCL_BUILD_KEY
 ARG WF_REVISION
 ARG WF_SOURCE
@@ -36,16 +61,21 @@ ARG WF_TORCHVISION_BUILD_KEY
 ARG WF_TORCH_BUILD_KEY
 LABEL dev.wheelfactory.release="pytorch-2.10.0-cu131" \
     dev.wheelfactory.cuda_version="13.1.0" \
+    dev.wheelfactory.min_driver="580" \
+    dev.wheelfactory.ptx_driver="590.44.01" \
     dev.wheelfactory.nccl_version="2.29.2-1" \
     dev.wheelfactory.torch_version="2.10.0" \
     dev.wheelfactory.torchvision_version="0.25.0" \
     dev.wheelfactory.torchaudio_version="2.10.0" \
     org.opencontainers.image.title="dgx-spark-pytorch-dev" \
     org.opencontainers.image.version="2.10.0-cu131" \
+    org.opencontainers.image.base.name="nvidia/cuda:13.1.0-base-ubuntu24.04" \
     org.opencontainers.image.created="${WF_CREATED}" \
     org.opencontainers.image.revision="${WF_REVISION}" \
     org.opencontainers.image.source="${WF_SOURCE}" \
+    org.opencontainers.image.base.digest="${WF_BASE_DIGEST}" \
     dev.wheelfactory.nccl_build_key="${WF_NCCL_BUILD_KEY}" \
     dev.wheelfactory.torch_build_key="${WF_TORCH_BUILD_KEY}" \
     dev.wheelfactory.torchaudio_build_key="${WF_TORCHAUDIO_BUILD_KEY}" \
-    dev.wheelfactory.torchvision_build_key="${WF_TORCHVISION_BUILD_KEY}"
+    dev.wheelfactory.torchvision_build_key="${WF_TORCHVISION_BUILD_KEY}" \
+    dev.wheelfactory.cuda_toolkit="${WF_CUDA_TOOLKIT}"

@@ -4,10 +4,18 @@
 # so no wheel is ever copied into a layer.
 FROM nvidia/cuda:13.1.0-base-ubuntu24.04
 
+# the image's own checks: the driver gate of the entrypoint, the Triton ahead-of-time compile
+COPY imagefiles/ /opt/wheelfactory/
+
 # python 3.12: the base image has none
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
+
+# system libraries nvidia-nccl-cu13 loads: rdma-core's user space (libibverbs, its mlx5 provider, librdmacm), which NCCL loads with dlopen for InfiniBand/RoCE (the Sparks' ConnectX-7 link); without it NCCL falls back to TCP sockets without an error
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ibverbs-providers libibverbs1 librdmacm1 \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # the venv every layer installs into; the base's python must be the one the wheels are for
 RUN /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' && /usr/bin/python3 -m venv /opt/venv
@@ -27,6 +35,7 @@ RUN --mount=type=bind,source=layers/stack,target=/wheels \
 ENV VIRTUAL_ENV="/opt/venv" \
     PATH="/opt/venv/bin:$PATH"
 
+ARG WF_BASE_DIGEST
 ARG WF_CREATED
 ARG WF_NCCL_BUILD_KEY
 ARG WF_REVISION
@@ -36,15 +45,19 @@ ARG WF_TORCHVISION_BUILD_KEY
 ARG WF_TORCH_BUILD_KEY
 LABEL dev.wheelfactory.release="pytorch-2.10.0-cu131" \
     dev.wheelfactory.cuda_version="13.1.0" \
+    dev.wheelfactory.min_driver="580" \
+    dev.wheelfactory.ptx_driver="590.44.01" \
     dev.wheelfactory.nccl_version="2.29.2-1" \
     dev.wheelfactory.torch_version="2.10.0" \
     dev.wheelfactory.torchvision_version="0.25.0" \
     dev.wheelfactory.torchaudio_version="2.10.0" \
     org.opencontainers.image.title="dgx-spark-pytorch-runtime" \
     org.opencontainers.image.version="2.10.0-cu131" \
+    org.opencontainers.image.base.name="nvidia/cuda:13.1.0-base-ubuntu24.04" \
     org.opencontainers.image.created="${WF_CREATED}" \
     org.opencontainers.image.revision="${WF_REVISION}" \
     org.opencontainers.image.source="${WF_SOURCE}" \
+    org.opencontainers.image.base.digest="${WF_BASE_DIGEST}" \
     dev.wheelfactory.nccl_build_key="${WF_NCCL_BUILD_KEY}" \
     dev.wheelfactory.torch_build_key="${WF_TORCH_BUILD_KEY}" \
     dev.wheelfactory.torchaudio_build_key="${WF_TORCHAUDIO_BUILD_KEY}" \

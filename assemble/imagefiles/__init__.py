@@ -1,0 +1,1 @@
+"""Files copied into every image (run there with the standard library and the image's packages only)."""
