@@ -315,3 +315,15 @@ def fatbin_fixture(name: str) -> Path:
     if built is None:
         pytest.skip("needs nvcc to build the fatbin fixtures")
     return built / name
+
+
+def docker_or_skip(base: str = "local/debian-py:bookworm", setup: str = ".ci/docker-engine.sh"):
+    """A Docker client whose engine answers and has `base`, else skip the caller saying what to run."""
+    from assemble.docker import Docker  # only the docker-marked modules need it
+
+    d = Docker()
+    if error := d.engine_error():
+        pytest.skip(f"no Docker engine answers ({d.binary}: {error}); run .ci/docker-engine.sh")
+    if d.inspect(base) is None:
+        pytest.skip(f"base image {base} is missing; run {setup}")
+    return d

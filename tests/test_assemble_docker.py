@@ -20,7 +20,7 @@ from assemble.docker import Docker
 from assemble.spec import Settings
 from wheelfactory.factory import Factory
 
-from .conftest import CI_RELEASES, RECIPES
+from .conftest import CI_RELEASES, RECIPES, docker_or_skip
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 NS = "dev.wheelfactory"
@@ -44,13 +44,7 @@ for pyc in site.rglob("*.pyc"):
 
 @pytest.fixture(scope="module")  # torn down with this (slow) module, never in a hermetic test's teardown
 def docker() -> Docker:
-    d = Docker()
-    error = d.engine_error()
-    if error:
-        pytest.skip(f"no Docker engine answers ({d.binary}: {error}); run .ci/docker-engine.sh")
-    if d.inspect("local/debian-py:bookworm") is None:
-        pytest.skip("base image local/debian-py:bookworm is missing; run .ci/docker-engine.sh")
-    return d
+    return docker_or_skip()
 
 
 @pytest.fixture(scope="module")

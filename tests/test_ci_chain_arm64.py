@@ -23,7 +23,7 @@ from wheelfactory.audit import audit_wheel, judge
 from wheelfactory.elfmachine import header_machine
 from wheelfactory.factory import Factory
 
-from .conftest import CI_RELEASES, RECIPES, REPO
+from .conftest import CI_RELEASES, RECIPES, REPO, docker_or_skip
 from .test_assemble_docker import NCCL_CHECK
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -40,12 +40,7 @@ def docker() -> Docker:
         # "aarch64 under emulation"), more than CI's budget beside the rest of the suite.
         pytest.skip("the emulated aarch64 chain runs only with WHEELFACTORY_TEST_ARM64_CHAIN=1 "
                     "(after .ci/arm64-env.sh); it takes most of an hour on a 2-core machine")
-    d = Docker()
-    if error := d.engine_error():
-        pytest.skip(f"no Docker engine answers ({d.binary}: {error}); run .ci/docker-engine.sh")
-    if d.inspect(BASE) is None:
-        pytest.skip(f"base image {BASE} is missing; run .ci/arm64-env.sh")
-    return d
+    return docker_or_skip(BASE, ".ci/arm64-env.sh")
 
 
 def chain(docker: Docker, wf: Path, phase: str, network: str) -> subprocess.CompletedProcess[str]:

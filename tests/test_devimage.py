@@ -39,7 +39,7 @@ from assemble.spec import Settings
 from wheelfactory import audit, fatbin
 from wheelfactory.factory import Factory
 
-from .conftest import CI_RELEASES, RECIPES, REPO, run_cli, scratch
+from .conftest import CI_RELEASES, RECIPES, REPO, docker_or_skip, run_cli, scratch
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -93,13 +93,7 @@ cd /tmp && python check.py cpp_extension && python check.py cmake /tmp/cmake/lib
 
 @pytest.fixture(scope="module")
 def docker() -> Docker:
-    d = Docker()
-    error = d.engine_error()
-    if error:
-        pytest.skip(f"no Docker engine answers ({d.binary}: {error}); run .ci/docker-engine.sh")
-    if d.inspect("local/debian-py:bookworm") is None:
-        pytest.skip("base image local/debian-py:bookworm is missing; run .ci/docker-engine.sh")
-    return d
+    return docker_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from assemble.cli import images
 from assemble.docker import Docker
 from wheelfactory.factory import Factory
 
-from .conftest import CI_RELEASES, RECIPES, run_cli
+from .conftest import CI_RELEASES, RECIPES, docker_or_skip, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE = "wheelfactory-ci/vllm-ray:0.14.1-t4"
@@ -65,13 +65,7 @@ def _docker(docker: Docker, *args: str, timeout: int = 300) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def docker() -> Docker:
-    d = Docker()
-    error = d.engine_error()
-    if error:
-        pytest.skip(f"no Docker engine answers ({d.binary}: {error}); run .ci/docker-engine.sh")
-    if d.inspect("local/debian-py:bookworm") is None:
-        pytest.skip("base image local/debian-py:bookworm is missing; run .ci/docker-engine.sh")
-    return d
+    return docker_or_skip()
 
 
 @pytest.fixture(scope="module")
