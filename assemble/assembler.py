@@ -69,7 +69,8 @@ class Prepared:
     def run_names(self) -> list[str]:
         """Names of the image's RUN layers, in order."""
         return (["python"] if provision_packages(self.spec, self.base) else []) + \
-            (["system"] if self.system else []) + ["venv"] + [x.name for x in self.layers] + \
+            (["system"] if self.system else []) + (["user"] if self.spec.user else []) + ["venv"] + \
+            [x.name for x in self.layers] + \
             extra_runs(self.spec, self.base)
 
     @property
@@ -386,8 +387,8 @@ class Assembler:
 
     def size_report(self, p: Prepared) -> SizeReport:
         """Sizes of a built image against the installed bytes of its wheels."""
-        # RUNs before the wheel layers (Python, system libraries, venv) and after them (dev tooling and
-        # toolkit, the user) install no wheels
+        # RUNs before the wheel layers (Python, system libraries, the user, venv) and after them (dev
+        # tooling and toolkit) install no wheels
         after = len(extra_runs(p.spec, p.base))
         installed: list[int | None] = [None] * (len(p.run_names) - len(p.layers) - after) + \
             [x.installed_bytes for x in p.layers] + [None] * after

@@ -83,7 +83,7 @@ def extra_runs(spec: ImageSpec, base: BaseImage) -> list[str]:
     """Names of the RUNs after the wheel layers, in order (the size report names every RUN)."""
     return ((["jit-links"] if jit_root_links(_jit_env(spec)) else [])
             + (["tooling"] if spec.dev_tooling and base.dev_packages else [])
-            + (["toolkit"] if spec.dev_tooling else []) + (["user"] if spec.user else []))
+            + (["toolkit"] if spec.dev_tooling else []))
 
 
 def _dev_tooling(spec: ImageSpec, base: BaseImage) -> list[str]:
@@ -189,6 +189,9 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
             f"COPY imagefiles/ {IMAGE_FILES}/", ""]
     out += _provision(spec, base)
     out += _system_libraries(base, system)
+    # The user before the wheel layers: its RUN writes files with new mtimes each time it runs, so
+    # after the transformers layer it would be one more layer that siblings do not share.
+    out += _user(spec)
     out += _venv(spec, base)
     for name, about in layers:
         out += [f"# {name}: {about}",
@@ -196,7 +199,6 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
     out += _jit_root(_jit_env(spec))
     out += _dev_tooling(spec, base)
     out += _dev_toolkit(spec)
-    out += _user(spec)
     env = {"VIRTUAL_ENV": VENV, "PATH": f"{VENV}/bin:$PATH"} | env
     out.append("ENV " + _continued([f"{_key(k)}={_quote(v, f'ENV {k}')}" for k, v in env.items()]))
     out.append("")

@@ -18,6 +18,10 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg ibverbs-providers libibverbs1 librdmacm1 \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
 
+# a non-root user to run as; `docker run --user root` (or -u 0) overrides it
+RUN if other=$(id -nu 1000 2>/dev/null); then userdel --remove "$other"; fi \
+    && useradd --create-home --uid 1000 --user-group --shell /bin/bash vllm
+
 # the venv every layer installs into; the base's python must be the one the wheels are for
 RUN /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' && /usr/bin/python3 -m venv /opt/venv
 
@@ -40,10 +44,6 @@ RUN --mount=type=bind,source=layers/transformers,target=/wheels \
 # the JIT toolkit root as compilers expect it: FlashInfer's JIT links -L$CUDA_HOME/lib64 -lcudart
 RUN { [ -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64 ] || ln -s lib /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64; } && test -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib64 \
     && { [ -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so ] || ln -s libcudart.so.13 /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so; } && test -e /opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcudart.so
-
-# a non-root user to run as; `docker run --user root` (or -u 0) overrides it
-RUN if other=$(id -nu 1000 2>/dev/null); then userdel --remove "$other"; fi \
-    && useradd --create-home --uid 1000 --user-group --shell /bin/bash vllm
 
 ENV VIRTUAL_ENV="/opt/venv" \
     PATH="/opt/venv/bin:/opt/venv/lib/python3.12/site-packages/nvidia/cu13/bin:$PATH" \
