@@ -204,7 +204,9 @@ def render_dockerfile(spec: ImageSpec, base: BaseImage, layers: Sequence[tuple[s
     out.append("")
     if spec.user:
         # numeric, so that an engine can tell it is not root without the image's /etc/passwd
-        out += [f"USER {VLLM_UID}:{VLLM_UID}", f"WORKDIR /home/{spec.user}", ""]
+        # No WORKDIR: BuildKit makes a layer of it, after the wheel layers, which the size report would
+        # take for the last RUN and siblings would not share; the user's HOME comes from /etc/passwd.
+        out += [f"USER {VLLM_UID}:{VLLM_UID}", ""]
     if spec.entrypoint:
         # -I -S: the gate runs on the standard library alone, whatever PYTHON* variables a user sets,
         # without site-packages' .pth hooks; -B: it writes no .pyc into the image's container.

@@ -56,7 +56,6 @@ ENV VIRTUAL_ENV="/opt/venv" \
     WHEELFACTORY_PTX_DRIVER="590.44.01"
 
 USER 1000:1000
-WORKDIR /home/vllm
 
 # check the host's NVIDIA driver against the image's CUDA, then run the command
 ENTRYPOINT ["/opt/venv/bin/python", "-I", "-S", "-B", "/opt/wheelfactory/entrypoint.py"]
