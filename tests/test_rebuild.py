@@ -105,4 +105,6 @@ def test_the_recorded_duration_leaves_out_waiting_for_the_wheelhouse_lock(tmp_pa
     [result] = f.executor(plan, echo=echo, python=shutil.which("python3")).build()
     holder.join()
     recorded = Timings(f.cache_dir).previous("a")
-    assert result.seconds >= 4 and recorded is not None and recorded <= result.seconds - 4
+    assert result.seconds >= 4 and recorded is not None
+    # timings.json keeps tenths of a second: 11.48 s of building is recorded as 11.5
+    assert recorded <= round(result.seconds - 4, 1) + 0.05
