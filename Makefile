@@ -29,7 +29,7 @@ ci-images:
 	wheelfactory images -r tests/releases/ci.toml -r tests/releases/ci-t5.toml
 
 test:
-	$(PYTHON) -m pytest -v
+	$(PYTHON) -m pytest -v --durations=25
 
 test-fast:
 	$(PYTHON) -m pytest -v -m "not slow"
