@@ -594,6 +594,8 @@ BAD_INPUTS = (
     BadInput("--wait inf", 2, "inf is not a number of seconds", _build("--wait", "inf")),
     BadInput("--cache-dir that is a file", 2, "is a file, not a directory",
              lambda lab, d: ["--cache-dir", str(_write(d / "cachefile", "")), "plan", "--release", "r"]),
+    BadInput("--cache-dir that is a file, after the command", 2, "is a file, not a directory",
+             lambda lab, d: ["plan", "--release", "r", "--cache-dir", str(_write(d / "cachefile", ""))]),
     BadInput("cache list on a wheelhouse that is a file", 2, "is a file, not a directory",
              lambda lab, d: ["--wheelhouse", str(_write(d / "wh", "")), "cache", "list"]),
     BadInput("cache gc on a wheelhouse that is a file", 2, "is a file, not a directory",
