@@ -37,7 +37,7 @@ from .rebuild import components_to_rebuild
 from .release import Release, list_releases
 from .runner import Runner
 from .toolkit import is_wheel_label, mismatch_warning
-from .transport import INDEX_SCHEMES, check_url
+from .transport import INDEX_SCHEMES, check_git_transport, check_url
 from .venv import create_venv
 
 # No auto_envvar_prefix: the environment variables are the ones declared on options (and shown in
@@ -682,6 +682,14 @@ def release_group() -> None:
     """Derive releases from upstream, check shipped ones against it, print the release file schema."""
 
 
+def _check_upstream_gits(vllm_git: str, triton_git: str) -> None:
+    """--vllm-git and --triton-git of `release derive` and `release check`, checked as a release
+    file's git source is (exit 2 before anything is fetched). They have no allow_insecure, so a
+    plain http:// or git:// repository is refused, as fetching it would be later."""
+    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
+        check_git_transport(check_git_url(url, option), False, option, "clone it yourself and pass its path")
+
+
 def _upstream(factory: Factory, vllm_git: str, triton_git: str):
     from .upstream import LiveUpstream  # imported here: only these commands read upstream
 
@@ -718,8 +726,7 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
         check_release_name(name, "--name")
     if ref:
         check_git_ref(ref, "--ref")
-    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
-        check_git_url(url, option)
+    _check_upstream_gits(vllm_git, triton_git)
     from .derive import Request, derive, plan_writes
     from .release import releases_dir
 
@@ -761,6 +768,7 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
 def release_check(factory: Factory, releases: tuple[str, ...], vllm_git: str, triton_git: str) -> None:
     """Re-derive the upstream data of RELEASES (default: every shipped release) and report drift:
     exit 1 on drift, 0 when everything that could be read matches."""
+    _check_upstream_gits(vllm_git, triton_git)
     from .derive import check_release
 
     up = _upstream(factory, vllm_git, triton_git)
