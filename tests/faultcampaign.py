@@ -456,6 +456,11 @@ def _release(body: str) -> Callable[[Lab, Path], list[str]]:
     return make
 
 
+def _child(table: str, body: str) -> Callable[[Lab, Path], list[str]]:
+    """`plan` of a release extending the lab's with one table: `[table]` then `body`."""
+    return _release(f"extends = 'r'\n[{table}]\n{body}")
+
+
 def _build(*extra: str, target: bool = True, host_check: bool = False) -> Callable[[Lab, Path], list[str]]:
     def make(lab: Lab, d: Path) -> list[str]:
         args = lab.build_args(lab.names[0], "bad", *extra)
@@ -500,7 +505,7 @@ BAD_INPUTS = (
              lambda lab, d: ["plan", "--release", str(_write(d / "r.toml", b"[target]\npython = '3.\xff'\n"))]),
     BadInput("release file not TOML", 2, "rel.toml", _release("[target\n")),
     BadInput("release with an unknown component", 2, "nosuch",
-             _release("extends = 'r'\n[components.nosuch]\nversion = '1.0'\n")),
+             _child("components.nosuch", "version = '1.0'\n")),
     BadInput("release extends an unknown release", 2, "nope", _release("extends = 'nope'\n")),
     BadInput("unknown target component", 2, "nosuch", lambda lab, d: ["plan", "--release", "r", "nosuch"]),
     BadInput("--env without KEY=VALUE", 2, "expected COMPONENT:KEY=VALUE", _build("--env", "fault0")),
@@ -539,41 +544,40 @@ BAD_INPUTS = (
     BadInput("git source that is a git option", 2, "starts with '-' (git would read it as an option)",
              _git_option_source),
     BadInput("git ref that is a git option", 2, "bad git ref '--output=x'",
-             _release("extends = 'r'\n[components.fault0]\n"
-                      "source = { git = 'https://example.invalid/r.git', ref = '--output=x' }\n")),
+             _child("components.fault0", "source = { git = 'https://example.invalid/r.git', ref = '--output=x' }\n")),
     BadInput("pin name that is an index option", 2, "is not a package name",
-             _release("extends = 'r'\n[pins]\n'--extra-index-url http://127.0.0.1:9/simple #' = '1.0'\n")),
+             _child("pins", "'--extra-index-url http://127.0.0.1:9/simple #' = '1.0'\n")),
     BadInput("pin name with a space", 2, "'foo bar' is not a package name",
-             _release("extends = 'r'\n[pins]\n'foo bar' = '1.0'\n")),
-    BadInput("empty pin name", 2, "'' is not a package name", _release("extends = 'r'\n[pins]\n'' = '1.0'\n")),
+             _child("pins", "'foo bar' = '1.0'\n")),
+    BadInput("empty pin name", 2, "'' is not a package name", _child("pins", "'' = '1.0'\n")),
     BadInput("--index-url http with a leading space", 2, "--allow-insecure-index",
              lambda lab, d: ["--index-url", " http://example.invalid/simple", "plan", "--release", "r"]),
     BadInput("--adopt of a plain-http URL", 2, "is fetched over plain http",
              _build("--adopt", "fault0=http://example.invalid/fault0-1.0-py3-none-any.whl")),
     BadInput("image tag with a newline and a RUN", 2, "contains control character(s) \\n",
-             _release("extends = 'r'\n[image]\ntag = \"x\\nRUN touch /pwned\"\n")),
+             _child("image", "tag = \"x\\nRUN touch /pwned\"\n")),
     BadInput("--registry outside the OCI grammar", 2, "--registry: bad registry", _images("", "--registry",
                                                                                           "bad registry!!")),
     BadInput("--label-namespace with a newline", 2, "--label-namespace: bad label namespace",
              _images("", "--label-namespace", "dev.x\nRUN touch /pwned")),
     BadInput("version in full-width digits", 2, "full-width digits",
-             _release("extends = 'r'\n[components.fault0]\nversion = '\uff11.0'\n")),
+             _child("components.fault0", "version = '\uff11.0'\n")),
     BadInput("version of 5000 digits", 2, "a version has at most 128",
-             _release("extends = 'r'\n[components.fault0]\nversion = '" + "1" * 5000 + "'\n")),
+             _child("components.fault0", "version = '" + "1" * 5000 + "'\n")),
     BadInput("version with whitespace", 2, "without spaces",
-             _release("extends = 'r'\n[components.fault0]\nversion = '1.0 '\n")),
+             _child("components.fault0", "version = '1.0 '\n")),
     BadInput("env key with '='", 2, "is not an environment variable name",
-             _release("extends = 'r'\n[components.fault0.env]\n'A=B' = 'x'\n")),
+             _child("components.fault0.env", "'A=B' = 'x'\n")),
     BadInput("empty env key", 2, "'' is not an environment variable name",
-             _release("extends = 'r'\n[components.fault0.env]\n'' = 'x'\n")),
+             _child("components.fault0.env", "'' = 'x'\n")),
     BadInput("NUL in an env value", 2, "\\x00",
-             _release("extends = 'r'\n[components.fault0.env]\nX = \"a\\u0000b\"\n")),
+             _child("components.fault0.env", "X = \"a\\u0000b\"\n")),
     BadInput("unknown [target] platform", 2, "'win_amd64' is not a platform",
-             _release("extends = 'r'\n[target]\nplatform = 'win_amd64'\n")),
+             _child("target", "platform = 'win_amd64'\n")),
     BadInput("unknown CUDA arch", 2, "'99.0' is no CUDA architecture",
-             _release("extends = 'r'\n[target]\ncuda_arch_list = ['99.0']\n")),
+             _child("target", "cuda_arch_list = ['99.0']\n")),
     BadInput("empty source path", 2, "source.path: empty",
-             _release("extends = 'r'\n[components.fault0]\nsource = { path = '' }\n")),
+             _child("components.fault0", "source = { path = '' }\n")),
     BadInput("extends chain 1500 deep", 2, "more than 32 releases long", _extends_chain(1500)),
     BadInput("TOML nested 5000 deep", 2, "nested thousands deep", _release("a = " + "[" * 5000 + "]" * 5000 + "\n")),
     BadInput("--release file name too long", 2, "too long for the file system",
