@@ -116,3 +116,17 @@ def test_a_pin_without_name_and_version_is_bad_input_naming_file_key_and_value(t
     # a table made in code is judged the same way where its pins are read
     with pytest.raises(InputError, match=r"^cuda_wheels.toml \[\"13.0\"\].jit\[0\]: "):
         toolkit_constraints({"13.0": {"jit": [pin]}}, "13.0.2")
+
+
+@pytest.mark.parametrize("text, says", [
+    ('"13.0" = "nvidia-cuda-nvcc==13.0.88"\n', "[\"13.0\"]: expected a table of requires = [...] and jit = [...], "
+                                                "got 'nvidia-cuda-nvcc==13.0.88'"),
+    ('["13.0"]\njit = "nvidia-cuda-nvcc==13.0.88"\n', "[\"13.0\"].jit: expected a list of NAME==VERSION, "
+                                                       "got 'nvidia-cuda-nvcc==13.0.88'"),
+])
+def test_a_cuda_entry_or_pin_list_of_another_shape_is_bad_input(tmp_path: Path, text, says) -> None:
+    data = tmp_path / "cuda_wheels.toml"
+    data.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_cuda_wheels(data)
+    assert str(e.value) == f"{data} {says}"

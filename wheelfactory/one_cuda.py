@@ -40,9 +40,13 @@ def load_cuda_wheels(path: Path) -> dict[str, Any]:
 def _pins(entry: Mapping[str, Any], minor: str, file: str = "cuda_wheels.toml") -> list[tuple[str, str]]:
     """(canonical name, version) of the entry's `requires` and `jit` pins; InputError naming the file,
     key and value of one that is not NAME==VERSION (it becomes a uv constraint line as it is)."""
+    if not isinstance(entry, Mapping):
+        raise InputError(f'{file} ["{minor}"]: expected a table of requires = [...] and jit = [...], got {entry!r}')
     pins = []
     for key in ("requires", "jit"):
-        for i, pin in enumerate(entry.get(key, ())):
+        if not isinstance(entry.get(key, []), list):
+            raise InputError(f'{file} ["{minor}"].{key}: expected a list of NAME==VERSION, got {entry[key]!r}')
+        for i, pin in enumerate(entry.get(key, [])):
             name, _, version = pin.partition("==") if isinstance(pin, str) else ("", "", "")
             try:  # the grammar of a release's own pins; their messages are replaced by one naming the file
                 check_distribution_name(name, "")
