@@ -355,9 +355,15 @@ class Assembler:
         r = self.docker.run(p.spec.ref(self.settings.registry), argv, platform=p.oci_platform)
         p.timings["triton_s"] = time.monotonic() - started
         try:
-            return json.loads(r.stdout.splitlines()[-1])
+            last = r.stdout.splitlines()[-1]
+            result = json.loads(last)
         except (json.JSONDecodeError, IndexError):
             return {"ok": False, "error": f"the check did not run (exit {r.returncode}): {r.stderr.strip()[-2000:]}"}
+        # JSON, but not the script's object (something else printed last): the caller reads keys of it
+        if not isinstance(result, dict):
+            return {"ok": False, "error": f"the check printed {last.strip()[:200]} last, not its JSON object "
+                                          f"(exit {r.returncode})"}
+        return result
 
     def check_rdma(self, p: Prepared) -> str | None:
         """None when the image loads rdma-core's libraries as NCCL does (dlopen of libibverbs.so.1,

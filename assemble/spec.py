@@ -6,7 +6,6 @@ from a spec can be snapshot-tested for the real releases on any machine.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from wheelfactory.grammar import (
     check_oci_tag,
     check_text,
 )
+from wheelfactory.one_cuda import load_cuda_wheels
 from wheelfactory.release import Release
 from wheelfactory.triton_ptxas import ptxas_env
 
@@ -114,8 +114,7 @@ class ImageSpec:
 
 def cuda_wheel_names(recipes_dir: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """From recipes/data/cuda_wheels.toml: CUDA major.minor -> library wheel names, -> JIT wheel names."""
-    with open(recipes_dir / "data" / "cuda_wheels.toml", "rb") as f:
-        data = tomllib.load(f)
+    data = load_cuda_wheels(recipes_dir / "data" / "cuda_wheels.toml")  # its pins checked: NAME==VERSION
     libs = {v: {canonicalize_name(r.split("==")[0]) for r in t.get("requires", [])} for v, t in data.items()}
     jit = {v: {canonicalize_name(r.split("==")[0]) for r in t.get("jit", [])} for v, t in data.items()}
     return libs, jit

@@ -56,3 +56,12 @@ def test_rdma_check_loads_libibverbs_and_the_mlx5_provider(factory: Factory, tmp
     bad = Assembler(factory, Settings(), tmp_path, missing)  # type: ignore[arg-type]
     assert "libibverbs.so.1" in bad.check_rdma(prepared(factory, None, True))
     assert bad.check_rdma(prepared(factory, None, False)) is None  # no NCCL, no check
+
+
+def test_triton_check_whose_last_line_is_json_but_no_object_is_a_failure(factory: Factory, tmp_path: Path) -> None:
+    """A last line such as `[]`, `null` or `42` (something else printed last) is a failed check naming
+    that line, not an AttributeError where the result is read."""
+    for line in ("[]", "null", "42", '"ok"'):
+        asm = Assembler(factory, Settings(), tmp_path, FakeDocker(f"noise\n{line}\n"))  # type: ignore[arg-type]
+        result = asm.check_triton(prepared(factory, "3.8.0", False))
+        assert result == {"ok": False, "error": f"the check printed {line} last, not its JSON object (exit 0)"}

@@ -195,6 +195,14 @@ def invoke(tmp_path: Path, *args: str):
     (["release", "derive", "--vllm", "0.15.0", "--name", "../../evil"], "--name: bad release name '../../evil'"),
     (["release", "derive", "--vllm", "0.15.0", "--ref", "--upload-pack=x"], "--ref: bad git ref"),
     (["release", "derive", "--vllm", "0.15.0", "--vllm-git", "--upload-pack=x"], "--vllm-git: bad git URL"),
+    (["release", "derive", "--vllm", "0.15.0", "--triton-git", "http://example.invalid/t.git"],
+     "--triton-git: 'http://example.invalid/t.git' is fetched over plain http"),
+    # release check reads upstream through the same options: refused before anything is fetched
+    (["release", "check", "--vllm-git", "--upload-pack=touch x"],
+     "--vllm-git: bad git URL '--upload-pack=touch x': it starts with '-'"),
+    (["release", "check", "--triton-git", "ext::sh -c x"], "--triton-git: bad git URL 'ext::sh -c x': "),
+    (["release", "check", "--vllm-git", "gopher://example.invalid/v.git"], "unknown scheme 'gopher'"),
+    (["release", "check", "--vllm-git", "git://example.invalid/v.git"], "is fetched over plain git"),
 ])
 def test_bad_options_are_refused(tmp_path, args, expected):
     r = invoke(tmp_path, *args)

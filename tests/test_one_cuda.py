@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wheelfactory import lock as lockmod
-from wheelfactory.errors import BuildError
+from wheelfactory.errors import BuildError, InputError
 from wheelfactory.factory import Factory
 from wheelfactory.one_cuda import (
     carried_cuda,
@@ -99,3 +99,34 @@ def test_a_cuda_wheel_the_release_overrides_is_not_held_to_the_toolkit_pin(facto
     constraints = uv.files[0]["--constraint"].splitlines()
     assert not any(c.startswith("nvidia-cublas==") for c in constraints)
     assert "nvidia-cuda-runtime==13.1.80" in constraints
+
+
+@pytest.mark.parametrize("pin", ["nvidia-cuda-nvcc>=13.0", "nvidia-cuda-nvcc", "==13.0.88", "nvidia-cuda-nvcc==",
+                                 "nvidia-cuda-nvcc==13.0==1", "nvidia cuda==13.0.88", 13])
+def test_a_pin_without_name_and_version_is_bad_input_naming_file_key_and_value(tmp_path: Path, pin) -> None:
+    """A --recipes-dir may replace cuda_wheels.toml: a pin that is not NAME==VERSION is refused where
+    the file is read, naming it (was: IndexError, or a wrong constraint, where the pins were split)."""
+    data = tmp_path / "cuda_wheels.toml"
+    value = f'"{pin}"' if isinstance(pin, str) else str(pin)
+    data.write_text(f'["13.0"]\nrequires = ["nvidia-cuda-runtime==13.0.96"]\njit = ["nvidia-nvvm==13.0.88", {value}]\n')
+    with pytest.raises(InputError) as e:
+        load_cuda_wheels(data)
+    assert str(e.value) == (f"{data} [\"13.0\"].jit[1]: {pin!r} is not a pin NAME==VERSION, "
+                            "e.g. nvidia-cuda-nvcc==13.0.88")
+    # a table made in code is judged the same way where its pins are read
+    with pytest.raises(InputError, match=r"^cuda_wheels.toml \[\"13.0\"\].jit\[0\]: "):
+        toolkit_constraints({"13.0": {"jit": [pin]}}, "13.0.2")
+
+
+@pytest.mark.parametrize("text, says", [
+    ('"13.0" = "nvidia-cuda-nvcc==13.0.88"\n', "[\"13.0\"]: expected a table of requires = [...] and jit = [...], "
+                                                "got 'nvidia-cuda-nvcc==13.0.88'"),
+    ('["13.0"]\njit = "nvidia-cuda-nvcc==13.0.88"\n', "[\"13.0\"].jit: expected a list of NAME==VERSION, "
+                                                       "got 'nvidia-cuda-nvcc==13.0.88'"),
+])
+def test_a_cuda_entry_or_pin_list_of_another_shape_is_bad_input(tmp_path: Path, text, says) -> None:
+    data = tmp_path / "cuda_wheels.toml"
+    data.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_cuda_wheels(data)
+    assert str(e.value) == f"{data} {says}"

@@ -108,3 +108,39 @@ def test_the_recorded_duration_leaves_out_waiting_for_the_wheelhouse_lock(tmp_pa
     assert result.seconds >= 4 and recorded is not None
     # timings.json keeps tenths of a second: 11.48 s of building is recorded as 11.5
     assert recorded <= round(result.seconds - 4, 1) + 0.05
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+@pytest.mark.parametrize("same_bytes", [False, True], ids=["other-bytes", "the-rebuilds-bytes"])
+def test_rebuild_moves_a_symlinked_wheel_to_the_attic_as_the_link_itself(tmp_path, relative, same_bytes):
+    """A published wheel replaced by a link to a file kept elsewhere: the rebuild moves the link into
+    attic/, still naming the same file, and leaves that file as it was (even when its bytes are the
+    rebuild's, which for a plain file would leave no copy in the attic)."""
+    f, wheel = adopt_setup(tmp_path)
+    run(f)
+    content = wheel.read_bytes() if same_bytes else b"the user's own file, not a wheel"
+    kept = tmp_path / "elsewhere" / wheel.name
+    kept.parent.mkdir()
+    kept.write_bytes(content)
+    published = f.wheelhouse.root / wheel.name
+    published.unlink()
+    published.symlink_to(Path("..") / "elsewhere" / wheel.name if relative else kept)
+    assert [r.action for r in run(f, frozenset({"a"}))] == ["adopt"]
+    moved = f.wheelhouse.root / "attic" / wheel.name
+    assert moved.is_symlink() and moved.resolve() == kept.resolve()
+    assert kept.read_bytes() == content
+    assert published.is_file() and not published.is_symlink()
+    assert published.read_bytes() == wheel.read_bytes()
+
+
+def test_a_dangling_symlinked_wheel_goes_to_the_attic_as_it_is(tmp_path):
+    """A link to nothing: moved as it is, never opened (opening it failed the publish)."""
+    f, wheel = adopt_setup(tmp_path)
+    run(f)
+    published = f.wheelhouse.root / wheel.name
+    published.unlink()
+    published.symlink_to(tmp_path / "gone.whl")
+    assert [r.action for r in run(f, frozenset({"a"}))] == ["adopt"]
+    moved = f.wheelhouse.root / "attic" / wheel.name
+    assert moved.is_symlink() and moved.readlink() == tmp_path / "gone.whl"
+    assert published.read_bytes() == wheel.read_bytes()

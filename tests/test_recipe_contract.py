@@ -28,22 +28,28 @@ def recipe_dir(tmp_path: Path, body: str, header: str = HEADER) -> Path:
     return d
 
 
+def load_refusal(tmp_path: Path, body: str = "", header: str = HEADER) -> str:
+    """What loading recipes/x.py (header + body) is refused with, after the file name every such
+    message starts with."""
+    d = recipe_dir(tmp_path, body, header)
+    with pytest.raises(InputError) as e:
+        load_recipes(d)
+    prefix = f"{d / 'x.py'}: "
+    assert str(e.value).startswith(prefix), str(e.value)
+    return str(e.value).removeprefix(prefix)
+
+
 # -- hooks ---------------------------------------------------------------------------------------
 
 def test_misspelt_hook_is_refused_with_did_you_mean(tmp_path):
-    d = recipe_dir(tmp_path, "def prepair(ctx):\n    pass\n")
-    with pytest.raises(InputError) as e:
-        load_recipes(d)
-    assert str(e.value) == f"{d / 'x.py'}: def prepair(ctx) is not a recipe hook (did you mean 'prepare'?)"
+    assert load_refusal(tmp_path, "def prepair(ctx):\n    pass\n") == (
+        "def prepair(ctx) is not a recipe hook (did you mean 'prepare'?)")
 
 
 def test_public_helper_must_start_with_underscore(tmp_path):
-    d = recipe_dir(tmp_path, "def kernels_on(spec):\n    return True\n")
-    with pytest.raises(InputError) as e:
-        load_recipes(d)
-    assert str(e.value) == (f"{d / 'x.py'}: def kernels_on(spec) is not a recipe hook (hooks: environment, "
-                            "requirements, extra_sources, fetch, prepare, configure, build); name a helper with a "
-                            "leading underscore, e.g. _kernels_on")
+    assert load_refusal(tmp_path, "def kernels_on(spec):\n    return True\n") == (
+        "def kernels_on(spec) is not a recipe hook (hooks: environment, requirements, extra_sources, fetch, "
+        "prepare, configure, build); name a helper with a leading underscore, e.g. _kernels_on")
 
 
 def test_hook_taking_two_arguments_is_refused(tmp_path):
@@ -188,11 +194,8 @@ def test_reading_an_undeclared_data_file_is_refused(tmp_path):
 
 
 def test_a_declared_data_file_must_exist(tmp_path):
-    d = recipe_dir(tmp_path, "", header=DATA_HEADER)
-    with pytest.raises(InputError) as e:
-        load_recipes(d)
-    assert str(e.value) == (f"{d / 'x.py'}: RECIPE.data_files names 'x.toml', and {d / 'data' / 'x.toml'} "
-                            "does not exist")
+    assert load_refusal(tmp_path, header=DATA_HEADER) == (
+        f"RECIPE.data_files names 'x.toml', and {tmp_path / 'recipes' / 'data' / 'x.toml'} does not exist")
 
 
 def test_data_file_digests_enter_the_key(factory):
@@ -308,21 +311,16 @@ def test_a_disk_estimate_by_option(factory, tmp_path):
 
 def test_a_disk_estimate_names_a_declared_option(tmp_path):
     header = HEADER.replace("outputs=('x',))", "outputs=('x',), disk_gb_if=(('kernel', False, 1.0),))")
-    d = recipe_dir(tmp_path, "", header=header)
-    with pytest.raises(InputError) as e:
-        load_recipes(d)
-    assert str(e.value) == (f"{d / 'x.py'}: RECIPE names option 'kernel' in a host estimate, which "
-                            "RECIPE.options does not declare")
+    assert load_refusal(tmp_path, header=header) == (
+        "RECIPE names option 'kernel' in a host estimate, which RECIPE.options does not declare")
 
 
 def test_a_gcc_need_is_checked_at_load(tmp_path):
     header = ("from wheelfactory.recipe_api import GccNeed, Recipe\n"
               "RECIPE = Recipe(name='x', summary='', source=None, outputs=('x',), "
               "gcc_needs=(GccNeed('0.33+', 13, 'why'),))\n")
-    d = recipe_dir(tmp_path, "", header=header)
-    with pytest.raises(InputError) as e:
-        load_recipes(d)
-    assert str(e.value) == f"{d / 'x.py'}: RECIPE.gcc_needs: '0.33+' is not a version specifier such as '>=0.33'"
+    assert load_refusal(tmp_path, header=header) == (
+        "RECIPE.gcc_needs: '0.33+' is not a version specifier such as '>=0.33'")
 
 
 def test_the_gcc_need_holds_by_version_and_option():

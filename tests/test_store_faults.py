@@ -33,9 +33,12 @@ def test_wait_must_be_a_finite_number_of_seconds(tmp_path, value, says):
 def test_a_cache_dir_that_is_a_file_is_bad_input(tmp_path):
     (tmp_path / "file").write_text("")
     for command in (["plan"], ["cache", "list"], ["cache", "gc", "--dry-run"]):
-        r = invoke("--cache-dir", str(tmp_path / "file"), *command)
-        assert r.returncode == 2, (command, r.stderr)
-        assert r.stderr == f"error: --cache-dir {tmp_path / 'file'} is a file, not a directory; pass a directory\n"
+        # before the command and after it (a global option is accepted on either side)
+        option = ["--cache-dir", str(tmp_path / "file")]
+        for args in ([*option, *command], [*command, *option]):
+            r = invoke(*args)
+            assert r.returncode == 2, (args, r.stderr)
+            assert r.stderr == f"error: --cache-dir {tmp_path / 'file'} is a file, not a directory; pass a directory\n"
 
 
 @pytest.mark.parametrize("command", [["cache", "list"], ["cache", "gc", "--dry-run", "--keep-sources"]])

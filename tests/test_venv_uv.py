@@ -112,3 +112,26 @@ def test_clear_replaces_a_venv_and_nothing_else(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="is not a virtual environment \\(no pyvenv.cfg\\)"):
         create_venv(mine, "r", wh, {}, "python3.11", FakeRunner(), clear=True)
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_clear_through_a_symbolic_link_is_refused_and_removes_nothing(tmp_path, monkeypatch):
+    """`venv LINK --clear` where LINK points at a venv: bad input naming the link and where it points
+    (was: shutil.rmtree's OSError), the venv and the link left as they were."""
+    import pytest
+
+    from wheelfactory.errors import InputError
+
+    monkeypatch.setattr(venv_mod, "find_uv", lambda: "/opt/uv")
+    wh = locked_wheelhouse(tmp_path)
+    real = tmp_path / "real-venv"
+    (real / "lib").mkdir(parents=True)
+    (real / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    link = tmp_path / "v"
+    link.symlink_to(real)
+    runner = FakeRunner()
+    with pytest.raises(InputError) as e:
+        create_venv(link, "r", wh, {}, "python3.11", runner, clear=True)
+    assert str(e.value) == (f"{link} is a symbolic link (to {real}); --clear replaces only a venv directory "
+                            f"itself, never through a link: pass {real}, or remove the link")
+    assert e.value.exit_code == 2 and runner.commands == []
+    assert link.is_symlink() and (real / "pyvenv.cfg").is_file() and (real / "lib").is_dir()

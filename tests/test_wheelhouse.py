@@ -193,3 +193,18 @@ def test_the_attic_keeps_one_copy_of_the_same_bytes(tmp_path):
             wh.publish([new], {"component": "c", "key": f"new{i}", "origin": "built"})
     kept = [p.read_bytes() for p in (wh.root / "attic").iterdir()]
     assert sorted(kept) == sorted([old.read_bytes(), new.read_bytes()])  # one copy of each, not five
+
+
+def test_the_attic_never_replaces_a_link_that_points_nowhere(tmp_path):
+    """attic/NAME taken by a dangling link (a symlinked wheel moved there earlier): the next copy of
+    NAME goes beside it, the link stays."""
+    wh = Wheelhouse(tmp_path / "wh")
+    a = make_wheel(tmp_path / "a", "pure", "1.0", b"old")
+    b = make_wheel(tmp_path / "b", "pure", "1.0", b"new")
+    (wh.root / "attic").mkdir(parents=True)
+    (wh.root / "attic" / a.name).symlink_to(tmp_path / "gone.whl")
+    with wh.lock():
+        wh.publish([a], {"component": "c", "key": "k-old", "origin": "built"})
+        wh.publish([b], {"component": "c", "key": "k-new", "origin": "built"})
+    assert (wh.root / "attic" / a.name).readlink() == tmp_path / "gone.whl"
+    assert [p.read_bytes() for p in (wh.root / "attic").glob(f"*-{a.name}")] == [a.read_bytes()]

@@ -37,7 +37,7 @@ from .rebuild import components_to_rebuild
 from .release import Release, list_releases
 from .runner import Runner
 from .toolkit import is_wheel_label, mismatch_warning
-from .transport import INDEX_SCHEMES, check_url
+from .transport import INDEX_SCHEMES, check_git_transport, check_url
 from .venv import create_venv
 
 # No auto_envvar_prefix: the environment variables are the ones declared on options (and shown in
@@ -141,6 +141,15 @@ def plan_inputs(command):
     return command
 
 
+def _checked_cache_dir(path: Path) -> Path:
+    """--cache-dir as the Factory keeps it (absolute), refused when it names a file: every command
+    keeps logs or sources there. Checked wherever the option was typed, before or after the command."""
+    cache = path.expanduser()
+    if cache.exists() and not cache.is_dir():
+        raise InputError(f"--cache-dir {cache} is a file, not a directory; pass a directory")
+    return cache.absolute()
+
+
 @click.group(cls=GlobalOptionsGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="wheelfactory")
 @click.option("--wheelhouse", type=click.Path(path_type=Path), default=Path("wheelhouse"), show_default=True,
@@ -169,12 +178,9 @@ def cli(ctx: click.Context, wheelhouse: Path, cache_dir: Path, recipes_dir: Path
     for option, path in (("--wheelhouse", wheelhouse), ("--cache-dir", cache_dir), ("--recipes-dir", recipes_dir)):
         if path is not None:
             check_path_length(path.expanduser(), option)
-    cache = cache_dir.expanduser()
-    if cache.exists() and not cache.is_dir():  # every command keeps logs or sources there
-        raise InputError(f"--cache-dir {cache} is a file, not a directory; pass a directory")
     shipped = default_recipes_dir()
     ctx.obj = Factory(recipes_dir.expanduser().absolute() if recipes_dir else shipped,
-                      wheelhouse.expanduser().absolute(), cache_dir.expanduser().absolute(), index_url=index_url,
+                      wheelhouse.expanduser().absolute(), _checked_cache_dir(cache_dir), index_url=index_url,
                       shipped_recipes_dir=shipped)
 
 
@@ -676,6 +682,14 @@ def release_group() -> None:
     """Derive releases from upstream, check shipped ones against it, print the release file schema."""
 
 
+def _check_upstream_gits(vllm_git: str, triton_git: str) -> None:
+    """--vllm-git and --triton-git of `release derive` and `release check`, checked as a release
+    file's git source is (exit 2 before anything is fetched). They have no allow_insecure, so a
+    plain http:// or git:// repository is refused, as fetching it would be later."""
+    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
+        check_git_transport(check_git_url(url, option), False, option, "clone it yourself and pass its path")
+
+
 def _upstream(factory: Factory, vllm_git: str, triton_git: str):
     from .upstream import LiveUpstream  # imported here: only these commands read upstream
 
@@ -712,8 +726,7 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
         check_release_name(name, "--name")
     if ref:
         check_git_ref(ref, "--ref")
-    for option, url in (("--vllm-git", vllm_git), ("--triton-git", triton_git)):
-        check_git_url(url, option)
+    _check_upstream_gits(vllm_git, triton_git)
     from .derive import Request, derive, plan_writes
     from .release import releases_dir
 
@@ -755,6 +768,7 @@ def release_derive(factory: Factory, vllm_version: str, transformers_major: int,
 def release_check(factory: Factory, releases: tuple[str, ...], vllm_git: str, triton_git: str) -> None:
     """Re-derive the upstream data of RELEASES (default: every shipped release) and report drift:
     exit 1 on drift, 0 when everything that could be read matches."""
+    _check_upstream_gits(vllm_git, triton_git)
     from .derive import check_release
 
     up = _upstream(factory, vllm_git, triton_git)
@@ -867,10 +881,11 @@ def release_schema_cmd(factory: Factory) -> None:
 cli.add_command(images)
 
 
-def _late_path(attr: str, option: str):
+def _late_path(attr: str, option: str, checked: Callable[[Path], Path] = lambda p: p.expanduser().absolute()):
+    # `checked` is what the group's own callback does with the value, so both places agree
     def apply(ctx: click.Context, value: Path) -> None:
         check_path_length(value.expanduser(), option)
-        setattr(ctx.find_object(Factory), attr, value.expanduser().absolute())
+        setattr(ctx.find_object(Factory), attr, checked(value))
     return apply
 
 
@@ -886,7 +901,7 @@ def _late_allow_insecure(ctx: click.Context, value: bool) -> None:
 # Last, once every command is declared: the group's options after any subcommand too, and every
 # environment variable in --help.
 accept_after_subcommand(cli, {"wheelhouse": _late_path("wheelhouse_dir", "--wheelhouse"),
-                              "cache_dir": _late_path("cache_dir", "--cache-dir"),
+                              "cache_dir": _late_path("cache_dir", "--cache-dir", _checked_cache_dir),
                               "recipes_dir": _late_path("recipes_dir", "--recipes-dir"), "index_url": _late_index_url,
                               "allow_insecure_index": _late_allow_insecure})
 show_envvars(cli)

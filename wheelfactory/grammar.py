@@ -125,12 +125,18 @@ def check_distribution_name(name: str, where: str) -> str:
 RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}", re.ASCII)
 
 
+def _grammar(value: str, ok: bool, where: str, what: str, how: str) -> str:
+    """value when `ok` (it fits its grammar), else the one form of refusal: where, what, the value
+    (cut at 80 characters) and how such a value is written."""
+    if not ok:
+        raise InputError(f"{where}: bad {what} {value[:80]!r}: {how}")
+    return value
+
+
 def check_release_name(name: str, where: str) -> str:
     """A release name written as a file name (releases/<name>.toml): no '/', no leading '.' or '-'."""
-    if not RELEASE_NAME.fullmatch(name):
-        raise InputError(f"{where}: bad release name {name[:80]!r}: up to 100 letters, digits, '.', '_', '+' and "
-                         "'-', starting with a letter or digit, e.g. 0.15.0-t4")
-    return name
+    return _grammar(name, bool(RELEASE_NAME.fullmatch(name)), where, "release name",
+                    "up to 100 letters, digits, '.', '_', '+' and '-', starting with a letter or digit, e.g. 0.15.0-t4")
 
 
 def check_env_key(key: str, where: str) -> str:
@@ -229,32 +235,27 @@ def check_path_length(path: Path, where: str) -> Path:
 
 def check_oci_tag(tag: str, where: str) -> str:
     """An image tag by the OCI reference grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}."""
-    if not OCI_TAG.fullmatch(tag):
-        raise InputError(f"{where}: bad image tag {tag[:80]!r}: a tag is up to 128 letters, digits, '_', '.' and "
-                         "'-', not starting with '.' or '-', e.g. tag = '0.15.0-t4'")
-    return tag
+    return _grammar(tag, bool(OCI_TAG.fullmatch(tag)), where, "image tag",
+                    "a tag is up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-', "
+                    "e.g. tag = '0.15.0-t4'")
 
 
 def check_oci_repository(repository: str, where: str) -> str:
     """An image repository by the OCI reference grammar: lower-case path components joined by '/'."""
-    if not OCI_REPOSITORY.fullmatch(repository) or len(repository) > OCI_NAME_MAX:
-        raise InputError(f"{where}: bad image repository {repository[:80]!r}: lower-case letters and digits, "
-                         "separated by '.', '_', '__' or '-', in parts joined by '/' (at most 255 characters), "
-                         "e.g. 'dgx-spark-vllm' or 'me/vllm'; a registry goes in --registry")
-    return repository
+    ok = bool(OCI_REPOSITORY.fullmatch(repository)) and len(repository) <= OCI_NAME_MAX
+    return _grammar(repository, ok, where, "image repository",
+                    "lower-case letters and digits, separated by '.', '_', '__' or '-', in parts joined by '/' "
+                    "(at most 255 characters), e.g. 'dgx-spark-vllm' or 'me/vllm'; a registry goes in --registry")
 
 
 def check_oci_registry(registry: str, where: str) -> str:
     """A registry prefix: a host (with an optional port) and optional namespace path components."""
-    if not OCI_REGISTRY.fullmatch(registry.rstrip("/")) or len(registry) > OCI_NAME_MAX:
-        raise InputError(f"{where}: bad registry {registry[:80]!r}: a host name (with an optional :port) "
-                         "and optional lower-case path parts, e.g. ghcr.io/me or localhost:5000")
-    return registry
+    ok = bool(OCI_REGISTRY.fullmatch(registry.rstrip("/"))) and len(registry) <= OCI_NAME_MAX
+    return _grammar(registry, ok, where, "registry", "a host name (with an optional :port) and optional "
+                                                     "lower-case path parts, e.g. ghcr.io/me or localhost:5000")
 
 
 def check_label_namespace(namespace: str, where: str) -> str:
     """A label key prefix: reverse-DNS, lower-case letters and digits separated by '.' or '-'."""
-    if not LABEL_NAMESPACE.fullmatch(namespace):
-        raise InputError(f"{where}: bad label namespace {namespace[:80]!r}: lower-case letters and digits "
-                         "separated by '.' or '-', e.g. dev.wheelfactory")
-    return namespace
+    return _grammar(namespace, bool(LABEL_NAMESPACE.fullmatch(namespace)), where, "label namespace",
+                    "lower-case letters and digits separated by '.' or '-', e.g. dev.wheelfactory")

@@ -19,7 +19,8 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from .errors import BuildError
+from .errors import BuildError, InputError
+from .grammar import check_distribution_name, check_version_text
 
 
 def cuda_minor(cuda: str) -> str:
@@ -28,25 +29,46 @@ def cuda_minor(cuda: str) -> str:
 
 
 def load_cuda_wheels(path: Path) -> dict[str, Any]:
-    """cuda_wheels.toml's table."""
+    """cuda_wheels.toml's table, every pin checked (a --recipes-dir may bring its own file)."""
     with open(path, "rb") as f:
-        return tomllib.load(f)
+        table = tomllib.load(f)
+    for minor, entry in table.items():
+        _pins(entry, minor, str(path))
+    return table
 
 
-def _pins(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
-    return [(canonicalize_name(r.split("==")[0]), r.split("==")[1]) for r in [*entry.get("requires", ()),
-                                                                              *entry.get("jit", ())]]
+def _pins(entry: Mapping[str, Any], minor: str, file: str = "cuda_wheels.toml") -> list[tuple[str, str]]:
+    """(canonical name, version) of the entry's `requires` and `jit` pins; InputError naming the file,
+    key and value of one that is not NAME==VERSION (it becomes a uv constraint line as it is)."""
+    if not isinstance(entry, Mapping):
+        raise InputError(f'{file} ["{minor}"]: expected a table of requires = [...] and jit = [...], got {entry!r}')
+    pins = []
+    for key in ("requires", "jit"):
+        if not isinstance(entry.get(key, []), list):
+            raise InputError(f'{file} ["{minor}"].{key}: expected a list of NAME==VERSION, got {entry[key]!r}')
+        for i, pin in enumerate(entry.get(key, [])):
+            name, _, version = pin.partition("==") if isinstance(pin, str) else ("", "", "")
+            try:  # the grammar of a release's own pins; their messages are replaced by one naming the file
+                check_distribution_name(name, "")
+                ok = bool(check_version_text(version, "")) and "==" not in version
+            except InputError:
+                ok = False
+            if not ok:
+                raise InputError(f'{file} ["{minor}"].{key}[{i}]: {pin!r} is not a pin NAME==VERSION, '
+                                 "e.g. nvidia-cuda-nvcc==13.0.88")
+            pins.append((canonicalize_name(name), version))
+    return pins
 
 
 def toolkit_constraints(table: Mapping[str, Any], cuda: str) -> list[str]:
     """uv constraint lines: every CUDA wheel of the release's CUDA at its version ([] for a CUDA the data lacks)."""
     entry = table.get(cuda_minor(cuda))
-    return [f"{name}=={version}" for name, version in _pins(entry)] if entry else []
+    return [f"{name}=={version}" for name, version in _pins(entry, cuda_minor(cuda))] if entry else []
 
 
 def tracking_names(table: Mapping[str, Any]) -> set[str]:
     """The wheels whose version is the CUDA version they belong to, in any CUDA entry of the table."""
-    return {name for minor, entry in table.items() for name, version in _pins(entry)
+    return {name for minor, entry in table.items() for name, version in _pins(entry, minor)
             if cuda_minor(version) == minor}
 
 

@@ -54,6 +54,11 @@ def create_venv(path: Path, release: str, wheelhouse: Wheelhouse, recipes: Mappi
         if not (path / "pyvenv.cfg").is_file():
             raise InputError(f"{path} is not a virtual environment (no pyvenv.cfg); --clear replaces only a venv, "
                              "so remove it yourself or pick a new path")
+        # rmtree refuses a link (an OSError); emptying the directory it points to is not what was asked
+        if path.is_symlink():
+            real = path.resolve()
+            raise InputError(f"{path} is a symbolic link (to {real}); --clear replaces only a venv directory itself, "
+                             f"never through a link: pass {real}, or remove the link")
         shutil.rmtree(path)
     runner.run([python, "-m", "venv", path])
     py = path / "bin" / "python"

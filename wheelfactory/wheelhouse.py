@@ -331,31 +331,38 @@ class Wheelhouse:
         """Move the top-level file `name` (a directory entry, or a checked name) out of the way into
         attic/, keeping one copy of any bytes: a wheel whose sha256 is in `same_as` (the bytes
         replacing it: a rebuild that gave a byte-identical wheel) or that the attic already holds
-        is removed instead. Returns where its bytes are kept, or None."""
+        is removed instead. A symbolic link is moved as the link itself. Returns where its bytes
+        (or the link) are kept, or None."""
         src = self.root / name
-        if src.exists() or src.is_symlink():
-            attic = self.root / "attic"
-            if attic.is_symlink() or (attic.exists() and not attic.is_dir()):
-                raise InputError(f"{attic}: not a directory of the wheelhouse (a symbolic link or a file); "
-                                 "remove it")
-            digest = sha256_file(src)
-            if digest in same_as:
-                src.unlink()
-                return None
-            for kept in [attic / name, *attic.glob(f"*-{name}")] if attic.is_dir() else []:
-                if kept.is_file() and kept.stat().st_size == src.stat().st_size and sha256_file(kept) == digest:
-                    src.unlink()
-                    return kept
+        if not (src.exists() or src.is_symlink()):
+            return None
+        attic = self.root / "attic"
+        if attic.is_symlink() or (attic.exists() and not attic.is_dir()):
+            raise InputError(f"{attic}: not a directory of the wheelhouse (a symbolic link or a file); "
+                             "remove it")
+        if src.is_symlink():
+            # A link could point anywhere (check_file never reads through one either): it is not
+            # hashed, copied or removed for its target's bytes, and the target is never touched.
+            # attic/ is one level below the link's directory, so a relative target gets "../".
+            target = os.readlink(src)
             attic.mkdir(exist_ok=True)
-            dest = attic / name
-            stamp = time.strftime('%Y%m%dT%H%M%S')
-            n = 0
-            while dest.exists():  # an older build of the very same file name: keep both, never overwrite
-                dest = attic / (f"{stamp}-{name}" if n == 0 else f"{stamp}.{n}-{name}")
-                n += 1
-            os.replace(src, dest)
+            dest = _free_attic_name(attic, name)
+            os.symlink(target if os.path.isabs(target) else os.path.join("..", target), dest)
+            src.unlink()
             return dest
-        return None
+        digest = sha256_file(src)
+        if digest in same_as:
+            src.unlink()
+            return None
+        for kept in [attic / name, *attic.glob(f"*-{name}")] if attic.is_dir() else []:
+            if (not kept.is_symlink() and kept.is_file() and kept.stat().st_size == src.stat().st_size
+                    and sha256_file(kept) == digest):
+                src.unlink()
+                return kept
+        attic.mkdir(exist_ok=True)
+        dest = _free_attic_name(attic, name)
+        os.replace(src, dest)
+        return dest
 
     def quarantine(self, names: list[str], same_as: Collection[str] = ()) -> list[Path]:
         """Move wheels that no longer match the manifest to attic/ (kept for inspection, never
@@ -422,6 +429,18 @@ class Wheelhouse:
         manifest.update({k: {"mtime_ns": (self.root / k).stat().st_mtime_ns} | dict(v) for k, v in entries.items()})
         self._write_manifest(manifest)
         self.write_index(manifest)
+
+
+def _free_attic_name(attic: Path, name: str) -> Path:
+    """attic/NAME, or a time-stamped name beside it when that is taken (an older build of the very
+    same file name: keep both, never overwrite). A dangling link counts as taken."""
+    dest = attic / name
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    n = 0
+    while os.path.lexists(dest):
+        dest = attic / (f"{stamp}-{name}" if n == 0 else f"{stamp}.{n}-{name}")
+        n += 1
+    return dest
 
 
 def _same_slot(entry: Mapping[str, Any], info: WheelInfo) -> bool:
