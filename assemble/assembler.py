@@ -19,14 +19,14 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.factory import Factory
-from wheelfactory.lock import Lock, lock_paths, read_lock
-from wheelfactory.one_cuda import carried_cuda, load_cuda_wheels, refuse_mixed
-from wheelfactory.recipe import LoadedRecipe
-from wheelfactory.release import Release
-from wheelfactory.toolkit import ToolkitCache, toolkits_dir
-from wheelfactory.wheelhouse import atomic_write_text
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.lock.closure import Lock, lock_paths, read_lock
+from wheelfactory.lock.one_cuda import carried_cuda, load_cuda_wheels, refuse_mixed
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning.recipe import LoadedRecipe
+from wheelfactory.planning.release import Release
+from wheelfactory.store.wheelhouse import atomic_write_text
+from wheelfactory.toolchain.toolkit import ToolkitCache, toolkits_dir
 
 from .bake import oci_platform, render_bake, target_name
 from .bases import BaseImage, find_base, incompatible_wheels, load_bases

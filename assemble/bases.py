@@ -10,7 +10,7 @@ from typing import Any
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from wheelfactory.errors import InputError, did_you_mean
+from wheelfactory.core.errors import InputError, did_you_mean
 
 from .datafiles import load_data
 

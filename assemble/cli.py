@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.factory import Factory
-from wheelfactory.lock import lock_paths
-from wheelfactory.release import list_releases
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.lock.closure import lock_paths
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning.release import list_releases
 
 from .assembler import Assembler, Prepared
 from .docker import Docker

@@ -26,8 +26,8 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from wheelfactory.elfmachine import describe
-from wheelfactory.repair import ELF_MAGIC
+from wheelfactory.cuda.elfmachine import describe
+from wheelfactory.pipeline.repair import ELF_MAGIC
 
 from .datafiles import load_data
 

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from wheelfactory.wheelhouse import atomic_write_text
+from wheelfactory.store.wheelhouse import atomic_write_text
 
 from .layers import Layer
 

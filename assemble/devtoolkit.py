@@ -1,6 +1,6 @@
 """The -dev image's CUDA toolkit: the release's build toolkit from NVIDIA's wheels, at /usr/local/cuda.
 
-It is the toolkit the factory compiles every component with (wheelfactory/toolkit.py: the pins of
+It is the toolkit the factory compiles every component with (wheelfactory/toolchain/toolkit.py: the pins of
 recipes/data/cuda_wheels.toml, laid out as bin/, nvvm/, include/, lib64/ with unversioned links,
 lib64/stubs/libcuda.so, lib -> lib64, extras/CUPTI), with one difference: a toolkit wheel that the
 release's lock also holds (cudart, NVRTC, cuBLAS, cuSPARSE, ...: torch's own CUDA requirements) is
@@ -24,10 +24,11 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.lock import Lock
-from wheelfactory.release import Release
-from wheelfactory.toolkit import (
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.lock.closure import Lock
+from wheelfactory.planning.release import Release
+from wheelfactory.store.wheelmeta import sha256_file
+from wheelfactory.toolchain.toolkit import (
     DRIVER_HEADERS,
     FIXED_LINKS,
     MARKER,
@@ -42,7 +43,6 @@ from wheelfactory.toolkit import (
     unpack_wheel,
     unversioned_links,
 )
-from wheelfactory.wheelmeta import sha256_file
 
 # Where the dev image's toolkit lives: the path CUDA's own packages use, and torch's cpp_extension's
 # default CUDA_HOME.
@@ -84,7 +84,7 @@ def stub_compiler(machine: str) -> str:
 
 
 def required_paths() -> list[str]:
-    """What a complete toolkit root holds (wheelfactory/toolkit.py's REQUIRED), checked inside the image."""
+    """What a complete toolkit root holds (wheelfactory/toolchain/toolkit.py's REQUIRED), checked inside the image."""
     return list(REQUIRED)
 
 

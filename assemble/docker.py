@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wheelfactory.errors import BuildError
+from wheelfactory.core.errors import BuildError
 
 # The docker of the distribution's docker.io package has BuildKit built in; a client elsewhere on
 # PATH may be a newer one that needs the buildx plugin for BuildKit.

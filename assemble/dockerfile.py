@@ -11,8 +11,8 @@ import shlex
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from wheelfactory.errors import InputError
-from wheelfactory.grammar import check_text
+from wheelfactory.core.errors import InputError
+from wheelfactory.core.grammar import check_text
 
 from .bases import BaseImage
 from .devtoolkit import CONTEXT_DIR, DEV_CUDA_HOME, required_paths

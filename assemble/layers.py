@@ -7,8 +7,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wheelfactory.errors import InputError
-from wheelfactory.lock import Lock, LockedPackage
+from wheelfactory.core.errors import InputError
+from wheelfactory.lock.closure import Lock, LockedPackage
 
 from .spec import LayerGroup
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from wheelfactory.errors import BuildError
+from wheelfactory.core.errors import BuildError
 
 from .docker import Docker
 

@@ -13,10 +13,8 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from wheelfactory.cuda_arch import parse_arch_list, torch_arch_list
-from wheelfactory.cuda_drivers import driver_floor, gate_env
-from wheelfactory.errors import InputError
-from wheelfactory.grammar import (
+from wheelfactory.core.errors import InputError
+from wheelfactory.core.grammar import (
     OCI_NAME_MAX,
     check_label_namespace,
     check_oci_registry,
@@ -24,9 +22,11 @@ from wheelfactory.grammar import (
     check_oci_tag,
     check_text,
 )
-from wheelfactory.one_cuda import load_cuda_wheels
-from wheelfactory.release import Release
-from wheelfactory.triton_ptxas import ptxas_env
+from wheelfactory.cuda.cuda_arch import parse_arch_list, torch_arch_list
+from wheelfactory.cuda.cuda_drivers import driver_floor, gate_env
+from wheelfactory.cuda.triton_ptxas import ptxas_env
+from wheelfactory.lock.one_cuda import load_cuda_wheels
+from wheelfactory.planning.release import Release
 
 from .datafiles import load_data
 from .devtoolkit import DEV_CUDA_HOME
@@ -159,7 +159,7 @@ def jit_env(release: Release, recipes_dir: Path) -> dict[str, str]:
     NVIDIA's CUDA 13 wheels install into site-packages/nvidia/cu13/{bin,include,lib,nvvm}, the
     layout of a CUDA toolkit root (nvcc.profile finds nvvm/ and include/ relative to bin/). Triton
     >= 3.6 runs TRITON_PTXAS_BLACKWELL_PATH's ptxas for sm_100 and up (the Spark's sm_121a), not
-    TRITON_PTXAS_PATH's (wheelfactory/data/triton_ptxas.toml).
+    TRITON_PTXAS_PATH's (wheelfactory/cuda/data/triton_ptxas.toml).
     """
     _, jit = cuda_wheel_names(recipes_dir)
     needed = jit.get(cuda_minor(release.target.cuda), set())
@@ -206,7 +206,7 @@ def _labels(release: Release, ns: str, title: str, tag: str, base: str) -> dict[
     floor = driver_floor(release.target.cuda)
     if floor is not None:
         # the host driver the image needs (its entrypoint refuses an older one), and the one its
-        # toolkit's PTX needs to be JIT-compiled (wheelfactory/data/cuda_drivers.toml)
+        # toolkit's PTX needs to be JIT-compiled (wheelfactory/cuda/data/cuda_drivers.toml)
         labels[f"{ns}.min_driver"] = floor.minimum_driver
         labels[f"{ns}.ptx_driver"] = floor.ptx_driver
     for name in VERSION_LABELS:

@@ -15,7 +15,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from wheelfactory.errors import InputError
+from wheelfactory.core.errors import InputError
 
 from .datafiles import load_data
 

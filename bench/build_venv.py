@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from wheelfactory.errors import BuildError
-from wheelfactory.factory import Factory, default_recipes_dir
-from wheelfactory.installer import PipInstaller, UvInstaller, find_uv
-from wheelfactory.runner import Runner
-from wheelfactory.stepbuild import dependency_wheels, step_build_requirements
+from wheelfactory.core.errors import BuildError
+from wheelfactory.pipeline.factory import Factory, default_recipes_dir
+from wheelfactory.pipeline.stepbuild import dependency_wheels, step_build_requirements
+from wheelfactory.run.runner import Runner
+from wheelfactory.toolchain.installer import PipInstaller, UvInstaller, find_uv
 
 
 def main() -> int:

@@ -37,9 +37,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from wheelfactory.crossbuild import prepare_toolchain  # noqa: E402
-from wheelfactory.host import find_cuda_home, toolkit_version  # noqa: E402
-from wheelfactory.toolkit import (  # noqa: E402
+from wheelfactory.host.facts import find_cuda_home, toolkit_version  # noqa: E402
+from wheelfactory.toolchain.crossbuild import prepare_toolchain  # noqa: E402
+from wheelfactory.toolchain.toolkit import (  # noqa: E402
     ToolkitCache,
     WheelToolkit,
     load_toolkit,

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from wheelfactory.installed import repack_installed
-from wheelfactory.runner import Runner
+from wheelfactory.pipeline.installed import repack_installed
+from wheelfactory.run.runner import Runner
 
 python, dist, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 started = time.monotonic()

@@ -13,7 +13,7 @@ Steps, as the anchors do them and with their traps closed:
   41738): the build log is checked for "Not building ..." lines of families the arch supports;
 - from 0.33, vLLM ships a Rust frontend (vllm-rs, a cargo workspace under rust/) that setup.py builds
   with setuptools-rust, downloading 600-odd crates from crates.io and GitHub, and skips silently when
-  that fails: `fetch` vendors the crates its Cargo.lock names into the cache (wheelfactory/cargo.py),
+  that fails: `fetch` vendors the crates its Cargo.lock names into the cache (wheelfactory/sources/cargo.py),
   the build runs cargo offline against them with VLLM_REQUIRE_RUST_FRONTEND=1, so a failure fails the
   step; options.rust_frontend = false leaves vllm-rs out instead (no cargo needed).
 """

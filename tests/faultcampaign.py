@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wheelfactory.wheelmeta import sha256_file
+from wheelfactory.store.wheelmeta import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 CANARY_VAR = "WF_FAULT_CANARY_TOKEN"
@@ -37,8 +37,8 @@ RECIPE = '''"""Fault-injection stand-in: a wheel with a payload, built in second
 import hashlib
 import random
 
-from wheelfactory.recipe import Recipe
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.planning.recipe import Recipe
+from wheelfactory.store.wheelpack import pack_tree
 
 RECIPE = Recipe(name={name!r}, summary="fault-injection stand-in", source=None, outputs=({name!r},))
 
@@ -637,7 +637,7 @@ def _zip(path: Path, members: dict[str, str]) -> Path:
 def _other_wheel(d: Path) -> Path:
     """A valid wheel of another distribution than the component's."""
     sys.path.insert(0, str(REPO))
-    from wheelfactory.wheelpack import pack_tree
+    from wheelfactory.store.wheelpack import pack_tree
 
     tree = d / "tree"
     (tree / "other").mkdir(parents=True)
@@ -687,7 +687,7 @@ def measure_build(lab: Lab) -> float:
 _KILL_AT = r'''
 import os, signal, sys
 from pathlib import Path
-import wheelfactory.wheelhouse as w
+import wheelfactory.store.wheelhouse as w
 point = sys.argv[1]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if point == "old wheel moved to attic":
@@ -717,7 +717,7 @@ elif point == "index swap":
     w.os.replace = replace
 else:
     raise SystemExit(f"unknown point {point!r}")
-from wheelfactory.cli import main
+from wheelfactory.cli.commands import main
 sys.argv = ["wheelfactory", *sys.argv[2:]]
 main()
 '''

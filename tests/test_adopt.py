@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.adopt import check_adopt_spec, check_adopted_wheel
-from wheelfactory.errors import InputError
-from wheelfactory.recipe import Recipe, Target
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.core.errors import InputError
+from wheelfactory.planning.adopt import check_adopt_spec, check_adopted_wheel
+from wheelfactory.planning.recipe import Recipe, Target
+from wheelfactory.store.wheelpack import pack_tree
 
 from .conftest import CI_RELEASES, invoke
 

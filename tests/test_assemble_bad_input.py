@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from assemble.cli import images
-from wheelfactory.errors import InputError
-from wheelfactory.factory import Factory
+from wheelfactory.core.errors import InputError
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import RECIPES, SPARK
 

@@ -17,10 +17,10 @@ from assemble.docker import Docker
 from assemble.dockerfile import extra_runs, render_dockerfile
 from assemble.layers import Layer
 from assemble.spec import Settings, image_specs
-from wheelfactory.errors import InputError
-from wheelfactory.factory import Factory
-from wheelfactory.lock import Lock, LockedPackage
-from wheelfactory.toolkit import REQUIRED, load_toolkit
+from wheelfactory.core.errors import InputError
+from wheelfactory.lock.closure import Lock, LockedPackage
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.toolchain.toolkit import REQUIRED, load_toolkit
 
 from .conftest import CI_RELEASES, RECIPES
 

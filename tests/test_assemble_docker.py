@@ -18,7 +18,7 @@ from assemble.assembler import Assembler
 from assemble.cli import images
 from assemble.docker import Docker
 from assemble.spec import Settings
-from wheelfactory.factory import Factory
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import CI_RELEASES, RECIPES, docker_or_skip
 

@@ -18,7 +18,7 @@ from assemble.bases import find_base, load_bases
 from assemble.dockerfile import render_dockerfile
 from assemble.spec import image_specs
 from assemble.syslibs import needed_system_packages
-from wheelfactory.factory import Factory
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import RECIPES
 

@@ -7,9 +7,9 @@ import pytest
 from assemble.bases import find_base, incompatible_wheels, load_bases
 from assemble.layers import assign, split
 from assemble.spec import LayerGroup, Settings, cuda_wheel_names, image_specs, release_groups
-from wheelfactory.errors import InputError
-from wheelfactory.factory import Factory
-from wheelfactory.lock import LockedPackage
+from wheelfactory.core.errors import InputError
+from wheelfactory.lock.closure import LockedPackage
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import CI_RELEASES, RECIPES
 

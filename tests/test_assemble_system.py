@@ -12,7 +12,7 @@ from assemble.bases import load_bases
 from assemble.cli import images
 from assemble.closure import ClosureReport, Finding, accept_variants, check_tree
 from assemble.syslibs import load_system_libraries, needed_system_packages, variant_sets
-from wheelfactory.errors import InputError
+from wheelfactory.core.errors import InputError
 
 from .test_assemble_bad_input import setup, write_lock  # noqa: F401  (setup is a fixture)
 from .test_assemble_closure import CONF, LIBC, LIBDIR, LIBZ, make_tree

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import audit
-from wheelfactory.audit import JIT_ONLY, NATIVE, NONE, WheelAudit, audit_wheel, judge
-from wheelfactory.cli import main
-from wheelfactory.errors import InputError
+from wheelfactory.cli.commands import main
+from wheelfactory.core.errors import InputError
+from wheelfactory.cuda import audit
+from wheelfactory.cuda.audit import JIT_ONLY, NATIVE, NONE, WheelAudit, audit_wheel, judge
 
 from .conftest import fatbin_fixture, needs_nvcc
 

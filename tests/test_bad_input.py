@@ -7,12 +7,12 @@ import json
 import pytest
 
 from tests.test_executor import OK_BODY, setup
-from wheelfactory.cli import check_jobs, main
-from wheelfactory.errors import InputError
-from wheelfactory.lock import read_lock
-from wheelfactory.release import _read_toml
-from wheelfactory.venv import create_venv
-from wheelfactory.wheelhouse import Wheelhouse
+from wheelfactory.cli.commands import check_jobs, main
+from wheelfactory.core.errors import InputError
+from wheelfactory.lock.closure import read_lock
+from wheelfactory.lock.venv import create_venv
+from wheelfactory.planning.release import _read_toml
+from wheelfactory.store.wheelhouse import Wheelhouse
 
 FIX = "restore it or remove the wheelhouse to start over"
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_executor import OK_BODY, setup
-from wheelfactory.errors import BuildError, LockedError
-from wheelfactory.pydeps import record_pins
-from wheelfactory.stepbuild import (
+from wheelfactory.core.errors import BuildError, LockedError
+from wheelfactory.pipeline.stepbuild import (
     BuiltStep,
     StepBuild,
     StepServices,
@@ -24,7 +23,8 @@ from wheelfactory.stepbuild import (
     step_build_requirements,
     step_failure,
 )
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.store.wheelpack import pack_tree
+from wheelfactory.toolchain.pydeps import record_pins
 
 
 class FakeRunner:
@@ -210,7 +210,7 @@ def test_staged_wheels_already_published_are_not_published_again_by_a_rebuild(tm
 
 
 def test_an_exception_while_adopting_is_the_steps_failure(tmp_path, monkeypatch):
-    import wheelfactory.executor as executor_mod
+    import wheelfactory.pipeline.executor as executor_mod
 
     f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
     plan = f.plan(f.release("r"), adopt=["a=a==1.0"])

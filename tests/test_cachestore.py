@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from tests.test_executor import HOST
 from tests.test_wheelhouse import make_wheel
-from wheelfactory.cachestore import CacheStore, busy, sources_in_use
-from wheelfactory.cli import cli
-from wheelfactory.factory import Factory
-from wheelfactory.interrupt import file_lock
-from wheelfactory.verify import verify_wheelhouse
+from wheelfactory.cli.commands import cli
+from wheelfactory.core.interrupt import file_lock
+from wheelfactory.pipeline.cachestore import CacheStore, busy, sources_in_use
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.store.verify import verify_wheelhouse
 
 USED_COMMIT = "a" * 40
 OLD_COMMIT = "b" * 40
@@ -27,7 +27,7 @@ PYPI_SHA = "d" * 64  # recorded for the sdist on another index than the default
 STALE_SHA = "e" * 64
 
 RECIPE = '''
-from wheelfactory.recipe import Recipe
+from wheelfactory.planning.recipe import Recipe
 RECIPE = Recipe(name={name!r}, summary="test", source=None, outputs=({name!r},))
 '''
 

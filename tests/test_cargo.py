@@ -1,4 +1,4 @@
-"""Rust crates vendored at fetch and built offline (wheelfactory/cargo.py, vLLM's Rust frontend):
+"""Rust crates vendored at fetch and built offline (wheelfactory/sources/cargo.py, vLLM's Rust frontend):
 the pure parts — a lock's sources, cargo's config, the toolchain pin, the recipe's environment,
 key inputs and host check — without cargo or the network."""
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import cargo
-from wheelfactory.context import BuildContext, FetchContext
-from wheelfactory.doctor import FAIL, OK, Probe, check_rust, host_checks
-from wheelfactory.errors import BuildError
-from wheelfactory.factory import Factory
-from wheelfactory.recipe import HOOKS
-from wheelfactory.runner import Runner
+from wheelfactory.core.errors import BuildError
+from wheelfactory.host.doctor import FAIL, OK, Probe, check_rust, host_checks
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning.context import BuildContext, FetchContext
+from wheelfactory.planning.recipe import HOOKS
+from wheelfactory.run.runner import Runner
+from wheelfactory.sources import cargo
 
 from .conftest import CI_RELEASES, RECIPES, SPARK
 

@@ -12,8 +12,8 @@ import tomllib
 
 import pytest
 
-from wheelfactory import cargo
-from wheelfactory.runner import Runner
+from wheelfactory.run.runner import Runner
+from wheelfactory.sources import cargo
 
 from .test_ci_chain import no_network_prefix
 

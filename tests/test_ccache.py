@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from wheelfactory import ccache as ccache_mod
-from wheelfactory.ccache import CacheStats, ensure_ccache, find_ccache, parse_stats
-from wheelfactory.runner import Runner
+from wheelfactory.run.runner import Runner
+from wheelfactory.toolchain import ccache as ccache_mod
+from wheelfactory.toolchain.ccache import CacheStats, ensure_ccache, find_ccache, parse_stats
 
 # What `ccache --print-stats` (4.x) prints, abridged: tab-separated counters.
 PRINT_STATS = """cache_miss\t7

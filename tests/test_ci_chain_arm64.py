@@ -19,9 +19,9 @@ from packaging.utils import parse_wheel_filename
 
 from assemble.cli import images
 from assemble.docker import Docker
-from wheelfactory.audit import audit_wheel, judge
-from wheelfactory.elfmachine import header_machine
-from wheelfactory.factory import Factory
+from wheelfactory.cuda.audit import audit_wheel, judge
+from wheelfactory.cuda.elfmachine import header_machine
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import CI_RELEASES, RECIPES, REPO, docker_or_skip
 from .test_assemble_docker import NCCL_CHECK

@@ -73,7 +73,7 @@ def test_missing_python_for_target_is_bad_input(tmp_path):
 
 
 def test_adopt_command_publishes_the_wheel_as_the_component(tmp_path):
-    from wheelfactory.wheelpack import pack_tree
+    from wheelfactory.store.wheelpack import pack_tree
 
     tree = tmp_path / "tree"
     (tree / "torch").mkdir(parents=True)
@@ -93,7 +93,7 @@ def test_adopt_command_publishes_the_wheel_as_the_component(tmp_path):
 
 
 def test_adopting_a_wheel_of_another_name_is_refused(tmp_path):
-    from wheelfactory.wheelpack import pack_tree
+    from wheelfactory.store.wheelpack import pack_tree
 
     tree = tmp_path / "tree"
     (tree / "nottorch").mkdir(parents=True)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import codehash
-from wheelfactory import plan as plan_module
-from wheelfactory.codehash import CANONICAL_FORM, canonical_code, code_digest, file_digest
-from wheelfactory.factory import Factory
+from wheelfactory.core import codehash
+from wheelfactory.core.codehash import CANONICAL_FORM, canonical_code, code_digest, file_digest
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning import plan as plan_module
 
 from .conftest import RECIPES, REPO, SPARK
 
@@ -171,7 +171,7 @@ def no_behaviour_edits(text: str) -> str:
         lines[line] = lines[line][:col] + insert + lines[line][col:]
     text = "".join(lines)
     text = re.sub(r"\) -> [^\n]+:$", "):", text, flags=re.MULTILINE)
-    text = re.sub(r"^from \.(\w*) import", r"from wheelfactory.moved.\1 import", text, flags=re.MULTILINE)
+    text = re.sub(r"^from \.+([\w.]*) import", r"from wheelfactory.moved.\1 import", text, flags=re.MULTILINE)
     text = re.sub(r"^from wheelfactory\.(\w+) import", r"from wheelfactory.moved.\1 import", text,
                   flags=re.MULTILINE)
     return text.replace("wheelfactory.moved. import", "wheelfactory.moved import")
@@ -179,14 +179,14 @@ def no_behaviour_edits(text: str) -> str:
 
 @pytest.fixture
 def moved_package(monkeypatch):
-    """wheelfactory.moved.X is wheelfactory.X: the recipes' imports after a move, importable."""
+    """wheelfactory.moved.X.Y is wheelfactory.X.Y: the recipes' imports after a move, importable."""
     import wheelfactory
     import wheelfactory.recipe_api  # noqa: F401  (loaded, so that it is aliased below)
 
     monkeypatch.setitem(sys.modules, "wheelfactory.moved", wheelfactory)
     for name, module in list(sys.modules.items()):
-        if name.startswith("wheelfactory.") and name.count(".") == 1 and name != "wheelfactory.moved":
-            monkeypatch.setitem(sys.modules, "wheelfactory.moved." + name.split(".")[1], module)
+        if name.startswith("wheelfactory.") and not name.startswith("wheelfactory.moved"):
+            monkeypatch.setitem(sys.modules, "wheelfactory.moved." + name.partition(".")[2], module)
 
 
 def test_the_clean_up_edit_really_edits_every_file():
@@ -251,8 +251,8 @@ def test_a_real_behaviour_edit_in_buildenv_rebuilds_everything(tmp_path, monkeyp
     """SOURCE_DATE_EPOCH (the wheels' timestamps) lives in buildenv.py, which raw-byte keys left out."""
     real = real_keys
     engine = moved_engine(tmp_path, lambda t: t.replace('SOURCE_DATE_EPOCH = "315532800"',
-                                                        'SOURCE_DATE_EPOCH = "315532801"'), only="buildenv")
-    assert engine["buildenv"].read_text() != REAL_ENGINE["buildenv"].read_text()
+                                                        'SOURCE_DATE_EPOCH = "315532801"'), only="pipeline.buildenv")
+    assert engine["pipeline.buildenv"].read_text() != REAL_ENGINE["pipeline.buildenv"].read_text()
     after = plan_keys(RECIPES, tmp_path, engine, monkeypatch)
     assert {c for c in real if after[c][0] != real[c][0]} == set(real)
 
@@ -281,7 +281,7 @@ def test_a_behaviour_edit_in_a_recipe_rekeys_that_recipe(tmp_path, monkeypatch, 
 def test_engine_modules_are_declared_by_import_name():
     files = plan_module.engine_files()
     assert tuple(files) == plan_module.ENGINE_MODULES
-    assert all(p.is_file() and p.parent == REPO / "wheelfactory" for p in files.values())
+    assert all(p == REPO / "wheelfactory" / f"{name.replace('.', '/')}.py" for name, p in files.items())
 
 
 # Modules that the key-relevant code (the engine modules and the recipes) imports from the factory
@@ -289,40 +289,46 @@ def test_engine_modules_are_declared_by_import_name():
 # key-relevant module must be decided on: added to plan.ENGINE_MODULES, or here with its reason.
 NOT_KEYED = {
     "__init__": "the tool's version: a key input of its own",
-    "cachestore": "sizes of kept work trees, for messages",
-    "ccache": "a compiler cache: runtime only, like jobs",
-    "cuda_arch": "its flags reach a build through the env a recipe hook returns, keyed as values",
-    "devicecode": "judges the configure plan: pass or fail, not bytes",
-    "errors": "messages",
-    "fetch": "source trees are named and keyed by their content",
-    "host": "jobs and CPUs: runtime only",
-    "interrupt": "locks and signals",
-    "outputs": "checks the wheels a build made",
-    "plan": "the keys themselves: a change of what enters them shows in the key inputs",
-    "progress": "the status line",
-    "recipe": "the declaration is keyed as data, its data files by sha256",
-    "runner": "runs commands with the environment it is given, and logs them",
-    "secretenv": "narrows the inherited environment, which is per machine and never keyed",
-    "sources": "a source enters keys as its identity (commit, sha256)",
-    "toolkit": "the assembled root is named by LAYOUT_VERSION in the target's toolkit identity",
-    "wheelhouse": "storage of finished wheels",
-    "wheelmeta": "reads and checks wheel metadata",
+    "pipeline.cachestore": "sizes of kept work trees, for messages",
+    "toolchain.ccache": "a compiler cache: runtime only, like jobs",
+    "cuda.cuda_arch": "its flags reach a build through the env a recipe hook returns, keyed as values",
+    "cuda.devicecode": "judges the configure plan: pass or fail, not bytes",
+    "core.errors": "messages",
+    "sources.fetch": "source trees are named and keyed by their content",
+    "host.facts": "jobs and CPUs: runtime only",
+    "core.interrupt": "locks and signals",
+    "pipeline.outputs": "checks the wheels a build made",
+    "planning.plan": "the keys themselves: a change of what enters them shows in the key inputs",
+    "run.progress": "the status line",
+    "planning.recipe": "the declaration is keyed as data, its data files by sha256",
+    "run.runner": "runs commands with the environment it is given, and logs them",
+    "core.secretenv": "narrows the inherited environment, which is per machine and never keyed",
+    "sources.kinds": "a source enters keys as its identity (commit, sha256)",
+    "toolchain.toolkit": "the assembled root is named by LAYOUT_VERSION in the target's toolkit identity",
+    "store.wheelhouse": "storage of finished wheels",
+    "store.wheelmeta": "reads and checks wheel metadata",
 }
 
 
 def factory_imports(path: Path) -> set[str]:
-    """The factory modules a file imports (relative or absolute), by module name."""
+    """The factory modules a file imports (relative or absolute), by import name below wheelfactory
+    (`__init__` for the package's own names)."""
+    package = REPO / "wheelfactory"
+    here = list(path.parent.relative_to(package).parts) if path.is_relative_to(package) else []
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level == 1:
-                found |= {module} if module else {a.name if a.name != "__version__" else "__init__"
-                                                   for a in node.names}
-            elif module == "wheelfactory":
-                found |= {a.name for a in node.names}
-            elif module.startswith("wheelfactory."):
-                found.add(module.split(".")[1])
+            if node.level:
+                base = here[:len(here) - node.level + 1]
+            elif node.module == "wheelfactory" or (node.module or "").startswith("wheelfactory."):
+                base = []
+                node = ast.ImportFrom(module=node.module.partition(".")[2] or None, names=node.names, level=1)
+            else:
+                continue
+            module = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:  # `from .. import __version__`, `from ..cuda import audit`
+                sub = f"{module}.{alias.name}".lstrip(".")
+                found.add(sub if (package / f"{sub.replace('.', '/')}.py").is_file() else module or "__init__")
     return found
 
 

@@ -21,8 +21,8 @@ from elftools.elf.elffile import ELFFile
 from packaging.utils import parse_wheel_filename
 
 from tests.conftest import RECIPES, needs_nvcc, run_cli, scratch
-from wheelfactory import audit
-from wheelfactory.toolkit import ToolkitCache, WheelToolkit, load_toolkit, unpack_wheel, unversioned_links
+from wheelfactory.cuda import audit
+from wheelfactory.toolchain.toolkit import ToolkitCache, WheelToolkit, load_toolkit, unpack_wheel, unversioned_links
 
 CROSS_RECIPES = Path(__file__).resolve().parent / "data" / "cross"
 QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")

@@ -1,4 +1,4 @@
-"""Cross builds (wheelfactory/crossbuild.py), fast and hermetic: the per-step mode decision, what it
+"""Cross builds (wheelfactory/toolchain/crossbuild.py), fast and hermetic: the per-step mode decision, what it
 does to keys and to `plan`, the cross CUDA root and the toolchain file and environment a cross step
 gets, NCCL's make command, and the host check for the cross compilers. The real cross-compiles are
 in tests/test_cross_build.py (slow)."""
@@ -11,16 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 
-import wheelfactory.cli
+import wheelfactory.cli.commands
 from tests.conftest import CI_RELEASES, RECIPES, SPARK, invoke
-from wheelfactory import crossbuild
-from wheelfactory.crossbuild import CROSS, EMULATED, NATIVE, CrossToolchain, assemble_cross_root, step_mode
-from wheelfactory.doctor import FAIL, OK, Probe, check_cross
-from wheelfactory.errors import InputError
-from wheelfactory.factory import Factory
-from wheelfactory.host import Host
-from wheelfactory.plan import BuildHost
-from wheelfactory.recipe import load_recipe_module
+from wheelfactory.core.errors import InputError
+from wheelfactory.host.doctor import FAIL, OK, Probe, check_cross
+from wheelfactory.host.facts import Host
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning.plan import BuildHost
+from wheelfactory.planning.recipe import load_recipe_module
+from wheelfactory.toolchain import crossbuild
+from wheelfactory.toolchain.crossbuild import CROSS, EMULATED, NATIVE, CrossToolchain, assemble_cross_root, step_mode
 
 X86 = Host(platform="linux_x86_64", cuda_home="/usr/local/cuda", toolkit="13.0", cpus=2, mem_available_gb=20.0)
 
@@ -82,7 +82,7 @@ def test_cross_plan_modes_platform_and_keys(tmp_path):
 def test_a_native_key_is_the_key_without_a_build_host(tmp_path):
     """Planning with the target's own machine as build host changes no key: every key from before
     cross builds stays what it was."""
-    from wheelfactory.plan import plan_release
+    from wheelfactory.planning.plan import plan_release
     f = Factory(RECIPES, tmp_path / "wheelhouse", tmp_path / "cache", host_probe=lambda: SPARK)
     release = f.release("0.33.0-t5")
     target = f.plan(release).target
@@ -141,7 +141,7 @@ class _X86Factory(Factory):
 
 
 def test_plan_cli_shows_modes_and_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(wheelfactory.cli, "Factory", _X86Factory)
+    monkeypatch.setattr(wheelfactory.cli.commands, "Factory", _X86Factory)
     base = ("--cache-dir", str(tmp_path / "c"), "--wheelhouse", str(tmp_path / "w"), "plan", "--release", "0.33.0-t5")
     r = invoke(*base, "--cross")
     assert r.returncode == 0, r.stderr
@@ -268,7 +268,7 @@ def test_host_check_for_the_cross_compilers(tmp_path):
 def test_build_cli_stops_before_any_work(tmp_path, monkeypatch):
     """Exit 2 naming the steps, before a source is resolved or anything is downloaded (the fast tier
     refuses network and processes, so reaching either would fail this test)."""
-    monkeypatch.setattr(wheelfactory.cli, "Factory", _X86Factory)
+    monkeypatch.setattr(wheelfactory.cli.commands, "Factory", _X86Factory)
     r = invoke("--cache-dir", str(tmp_path / "c"), "--wheelhouse", str(tmp_path / "w"), "build", "--release",
                "0.33.0-t5", "--cross", "vllm")
     assert r.returncode == 2

@@ -1,7 +1,7 @@
 import pytest
 
-from wheelfactory.cuda_arch import devices_of, gencode_flags, parse_arch_list, torch_arch_list
-from wheelfactory.errors import InputError
+from wheelfactory.core.errors import InputError
+from wheelfactory.cuda.cuda_arch import devices_of, gencode_flags, parse_arch_list, torch_arch_list
 
 
 def test_spark_arch_gives_sm121_gencode():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from wheelfactory import cuda_compat as cc
-from wheelfactory.errors import InputError
+from wheelfactory.core.errors import InputError
+from wheelfactory.cuda import cuda_compat as cc
 
 
 @pytest.mark.parametrize(("code", "device", "expected"), [

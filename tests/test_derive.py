@@ -22,9 +22,10 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from wheelfactory import cli as cli_module
-from wheelfactory.cmake_deps import parse_commands, read_cmake_deps
-from wheelfactory.derive import (
+from wheelfactory.cli import commands as cli_module
+from wheelfactory.core.errors import BuildError, FactoryError, InputError
+from wheelfactory.derive.cmake_deps import parse_commands, read_cmake_deps
+from wheelfactory.derive.derivation import (
     Derivation,
     Request,
     check_release,
@@ -34,11 +35,10 @@ from wheelfactory.derive import (
     render_entry,
     vllm_entry,
 )
-from wheelfactory.errors import BuildError, FactoryError, InputError
-from wheelfactory.factory import Factory
-from wheelfactory.pypi_index import Index, read_wheel_metadata
-from wheelfactory.upstream import LiveUpstream, Unreachable
-from wheelfactory.vllm_tree import requirement_edits, use_existing_torch
+from wheelfactory.derive.upstream import LiveUpstream, Unreachable
+from wheelfactory.derive.vllm_tree import requirement_edits, use_existing_torch
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.sources.pypi_index import Index, read_wheel_metadata
 
 from .conftest import FIXTURES, RECIPES, SPARK
 from .test_recipe_hooks import load, make_ctx  # noqa: F401  (make_ctx is a fixture)
@@ -655,7 +655,7 @@ def test_git_sources_are_read_when_reachable(tmp_path):
     assert {d.name for d in read_cmake_deps(tree)} == {"kernels_py", "gemm", "kda", "plain", "loose"}
     ttree, _ = up.triton_tree("3.30.2")
     d = Derivation()
-    from wheelfactory.derive import triton_toolchain
+    from wheelfactory.derive.derivation import triton_toolchain
     assert triton_toolchain(ttree, "t", d, "3.30.2") == {"llvm_hash": "cd" * 20, "json": "3.98.0"}
     with pytest.raises(Unreachable, match="cannot read"):
         up.triton_tree("0.0.1")

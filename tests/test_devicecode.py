@@ -1,7 +1,7 @@
 """The device-code plan: reading nvcc flags out of a CMake-generated build.ninja, and the policy."""
 
-from wheelfactory import devicecode as dc
-from wheelfactory.cuda_compat import parse_code
+from wheelfactory.cuda import devicecode as dc
+from wheelfactory.cuda.cuda_compat import parse_code
 
 # The shapes CMake 3.25+ writes for CUDA objects: per-source -gencode options (vLLM's
 # set_gencode_flags_for_srcs), the CUDA_ARCHITECTURES form and a `$`-continued line.

@@ -36,8 +36,8 @@ from assemble.assembler import Assembler, Prepared
 from assemble.cli import images
 from assemble.docker import Docker
 from assemble.spec import Settings
-from wheelfactory import audit, fatbin
-from wheelfactory.factory import Factory
+from wheelfactory.cuda import audit, fatbin
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import CI_RELEASES, RECIPES, REPO, docker_or_skip, run_cli, scratch
 
@@ -64,7 +64,7 @@ $wf adopt torch --from-python /opt/venv/bin/python --release $rel
 # the build venv's other wheels: torch's requirements from the lock (the files the image installed)
 # and setuptools' build/wheel from the wheels wheelfactory came with
 # (into the default index's build-requirements directory, as `wheelfactory fetch` would fill it)
-pydeps=$(python -c 'from pathlib import Path; from wheelfactory.pydeps import DEFAULT_INDEX, pydeps_dir
+pydeps=$(python -c 'from pathlib import Path; from wheelfactory.toolchain.pydeps import DEFAULT_INDEX, pydeps_dir
 print(pydeps_dir(Path("/tmp/wf"), DEFAULT_INDEX))')
 mkdir -p $pydeps && for w in /deps/*.whl /wf/*.whl; do
     case $w in */torch-*) ;; *) ln -sf $w $pydeps/ ;; esac; done

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import cli
-from wheelfactory.doctor import (
+from wheelfactory.cli import commands as cli
+from wheelfactory.core.errors import InputError
+from wheelfactory.host.doctor import (
     FAIL,
     OK,
     WARN,
@@ -26,8 +27,7 @@ from wheelfactory.doctor import (
     failures,
     host_checks,
 )
-from wheelfactory.errors import InputError
-from wheelfactory.host import Host
+from wheelfactory.host.facts import Host
 
 from .conftest import CI_RELEASES, SPARK
 
@@ -151,7 +151,7 @@ def test_all_checks_of_a_plan_and_only_failures_are_fatal(factory):
 
 
 def test_build_stops_with_exit_2_before_any_work(factory, monkeypatch, capsys):
-    import wheelfactory.doctor as doctor
+    import wheelfactory.host.doctor as doctor
 
     monkeypatch.setattr(doctor, "host_checks", lambda *a, **k: [Check("disk", FAIL, "1 GB free"),
                                                                    Check("ccache", WARN, "not found")])
@@ -168,7 +168,7 @@ LIST_13_0 = "compute_75\ncompute_80\ncompute_86\ncompute_87\ncompute_88\ncompute
 
 
 def test_arch_list_against_what_nvcc_knows():
-    from wheelfactory.cuda_arch import parse_arch_list
+    from wheelfactory.cuda.cuda_arch import parse_arch_list
 
     nvcc = Path("/t/bin/nvcc")
     known = probe({"/t/bin/nvcc": (0, LIST_13_0)}, files={"/t/bin/nvcc"})

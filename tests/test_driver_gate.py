@@ -15,7 +15,7 @@ from assemble.imagefiles.entrypoint import (
     parse_proc_version,
     probe_host,
 )
-from wheelfactory.cuda_drivers import driver_floor, gate_env
+from wheelfactory.cuda.cuda_drivers import driver_floor, gate_env
 
 DRIVERS = Path(__file__).resolve().parent / "data" / "drivers"
 IMAGE_131 = gate_env("13.1.0")  # the environment a CUDA 13.1 image carries

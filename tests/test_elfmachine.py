@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.elfmachine import check_wheel_machine, header_machine, tag_machine
-from wheelfactory.errors import BuildError
-from wheelfactory.wheelhouse import Wheelhouse
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.core.errors import BuildError
+from wheelfactory.cuda.elfmachine import check_wheel_machine, header_machine, tag_machine
+from wheelfactory.store.wheelhouse import Wheelhouse
+from wheelfactory.store.wheelpack import pack_tree
 
 from .conftest import CI_RELEASES, invoke
 

@@ -19,7 +19,7 @@ from assemble.context import write_image_files
 from assemble.docker import Docker
 from assemble.dockerfile import render_dockerfile
 from assemble.spec import Settings, image_specs
-from wheelfactory.factory import Factory
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import RECIPES
 

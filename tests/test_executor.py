@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.errors import BuildError
-from wheelfactory.factory import Factory
-from wheelfactory.host import Host
-from wheelfactory.installer import check_installed_from
-from wheelfactory.wheelhouse import READERS_LOCK
+from wheelfactory.core.errors import BuildError
+from wheelfactory.host.facts import Host
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.store.wheelhouse import READERS_LOCK
+from wheelfactory.toolchain.installer import check_installed_from
 
 HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
 
 RECIPE = '''
 from pathlib import Path
-from wheelfactory.recipe import Recipe
-from wheelfactory.sources import LocalSource
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.planning.recipe import Recipe
+from wheelfactory.sources.kinds import LocalSource
+from wheelfactory.store.wheelpack import pack_tree
 
 RECIPE = Recipe(name={name!r}, summary="test", source=None, outputs=({name!r},), depends_on={deps!r})
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import fatbin
-from wheelfactory.errors import InputError
-from wheelfactory.fatbin import FatbinError, read_elf, read_elf_bytes, read_elf_path, read_fatbin_bytes
+from wheelfactory.core.errors import InputError
+from wheelfactory.cuda import fatbin
+from wheelfactory.cuda.fatbin import FatbinError, read_elf, read_elf_bytes, read_elf_path, read_fatbin_bytes
 
 from .conftest import fatbin_fixture
 

@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from wheelfactory.stepbuild import fresh_dir
+from wheelfactory.pipeline.stepbuild import fresh_dir
 
 from .faultcampaign import (
     BAD_INPUTS,

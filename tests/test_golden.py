@@ -4,7 +4,7 @@ tests/golden/key-inputs-0.15.0-t4.json holds every step's key inputs for release
 fixed target. Digests that move with every edit of a file are written as what they are the
 digest of ("<canonical code digest of recipes/vllm.py>", "<key of torch>"), and this test checks
 each against the file or step it names, so the golden pins both the structure and where each
-digest comes from. Code enters as canonical digests (wheelfactory/codehash.py): a docstring,
+digest comes from. Code enters as canonical digests (wheelfactory/core/codehash.py): a docstring,
 comment or annotation edit, or a module move, leaves these key inputs as they are
 (tests/test_codehash.py shows it on the real recipes and engine modules).
 
@@ -23,10 +23,10 @@ import os
 
 import pytest
 
-from wheelfactory.codehash import code_digest, file_digest, set_digest
-from wheelfactory.plan import ENGINE_MODULES, engine_files, plan_release
-from wheelfactory.recipe import Target, load_recipes
-from wheelfactory.release import load_release
+from wheelfactory.core.codehash import code_digest, file_digest, set_digest
+from wheelfactory.planning.plan import ENGINE_MODULES, engine_files, plan_release
+from wheelfactory.planning.recipe import Target, load_recipes
+from wheelfactory.planning.release import load_release
 
 from .conftest import RECIPES, REPO
 

@@ -7,7 +7,7 @@ what enters the keys); tables whose keys are data (a step's env, options, patche
 pins; overrides) are pinned as a map of the type of their values ({"<map>": ...}).
 
 To change the shape on purpose (a key added, removed or of another type):
-    1. bump PLAN_FORMAT_VERSION in wheelfactory/plan.py, so readers of the JSON can tell;
+    1. bump PLAN_FORMAT_VERSION in wheelfactory/planning/plan.py, so readers of the JSON can tell;
     2. WHEELFACTORY_UPDATE_GOLDEN=1 python3 -m pytest tests/test_golden_plan_json.py
     3. read `git diff tests/golden/plan-json-shape.json` before committing it.
 The regeneration refuses a changed shape under an unchanged format_version.
@@ -32,7 +32,7 @@ ADOPT = "triton=triton==3.5.1"
 MAPS = {("steps", "env"), ("steps", "options"), ("steps", "patches"), ("steps", "extra_sources"),
         ("pins",), ("overrides",)}
 MAP = "<map>"
-REGENERATE = ("bump PLAN_FORMAT_VERSION in wheelfactory/plan.py, then regenerate the golden file: "
+REGENERATE = ("bump PLAN_FORMAT_VERSION in wheelfactory/planning/plan.py, then regenerate the golden file: "
               "WHEELFACTORY_UPDATE_GOLDEN=1 python3 -m pytest tests/test_golden_plan_json.py")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from assemble.assembler import RDMA_CHECK, Assembler, Prepared
 from assemble.spec import Settings, image_specs
-from wheelfactory.factory import Factory
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import RECIPES
 

@@ -14,17 +14,17 @@ from click.testing import CliRunner
 from assemble.bases import find_base, load_bases
 from assemble.dockerfile import render_dockerfile
 from assemble.spec import Settings, image_specs
-from wheelfactory.cli import cli
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.fetch import SourceCache
-from wheelfactory.grammar import check_git_ref, check_git_url, check_tree
-from wheelfactory.installer import PipInstaller, UvInstaller
-from wheelfactory.patches import Patch, apply_patches
-from wheelfactory.recipe import load_recipes
-from wheelfactory.release import load_release
-from wheelfactory.runner import Runner
-from wheelfactory.sources import GitSource
-from wheelfactory.transport import INDEX_SCHEMES, check_url, normalise
+from wheelfactory.cli.commands import cli
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.core.grammar import check_git_ref, check_git_url, check_tree
+from wheelfactory.planning.recipe import load_recipes
+from wheelfactory.planning.release import load_release
+from wheelfactory.run.runner import Runner
+from wheelfactory.sources.fetch import SourceCache
+from wheelfactory.sources.kinds import GitSource
+from wheelfactory.sources.patches import Patch, apply_patches
+from wheelfactory.sources.transport import INDEX_SCHEMES, check_url, normalise
+from wheelfactory.toolchain.installer import PipInstaller, UvInstaller
 
 from .conftest import MINIMAL_RELEASE, RECIPES, run_cli
 
@@ -405,7 +405,7 @@ def test_below_the_grammar_git_reads_an_option_like_url_as_a_path(tmp_path, loca
     # The second layer alone: with the load-time check switched off, `--` keeps git from taking
     # the URL as --upload-pack (without it, git ls-remote runs the command and the canary appears).
     canary = tmp_path / "PWNED"
-    monkeypatch.setattr("wheelfactory.fetch._check_git", lambda source: None)
+    monkeypatch.setattr("wheelfactory.sources.fetch._check_git", lambda source: None)
     runner = Runner("t", tmp_path / "log")
     with pytest.raises(BuildError):
         SourceCache(tmp_path / "c").resolve(GitSource(f"--upload-pack=touch {canary};", str(local_repo)), runner)

@@ -38,7 +38,7 @@ transformers = "4.57.6"
 """
 
 MY_NCCL = '''
-from wheelfactory.recipe import Recipe
+from wheelfactory.planning.recipe import Recipe
 
 RECIPE = Recipe(name="nccl", summary="my own NCCL", source=None, outputs=("my-nccl",))
 '''
@@ -74,11 +74,13 @@ def test_the_wheel_ships_recipes_releases_patches_and_data(installed):
     shipped = [p.relative_to(REPO / "recipes") for p in (REPO / "recipes").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts]
     missing = [str(p) for p in shipped if f"wheelfactory_recipes/{p.as_posix()}" not in names]
-    missing += [str(p.relative_to(REPO)) for d in ("wheelfactory/data", "assemble/data")
-                for p in (REPO / d).glob("*.toml") if str(p.relative_to(REPO)) not in names]
+    missing += [str(p.relative_to(REPO)) for p in [*(REPO / "wheelfactory").glob("*/data/*"),
+                                                   *(REPO / "assemble" / "data").glob("*.toml")]
+                if str(p.relative_to(REPO)) not in names]
     assert not missing, f"not in the wheel: {missing}"
     where = subprocess.run([installed / "python", "-c",
-                            "from wheelfactory.factory import default_recipes_dir; print(default_recipes_dir())"],
+                            "from wheelfactory.pipeline.factory import default_recipes_dir; "
+                            "print(default_recipes_dir())"],
                            cwd=installed, capture_output=True, text=True)
     assert where.stdout.strip() == str(installed.parent / "lib" / f"python{sys.version_info.major}."
                                        f"{sys.version_info.minor}" / "site-packages" / "wheelfactory_recipes")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.installed import probe, repack_installed
-from wheelfactory.runner import Runner, clean_environ
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.pipeline.installed import probe, repack_installed
+from wheelfactory.run.runner import Runner, clean_environ
 
 
 def venv(path: Path, *pip_args: str) -> Path:
@@ -83,7 +83,7 @@ def test_missing_and_editable_installs_are_refused(source_env, tmp_path):
 
 
 def test_requirements_follow_the_extras_asked_for(tmp_path):
-    from wheelfactory.installed import Installed, requirement_names
+    from wheelfactory.pipeline.installed import Installed, requirement_names
     inst = Installed("cuda-toolkit", "13.0.2", tmp_path / "cuda_toolkit-13.0.2.dist-info", "", "",
                      ('nvidia-cuda-runtime==13.0.96.*; extra == "cudart"',
                       'nvidia-cublas==13.1.0.3.*; extra == "cublas"',

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.fetch import SourceCache
-from wheelfactory.interrupt import deferred_signals, file_lock, pid_alive
-from wheelfactory.runner import Runner
-from wheelfactory.sources import GitSource
-from wheelfactory.stepbuild import fresh_dir
-from wheelfactory.wheelhouse import Wheelhouse
+from wheelfactory.core.interrupt import deferred_signals, file_lock, pid_alive
+from wheelfactory.pipeline.stepbuild import fresh_dir
+from wheelfactory.run.runner import Runner
+from wheelfactory.sources.fetch import SourceCache
+from wheelfactory.sources.kinds import GitSource
+from wheelfactory.store.wheelhouse import Wheelhouse
 
 from .test_wheelhouse import make_wheel
 
@@ -59,8 +59,8 @@ def test_a_killed_factory_takes_its_commands_with_it(tmp_path, sig):
     pidfile = tmp_path / "pid"
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from wheelfactory.interrupt import install_handlers
-        from wheelfactory.runner import Runner
+        from wheelfactory.core.interrupt import install_handlers
+        from wheelfactory.run.runner import Runner
         install_handlers()
         Runner("x", Path({str(tmp_path / 'log')!r})).run({_grandchild_script(pidfile)!r})
     """)

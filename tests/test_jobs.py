@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from wheelfactory.host import Host, default_jobs
-from wheelfactory.plan import plan_release
-from wheelfactory.recipe import Target, load_recipes
-from wheelfactory.release import load_release
+from wheelfactory.host.facts import Host, default_jobs
+from wheelfactory.planning.plan import plan_release
+from wheelfactory.planning.recipe import Target, load_recipes
+from wheelfactory.planning.release import load_release
 
 from .conftest import RECIPES
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import lock as lockmod
-from wheelfactory.cli import _print_plan
-from wheelfactory.factory import Factory
-from wheelfactory.installer import find_uv
+from wheelfactory.cli.commands import _print_plan
+from wheelfactory.lock import closure as lockmod
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.toolchain.installer import find_uv
 
 FAST = """extends = "0.33.0-t5"
 [components.torch]

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from wheelfactory.errors import InputError
-from wheelfactory.lock import read_lock
-from wheelfactory.wheelhouse import Wheelhouse, plain_wheel_name
+from wheelfactory.core.errors import InputError
+from wheelfactory.lock.closure import read_lock
+from wheelfactory.store.wheelhouse import Wheelhouse, plain_wheel_name
 
 from .conftest import invoke
 from .test_verify import make_wheel, published

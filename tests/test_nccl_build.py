@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.host import find_cuda_home
+from wheelfactory.host.facts import find_cuda_home
 
 from .conftest import FIXTURES, needs_nvcc, run_cli, scratch
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import lock as lockmod
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.factory import Factory
-from wheelfactory.one_cuda import (
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.lock import closure as lockmod
+from wheelfactory.lock.one_cuda import (
     carried_cuda,
     load_cuda_wheels,
     mixed_toolkit,
@@ -17,6 +16,7 @@ from wheelfactory.one_cuda import (
     toolkit_constraints,
     tracking_names,
 )
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import RECIPES
 from .test_lock_overrides import FakeUv, tiny_wheel

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import fatbin_fixture, run_cli
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.factory import Factory
-from wheelfactory.host import Host
-from wheelfactory.patches import declared_patches
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.host.facts import Host
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.sources.patches import declared_patches
 
 # Each test makes build venvs and runs the executor for real: the slow tier.
 pytestmark = pytest.mark.slow
@@ -24,8 +24,8 @@ HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
 # configure() writes a build.ninja as CMake would and has the context judge it; build() packs the
 # (patched) source file into the wheel so a test can see what was built.
 RECIPE = '''
-from wheelfactory.recipe import Recipe
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.planning.recipe import Recipe
+from wheelfactory.store.wheelpack import pack_tree
 
 RECIPE = Recipe(name="demo", summary="test", source=None, outputs=("demo",))
 

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from wheelfactory.errors import InputError
-from wheelfactory.factory import Factory
-from wheelfactory.host import Host
-from wheelfactory.plan import plan_release
+from wheelfactory.core.errors import InputError
+from wheelfactory.host.facts import Host
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning.plan import plan_release
 
 from .conftest import FIXTURES, RECIPES, SPARK
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 import pytest
 
-from wheelfactory import checked
-from wheelfactory.cli import cli, table
-from wheelfactory.wheelhouse import Wheelhouse
+from wheelfactory.cli.commands import cli, table
+from wheelfactory.cuda import checked
+from wheelfactory.store.wheelhouse import Wheelhouse
 
 from .conftest import CI_RELEASES, invoke
 
@@ -167,8 +167,8 @@ def test_only_declared_environment_variables_set_options(tmp_path):
 def test_the_default_release_is_the_newest_whose_vllm_device_code_was_checked(factory):
     from packaging.version import Version
 
-    from wheelfactory.factory import DEFAULT_RELEASE
-    from wheelfactory.release import list_releases
+    from wheelfactory.pipeline.factory import DEFAULT_RELEASE
+    from wheelfactory.planning.release import list_releases
 
     def vllm_checked(name: str) -> Version | None:
         release = factory.release(name)

@@ -10,7 +10,7 @@ import threading
 import pytest
 from rich.console import Console
 
-from wheelfactory.progress import (
+from wheelfactory.run.progress import (
     LIVE,
     PLAIN,
     QUIET,
@@ -29,7 +29,7 @@ from wheelfactory.progress import (
     output_mode_set,
     parse_progress,
 )
-from wheelfactory.runner import Runner
+from wheelfactory.run.runner import Runner
 
 
 class FakeClock:
@@ -314,8 +314,8 @@ def test_interval_from_the_environment(monkeypatch):
 def test_build_quiet_and_verbose_contradict_and_quiet_keeps_only_warnings(tmp_path, capsys):
     from click.testing import CliRunner
 
-    from wheelfactory.cli import _quiet_echo, cli
-    from wheelfactory.errors import InputError
+    from wheelfactory.cli.commands import _quiet_echo, cli
+    from wheelfactory.core.errors import InputError
 
     res = CliRunner().invoke(cli, ["--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"),
                                    "build", "--quiet", "--verbose"])
@@ -327,8 +327,8 @@ def test_build_quiet_and_verbose_contradict_and_quiet_keeps_only_warnings(tmp_pa
 
 
 def test_the_factorys_messages_go_above_live_status_rows_never_over_them(monkeypatch, capsys):
-    from wheelfactory import cli
-    from wheelfactory.progress import BOARD
+    from wheelfactory.cli import commands as cli
+    from wheelfactory.run.progress import BOARD
 
     printed: list[str] = []
     monkeypatch.setattr(BOARD, "print", printed.append)

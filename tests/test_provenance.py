@@ -17,20 +17,20 @@ import pytest
 from wheel.wheelfile import WheelFile
 
 from tests.conftest import run_cli
-from wheelfactory import audit
-from wheelfactory.errors import BuildError
-from wheelfactory.factory import Factory
-from wheelfactory.host import Host
-from wheelfactory.provenance import FILENAME, build_provenance, render_provenance, stamp_wheel
-from wheelfactory.wheelpack import add_dist_info_file, pack_tree
+from wheelfactory.core.errors import BuildError
+from wheelfactory.cuda import audit
+from wheelfactory.host.facts import Host
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.pipeline.provenance import FILENAME, build_provenance, render_provenance, stamp_wheel
+from wheelfactory.store.wheelpack import add_dist_info_file, pack_tree
 
 HOST = Host(f"linux_{platform.machine()}", None, "none", cpus=2, mem_available_gb=8.0)
 
 # A platform wheel through the whole repair path: a gcc-built shared object (stripped, then
 # retagged by auditwheel), as NCCL's wheel goes.
 RECIPE = '''
-from wheelfactory.recipe import Recipe, Repair
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.planning.recipe import Recipe, Repair
+from wheelfactory.store.wheelpack import pack_tree
 
 RECIPE = Recipe(name="demo", summary="test", source=None, outputs=("demo",), repair=Repair(mode="retag"))
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.test_executor import OK_BODY, setup
-from wheelfactory.errors import BuildError
-from wheelfactory.installer import download
-from wheelfactory.pydeps import index_identity, link_pinned, pydeps_dir, read_pins, record_pins
-from wheelfactory.wheelmeta import sha256_file
+from wheelfactory.core.errors import BuildError
+from wheelfactory.store.wheelmeta import sha256_file
+from wheelfactory.toolchain.installer import download
+from wheelfactory.toolchain.pydeps import index_identity, link_pinned, pydeps_dir, read_pins, record_pins
 
 DEFAULT = "https://pypi.org/simple"
 OTHER = "http://127.0.0.1:8080/simple"
@@ -97,8 +97,8 @@ def test_gc_removes_what_a_killed_download_left_an_hour_ago(tmp_path):
     import os
     import time
 
-    from wheelfactory.cachestore import CacheStore
-    from wheelfactory.wheelhouse import Wheelhouse
+    from wheelfactory.pipeline.cachestore import CacheStore
+    from wheelfactory.store.wheelhouse import Wheelhouse
 
     old, new = tmp_path / "cache" / "pydeps" / ".download-old", tmp_path / "cache" / "pydeps" / ".download-new"
     for d in (old, new):
@@ -113,7 +113,7 @@ def test_gc_removes_what_a_killed_download_left_an_hour_ago(tmp_path):
 def test_a_real_build_against_the_default_index_never_installs_another_indexs_poison(tmp_path):
     import shutil
 
-    from wheelfactory.wheelpack import pack_tree
+    from wheelfactory.store.wheelpack import pack_tree
 
     f, _ = setup(tmp_path, {"a": (OK_BODY, ())})
     marker = tmp_path / "POISON-RAN"

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from assemble.cli import images
 from assemble.docker import Docker
-from wheelfactory.factory import Factory
+from wheelfactory.pipeline.factory import Factory
 
 from .conftest import CI_RELEASES, RECIPES, docker_or_skip, run_cli
 

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.errors import InputError
-from wheelfactory.factory import Factory
-from wheelfactory.progress import Timings
-from wheelfactory.rebuild import components_to_rebuild
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.core.errors import InputError
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning.rebuild import components_to_rebuild
+from wheelfactory.run.progress import Timings
+from wheelfactory.store.wheelpack import pack_tree
 
 from .test_executor import HOST, OK_BODY, setup
 
 RECIPE = '''
-from wheelfactory.recipe import Recipe
+from wheelfactory.planning.recipe import Recipe
 RECIPE = Recipe(name="a", summary="test", source=None, outputs=("a",))
 '''
 

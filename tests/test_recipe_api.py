@@ -11,10 +11,10 @@ import re
 import pytest
 
 from wheelfactory import recipe_api
-from wheelfactory.buildenv import StepPaths, step_environment
-from wheelfactory.context import BuildContext, FetchContext
-from wheelfactory.errors import InputError
-from wheelfactory.recipe import HOOKS, NOT_KEYED, Recipe, RecipeHooks, hook_argument
+from wheelfactory.core.errors import InputError
+from wheelfactory.pipeline.buildenv import StepPaths, step_environment
+from wheelfactory.planning.context import BuildContext, FetchContext
+from wheelfactory.planning.recipe import HOOKS, NOT_KEYED, Recipe, RecipeHooks, hook_argument
 
 from .conftest import RECIPES, REPO
 

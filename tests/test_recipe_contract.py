@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import plan as plan_module
-from wheelfactory.errors import InputError
-from wheelfactory.factory import Factory
-from wheelfactory.recipe import Option, load_recipes, recipe_data, version_table
+from wheelfactory.core.errors import InputError
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning import plan as plan_module
+from wheelfactory.planning.recipe import Option, load_recipes, recipe_data, version_table
 
 from .conftest import MINIMAL_RELEASE, RECIPES, SPARK, invoke
 
-HEADER = "from wheelfactory.recipe import Recipe\nRECIPE = Recipe(name='x', summary='', source=None, outputs=('x',))\n"
+HEADER = ("from wheelfactory.planning.recipe import Recipe\n"
+          "RECIPE = Recipe(name='x', summary='', source=None, outputs=('x',))\n")
 
 
 def recipe_dir(tmp_path: Path, body: str, header: str = HEADER) -> Path:
@@ -173,7 +174,7 @@ def test_list_options_shows_each_declared_option():
 
 # -- data files ----------------------------------------------------------------------------------
 
-DATA_HEADER = ("from wheelfactory.recipe import Recipe, recipe_data\n"
+DATA_HEADER = ("from wheelfactory.planning.recipe import Recipe, recipe_data\n"
                "RECIPE = Recipe(name='x', summary='', source=None, outputs=('x',), data_files=('x.toml',))\n")
 
 
@@ -230,11 +231,11 @@ def test_engine_modules_exist_and_shape_wheels():
     """The declared list, with buildenv.py (SOURCE_DATE_EPOCH, the CUDA compiler variables) and the
     other modules of the executor split that decide a build's commands, environment or venv;
     tests/test_codehash.py checks that every module they or a recipe import was decided on."""
-    package = Path(plan_module.__file__).parent
-    assert set(plan_module.ENGINE_MODULES) == {"buildenv", "cargo", "context", "crossbuild", "installer",
-                                               "patches", "provenance", "pydeps", "repair", "stepbuild",
-                                               "wheelpack"}
-    assert all((package / f"{m}.py").is_file() for m in plan_module.ENGINE_MODULES)
+    package = Path(plan_module.__file__).parents[1]  # wheelfactory/: the names are import names below it
+    assert {m.rpartition(".")[2] for m in plan_module.ENGINE_MODULES} == {
+        "buildenv", "cargo", "context", "crossbuild", "installer", "patches", "provenance", "pydeps", "repair",
+        "stepbuild", "wheelpack"}
+    assert all((package / f"{m.replace('.', '/')}.py").is_file() for m in plan_module.ENGINE_MODULES)
 
 
 # -- adopted components need no build data -------------------------------------------------------
@@ -261,8 +262,8 @@ def _plan_built(factory, path, name):
 
 
 def test_hooks_are_not_called_for_an_adopted_step(tmp_path):
-    header = ("from wheelfactory.recipe import Recipe\n"
-              "from wheelfactory.sources import PypiSource\n"
+    header = ("from wheelfactory.planning.recipe import Recipe\n"
+              "from wheelfactory.sources.kinds import PypiSource\n"
               "RECIPE = Recipe(name='x', summary='', source=PypiSource('x'), outputs=('x',))\n")
     d = recipe_dir(tmp_path, """
         def environment(spec):

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from wheelfactory.cuda_arch import parse_arch_list
-from wheelfactory.errors import BuildError
+from wheelfactory.core.errors import BuildError
+from wheelfactory.cuda.cuda_arch import parse_arch_list
 
 from .conftest import RECIPES
 
 
 @pytest.fixture(scope="module")
 def plan(request):
-    from wheelfactory.factory import Factory
+    from wheelfactory.pipeline.factory import Factory
 
     from .conftest import SPARK
 
@@ -132,7 +132,7 @@ def test_vllm_scaled_mm_sm120_skip_fails():
 
 def test_flashinfer_reads_the_parsed_arch_list():
     """FlashInfer splits its list on single spaces and knows no +PTX: each parsed arch, suffix kept."""
-    from wheelfactory.recipe import EnvSpec, Target, load_recipes
+    from wheelfactory.planning.recipe import EnvSpec, Target, load_recipes
 
     environment = load_recipes(RECIPES)["flashinfer"].hook("environment")
     target = Target("3.12", "13.1.0", ("9.0a;12.1a", " 12.0+PTX"), "linux_aarch64", "13.1")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.context import BuildContext
-from wheelfactory.errors import BuildError
-from wheelfactory.factory import Factory
-from wheelfactory.runner import Runner
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.core.errors import BuildError
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning.context import BuildContext
+from wheelfactory.run.runner import Runner
+from wheelfactory.store.wheelpack import pack_tree
 
 from .conftest import RECIPES, SPARK
 

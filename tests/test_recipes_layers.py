@@ -6,20 +6,20 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from wheelfactory.cli import cli
-from wheelfactory.errors import InputError
-from wheelfactory.factory import Factory, default_recipes_dir
-from wheelfactory.recipe import load_recipes
+from wheelfactory.cli.commands import cli
+from wheelfactory.core.errors import InputError
+from wheelfactory.pipeline.factory import Factory, default_recipes_dir
+from wheelfactory.planning.recipe import load_recipes
 
 from .conftest import RECIPES, SPARK
 
 MY_NCCL = '''
-from wheelfactory.recipe import Recipe
+from wheelfactory.planning.recipe import Recipe
 
 RECIPE = Recipe(name="nccl", summary="my own NCCL", source=None, outputs=("my-nccl",))
 '''
 MY_TOOL = '''
-from wheelfactory.recipe import Recipe
+from wheelfactory.planning.recipe import Recipe
 
 RECIPE = Recipe(name="mytool", summary="mine", source=None, outputs=("mytool",), depends_on=("torch",))
 '''

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.errors import InputError
-from wheelfactory.recipe import load_recipes
-from wheelfactory.release import list_releases, load_release
+from wheelfactory.core.errors import InputError
+from wheelfactory.planning.recipe import load_recipes
+from wheelfactory.planning.release import list_releases, load_release
 
 from .conftest import MINIMAL_RELEASE, RECIPES
 
@@ -169,14 +169,14 @@ def test_unknown_release_name_suggests(recipes):
 def test_recipe_dependency_cycle_is_rejected(tmp_path):
     for name, dep in (("a", "b"), ("b", "c"), ("c", "a")):
         (tmp_path / f"{name}.py").write_text(
-            "from wheelfactory.recipe import Recipe\n"
+            "from wheelfactory.planning.recipe import Recipe\n"
             f"RECIPE = Recipe(name={name!r}, summary='', source=None, outputs=({name!r},), depends_on=({dep!r},))\n")
     with pytest.raises(InputError, match="dependency cycle between recipes: a -> b -> c -> a"):
         load_recipes(tmp_path)
 
 
 def test_recipe_name_must_match_file(tmp_path):
-    (tmp_path / "x.py").write_text("from wheelfactory.recipe import Recipe\n"
+    (tmp_path / "x.py").write_text("from wheelfactory.planning.recipe import Recipe\n"
                                    "RECIPE = Recipe(name='y', summary='', source=None, outputs=('y',))\n")
     with pytest.raises(InputError, match="must match the file name"):
         load_recipes(tmp_path)

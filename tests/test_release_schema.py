@@ -1,9 +1,9 @@
 """The JSON Schema of release files (`wheelfactory release schema`): generated from the loader and the
-recipes, committed as wheelfactory/data/release.schema.json, met by every shipped release, and in
+recipes, committed as wheelfactory/planning/data/release.schema.json, met by every shipped release, and in
 agreement with the loader on what it accepts and refuses.
 
 To update the committed copy after a change to the loader's keys or a recipe's options:
-    wheelfactory release schema > wheelfactory/data/release.schema.json
+    wheelfactory release schema > wheelfactory/planning/data/release.schema.json
 (without --recipes-dir), or WHEELFACTORY_UPDATE_GOLDEN=1 python3 -m pytest tests/test_release_schema.py
 """
 
@@ -17,14 +17,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from wheelfactory.errors import InputError
-from wheelfactory.recipe import load_recipes
-from wheelfactory.release import load_release
-from wheelfactory.release_schema import release_schema
+from wheelfactory.core.errors import InputError
+from wheelfactory.planning.recipe import load_recipes
+from wheelfactory.planning.release import load_release
+from wheelfactory.planning.release_schema import release_schema
 
 from .conftest import CI_RELEASES, MINIMAL_RELEASE, RECIPES, REPO, invoke
 
-COMMITTED = REPO / "wheelfactory" / "data" / "release.schema.json"
+COMMITTED = REPO / "wheelfactory" / "planning" / "data" / "release.schema.json"
 SHIPPED = sorted((RECIPES / "releases").glob("*.toml")) + sorted(CI_RELEASES.glob("*.toml"))
 
 
@@ -60,7 +60,7 @@ def test_release_schema_includes_the_users_recipes_and_their_options(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "demo.py").write_text(
-        "from wheelfactory.recipe import Option, Recipe\n"
+        "from wheelfactory.planning.recipe import Option, Recipe\n"
         "RECIPE = Recipe(name='demo', summary='a demo', source=None, outputs=('demo',),\n"
         "                options=(Option('fast', bool, False, 'go fast'), Option('level', int, 3, 'how much')))\n")
     r = invoke("--recipes-dir", str(mine), "--wheelhouse", str(tmp_path / "wh"), "release", "schema")
@@ -155,5 +155,5 @@ def test_a_path_source_meets_the_schema(tmp_path, validator):
 
 def test_the_schema_file_ships_in_the_package():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    data = pyproject["tool"]["setuptools"]["package-data"]["wheelfactory"]
-    assert any(Path(COMMITTED.relative_to(REPO / "wheelfactory")).match(pattern) for pattern in data)
+    data = pyproject["tool"]["setuptools"]["package-data"]["wheelfactory.planning"]
+    assert any(Path(COMMITTED.relative_to(REPO / "wheelfactory" / "planning")).match(pattern) for pattern in data)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.recipe import Repair, load_recipes
-from wheelfactory.repair import check_no_grafted_libraries, repair_wheel
-from wheelfactory.runner import Runner
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.pipeline.repair import check_no_grafted_libraries, repair_wheel
+from wheelfactory.planning.recipe import Repair, load_recipes
+from wheelfactory.run.runner import Runner
+from wheelfactory.store.wheelpack import pack_tree
 
 
 class NoCommands:
@@ -91,7 +91,7 @@ def test_a_recipe_asking_for_auditwheel_repair_does_not_load(tmp_path):
     d = tmp_path / "recipes"
     d.mkdir()
     (d / "x.py").write_text(textwrap.dedent("""\
-        from wheelfactory.recipe import Recipe, Repair
+        from wheelfactory.planning.recipe import Recipe, Repair
         RECIPE = Recipe(name="x", summary="", source=None, outputs=("x",), repair=Repair(mode="repair"))
     """))
     with pytest.raises(InputError, match="Repair\\(mode='repair'\\)"):

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from wheelfactory.cli import cli
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.factory import Factory
-from wheelfactory.fetch import SourceCache
-from wheelfactory.plan import plan_release
-from wheelfactory.recipe import Target, load_recipes
-from wheelfactory.release import load_release
-from wheelfactory.resolve import commit_of, record_key
-from wheelfactory.runner import Runner
-from wheelfactory.sources import GitSource, PypiSource, UrlSource, source_from_table
+from wheelfactory.cli.commands import cli
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.planning.plan import plan_release
+from wheelfactory.planning.recipe import Target, load_recipes
+from wheelfactory.planning.release import load_release
+from wheelfactory.run.runner import Runner
+from wheelfactory.sources.fetch import SourceCache
+from wheelfactory.sources.kinds import GitSource, PypiSource, UrlSource, source_from_table
+from wheelfactory.sources.resolve import commit_of, record_key
 
 from .conftest import CI_RELEASES, RECIPES, SPARK
 

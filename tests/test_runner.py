@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import runner as runner_mod
-from wheelfactory.errors import BuildError
-from wheelfactory.runner import Runner, clean_environ
+from wheelfactory.core.errors import BuildError
+from wheelfactory.run import runner as runner_mod
+from wheelfactory.run.runner import Runner, clean_environ
 
 
 @pytest.mark.slow  # runs commands (the Runner's job)
@@ -73,8 +73,8 @@ for i in range(1, total + 1):
 BUILD = """
 import sys, time
 from pathlib import Path
-from wheelfactory.progress import StepClock
-from wheelfactory.runner import Runner
+from wheelfactory.run.progress import StepClock
+from wheelfactory.run.runner import Runner
 r = Runner("torch", Path(sys.argv[1]), output=None if sys.argv[3] == "auto" else sys.argv[3])
 r.step = StepClock(time.monotonic(), previous_s=600)
 r.note("phase configure done")  # the executor's note: the status moves on to build

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.test_executor import OK_BODY, setup
-from wheelfactory.cli import cli
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.runner import Runner, clean_environ
-from wheelfactory.secretenv import is_secret_name, parse_secret_env
+from wheelfactory.cli.commands import cli
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.core.secretenv import is_secret_name, parse_secret_env
+from wheelfactory.run.runner import Runner, clean_environ
 
 CANARY = "canary-5f3a9c1e77"
 
@@ -128,9 +128,9 @@ def test_a_lock_records_command_and_targets_never_option_values(tmp_path, monkey
     message and the --wait refusal included."""
     import threading
 
-    from wheelfactory.errors import LockedError
-    from wheelfactory.factory import Factory
-    from wheelfactory.interrupt import file_lock
+    from wheelfactory.core.errors import LockedError
+    from wheelfactory.core.interrupt import file_lock
+    from wheelfactory.pipeline.factory import Factory
 
     from .conftest import invoke
 
@@ -178,7 +178,7 @@ def test_a_lock_records_command_and_targets_never_option_values(tmp_path, monkey
 def test_the_shown_command_keeps_positional_words_without_secrets():
     import click
 
-    from wheelfactory.secretenv import shown_command
+    from wheelfactory.core.secretenv import shown_command
 
     @click.group()
     def main():

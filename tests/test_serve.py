@@ -9,10 +9,10 @@ import urllib.request
 
 import pytest
 
-from wheelfactory.errors import InputError
-from wheelfactory.pep658 import core_metadata
-from wheelfactory.serve import allowed, make_server, parse_range
-from wheelfactory.wheelhouse import Wheelhouse
+from wheelfactory.core.errors import InputError
+from wheelfactory.store.pep658 import core_metadata
+from wheelfactory.store.serve import allowed, make_server, parse_range
+from wheelfactory.store.wheelhouse import Wheelhouse
 
 from .test_wheelhouse import make_wheel
 

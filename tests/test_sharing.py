@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from tests.test_executor import OK_BODY, setup
-from wheelfactory.wheelhouse import atomic_write_text
+from wheelfactory.store.wheelhouse import atomic_write_text
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.errors import BuildError
-from wheelfactory.fetch import SourceCache, extract_archive
-from wheelfactory.runner import Runner
-from wheelfactory.sources import GitSource, UrlSource
+from wheelfactory.core.errors import BuildError
+from wheelfactory.run.runner import Runner
+from wheelfactory.sources.fetch import SourceCache, extract_archive
+from wheelfactory.sources.kinds import GitSource, UrlSource
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.buildenv import inherited_environ
-from wheelfactory.errors import BuildError, LockedError
-from wheelfactory.factory import Factory
-from wheelfactory.host import Host
-from wheelfactory.installer import PipInstaller
-from wheelfactory.stepbuild import STATE_FILE
-from wheelfactory.wheelhouse import Wheelhouse
+from wheelfactory.core.errors import BuildError, LockedError
+from wheelfactory.host.facts import Host
+from wheelfactory.pipeline.buildenv import inherited_environ
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.pipeline.stepbuild import STATE_FILE
+from wheelfactory.store.wheelhouse import Wheelhouse
+from wheelfactory.toolchain.installer import PipInstaller
 
 HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
 
@@ -28,9 +28,9 @@ HOST = Host("linux_x86_64", None, "none", cpus=2, mem_available_gb=8.0)
 RECIPE = '''
 import os
 from pathlib import Path
-from wheelfactory.errors import BuildError
-from wheelfactory.recipe import Recipe
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.core.errors import BuildError
+from wheelfactory.planning.recipe import Recipe
+from wheelfactory.store.wheelpack import pack_tree
 
 RECIPE = Recipe(name="c", summary="test", source=None, outputs=("c",))
 EVENTS = Path({events!r})
@@ -224,7 +224,7 @@ def test_the_wait_for_a_lock_is_bounded_and_names_the_holder(tmp_path):
     """--wait: a lock file held by this very process through another descriptor times out."""
     import fcntl
 
-    from wheelfactory.interrupt import file_lock
+    from wheelfactory.core.interrupt import file_lock
 
     path = tmp_path / "x.lock"
     path.write_text("pid 4242 (wheelfactory build torch) since 2026-11-27 10:00:00\n")
@@ -240,7 +240,7 @@ def test_the_wait_for_a_lock_is_bounded_and_names_the_holder(tmp_path):
 
 
 def test_the_build_commands_options_reach_the_executor(tmp_path, monkeypatch):
-    from wheelfactory.factory import Factory as FactoryClass
+    from wheelfactory.pipeline.factory import Factory as FactoryClass
 
     from .conftest import CI_RELEASES, invoke
 
@@ -266,8 +266,8 @@ def test_the_build_commands_options_reach_the_executor(tmp_path, monkeypatch):
 # A recipe whose build starts a long command and reports its process group, for kill tests.
 LONG_RECIPE = '''
 from pathlib import Path
-from wheelfactory.recipe import Recipe
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.planning.recipe import Recipe
+from wheelfactory.store.wheelpack import pack_tree
 
 RECIPE = Recipe(name="c", summary="test", source=None, outputs=("c",))
 
@@ -318,7 +318,7 @@ def test_commands_a_killed_factory_left_are_stopped_by_the_next_run(tmp_path):
 PARENT = '''
 import sys
 from pathlib import Path
-from wheelfactory.runner import Runner
+from wheelfactory.run.runner import Runner
 Runner("t", Path(sys.argv[1])).run(["sh", "-c", "echo $$ > " + sys.argv[2] + "; exec sleep 300"])
 '''
 
@@ -355,8 +355,8 @@ def _running(pid: int) -> bool:
 
 MAKE_RECIPE = '''
 from pathlib import Path
-from wheelfactory.recipe import Recipe
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.planning.recipe import Recipe
+from wheelfactory.store.wheelpack import pack_tree
 
 RECIPE = Recipe(name="c", summary="test", source=None, outputs=("c",))
 
@@ -394,7 +394,7 @@ def test_a_failed_make_build_resumes_without_recompiling_finished_objects(tmp_pa
 
 
 def test_the_step_environment_points_every_compiler_launcher_at_the_ccache_it_was_given(factory, monkeypatch):
-    from wheelfactory.buildenv import StepPaths, step_environment
+    from wheelfactory.pipeline.buildenv import StepPaths, step_environment
 
     from .conftest import CI_RELEASES
 
@@ -418,9 +418,9 @@ def test_the_step_environment_points_every_compiler_launcher_at_the_ccache_it_wa
 def test_until_configure_stops_without_announcing_a_build_phase(tmp_path, capsys, factory):
     from types import SimpleNamespace
 
-    from wheelfactory.progress import PLAIN
-    from wheelfactory.runner import Runner
-    from wheelfactory.stepbuild import StepBuild, StoppedAfter
+    from wheelfactory.pipeline.stepbuild import StepBuild, StoppedAfter
+    from wheelfactory.run.progress import PLAIN
+    from wheelfactory.run.runner import Runner
 
     step = factory.plan(factory.release("0.33.0-t5"), ["nccl"]).steps[0]
     runner = Runner("nccl", tmp_path / "log", output=PLAIN)

@@ -14,9 +14,9 @@ import pytest
 
 from tests.test_executor import OK_BODY, setup
 from tests.test_recipe_contract import release_file
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.fetch import extract_archive
-from wheelfactory.lock import component_wheels
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.lock.closure import component_wheels
+from wheelfactory.sources.fetch import extract_archive
 
 from .conftest import RECIPES, invoke
 from .test_verify import flip_byte_keeping_size_and_mtime, published
@@ -83,7 +83,7 @@ def test_inspect_of_a_zip_without_dist_info_is_not_a_wheel(tmp_path):
 
 
 def test_options_on_an_adopted_component_are_refused(tmp_path):
-    from wheelfactory.factory import Factory
+    from wheelfactory.pipeline.factory import Factory
 
     from .conftest import SPARK
 
@@ -99,7 +99,7 @@ def test_options_on_an_adopted_component_are_refused(tmp_path):
 
 
 def test_a_bad_adopted_wheel_is_reported_before_any_dependency_is_built(tmp_path, monkeypatch):
-    from wheelfactory.executor import Executor
+    from wheelfactory.pipeline.executor import Executor
 
     f, _ = setup(tmp_path, {"a": (OK_BODY, ()), "b": (OK_BODY, ("a",))})
     bad = tmp_path / "b-1.0-py3-none-any.whl"
@@ -133,7 +133,7 @@ def test_lock_names_a_changed_wheel_instead_of_calling_it_missing(tmp_path):
     plan = f.plan(f.release("r"))
     tree = tmp_path / "tree"
     (tree / "a").mkdir(parents=True)
-    from wheelfactory.wheelpack import pack_tree
+    from wheelfactory.store.wheelpack import pack_tree
     wheel = pack_tree(tree, "a", "1.0", "py3-none-any", tmp_path / "dist", summary="t")
     with f.wheelhouse.lock():
         f.wheelhouse.publish([wheel], {"component": "a", "key": plan.steps[0].key})
@@ -153,7 +153,7 @@ def test_a_source_dir_that_is_a_file_says_so(tmp_path):
 def test_a_full_disk_outside_any_step_is_a_message_not_a_traceback(tmp_path, monkeypatch):
     import errno
 
-    from wheelfactory.wheelhouse import Wheelhouse
+    from wheelfactory.store.wheelhouse import Wheelhouse
 
     def full(self):
         raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "manifest.json"))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import uv
 
-from wheelfactory import lock
-from wheelfactory.errors import InputError
-from wheelfactory.installer import find_uv, require_uv
+from wheelfactory.core.errors import InputError
+from wheelfactory.lock import closure as lock
+from wheelfactory.toolchain.installer import find_uv, require_uv
 
 from .conftest import CI_RELEASES, REPO
 

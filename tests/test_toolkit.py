@@ -1,4 +1,4 @@
-"""The build toolkit assembled from NVIDIA's CUDA wheels (wheelfactory/toolkit.py).
+"""The build toolkit assembled from NVIDIA's CUDA wheels (wheelfactory/toolchain/toolkit.py).
 
 Fast tests: the pins, the identity, the layout rules and the completeness check, on data and
 temporary directories. Slow tests download the CUDA 13.1 wheels once per session (into the
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.cli import _print_plan
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.factory import Factory
-from wheelfactory.host import detect_host
-from wheelfactory.toolkit import (
+from wheelfactory.cli.commands import _print_plan
+from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.host.facts import detect_host
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.toolchain.toolkit import (
     REQUIRED,
     ToolkitCache,
     WheelPin,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.triton_ptxas import ptxas_knobs
-from wheelfactory.venv import PTH_NAME, TRITON_CHECK, point_triton_at_toolkit
+from wheelfactory.cuda.triton_ptxas import ptxas_knobs
+from wheelfactory.lock.venv import PTH_NAME, TRITON_CHECK, point_triton_at_toolkit
 
 from .conftest import CI_RELEASES, RECIPES
 

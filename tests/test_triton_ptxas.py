@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from assemble.imagefiles.triton_aot_check import cubin_toolkit_note
-from wheelfactory.triton_ptxas import ptxas_env, ptxas_knobs
+from wheelfactory.cuda.triton_ptxas import ptxas_env, ptxas_knobs
 
 CUBINS = Path(__file__).resolve().parent / "data" / "cubins"
 
@@ -46,7 +46,7 @@ def test_cubin_note_refuses_what_is_no_cubin() -> None:
 
 
 def test_venv_pth_points_triton_at_the_toolkit_unless_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from wheelfactory.venv import PTH_NAME, TRITON_CHECK, point_triton_at_toolkit
+    from wheelfactory.lock.venv import PTH_NAME, TRITON_CHECK, point_triton_at_toolkit
 
     assert TRITON_CHECK.is_file()
     assert point_triton_at_toolkit(tmp_path, "3.8.0") is None  # no toolkit wheels: nothing written

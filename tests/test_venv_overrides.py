@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from wheelfactory.errors import BuildError
-from wheelfactory.venv import check_consistency
+from wheelfactory.core.errors import BuildError
+from wheelfactory.lock.venv import check_consistency
 
 T5 = "vllm 0.15.0 has requirement transformers<5,>=4.56.0, but you have transformers 5.0.0."
 TORCH = "vllm 0.33.0 has requirement torch==2.14.0, but you have torch 2.14.1+cu131."

@@ -7,11 +7,11 @@ import sys
 import types
 from pathlib import Path
 
-from wheelfactory import installer as installer_mod
-from wheelfactory import venv as venv_mod
-from wheelfactory.lock import LOCK_FORMAT
-from wheelfactory.venv import create_venv, install_command
-from wheelfactory.wheelhouse import Wheelhouse
+from wheelfactory.lock import venv as venv_mod
+from wheelfactory.lock.closure import LOCK_FORMAT
+from wheelfactory.lock.venv import create_venv, install_command
+from wheelfactory.store.wheelhouse import Wheelhouse
+from wheelfactory.toolchain import installer as installer_mod
 
 
 class FakeRunner:
@@ -94,7 +94,7 @@ def test_find_uv_is_the_uv_packages_never_one_on_path(monkeypatch):
 def test_clear_replaces_a_venv_and_nothing_else(tmp_path, monkeypatch):
     import pytest
 
-    from wheelfactory.errors import InputError
+    from wheelfactory.core.errors import InputError
 
     monkeypatch.setattr(venv_mod, "find_uv", lambda: "/opt/uv")
     wh = locked_wheelhouse(tmp_path)
@@ -119,7 +119,7 @@ def test_clear_through_a_symbolic_link_is_refused_and_removes_nothing(tmp_path, 
     (was: shutil.rmtree's OSError), the venv and the link left as they were."""
     import pytest
 
-    from wheelfactory.errors import InputError
+    from wheelfactory.core.errors import InputError
 
     monkeypatch.setattr(venv_mod, "find_uv", lambda: "/opt/uv")
     wh = locked_wheelhouse(tmp_path)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.factory import Factory
-from wheelfactory.wheelhouse import Wheelhouse
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.pipeline.factory import Factory
+from wheelfactory.store.wheelhouse import Wheelhouse
+from wheelfactory.store.wheelpack import pack_tree
 
 from .conftest import RECIPES, SPARK, invoke
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import devicecode as dc
-from wheelfactory.errors import InputError
-from wheelfactory.patches import declared_patches
+from wheelfactory.core.errors import InputError
+from wheelfactory.cuda import devicecode as dc
+from wheelfactory.sources.patches import declared_patches
 
 from .conftest import RECIPES
 
@@ -183,8 +183,8 @@ def vllm_sdist(cache_dir: Path, version: str) -> Path:
 def test_the_vllm_patches_apply_to_the_real_sdist(tmp_path, request, version, expected):
     import tarfile
 
-    from wheelfactory.patches import apply_patches
-    from wheelfactory.runner import Runner
+    from wheelfactory.run.runner import Runner
+    from wheelfactory.sources.patches import apply_patches
     sdist = vllm_sdist(Path(request.config.cache.mkdir("vllm-sdist")), version)
     with tarfile.open(sdist) as tf:
         tf.extractall(tmp_path, filter="data")
@@ -222,8 +222,8 @@ def test_the_patched_sdist_has_no_gate_that_rejects_12_1(tmp_path, request, vers
     after (family 12); 0.33.0 has family checks upstream (vllm-project/vllm#35568)."""
     import tarfile
 
-    from wheelfactory.patches import apply_patches
-    from wheelfactory.runner import Runner
+    from wheelfactory.run.runner import Runner
+    from wheelfactory.sources.patches import apply_patches
     sdist = vllm_sdist(Path(request.config.cache.mkdir("vllm-sdist")), version)
     with tarfile.open(sdist) as tf:
         members = [m for m in tf.getmembers() if m.name.split("/", 1)[-1] in GATED_FILES[version]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.errors import BuildError, LockedError
-from wheelfactory.wheelhouse import Wheelhouse
-from wheelfactory.wheelpack import pack_tree
+from wheelfactory.core.errors import BuildError, LockedError
+from wheelfactory.store.wheelhouse import Wheelhouse
+from wheelfactory.store.wheelpack import pack_tree
 
 
 def make_wheel(tmp: Path, dist: str, version: str, payload: bytes = b"x", tag: str = "py3-none-any") -> Path:

@@ -20,7 +20,7 @@ import argparse
 import re
 from pathlib import Path
 
-from wheelfactory.devicecode import logical_lines
+from wheelfactory.cuda.devicecode import logical_lines
 
 # FLAGS that say nothing about device code (warnings, optimisation, language level, PIC, includes);
 # -Xcudafe and -isystem take the next word with them.

@@ -1,5 +1,5 @@
 """`python -m wheelfactory` runs the CLI."""
 
-from .cli import main
+from .cli.commands import main
 
 main()

@@ -10,14 +10,15 @@ that every shipped recipe imports from here only).
 
 from __future__ import annotations
 
-from . import cargo, devicecode
-from .context import BuildContext, FetchContext
-from .cuda_arch import CudaArch, devices_of, gencode_flags, parse_arch_list, torch_arch_list
-from .errors import BuildError, InputError
-from .recipe import EnvSpec, GccNeed, Option, Recipe, RecipeHooks, Repair, Target, recipe_data, version_table
-from .sources import GitSource, LocalSource, PypiSource, Source, UrlSource
-from .wheelmeta import require_pin
-from .wheelpack import pack_tree, repack, unpack
+from .core.errors import BuildError, InputError
+from .cuda import devicecode
+from .cuda.cuda_arch import CudaArch, devices_of, gencode_flags, parse_arch_list, torch_arch_list
+from .planning.context import BuildContext, FetchContext
+from .planning.recipe import EnvSpec, GccNeed, Option, Recipe, RecipeHooks, Repair, Target, recipe_data, version_table
+from .sources import cargo
+from .sources.kinds import GitSource, LocalSource, PypiSource, Source, UrlSource
+from .store.wheelmeta import require_pin
+from .store.wheelpack import pack_tree, repack, unpack
 
 __all__ = [
     # the declaration

@@ -3,7 +3,7 @@ built as vLLM is (its setup.py runs CMake), declaring CROSS as the vLLM recipe d
 
 from __future__ import annotations
 
-from wheelfactory.recipe import EnvSpec, Recipe, Repair
+from wheelfactory.planning.recipe import EnvSpec, Recipe, Repair
 
 # The stand-in passes nothing about the target: a cross step's CMAKE_TOOLCHAIN_FILE decides it.
 CROSS = True

@@ -2,7 +2,7 @@
 # Builds the fatbin fixtures with the real nvcc into OUTDIR (the tests do this once per session:
 # the binaries are generated, never committed). With RECORD=1 it also records what NVIDIA's
 # cuobjdump says about each of them in cuobjdump.txt here, which tests/test_fatbin.py compares
-# wheelfactory.fatbin against: bash tests/data/fatbin/make_fixtures.sh OUTDIR
+# wheelfactory.cuda.fatbin against: bash tests/data/fatbin/make_fixtures.sh OUTDIR
 # cuobjdump comes from `pip install nvidia-cuda-cuobjdump` (CUOBJDUMP=path overrides).
 set -euo pipefail
 src=$(cd "$(dirname "$0")" && pwd)

@@ -1,0 +1,1 @@
+"""The `wheelfactory` command line."""

@@ -1,0 +1,1 @@
+"""`release derive`: a release and its recipe data, read from upstream."""

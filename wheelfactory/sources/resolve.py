@@ -1,0 +1,117 @@
+"""What each source's name resolved to when it was fetched: a git ref's commit, an sdist's or
+archive's sha256. The build key uses the recorded content, so a moved tag or a re-uploaded sdist
+can never be served under the key of what was built before.
+
+    <cache>/sources/resolved.json
+    {"version": 1, "sources": {
+        "git https://github.com/NVIDIA/nccl.git v2.29.2-1": {"commit": "...", "kind": "tag", "recorded": "..."},
+        "pypi https://pypi.org/simple vllm==0.14.1": {"sha256": "...", "filename": "...", "recorded": "..."},
+        "url https://.../llvm.tar.gz": {"sha256": "...", "recorded": "..."}}}
+
+The file is the lock of the source names: `fetch` writes it, `plan` and `build` only read it
+(a build resolves what was never recorded, so that it can key what it builds). Deleting it
+means every source is resolved again at the next fetch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import BuildError, InputError
+from .kinds import GitSource, PypiSource, Source, UrlSource
+
+_HEX = re.compile(r"^[0-9a-f]{4,39}$")
+FORMAT_VERSION = 1
+
+
+def record_key(source: Source, index_url: str) -> str:
+    """The record's name: what the user wrote, plus the index an sdist came from (the same name and
+    version on another index is another file)."""
+    if isinstance(source, GitSource):
+        return f"git {source.url} {source.ref}"
+    if isinstance(source, PypiSource):
+        return f"pypi {index_url.rstrip('/')} {source.name}=={source.version}"
+    if isinstance(source, UrlSource):
+        return f"url {source.url}"
+    raise TypeError(f"a {type(source).__name__} is identified by its files, not recorded")
+
+
+def commit_of(source: GitSource, ls_remote: str) -> tuple[str, str]:
+    """(commit, "tag" | "branch") of a ref from `git ls-remote URL REF REF^{}` output. A branch is
+    accepted only with follow = true; a tag wins over a branch of the same name, as in git."""
+    refs = {}
+    for line in ls_remote.splitlines():
+        commit, _, name = line.partition("\t")
+        refs[name.strip()] = commit.strip()
+    ref = source.ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
+    tag = refs.get(f"refs/tags/{ref}^{{}}") or refs.get(f"refs/tags/{ref}")  # ^{}: an annotated tag's commit
+    branch = refs.get(f"refs/heads/{ref}")
+    where = f"git source {source.url} ref {source.ref!r}"
+    if tag and not source.ref.startswith("refs/heads/"):
+        if source.follow:
+            raise InputError(f"{where}: follow = true is for a branch, and {ref!r} is a tag; remove follow "
+                             "(a tag is recorded once and a move is reported)")
+        return tag, "tag"
+    if branch:
+        if not source.follow:
+            raise InputError(f"{where} is a branch: a branch moves, so the same release would build other code "
+                             "from one day to the next. Give a tag or a 40-hex commit, or set follow = true in "
+                             "the source table to build the branch's current commit (re-resolved at every "
+                             "fetch; the build key follows it)")
+        return branch, "branch"
+    hint = " (an abbreviated commit: give all 40 hex digits)" if _HEX.match(source.ref) else ""
+    raise InputError(f"{where}: no such tag or branch in the repository{hint}")
+
+
+class SourceRecords:
+    """The resolved.json file; every change is read-modify-write under a lock, written atomically."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._entries: dict[str, dict[str, Any]] | None = None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if self._entries is None:
+            self._entries = self._read()
+        return self._entries.get(key)
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        """Record an entry (stamped with the time it was recorded), keeping other processes' entries."""
+        with self._locked():
+            entries = self._read()
+            entries[key] = entry | {"recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            fd, tmp = tempfile.mkstemp(prefix=".resolved-", dir=self.path.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": FORMAT_VERSION, "sources": entries}, f, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, self.path)
+            self._entries = entries
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text())
+            sources = data["sources"]
+            if data.get("version") != FORMAT_VERSION or not isinstance(sources, dict):
+                raise ValueError(f"version {data.get('version')!r}")
+            return sources
+        except FileNotFoundError:
+            return {}
+        except (ValueError, KeyError, TypeError) as e:
+            raise BuildError(f"{self.path}: not a source record this wheelfactory reads ({e}); delete it to "
+                             "resolve every source again at the next `wheelfactory fetch`") from None
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / ".resolved.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield

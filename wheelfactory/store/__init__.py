@@ -1,0 +1,1 @@
+"""The wheelhouse and what reads, writes, verifies or serves its wheels."""
