@@ -10,7 +10,6 @@ import datetime
 import json
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,7 @@ from wheelfactory.wheelhouse import atomic_write_text
 
 from .bake import oci_platform, render_bake, target_name
 from .bases import BaseImage, find_base, incompatible_wheels, load_bases
-from .closure import ClosureReport, check_tar
+from .closure import ClosureReport, check_stream
 from .context import write_context
 from .devtoolkit import CONTEXT_DIR, dev_toolkit, write_toolkit_context
 from .docker import Docker
@@ -329,15 +328,14 @@ class Assembler:
         p.timings["build_s"] = time.monotonic() - started
 
     def check_closure(self, p: Prepared) -> ClosureReport:
-        """Export the image's files and check its shared-library closure; BuildError when a library is missing."""
+        """Check the image's shared-library closure, reading its files as `docker export` streams them
+        (no tar on disk)."""
         ref = p.spec.ref(self.settings.registry)
         info = self.docker.inspect(ref) or {}
         env = dict(e.split("=", 1) for e in (info.get("Config", {}).get("Env") or []) if "=" in e)
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(dir=self.output_dir) as tmp:
-            tar = Path(tmp) / "image.tar"
-            self.docker.export(ref, tar, p.oci_platform)
-            report = check_tar(tar, env, variants=variant_sets())
+        with self.docker.exported(ref, p.oci_platform) as tar:
+            report = check_stream(tar, env, variants=variant_sets())
         p.timings["closure_s"] = time.monotonic() - started
         return report
 
