@@ -71,6 +71,9 @@ class Finding:
     path: str
     needed: str
     detail: str
+    # found in the image, but not where the loader looks: a warning for a plain object, and no proof
+    # that a variant resolves (see accept_variants)
+    off_path: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: needs {self.needed}: {self.detail}"
@@ -330,7 +333,7 @@ def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], opti
             elif elsewhere:
                 report.warnings.append(Finding(obj.path, needed, f"only at {elsewhere[0]}, off the loader's search "
                                                "path: works only when a library loaded earlier (e.g. by "
-                                               "`import torch`) provides it"))
+                                               "`import torch`) provides it", off_path=True))
             else:
                 report.errors.append(Finding(obj.path, needed, "found nowhere in the image"))
     _one_copy_and_forbidden(tree, objects, machine, report)
@@ -354,8 +357,12 @@ def _variant_key(v: str) -> tuple[int, str]:
 
 
 def accept_variants(report: ClosureReport, name: str, pattern: re.Pattern[str], paths: Iterable[str]) -> None:
-    """Decide one variant set: when the files of some variant have no error, the errors of the
-    other variants leave `report.errors` (they are alternatives never loaded); a note says which."""
+    """Decide one variant set: a variant resolves when the loader's search path finds every library its
+    files need (RPATH/RUNPATH/$ORIGIN, the image's LD_LIBRARY_PATH, ld.so.conf, the system dirs). A
+    same-named file elsewhere in the image does not count: PyNvVideoCodec's bundled FFmpeg 8 is not
+    what torchcodec's FFmpeg 8 variant loads. When some variant resolves, the findings of the others
+    leave the report (alternatives never loaded); when none does, their errors stand and their
+    off-path warnings become errors. A note says which."""
     members: dict[str, str] = {}
     for path in paths:
         if (m := pattern.search(path)) is not None:
@@ -364,21 +371,26 @@ def accept_variants(report: ClosureReport, name: str, pattern: re.Pattern[str], 
         return
     variants = sorted(set(members.values()), key=_variant_key)
     failing: dict[str, list[Finding]] = {v: [] for v in variants}
-    for e in report.errors:
+    off_path = [w for w in report.warnings if w.off_path and w.path in members]
+    for e in [*report.errors, *off_path]:
         if e.path in members:
             failing[members[e.path]].append(e)
     ok = [v for v in variants if not failing[v]]
     if not ok:
-        report.notes.append(f"{name}: none of its variants {', '.join(variants)} resolves in the image "
-                            "(any one would do); its errors stand")
+        report.warnings = [w for w in report.warnings if w not in off_path]
+        report.errors += [replace(w, detail=f"{w.detail}; a variant counts only when the loader's search path "
+                                  "finds its libraries", off_path=False) for w in off_path]
+        report.notes.append(f"{name}: none of its variants {', '.join(variants)} resolves through the loader's "
+                            "search path (any one would do); its errors stand")
         return
     missing = sorted({e.needed for v in variants for e in failing[v]})
     report.errors = [e for e in report.errors if e.path not in members]
+    report.warnings = [w for w in report.warnings if w not in off_path]
     others = [v for v in variants if failing[v]]
     note = f"{name}: variant {', '.join(ok)} of {', '.join(variants)} resolves"
     if others:
-        note += (f"; variants {', '.join(others)} do not ({len(missing)} libraries not in the image, e.g. "
-                 f"{', '.join(missing[:3])}) and are accepted as unused alternatives")
+        note += (f"; variants {', '.join(others)} do not ({len(missing)} libraries not on the loader's search "
+                 f"path, e.g. {', '.join(missing[:3])}) and are accepted as unused alternatives")
     report.notes.append(note)
 
 
