@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from assemble.bases import load_bases
 from assemble.cli import images
-from assemble.closure import ClosureReport, Finding, accept_variants, check_tree
+from assemble.closure import ClosureReport, Finding, accept_variants, check_tree, host_libraries
 from assemble.syslibs import load_system_libraries, needed_system_packages, variant_sets
 from wheelfactory.errors import InputError
 
@@ -34,7 +35,7 @@ def run_images(factory, docker: Path, *args: str):
 
 def test_torchcodec_needs_ffmpeg_from_apt_and_declares_its_variants() -> None:
     libs = load_system_libraries()["torchcodec"]
-    assert libs.packages == {"debian": ("ffmpeg",)}
+    assert libs.packages == {"debian": ("ffmpeg", "libheif1")}  # libheif1: its HEIC module links libheif.so.1
     pattern = variant_sets()["torchcodec"]
     # file names of the torchcodec 0.17.0 wheel
     site = "/opt/venv/lib/python3.12/site-packages/torchcodec"
@@ -44,10 +45,37 @@ def test_torchcodec_needs_ffmpeg_from_apt_and_declares_its_variants() -> None:
     assert pattern.search(f"{site}/libtorchcodec_heic.so") is None
 
 
+def test_the_libraries_that_vllm_images_load_are_installed() -> None:
+    # vLLM 0.33.0's lock (official wheels) holds numba, NVSHMEM and NCCL beside torchcodec
+    lock = ["vllm", "numba", "nvidia-nvshmem-cu13", "nvidia-nccl-cu13", "torchcodec", "numpy"]
+    got = {name: pkgs for name, _, pkgs in needed_system_packages(lock, "debian", "ubuntu:24.04")}
+    assert got["numba"] == ("libtbb12",)  # numba/np/ufunc/tbbpool links libtbb.so.12
+    rdma = ("libibverbs1", "ibverbs-providers", "librdmacm1")
+    # NVSHMEM's ibdevx transport links libmlx5.so.1 (ibverbs-providers): the rdma-core set serves it
+    assert got["nvidia-nvshmem-cu13"] == rdma and got["nvidia-nccl-cu13"] == rdma
+    assert sorted(got) == ["numba", "nvidia-nccl-cu13", "nvidia-nvshmem-cu13", "torchcodec"]
+
+
+def test_optional_plugins_match_the_real_layouts_and_ibdevx_is_not_one() -> None:
+    _, optional = host_libraries()
+
+    def why(path: str) -> str | None:
+        return next((w for g, w in optional.items() if fnmatch.fnmatch(path, g)), None)
+
+    site = "/opt/venv/lib/python3.12/site-packages"
+    # CUDA 13 wheels (nvidia-cufile 1.15) put cuFile under nvidia/cu13/lib
+    assert "rdma-core" in why(f"{site}/nvidia/cu13/lib/libcufile_rdma.so.1")
+    # libcaca0's OpenGL driver, as Debian installs it (dpkg -c libcaca0 0.99.beta20-3+deb12u1)
+    assert "libGLU" in why("/usr/lib/x86_64-linux-gnu/caca/libgl_plugin.so.0.0.0")
+    assert why("/usr/lib/x86_64-linux-gnu/caca/libx11_plugin.so.0.0.0") is None
+    assert why(f"{site}/nvidia/nvshmem/lib/nvshmem_transport_ibdevx.so.3") is None
+    assert why(f"{site}/nvidia/cu13/lib/libcufile.so.0") is None
+
+
 def test_every_known_base_has_a_family_with_names() -> None:
     for ref, base in load_bases().items():
         assert base.family == "debian", ref
-        assert needed_system_packages(["torchcodec", "numpy"], base.family, ref)[0][2] == ("ffmpeg",)
+        assert needed_system_packages(["torchcodec", "numpy"], base.family, ref)[0][2] == ("ffmpeg", "libheif1")
 
 
 def test_a_base_without_names_for_a_needed_package_is_refused() -> None:
