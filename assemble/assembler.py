@@ -22,6 +22,7 @@ from wheelfactory.errors import BuildError, InputError
 from wheelfactory.factory import Factory
 from wheelfactory.lock import Lock, lock_paths, read_lock
 from wheelfactory.one_cuda import carried_cuda, load_cuda_wheels, refuse_mixed
+from wheelfactory.one_version import refuse_skew
 from wheelfactory.recipe import LoadedRecipe
 from wheelfactory.release import Release
 from wheelfactory.toolkit import ToolkitCache, toolkits_dir
@@ -181,6 +182,7 @@ class Assembler:
         cuda_table = load_cuda_wheels(self.factory.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml")
         locked = [(x.name, x.version) for x in lock.packages]
         refuse_mixed(release.name, locked, cuda_table, release.target.cuda)  # a lock written before the rule
+        refuse_skew(release.name, locked)  # likewise: FlashInfer's packages at one version
         carried = carried_cuda(locked, cuda_table)
         if carried:  # the CUDA the image's NVIDIA wheels really are, beside the release's cuda_version
             ns = self.settings.label_namespace
