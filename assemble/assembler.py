@@ -18,6 +18,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from wheelfactory.cuda_arch import devices_of
 from wheelfactory.errors import BuildError, InputError
 from wheelfactory.factory import Factory
 from wheelfactory.lock import Lock, lock_paths, read_lock
@@ -36,6 +37,7 @@ from .devtoolkit import CONTEXT_DIR, dev_toolkit, write_toolkit_context
 from .docker import Docker
 from .dockerfile import IMAGE_FILES, extra_runs, provision_packages, render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
+from .prebuilt_cubins import left_out
 from .report import SizeReport, measure
 from .spec import TOOLKIT_ARG, VENV, ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
 from .syslibs import needed_system_packages, variant_sets
@@ -183,6 +185,11 @@ class Assembler:
         locked = [(x.name, x.version) for x in lock.packages]
         refuse_mixed(release.name, locked, cuda_table, release.target.cuda)  # a lock written before the rule
         refuse_skew(release.name, locked)  # likewise: FlashInfer's packages at one version
+        foreign = left_out(((x.name, x.version, wh.root / x.filename) for x in lock.packages),
+                           devices_of(release.target.cuda_arch_list))
+        for why in foreign.values():
+            self.echo(f"{release.name}: {why}")
+        lock = replace(lock, packages=tuple(x for x in lock.packages if x.name not in foreign))
         carried = carried_cuda(locked, cuda_table)
         if carried:  # the CUDA the image's NVIDIA wheels really are, beside the release's cuda_version
             ns = self.settings.label_namespace
