@@ -1,7 +1,8 @@
 """The closure check: every shared library an ELF file in the image needs is found in the image.
 
-It reads the image's file system as a stream (`docker export` piped into tarfile, one pass; only
-ELF files' bytes are read, and no tar is written) and resolves each DT_NEEDED the way the dynamic
+It reads the image's file system as a stream (`docker export` piped into tarfile, one pass; no
+file but an ELF one is read past its first four bytes, the rest only skipped, and no tar is
+written) and resolves each DT_NEEDED the way the dynamic
 loader would: DT_RPATH (when there is no DT_RUNPATH), LD_LIBRARY_PATH of the image's ENV,
 DT_RUNPATH, the directories of /etc/ld.so.conf (and its includes), then the default directories,
 with $ORIGIN expanded and symbolic links followed inside the image. Libraries the NVIDIA container
@@ -9,7 +10,8 @@ runtime injects from the host (assemble/data/host_libraries.toml) count as found
 
 A package that ships alternative builds of one library (torchcodec: one per FFmpeg major, loaded
 by trying each) declares them as a variant set (assemble/data/system_libraries.toml `variants`):
-the image passes when the files of at least one variant resolve; the others are noted, not failed.
+the image passes when the files of at least one variant resolve through the loader's search path;
+the others are noted, not failed.
 """
 
 from __future__ import annotations
