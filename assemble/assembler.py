@@ -10,7 +10,6 @@ import datetime
 import json
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,8 +19,10 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from wheelfactory.core.errors import BuildError, InputError
+from wheelfactory.cuda.cuda_arch import devices_of
 from wheelfactory.lock.closure import Lock, lock_paths, read_lock
 from wheelfactory.lock.one_cuda import carried_cuda, load_cuda_wheels, refuse_mixed
+from wheelfactory.lock.one_version import refuse_skew
 from wheelfactory.pipeline.factory import Factory
 from wheelfactory.planning.recipe import LoadedRecipe
 from wheelfactory.planning.release import Release
@@ -30,12 +31,13 @@ from wheelfactory.toolchain.toolkit import ToolkitCache, toolkits_dir
 
 from .bake import oci_platform, render_bake, target_name
 from .bases import BaseImage, find_base, incompatible_wheels, load_bases
-from .closure import ClosureReport, check_tar
+from .closure import ClosureReport, check_stream
 from .context import write_context
 from .devtoolkit import CONTEXT_DIR, dev_toolkit, write_toolkit_context
 from .docker import Docker
 from .dockerfile import IMAGE_FILES, extra_runs, provision_packages, render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
+from .prebuilt_cubins import left_out
 from .report import SizeReport, measure
 from .spec import TOOLKIT_ARG, VENV, ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
 from .syslibs import needed_system_packages, variant_sets
@@ -182,6 +184,12 @@ class Assembler:
         cuda_table = load_cuda_wheels(self.factory.data_root("cuda_wheels.toml") / "data" / "cuda_wheels.toml")
         locked = [(x.name, x.version) for x in lock.packages]
         refuse_mixed(release.name, locked, cuda_table, release.target.cuda)  # a lock written before the rule
+        refuse_skew(release.name, locked)  # likewise: FlashInfer's packages at one version
+        foreign = left_out(((x.name, x.version, wh.root / x.filename) for x in lock.packages),
+                           devices_of(release.target.cuda_arch_list))
+        for why in foreign.values():
+            self.echo(f"{release.name}: {why}")
+        lock = replace(lock, packages=tuple(x for x in lock.packages if x.name not in foreign))
         carried = carried_cuda(locked, cuda_table)
         if carried:  # the CUDA the image's NVIDIA wheels really are, beside the release's cuda_version
             ns = self.settings.label_namespace
@@ -329,15 +337,14 @@ class Assembler:
         p.timings["build_s"] = time.monotonic() - started
 
     def check_closure(self, p: Prepared) -> ClosureReport:
-        """Export the image's files and check its shared-library closure; BuildError when a library is missing."""
+        """Check the image's shared-library closure, reading its files as `docker export` streams them
+        (no tar on disk)."""
         ref = p.spec.ref(self.settings.registry)
         info = self.docker.inspect(ref) or {}
         env = dict(e.split("=", 1) for e in (info.get("Config", {}).get("Env") or []) if "=" in e)
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(dir=self.output_dir) as tmp:
-            tar = Path(tmp) / "image.tar"
-            self.docker.export(ref, tar, p.oci_platform)
-            report = check_tar(tar, env, variants=variant_sets())
+        with self.docker.exported(ref, p.oci_platform) as tar:
+            report = check_stream(tar, env, variants=variant_sets())
         p.timings["closure_s"] = time.monotonic() - started
         return report
 

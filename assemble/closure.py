@@ -1,6 +1,8 @@
 """The closure check: every shared library an ELF file in the image needs is found in the image.
 
-It reads the image's exported file system (a tar) and resolves each DT_NEEDED the way the dynamic
+It reads the image's file system as a stream (`docker export` piped into tarfile, one pass; no
+file but an ELF one is read past its first four bytes, the rest only skipped, and no tar is
+written) and resolves each DT_NEEDED the way the dynamic
 loader would: DT_RPATH (when there is no DT_RUNPATH), LD_LIBRARY_PATH of the image's ENV,
 DT_RUNPATH, the directories of /etc/ld.so.conf (and its includes), then the default directories,
 with $ORIGIN expanded and symbolic links followed inside the image. Libraries the NVIDIA container
@@ -8,7 +10,8 @@ runtime injects from the host (assemble/data/host_libraries.toml) count as found
 
 A package that ships alternative builds of one library (torchcodec: one per FFmpeg major, loaded
 by trying each) declares them as a variant set (assemble/data/system_libraries.toml `variants`):
-the image passes when the files of at least one variant resolve; the others are noted, not failed.
+the image passes when the files of at least one variant resolve through the loader's search path;
+the others are noted, not failed.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import IO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -36,6 +41,7 @@ from .datafiles import load_data
 # wheels (torch, vLLM), and an older NCCL than the one they were built against loads, then fails
 # at `import torch` with `undefined symbol: ncclRecv`.
 SYMBOL_CHECKED = {"libnccl.so*": re.compile(r"^p?nccl[A-Z]")}
+SYMBOLS = re.compile("|".join(f"(?:{p.pattern})" for p in SYMBOL_CHECKED.values()))
 # One copy per image: two libnccl files mean torch and vLLM may load different NCCLs in one process.
 ONE_COPY = ("libnccl.so*",)
 # Configuration files that change a library's behaviour behind the image's back (a stray
@@ -67,6 +73,9 @@ class Finding:
     path: str
     needed: str
     detail: str
+    # found in the image, but not where the loader looks: a warning for a plain object, and no proof
+    # that a variant resolves (see accept_variants)
+    off_path: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: needs {self.needed}: {self.detail}"
@@ -92,25 +101,63 @@ def host_libraries(data: Mapping[str, object] | None = None) -> tuple[set[str], 
     return set(data.get("injected", ())), dict(data.get("optional", {}))  # type: ignore[arg-type]
 
 
+def _image_path(name: str) -> str:
+    """A tar member's name as an absolute image path ('./usr/lib/x.so' -> '/usr/lib/x.so')."""
+    name = name[2:] if name.startswith("./") else name
+    return posixpath.normpath("/" + name.lstrip("/"))
+
+
+# ELF files above this size are spooled to a temporary file while pyelftools reads them (it needs to
+# seek: the dynamic section of a CUDA library sits after hundreds of MB of code); below, in memory.
+# Either way one file at a time: the image's files are never all on disk.
+SPOOL_BYTES = 256 << 20
+# Text files the check reads besides the ELF objects: the loader's configuration.
+CONF_PREFIX = "/etc/ld.so.conf"
+
+
 class ImageTree:
-    """An image's file system read from a tar, with symbolic links resolved inside it."""
+    """An image's file system read once, in order, from a tar: `docker export` piped into
+    `tarfile.open(mode="r|")` (Docker.exported) or a tar file. It keeps every entry's metadata, the
+    facts of each ELF object (its bytes are read to parse it, then dropped) and the texts of the
+    loader's configuration (/etc/ld.so.conf*); symbolic links are resolved inside it."""
 
     def __init__(self, tar: tarfile.TarFile):
-        self.tar = tar
         self.entries: dict[str, tarfile.TarInfo] = {}
         self.children: dict[str, list[str]] = {}
-        for m in tar.getmembers():
-            name = m.name[2:] if m.name.startswith("./") else m.name
-            path = posixpath.normpath("/" + name.lstrip("/"))
+        self.objects: dict[str, ElfObject] = {}
+        self.texts: dict[str, bytes] = {}
+        hardlinks: list[tuple[str, str]] = []
+        for m in tar:  # one pass: a stream cannot go back
+            path = _image_path(m.name)
             self.entries[path] = m
-            while path != "/":  # parents count as directories even when the tar lists no entry for them
-                parent = posixpath.dirname(path)
-                siblings = self.children.setdefault(parent, [])
-                known = bool(siblings)
-                siblings.append(posixpath.basename(path))
-                if known:
-                    break
-                path = parent
+            self._add_parents(path)
+            if m.isfile():
+                f = tar.extractfile(m)
+                if f is None:
+                    continue
+                if path.startswith(CONF_PREFIX):
+                    self.texts[path] = f.read()
+                elif m.size >= 52:  # the smallest ELF header
+                    obj = read_elf(f, path, SYMBOLS)
+                    if obj is not None:
+                        self.objects[path] = obj
+            elif m.islnk():  # a hard link names an earlier member, whose bytes it shares
+                hardlinks.append((path, _image_path(m.linkname)))
+        for path, target in hardlinks:
+            if target in self.objects:
+                self.objects[path] = replace(self.objects[target], path=path)
+            elif target in self.texts:
+                self.texts[path] = self.texts[target]
+
+    def _add_parents(self, path: str) -> None:
+        while path != "/":  # parents count as directories even when the tar lists no entry for them
+            parent = posixpath.dirname(path)
+            siblings = self.children.setdefault(parent, [])
+            known = bool(siblings)
+            siblings.append(posixpath.basename(path))
+            if known:
+                break
+            path = parent
 
     def resolve(self, path: str, depth: int = 0) -> str | None:
         """The path with every symbolic link followed, or None when it leads nowhere in the image."""
@@ -137,8 +184,10 @@ class ImageTree:
         m = self.entries.get(path)
         return m is not None and (m.isfile() or m.islnk())
 
-    def read(self, path: str) -> tarfile.ExFileObject | None:
-        return self.tar.extractfile(self.entries[path])  # type: ignore[return-value]
+    def text(self, path: str) -> str | None:
+        """A configuration file's text (only /etc/ld.so.conf* files are kept), or None."""
+        data = self.texts.get(path)
+        return None if data is None else data.decode(errors="replace")
 
     def glob(self, pattern: str) -> list[str]:
         """Files matching a glob whose wildcards are in the last component only (ld.so.conf includes)."""
@@ -149,13 +198,21 @@ class ImageTree:
         return sorted(posixpath.join(real, n) for n in self.children.get(real, []) if fnmatch.fnmatch(n, base))
 
 
-def read_elf(tree: ImageTree, path: str, symbols: re.Pattern[str] | None = None) -> ElfObject | None:
-    """The ELF facts of a file, or None when it is no loadable ELF object; with `symbols`, its dynamic
-    symbols whose names match (undefined and defined)."""
-    f = tree.read(path)
-    if f is None or f.read(4) != ELF_MAGIC:
-        return None
-    f.seek(0)
+def read_elf(f: IO[bytes], path: str, symbols: re.Pattern[str] | None = None) -> ElfObject | None:
+    """The ELF facts of a file read from `f` forward only (a member of a streamed tar), or None when
+    it is no loadable ELF object; with `symbols`, its dynamic symbols whose names match (undefined
+    and defined). Only ELF files are read past their first four bytes."""
+    head = f.read(4)
+    if head != ELF_MAGIC:
+        return None  # tarfile skips the rest of the member without keeping it
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+        spool.write(head)
+        shutil.copyfileobj(f, spool, 1 << 20)
+        spool.seek(0)
+        return _parse_elf(spool, path, symbols)  # type: ignore[arg-type]
+
+
+def _parse_elf(f: IO[bytes], path: str, symbols: re.Pattern[str] | None) -> ElfObject | None:
     try:
         elf = ELFFile(f)
         if elf["e_type"] not in ("ET_DYN", "ET_EXEC"):
@@ -203,10 +260,9 @@ def read_elf(tree: ImageTree, path: str, symbols: re.Pattern[str] | None = None)
 def ld_so_conf_dirs(tree: ImageTree, conf: str = "/etc/ld.so.conf", depth: int = 0) -> list[str]:
     """Directories of /etc/ld.so.conf, following `include` lines."""
     real = tree.resolve(conf)
-    if real is None or not tree.is_file(real) or depth > 10:
+    text = tree.text(real) if real is not None and depth <= 10 else None
+    if text is None:
         return []
-    f = tree.read(real)
-    text = f.read().decode(errors="replace") if f else ""
     dirs: list[str] = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -238,13 +294,7 @@ def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], opti
 
     `variants`: name -> a pattern over ELF paths whose first group names the variant of a set of
     alternatives; one variant whose files all resolve suffices (see `accept_variants`)."""
-    objects: dict[str, ElfObject] = {}
-    symbols = re.compile("|".join(f"(?:{p.pattern})" for p in SYMBOL_CHECKED.values()))
-    for path, m in tree.entries.items():
-        if m.isfile() and m.size >= 52 or m.islnk():
-            obj = read_elf(tree, path, symbols)
-            if obj is not None:
-                objects[path] = obj
+    objects = tree.objects
     by_name: dict[str, list[str]] = {}
     for obj in objects.values():
         by_name.setdefault(posixpath.basename(obj.path), []).append(obj.path)
@@ -285,7 +335,7 @@ def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], opti
             elif elsewhere:
                 report.warnings.append(Finding(obj.path, needed, f"only at {elsewhere[0]}, off the loader's search "
                                                "path: works only when a library loaded earlier (e.g. by "
-                                               "`import torch`) provides it"))
+                                               "`import torch`) provides it", off_path=True))
             else:
                 report.errors.append(Finding(obj.path, needed, "found nowhere in the image"))
     _one_copy_and_forbidden(tree, objects, machine, report)
@@ -309,8 +359,12 @@ def _variant_key(v: str) -> tuple[int, str]:
 
 
 def accept_variants(report: ClosureReport, name: str, pattern: re.Pattern[str], paths: Iterable[str]) -> None:
-    """Decide one variant set: when the files of some variant have no error, the errors of the
-    other variants leave `report.errors` (they are alternatives never loaded); a note says which."""
+    """Decide one variant set: a variant resolves when the loader's search path finds every library its
+    files need (RPATH/RUNPATH/$ORIGIN, the image's LD_LIBRARY_PATH, ld.so.conf, the system dirs). A
+    same-named file elsewhere in the image does not count: PyNvVideoCodec's bundled FFmpeg 8 is not
+    what torchcodec's FFmpeg 8 variant loads. When some variant resolves, the findings of the others
+    leave the report (alternatives never loaded); when none does, their errors stand and their
+    off-path warnings become errors. A note says which."""
     members: dict[str, str] = {}
     for path in paths:
         if (m := pattern.search(path)) is not None:
@@ -319,21 +373,26 @@ def accept_variants(report: ClosureReport, name: str, pattern: re.Pattern[str], 
         return
     variants = sorted(set(members.values()), key=_variant_key)
     failing: dict[str, list[Finding]] = {v: [] for v in variants}
-    for e in report.errors:
+    off_path = [w for w in report.warnings if w.off_path and w.path in members]
+    for e in [*report.errors, *off_path]:
         if e.path in members:
             failing[members[e.path]].append(e)
     ok = [v for v in variants if not failing[v]]
     if not ok:
-        report.notes.append(f"{name}: none of its variants {', '.join(variants)} resolves in the image "
-                            "(any one would do); its errors stand")
+        report.warnings = [w for w in report.warnings if w not in off_path]
+        report.errors += [replace(w, detail=f"{w.detail}; a variant counts only when the loader's search path "
+                                  "finds its libraries", off_path=False) for w in off_path]
+        report.notes.append(f"{name}: none of its variants {', '.join(variants)} resolves through the loader's "
+                            "search path (any one would do); its errors stand")
         return
     missing = sorted({e.needed for v in variants for e in failing[v]})
     report.errors = [e for e in report.errors if e.path not in members]
+    report.warnings = [w for w in report.warnings if w not in off_path]
     others = [v for v in variants if failing[v]]
     note = f"{name}: variant {', '.join(ok)} of {', '.join(variants)} resolves"
     if others:
-        note += (f"; variants {', '.join(others)} do not ({len(missing)} libraries not in the image, e.g. "
-                 f"{', '.join(missing[:3])}) and are accepted as unused alternatives")
+        note += (f"; variants {', '.join(others)} do not ({len(missing)} libraries not on the loader's search "
+                 f"path, e.g. {', '.join(missing[:3])}) and are accepted as unused alternatives")
     report.notes.append(note)
 
 
@@ -373,9 +432,9 @@ def _one_copy_and_forbidden(tree: ImageTree, objects: Mapping[str, ElfObject], m
             report.errors.append(Finding(path, posixpath.basename(path), f"must not be in an image: {why}"))
 
 
-def check_tar(tar_path: Path, env: Mapping[str, str], only_under: Sequence[str] = (),
-              variants: Mapping[str, re.Pattern[str]] | None = None) -> ClosureReport:
-    """Check an exported image file system with the host-library data file (and variant sets)."""
+def check_stream(tar: tarfile.TarFile, env: Mapping[str, str], only_under: Sequence[str] = (),
+                 variants: Mapping[str, re.Pattern[str]] | None = None) -> ClosureReport:
+    """Check an image file system read from a tar, streamed or not (Docker.exported: `docker export`
+    piped in, nothing written), with the host-library data file (and variant sets)."""
     injected, optional = host_libraries()
-    with tarfile.open(tar_path) as tar:
-        return check_tree(ImageTree(tar), env, injected, optional, only_under, variants)
+    return check_tree(ImageTree(tar), env, injected, optional, only_under, variants)

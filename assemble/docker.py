@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +106,41 @@ class Docker:
         rows = [line.split("\t", 1) for line in r.stdout.splitlines()]
         return [(int(size), by) for size, by in reversed(rows)]
 
-    def export(self, ref: str, dest: Path, platform: str | None = None) -> None:
-        """The image's file system as a tar file (through a created, never started, container)."""
+    @contextlib.contextmanager
+    def exported(self, ref: str, platform: str | None = None) -> Iterator[tarfile.TarFile]:
+        """The image's file system as a tar stream: `docker export` of a created, never started,
+        container piped into `tarfile.open(mode="r|")`. Members come in order, each readable once
+        while it is the current one; nothing is written to disk (a vLLM image's export is ~10 GB).
+        BuildError when docker fails, also when it fails after the reader has finished."""
         r = self._run(["create", *([f"--platform={platform}"] if platform else []), "--", ref, "/nonexistent"])
         if r.returncode != 0:
             raise BuildError(f"docker create {ref}: {r.stderr.strip()}")
         cid = r.stdout.strip()
         try:
-            r = self._run(["export", "-o", str(dest), "--", cid])
-            if r.returncode != 0:
-                raise BuildError(f"docker export {ref}: {r.stderr.strip()}")
+            with tempfile.TemporaryFile() as err:  # stderr to a file: a full pipe would stall docker
+                proc = subprocess.Popen([self.binary, "export", "--", cid], stdout=subprocess.PIPE, stderr=err)
+                assert proc.stdout is not None
+                finished = False
+                try:
+                    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                        yield tar
+                    finished = True
+                    while proc.stdout.read(1 << 20):  # the padding docker writes after the end-of-archive blocks
+                        pass
+                except tarfile.TarError as e:  # a truncated or garbled stream: docker's reason, if it gave one
+                    proc.kill()
+                    proc.wait()
+                    err.seek(0)
+                    why = err.read().decode(errors="replace").strip() or str(e)
+                    raise BuildError(f"docker export {ref}: {why}") from None
+                finally:
+                    if not finished and proc.poll() is None:
+                        proc.kill()  # the reader failed: docker must not keep writing into a pipe nobody reads
+                    proc.stdout.close()
+                    code = proc.wait()
+                if code != 0:
+                    err.seek(0)
+                    raise BuildError(f"docker export {ref}: exit {code}: {err.read().decode(errors='replace').strip()}")
         finally:
             self._run(["rm", "--", cid])
 

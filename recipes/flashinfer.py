@@ -12,7 +12,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wheelfactory.recipe_api import BuildContext, BuildError, CudaArch, EnvSpec, GitSource, Option, Recipe, Repair
+from wheelfactory.recipe_api import (
+    BuildContext,
+    BuildError,
+    CudaArch,
+    EnvSpec,
+    GitSource,
+    InputError,
+    Option,
+    Recipe,
+    Repair,
+)
+
+# The GPU majors FlashInfer's artifact store publishes cubins for (flashinfer-cubin downloads them
+# all; it compiles nothing): trtllm-gen, DeepGEMM and cuDNN kernels for 10.x (PyPI's flashinfer_cubin
+# 0.6.9: sm_100a, sm_100f, sm_103a) and the CuTe-DSL FMHA for 11.0. None for 12.x.
+CUBIN_MAJORS = (10, 11)
 
 RECIPE = Recipe(
     name="flashinfer",
@@ -41,6 +56,18 @@ def environment(spec: EnvSpec) -> dict[str, str]:
         "UV_PYTHON_DOWNLOADS": "never",
         "FLASHINFER_CUDA_ARCH_LIST": _flashinfer_arch_list(spec.target.archs),
     }
+    if spec.options.get("jit_cache"):
+        # FlashInfer's jit-cache backend picks its module set from CI variables when this is unset
+        # ("full" under CI, a smaller "edge_fm" set elsewhere); the factory passes no such variable,
+        # so name it: every module PyPI's jit-cache wheels have, compiled for the arch list above.
+        env["FLASHINFER_AOT_BUILD_PROFILE"] = "full"
+    if spec.options.get("cubin") and not any(a.major in CUBIN_MAJORS for a in spec.target.archs):
+        archs = " ".join(str(a) for a in spec.target.archs)
+        majors = " and ".join(f"{m}.x" for m in CUBIN_MAJORS)
+        raise InputError(f"flashinfer {spec.version}: options.cubin builds flashinfer-cubin from FlashInfer's prebuilt "
+                         f"cubins, which exist for {majors} GPUs only; none would load on the release's arch list "
+                         f"({archs}), and `images` would leave the wheel out. Drop "
+                         "options.cubin (options.jit_cache compiles FlashInfer's kernels for the arch list)")
     return env
 
 

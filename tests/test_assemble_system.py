@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from assemble.bases import load_bases
 from assemble.cli import images
-from assemble.closure import ClosureReport, Finding, accept_variants, check_tree
+from assemble.closure import ClosureReport, Finding, accept_variants, check_tree, host_libraries
 from assemble.syslibs import load_system_libraries, needed_system_packages, variant_sets
 from wheelfactory.core.errors import InputError
 
@@ -34,7 +35,7 @@ def run_images(factory, docker: Path, *args: str):
 
 def test_torchcodec_needs_ffmpeg_from_apt_and_declares_its_variants() -> None:
     libs = load_system_libraries()["torchcodec"]
-    assert libs.packages == {"debian": ("ffmpeg",)}
+    assert libs.packages == {"debian": ("ffmpeg", "libheif1")}  # libheif1: its HEIC module links libheif.so.1
     pattern = variant_sets()["torchcodec"]
     # file names of the torchcodec 0.17.0 wheel
     site = "/opt/venv/lib/python3.12/site-packages/torchcodec"
@@ -44,10 +45,37 @@ def test_torchcodec_needs_ffmpeg_from_apt_and_declares_its_variants() -> None:
     assert pattern.search(f"{site}/libtorchcodec_heic.so") is None
 
 
+def test_the_libraries_that_vllm_images_load_are_installed() -> None:
+    # vLLM 0.33.0's lock (official wheels) holds numba, NVSHMEM and NCCL beside torchcodec
+    lock = ["vllm", "numba", "nvidia-nvshmem-cu13", "nvidia-nccl-cu13", "torchcodec", "numpy"]
+    got = {name: pkgs for name, _, pkgs in needed_system_packages(lock, "debian", "ubuntu:24.04")}
+    assert got["numba"] == ("libtbb12",)  # numba/np/ufunc/tbbpool links libtbb.so.12
+    rdma = ("libibverbs1", "ibverbs-providers", "librdmacm1")
+    # NVSHMEM's ibdevx transport links libmlx5.so.1 (ibverbs-providers): the rdma-core set serves it
+    assert got["nvidia-nvshmem-cu13"] == rdma and got["nvidia-nccl-cu13"] == rdma
+    assert sorted(got) == ["numba", "nvidia-nccl-cu13", "nvidia-nvshmem-cu13", "torchcodec"]
+
+
+def test_optional_plugins_match_the_real_layouts_and_ibdevx_is_not_one() -> None:
+    _, optional = host_libraries()
+
+    def why(path: str) -> str | None:
+        return next((w for g, w in optional.items() if fnmatch.fnmatch(path, g)), None)
+
+    site = "/opt/venv/lib/python3.12/site-packages"
+    # CUDA 13 wheels (nvidia-cufile 1.15) put cuFile under nvidia/cu13/lib
+    assert "rdma-core" in why(f"{site}/nvidia/cu13/lib/libcufile_rdma.so.1")
+    # libcaca0's OpenGL driver, as Debian installs it (dpkg -c libcaca0 0.99.beta20-3+deb12u1)
+    assert "libGLU" in why("/usr/lib/x86_64-linux-gnu/caca/libgl_plugin.so.0.0.0")
+    assert why("/usr/lib/x86_64-linux-gnu/caca/libx11_plugin.so.0.0.0") is None
+    assert why(f"{site}/nvidia/nvshmem/lib/nvshmem_transport_ibdevx.so.3") is None
+    assert why(f"{site}/nvidia/cu13/lib/libcufile.so.0") is None
+
+
 def test_every_known_base_has_a_family_with_names() -> None:
     for ref, base in load_bases().items():
         assert base.family == "debian", ref
-        assert needed_system_packages(["torchcodec", "numpy"], base.family, ref)[0][2] == ("ffmpeg",)
+        assert needed_system_packages(["torchcodec", "numpy"], base.family, ref)[0][2] == ("ffmpeg", "libheif1")
 
 
 def test_a_base_without_names_for_a_needed_package_is_refused() -> None:
@@ -146,9 +174,9 @@ def test_one_resolving_variant_accepts_the_set_and_keeps_other_errors() -> None:
     paths = [f"{TC}/libtorchcodec_{kind}{n}.so" for kind in ("core", "custom_ops") for n in (4, 6, 7)]
     accept_variants(report, "torchcodec", TORCHCODEC, paths + ["/opt/venv/lib/other.so"])
     assert [(e.path, e.needed) for e in report.errors] == [("/opt/venv/lib/other.so", "libfoo.so.1")]
-    assert report.notes == ["torchcodec: variant 6 of 4, 6, 7 resolves; variants 4, 7 do not (2 libraries not in "
-                            "the image, e.g. libavutil.so.56, libavutil.so.59) and are accepted as unused "
-                            "alternatives"]
+    assert report.notes == ["torchcodec: variant 6 of 4, 6, 7 resolves; variants 4, 7 do not (2 libraries not on "
+                            "the loader's search path, e.g. libavutil.so.56, libavutil.so.59) and are accepted as "
+                            "unused alternatives"]
 
 
 def test_no_resolving_variant_keeps_every_error() -> None:
@@ -156,8 +184,8 @@ def test_no_resolving_variant_keeps_every_error() -> None:
                      (f"{TC}/libtorchcodec_core5.so", "libavutil.so.57"))
     accept_variants(report, "torchcodec", TORCHCODEC, [f"{TC}/libtorchcodec_core4.so", f"{TC}/libtorchcodec_core5.so"])
     assert len(report.errors) == 2 and not report.ok
-    assert report.notes == ["torchcodec: none of its variants 4, 5 resolves in the image (any one would do); "
-                            "its errors stand"]
+    assert report.notes == ["torchcodec: none of its variants 4, 5 resolves through the loader's search path "
+                            "(any one would do); its errors stand"]
 
 
 def test_a_variant_missing_one_of_its_files_libraries_does_not_count() -> None:
@@ -192,3 +220,51 @@ def test_check_tree_refuses_a_variant_set_with_no_resolving_member(tmp_path: Pat
     assert not report.ok
     assert sorted((e.path.rsplit("/", 1)[1], e.needed) for e in report.errors) == [
         ("libtorchcodec_core4.so", "libcrypto.so.3"), ("libtorchcodec_core5.so", "libcrypto.so.3")]
+
+
+# -- a variant resolves through the loader's search path only ----------------------------------
+
+LIBCRYPTO = LIBDIR / "libcrypto.so.3"
+NVC = "/opt/venv/lib/python3.12/site-packages/PyNvVideoCodec"
+
+
+def test_a_variant_whose_library_is_only_off_the_search_path_does_not_resolve() -> None:
+    # variant 8's library exists in the image, but only where the loader does not look (a warning);
+    # variant 6 has an error: no variant resolves, and variant 8's finding becomes an error too
+    report = ClosureReport(checked=4,
+                           errors=[Finding(f"{TC}/libtorchcodec_core6.so", "libavutil.so.58", "found nowhere")],
+                           warnings=[Finding(f"{TC}/libtorchcodec_core8.so", "libavutil.so.60", f"only at {NVC}/x",
+                                             off_path=True),
+                                     Finding("/opt/venv/bin/tool", "libtorch.so", "only at /t", off_path=True)])
+    accept_variants(report, "torchcodec", TORCHCODEC, [f"{TC}/libtorchcodec_core6.so", f"{TC}/libtorchcodec_core8.so"])
+    assert sorted((e.path.rsplit("/", 1)[1], e.needed) for e in report.errors) == [
+        ("libtorchcodec_core6.so", "libavutil.so.58"), ("libtorchcodec_core8.so", "libavutil.so.60")]
+    assert "a variant counts only when the loader's search path finds its libraries" in report.errors[1].detail
+    # a plain object's off-path library stays a warning
+    assert [w.path for w in report.warnings] == ["/opt/venv/bin/tool"]
+
+
+@needs_libs
+def test_check_tree_does_not_accept_a_variant_through_another_packages_bundled_copy(tmp_path: Path) -> None:
+    # both variants (libssl's bytes) need libcrypto.so.3, which only PyNvVideoCodec bundles, off the
+    # loader's search path: the set must fail (before, a warning each, and it passed)
+    files = {**CONF, "/usr/lib/x86_64-linux-gnu/libc.so.6": LIBC, f"{TC}/libtorchcodec_core8.so": LIBSSL,
+             f"{NVC}/libcrypto.so.3": LIBCRYPTO, f"{TC}/libtorchcodec_core4.so": LIBSSL}
+    report = check_tree(make_tree(tmp_path, files, {}), {}, set(), {}, variants={"torchcodec": TORCHCODEC})
+    assert not report.ok
+    assert {e.path.rsplit("/", 1)[1] for e in report.errors} == {"libtorchcodec_core4.so", "libtorchcodec_core8.so"}
+    assert "resolves through the loader's search path" in report.notes[0]
+
+
+@needs_libs
+def test_check_tree_accepts_the_variant_once_the_loader_finds_its_library(tmp_path: Path) -> None:
+    files = {**CONF, "/usr/lib/x86_64-linux-gnu/libc.so.6": LIBC, f"{TC}/libtorchcodec_core8.so": LIBSSL,
+             f"{NVC}/libcrypto.so.3": LIBCRYPTO, f"{TC}/libtorchcodec_core4.so": LIBSSL}
+    # the same image with the library on the loader's path: through the image's LD_LIBRARY_PATH ...
+    report = check_tree(make_tree(tmp_path, files, {}), {"LD_LIBRARY_PATH": NVC}, set(), {},
+                        variants={"torchcodec": TORCHCODEC})
+    assert report.ok and report.notes[0].startswith("torchcodec: variant 4, 8 of 4, 8 resolves")
+    # ... or installed in a system directory
+    files["/usr/lib/x86_64-linux-gnu/libcrypto.so.3"] = LIBCRYPTO
+    report = check_tree(make_tree(tmp_path, files, {}), {}, set(), {}, variants={"torchcodec": TORCHCODEC})
+    assert report.ok and not report.warnings

@@ -138,13 +138,14 @@ def test_option_typo_exits_2_through_the_cli(tmp_path):
 
 
 def test_defaults_are_filled_in_and_keyed(tmp_path, factory):
-    p = release_file(tmp_path, '[components.flashinfer]\nversion = "0.6.2"\noptions = { cubin = true }\n'
+    # jit_cache, not cubin: a Spark release refuses cubin (no prebuilt cubins for 12.x; test_recipe_flags)
+    p = release_file(tmp_path, '[components.flashinfer]\nversion = "0.6.2"\noptions = { jit_cache = true }\n'
                                '[components.torch]\nversion = "2.10.0"\n')
     rel = factory.release(str(p))
-    assert dict(rel.components["flashinfer"].options) == {"cubin": True, "jit_cache": False}
+    assert dict(rel.components["flashinfer"].options) == {"cubin": False, "jit_cache": True}
     assert dict(rel.components["torch"].options) == {}
     plan = factory.plan(rel, ["flashinfer"])
-    assert plan.step("flashinfer").key_inputs["options"] == {"cubin": True, "jit_cache": False}
+    assert plan.step("flashinfer").key_inputs["options"] == {"cubin": False, "jit_cache": True}
 
 
 def test_writing_a_default_out_keeps_the_key_and_changing_it_rekeys(tmp_path, factory):

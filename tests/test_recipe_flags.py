@@ -142,3 +142,29 @@ def test_flashinfer_reads_the_parsed_arch_list():
 
 def test_flashinfer_arch_list_on_the_spark(plan):
     assert env(plan, "flashinfer")["FLASHINFER_CUDA_ARCH_LIST"] == "12.1a"
+
+
+def _flashinfer_env(archs: tuple[str, ...], **options: bool) -> dict[str, str]:
+    from wheelfactory.planning.recipe import EnvSpec, Target, load_recipes
+
+    environment = load_recipes(RECIPES)["flashinfer"].hook("environment")
+    target = Target("3.12", "13.1.0", archs, "linux_aarch64", "13.1")
+    return environment(EnvSpec("0.7.2.post1", target, {}, {"cubin": False, "jit_cache": False} | options))
+
+
+def test_flashinfer_jit_cache_builds_every_module_for_the_spark():
+    e = _flashinfer_env(("12.1a",), jit_cache=True)
+    # nvcc gets compute_121a from "12.1a" (FlashInfer keeps a given suffix), and the module set is
+    # named, not left to CI variables the build does not see
+    assert e["FLASHINFER_CUDA_ARCH_LIST"] == "12.1a" and e["FLASHINFER_AOT_BUILD_PROFILE"] == "full"
+    assert "FLASHINFER_AOT_BUILD_PROFILE" not in _flashinfer_env(("12.1a",))  # flashinfer-python alone compiles nothing
+
+
+def test_flashinfer_cubin_for_a_spark_only_release_is_refused():
+    from wheelfactory.core.errors import InputError
+
+    with pytest.raises(InputError, match=r"options.cubin .* exist for 10.x and 11.x GPUs only; none would load on "
+                                         r"the release's arch list \(12.1a\)"):
+        _flashinfer_env(("12.1a",), cubin=True)
+    # with a B200 in the list the cubins serve it
+    assert _flashinfer_env(("10.0a", "12.1a"), cubin=True)["FLASHINFER_CUDA_ARCH_LIST"] == "10.0a 12.1a"

@@ -13,9 +13,9 @@ RUN apt-get update \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # system libraries nvidia-nccl-cu13 loads: rdma-core's user space (libibverbs, its mlx5 provider, librdmacm), which NCCL loads with dlopen for InfiniBand/RoCE (the Sparks' ConnectX-7 link); without it NCCL falls back to TCP sockets without an error
-# system libraries torchcodec loads: FFmpeg's shared libraries (libavcodec, libavformat, libavutil, ...), which its wheel does not ship
+# system libraries torchcodec loads: FFmpeg's shared libraries (libavcodec, libavformat, libavutil, ...) and libheif (its HEIC decoder), which its wheel does not ship
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg ibverbs-providers libibverbs1 librdmacm1 \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg ibverbs-providers libheif1 libibverbs1 librdmacm1 \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # a non-root user to run as; `docker run --user root` (or -u 0) overrides it

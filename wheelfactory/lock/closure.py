@@ -44,6 +44,7 @@ from ..store.wheelhouse import Wheelhouse, atomic_write_text, check_wheel_name
 from ..store.wheelmeta import read_wheel, sha256_file
 from ..toolchain.installer import require_uv
 from .one_cuda import refuse_mixed, toolkit_constraints
+from .one_version import family_constraints, refuse_skew
 
 LOCK_FORMAT = 1
 
@@ -233,9 +234,11 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
     or, unless refresh, the lock as it is when its inputs have not changed (up_to_date).
 
     `cuda_wheels` (cuda_wheels.toml's table) constrains every CUDA wheel to the release's CUDA and
-    refuses a resolution that mixes toolkit versions (one_cuda.py)."""
+    refuses a resolution that mixes toolkit versions (one_cuda.py); FlashInfer's packages are held at
+    one version and a resolution where they differ is refused (one_version.py)."""
     wheels = component_wheels(plan, wheelhouse)
-    dists = {w: read_wheel(w).dist for files in wheels.values() for w in files}
+    infos = {w: read_wheel(w) for files in wheels.values() for w in files}
+    dists = {w: info.dist for w, info in infos.items()}
     overrides = override_reasons(plan, dists, wheels)
     root = wheelhouse.root.resolve()
     requirements = "\n".join(_top_level(plan, dists)) + "\n"
@@ -244,6 +247,9 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
     # release's decision, not the toolkit's pin
     constraint_lines = "".join(f"{line}\n" for line in toolkit_constraints(cuda_wheels or {}, plan.target.cuda)
                                if canonicalize_name(line.split("==")[0]) not in overrides)
+    # FlashInfer's packages at the one version the release fixes for any of them (one_version.py)
+    fixed = [(info.dist, str(info.version)) for info in infos.values()] + sorted(plan.pins.items())
+    constraint_lines += "".join(f"{line}\n" for line in family_constraints(fixed, skip=overrides))
     # the constraints are inputs of the resolution as much as the overrides are
     inputs = lock_inputs(plan, wheelhouse, requirements, override_lines + constraint_lines, index_url, offline)
     if not refresh and (fresh := fresh_lock(wheelhouse, plan.release.name, inputs)) is not None:
@@ -273,6 +279,7 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
         packages.append(LockedPackage(canonicalize_name(pkg["name"]), str(pkg["version"]), path.name, sha,
                                       owned.get(path), entry.get("origin", "pypi")))
     refuse_mixed(plan.release.name, ((p.name, p.version) for p in packages), cuda_wheels or {}, plan.target.cuda)
+    refuse_skew(plan.release.name, ((p.name, p.version) for p in packages))
     locked_files = {p.filename for p in packages}
     for comp, files in wheels.items():
         for f in files:
