@@ -73,9 +73,10 @@ class Finding:
     path: str
     needed: str
     detail: str
-    # found in the image, but not where the loader looks: a warning for a plain object, and no proof
-    # that a variant resolves (see accept_variants)
+    # found in the image, but not where the loader looks (at `elsewhere`): a warning for a plain
+    # object, and for a variant no proof that it resolves (see accept_variants)
     off_path: bool = False
+    elsewhere: str = ""
 
     def __str__(self) -> str:
         return f"{self.path}: needs {self.needed}: {self.detail}"
@@ -335,7 +336,8 @@ def check_tree(tree: ImageTree, env: Mapping[str, str], injected: set[str], opti
             elif elsewhere:
                 report.warnings.append(Finding(obj.path, needed, f"only at {elsewhere[0]}, off the loader's search "
                                                "path: works only when a library loaded earlier (e.g. by "
-                                               "`import torch`) provides it", off_path=True))
+                                               "`import torch`) provides it", off_path=True,
+                                               elsewhere=elsewhere[0]))
             else:
                 report.errors.append(Finding(obj.path, needed, "found nowhere in the image"))
     _one_copy_and_forbidden(tree, objects, machine, report)
@@ -359,12 +361,14 @@ def _variant_key(v: str) -> tuple[int, str]:
 
 
 def accept_variants(report: ClosureReport, name: str, pattern: re.Pattern[str], paths: Iterable[str]) -> None:
-    """Decide one variant set: a variant resolves when the loader's search path finds every library its
-    files need (RPATH/RUNPATH/$ORIGIN, the image's LD_LIBRARY_PATH, ld.so.conf, the system dirs). A
-    same-named file elsewhere in the image does not count: PyNvVideoCodec's bundled FFmpeg 8 is not
-    what torchcodec's FFmpeg 8 variant loads. When some variant resolves, the findings of the others
-    leave the report (alternatives never loaded); when none does, their errors stand and their
-    off-path warnings become errors. A note says which."""
+    """Decide one variant set: a variant resolves when the loader's search path finds the libraries
+    its files need (RPATH/RUNPATH/$ORIGIN, the image's LD_LIBRARY_PATH, ld.so.conf, the system dirs).
+    A same-named file elsewhere in the image does not count (PyNvVideoCodec's bundled FFmpeg 8 is not
+    what torchcodec's FFmpeg 8 variant loads), except the two a package's loader provides itself: a
+    file of the same variant (custom_ops6 needs core6, loaded first) and a library every variant
+    needs (libtorch.so, there once `import torch` ran). When some variant resolves, the findings of
+    the others leave the report (alternatives never loaded); when none does, their errors stand and
+    their off-path findings become errors. A note says which."""
     members: dict[str, str] = {}
     for path in paths:
         if (m := pattern.search(path)) is not None:
@@ -372,22 +376,32 @@ def accept_variants(report: ClosureReport, name: str, pattern: re.Pattern[str], 
     if not members:
         return
     variants = sorted(set(members.values()), key=_variant_key)
-    failing: dict[str, list[Finding]] = {v: [] for v in variants}
     off_path = [w for w in report.warnings if w.off_path and w.path in members]
-    for e in [*report.errors, *off_path]:
+    needs: dict[str, set[str]] = {v: set() for v in variants}
+    for w in off_path:
+        needs[members[w.path]].add(w.needed)
+    common = set.intersection(*needs.values())  # e.g. libtorch.so, off the path for every variant alike
+
+    def provided(w: Finding) -> bool:
+        own = pattern.search(w.elsewhere)
+        return (own is not None and own.group(1) == members[w.path]) or w.needed in common
+
+    unproven = [w for w in off_path if not provided(w)]
+    failing: dict[str, list[Finding]] = {v: [] for v in variants}
+    for e in [*report.errors, *unproven]:
         if e.path in members:
             failing[members[e.path]].append(e)
     ok = [v for v in variants if not failing[v]]
     if not ok:
-        report.warnings = [w for w in report.warnings if w not in off_path]
+        report.warnings = [w for w in report.warnings if w not in unproven]
         report.errors += [replace(w, detail=f"{w.detail}; a variant counts only when the loader's search path "
-                                  "finds its libraries", off_path=False) for w in off_path]
+                                  "finds its libraries", off_path=False) for w in unproven]
         report.notes.append(f"{name}: none of its variants {', '.join(variants)} resolves through the loader's "
                             "search path (any one would do); its errors stand")
         return
     missing = sorted({e.needed for v in variants for e in failing[v]})
     report.errors = [e for e in report.errors if e.path not in members]
-    report.warnings = [w for w in report.warnings if w not in off_path]
+    report.warnings = [w for w in report.warnings if w not in unproven]
     others = [v for v in variants if failing[v]]
     note = f"{name}: variant {', '.join(ok)} of {', '.join(variants)} resolves"
     if others:

@@ -225,6 +225,7 @@ def test_check_tree_refuses_a_variant_set_with_no_resolving_member(tmp_path: Pat
 # -- a variant resolves through the loader's search path only ----------------------------------
 
 LIBCRYPTO = LIBDIR / "libcrypto.so.3"
+LIBXML2 = LIBDIR / "libxml2.so.2"  # needs libicuuc.so.72, libz, liblzma, libm, libc
 NVC = "/opt/venv/lib/python3.12/site-packages/PyNvVideoCodec"
 
 
@@ -246,14 +247,48 @@ def test_a_variant_whose_library_is_only_off_the_search_path_does_not_resolve() 
 
 @needs_libs
 def test_check_tree_does_not_accept_a_variant_through_another_packages_bundled_copy(tmp_path: Path) -> None:
-    # both variants (libssl's bytes) need libcrypto.so.3, which only PyNvVideoCodec bundles, off the
-    # loader's search path: the set must fail (before, a warning each, and it passed)
+    # variant 8 (libssl's bytes) needs libcrypto.so.3, which only PyNvVideoCodec bundles, off the
+    # loader's search path; variant 4 (libxml2's) needs libraries the image lacks: the set must fail
+    # (before, variant 8 had a warning only, and it passed)
     files = {**CONF, "/usr/lib/x86_64-linux-gnu/libc.so.6": LIBC, f"{TC}/libtorchcodec_core8.so": LIBSSL,
-             f"{NVC}/libcrypto.so.3": LIBCRYPTO, f"{TC}/libtorchcodec_core4.so": LIBSSL}
+             f"{NVC}/libcrypto.so.3": LIBCRYPTO, f"{TC}/libtorchcodec_core4.so": LIBXML2}
     report = check_tree(make_tree(tmp_path, files, {}), {}, set(), {}, variants={"torchcodec": TORCHCODEC})
     assert not report.ok
-    assert {e.path.rsplit("/", 1)[1] for e in report.errors} == {"libtorchcodec_core4.so", "libtorchcodec_core8.so"}
+    assert ("libtorchcodec_core8.so", "libcrypto.so.3") in {(e.path.rsplit("/", 1)[1], e.needed) for e in report.errors}
     assert "resolves through the loader's search path" in report.notes[0]
+
+
+def test_a_variant_may_reach_its_own_files_and_a_common_library_off_the_path() -> None:
+    # torchcodec 0.17.0 as installed: custom_ops<N> needs core<N> (its own variant, loaded first) and
+    # libtorch.so (every variant needs it; `import torch` loads it); variant 8's FFmpeg only in
+    # PyNvVideoCodec; Debian 12's FFmpeg 5 satisfies variant 5 on the search path
+    torch_lib = "/opt/venv/lib/python3.11/site-packages/torch/lib/libtorch.so"
+    off = [Finding(f"{TC}/libtorchcodec_custom_ops{n}.so", "libtorch.so", "off", off_path=True, elsewhere=torch_lib)
+           for n in (5, 8)]
+    off += [Finding(f"{TC}/libtorchcodec_custom_ops{n}.so", f"libtorchcodec_core{n}.so", "off", off_path=True,
+                    elsewhere=f"{TC}/libtorchcodec_core{n}.so") for n in (5, 8)]
+    off.append(Finding(f"{TC}/libtorchcodec_core8.so", "libavutil.so.60", "off", off_path=True,
+                       elsewhere=f"{NVC}/libavutil.so"))
+    report = ClosureReport(checked=4, warnings=list(off))
+    paths = [f"{TC}/libtorchcodec_{kind}{n}.so" for kind in ("core", "custom_ops") for n in (5, 8)]
+    accept_variants(report, "torchcodec", TORCHCODEC, paths)
+    assert report.ok and report.notes[0].startswith("torchcodec: variant 5 of 5, 8 resolves; variants 8 do not")
+    assert "libavutil.so.60" in report.notes[0]
+    # variant 5's provided libraries stay warnings (they hold once torch is imported)
+    assert sorted(w.needed for w in report.warnings) == ["libtorch.so", "libtorch.so", "libtorchcodec_core5.so",
+                                                         "libtorchcodec_core8.so"]
+    # a core<N> found only as another variant's file is no proof: variant 5 does not resolve, 6 does
+    wrong = Finding(f"{TC}/libtorchcodec_custom_ops5.so", "libtorchcodec_core5.so", "off", off_path=True,
+                    elsewhere=f"{TC}/libtorchcodec_core6.so")
+    report = ClosureReport(checked=2, warnings=[wrong])
+    accept_variants(report, "torchcodec", TORCHCODEC, [f"{TC}/libtorchcodec_custom_ops5.so",
+                                                       f"{TC}/libtorchcodec_core6.so"])
+    assert report.notes[0].startswith("torchcodec: variant 6 of 5, 6 resolves; variants 5 do not")
+    report = ClosureReport(checked=1, errors=[Finding(f"{TC}/libtorchcodec_core6.so", "libavutil.so.58", "nowhere")],
+                           warnings=[wrong])
+    accept_variants(report, "torchcodec", TORCHCODEC, [f"{TC}/libtorchcodec_custom_ops5.so",
+                                                       f"{TC}/libtorchcodec_core6.so"])
+    assert not report.ok
 
 
 @needs_libs
