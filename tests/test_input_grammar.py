@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from assemble.bases import find_base, load_bases
 from assemble.dockerfile import render_dockerfile
 from assemble.spec import Settings, image_specs
-from wheelfactory.cli.commands import cli
+from wheelfactory.cli.app import cli
 from wheelfactory.core.errors import BuildError, InputError
 from wheelfactory.core.grammar import check_git_ref, check_git_url, check_tree
 from wheelfactory.planning.recipe import load_recipes

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from wheelfactory.cli.commands import cli
+from wheelfactory.cli.app import cli
 from wheelfactory.core.errors import BuildError, InputError
 from wheelfactory.pipeline.factory import Factory
 from wheelfactory.planning.plan import plan_release

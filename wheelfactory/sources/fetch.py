@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 from packaging.utils import canonicalize_name, parse_sdist_filename
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import BuildError, InputError
 from ..core.grammar import HEX40, check_git_ref, check_git_url
 from ..core.interrupt import file_lock
@@ -40,11 +41,12 @@ MARKER = ".wf-source.json"
 
 class SourceCache:
     def __init__(self, cache_dir: Path, index_url: str = DEFAULT_INDEX):
-        self.root = cache_dir / "sources"
-        self.archives = self.root / "archives"
-        self.trees = self.root / "trees"
+        layout = CacheLayout(cache_dir)
+        self.root = layout.sources
+        self.archives = layout.source_archives
+        self.trees = layout.source_trees
         self.index_url = index_url.rstrip("/")
-        self.records = SourceRecords(self.root / "resolved.json")
+        self.records = SourceRecords(layout.source_records)
 
     # -- what a source is (no network) ----------------------------------------------------------
 
