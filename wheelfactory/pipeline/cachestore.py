@@ -47,7 +47,7 @@ from packaging.version import InvalidVersion, Version
 from ..core.cachelayout import CacheLayout
 from ..core.errors import InputError, LockedError
 from ..core.interrupt import pid_alive, try_lock
-from ..sources.kinds import GitSource, PypiSource, Source, UrlSource
+from ..sources.kinds import Source
 from ..store.wheelhouse import Wheelhouse
 
 if TYPE_CHECKING:
@@ -310,22 +310,7 @@ def _remove(path: Path) -> bool:
 def source_contents(factory: Factory, source: Source) -> set[str]:
     """The commits and sha256s a source stands for in this cache: pinned in the release, or
     recorded by fetch (an sdist on any index: the same release fetched through a mirror)."""
-    if isinstance(source, GitSource):
-        if source.is_commit:
-            return {source.ref}
-        entry = factory.sources.records.get(f"git {source.url} {source.ref}")
-        return {entry["commit"]} if entry and entry.get("commit") else set()
-    if isinstance(source, UrlSource):
-        entry = factory.sources.records.get(f"url {source.url}")
-        return {s for s in (source.sha256, entry and entry.get("sha256")) if s}
-    if isinstance(source, PypiSource):
-        found = {source.sha256} if source.sha256 else set()
-        suffix = f" {source.name}=={source.version}"
-        entries = factory.sources.records._read()  # every index's record of this sdist
-        found |= {e["sha256"] for k, e in entries.items()
-                  if k.startswith("pypi ") and k.endswith(suffix) and e.get("sha256")}
-        return found
-    return set()  # a local directory is used in place, never copied into the cache
+    return source.known_contents(factory.sources.records)  # a local directory: none, it is used in place
 
 
 def sources_in_use(factory: Factory, releases: Iterable[str]) -> tuple[set[str], list[str]]:

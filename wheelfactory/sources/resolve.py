@@ -24,25 +24,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import BuildError, InputError
-from .kinds import GitSource, PypiSource, Source, UrlSource
+
+if TYPE_CHECKING:
+    from .kinds import GitSource
 
 _HEX = re.compile(r"^[0-9a-f]{4,39}$")
 FORMAT_VERSION = 1
-
-
-def record_key(source: Source, index_url: str) -> str:
-    """The record's name: what the user wrote, plus the index an sdist came from (the same name and
-    version on another index is another file)."""
-    if isinstance(source, GitSource):
-        return f"git {source.url} {source.ref}"
-    if isinstance(source, PypiSource):
-        return f"pypi {index_url.rstrip('/')} {source.name}=={source.version}"
-    if isinstance(source, UrlSource):
-        return f"url {source.url}"
-    raise TypeError(f"a {type(source).__name__} is identified by its files, not recorded")
 
 
 def commit_of(source: GitSource, ls_remote: str) -> tuple[str, str]:
@@ -83,6 +73,10 @@ class SourceRecords:
         if self._entries is None:
             self._entries = self._read()
         return self._entries.get(key)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Every entry, as the file holds it now."""
+        return self._read()
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Record an entry (stamped with the time it was recorded), keeping other processes' entries."""
