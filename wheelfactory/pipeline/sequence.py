@@ -97,7 +97,8 @@ def _sequence(factory: Factory, request: BuildRequest, echo: Echo, *, fetch: boo
             python_first(p, request.python)
         if factory.resolve_sources(p, echo, refresh=fetch, accept_moved=request.accept_moved):
             p = request.plan(factory)  # keyed by the commits and hashes just recorded
-            forced = components_to_rebuild(p, request.rebuild, request.force, factory.recipes) if not fetch else forced
+            if not fetch:
+                forced = components_to_rebuild(p, request.rebuild, request.force, factory.recipes)
     if fetch:
         factory.executor(p, echo, python=request.python, verbose=request.verbose).fetch()
         return Built(p, [])
