@@ -18,7 +18,7 @@ from ..core.grammar import check_path_length
 from ..core.interrupt import Interrupted, install_handlers
 from ..pipeline.factory import Factory, default_recipes_dir
 from ..sources.transport import INDEX_SCHEMES, check_url
-from .build import adopt, build, doctor, fetch
+from .building import adopt, build, doctor, fetch
 from .cache import cache_group
 from .globalopts import AFTER_COMMAND, GlobalOptionsGroup, accept_after_subcommand, show_envvars
 from .options import (
