@@ -22,8 +22,7 @@ from wheelfactory.planning.recipe import Target, load_recipes
 from wheelfactory.planning.release import load_release
 from wheelfactory.run.runner import Runner
 from wheelfactory.sources.fetch import SourceCache
-from wheelfactory.sources.kinds import GitSource, PypiSource, UrlSource, source_from_table
-from wheelfactory.sources.resolve import commit_of
+from wheelfactory.sources.kinds import GitSource, PypiSource, UrlSource, commit_of, source_from_table
 
 from .conftest import CI_RELEASES, RECIPES, SPARK
 

@@ -30,15 +30,14 @@ from ..core.errors import BuildError, InputError
 from ..core.grammar import check_distribution_name, check_git_ref, check_git_url, git_url_kind
 from ..store.wheelmeta import sha256_file
 from .download import index_files
-from .resolve import commit_of
 from .transport import check_git_transport, check_url, is_plain
 
 if TYPE_CHECKING:
     from ..run.runner import Runner
-    from .fetch import SourceCache
     from .resolve import SourceRecords
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX = re.compile(r"^[0-9a-f]{4,39}$")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 # What a key input says about a source whose content `fetch` has not recorded yet.
@@ -51,6 +50,17 @@ class Asked(NamedTuple):
     entry: dict[str, str]
     content: str
     what: str
+
+
+class FetchServices(Protocol):
+    """What a kind needs from the source cache while it resolves or fetches (fetch.py's SourceCache
+    is one)."""
+
+    index_url: str
+    records: SourceRecords
+
+    def download(self, url: str, sha256: str | None, allow_insecure: bool = False) -> Path: ...
+    def unpack(self, archive: Path, dest: Path) -> Path: ...
 
 
 @runtime_checkable
@@ -80,9 +90,9 @@ class SourceKind(Protocol):
     def checkout(self) -> tuple[str, str] | None: ...
     def in_place(self) -> Path | None: ...
     def tree_in(self, trees: Path, content: str) -> Path: ...
-    def ask(self, cache: SourceCache, runner: Runner) -> Asked: ...
+    def ask(self, cache: FetchServices, runner: Runner) -> Asked: ...
     def moved_hint(self, before: str) -> str: ...
-    def fetch_into(self, cache: SourceCache, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
+    def fetch_into(self, cache: FetchServices, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
         ...
 
 
@@ -164,7 +174,7 @@ class GitSource:
         check_git_ref(self.ref, where)
         check_git_transport(self.url, self.allow_insecure, where, "set allow_insecure = true in its source table")
 
-    def ask(self, cache: SourceCache, runner: Runner) -> Asked:
+    def ask(self, cache: FetchServices, runner: Runner) -> Asked:
         self.check()
         out = runner.run(["git", "ls-remote", "--", self.url, self.ref, f"{self.ref}^{{}}"], capture=True)
         commit, kind = commit_of(self, out)
@@ -173,7 +183,7 @@ class GitSource:
     def moved_hint(self, before: str) -> str:
         return f"; to keep building the old commit, pin it in the source table: ref = \"{before}\""
 
-    def fetch_into(self, cache: SourceCache, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
+    def fetch_into(self, cache: FetchServices, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
         self.check()
         if not _HEX40.fullmatch(content):
             raise BuildError(f"{self.describe()}: the recorded commit {content!r} is not 40 hex digits; "
@@ -195,6 +205,33 @@ class GitSource:
         if head != content:
             raise BuildError(f"{self.url}: asked for commit {content}, got {head}")
         return dest, {"ref": self.ref, "commit": content}
+
+
+def commit_of(source: GitSource, ls_remote: str) -> tuple[str, str]:
+    """(commit, "tag" | "branch") of a ref from `git ls-remote URL REF REF^{}` output. A branch is
+    accepted only with follow = true; a tag wins over a branch of the same name, as in git."""
+    refs = {}
+    for line in ls_remote.splitlines():
+        commit, _, name = line.partition("\t")
+        refs[name.strip()] = commit.strip()
+    ref = source.ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
+    tag = refs.get(f"refs/tags/{ref}^{{}}") or refs.get(f"refs/tags/{ref}")  # ^{}: an annotated tag's commit
+    branch = refs.get(f"refs/heads/{ref}")
+    where = f"git source {source.url} ref {source.ref!r}"
+    if tag and not source.ref.startswith("refs/heads/"):
+        if source.follow:
+            raise InputError(f"{where}: follow = true is for a branch, and {ref!r} is a tag; remove follow "
+                             "(a tag is recorded once and a move is reported)")
+        return tag, "tag"
+    if branch:
+        if not source.follow:
+            raise InputError(f"{where} is a branch: a branch moves, so the same release would build other code "
+                             "from one day to the next. Give a tag or a 40-hex commit, or set follow = true in "
+                             "the source table to build the branch's current commit (re-resolved at every "
+                             "fetch; the build key follows it)")
+        return branch, "branch"
+    hint = " (an abbreviated commit: give all 40 hex digits)" if _HEX.match(source.ref) else ""
+    raise InputError(f"{where}: no such tag or branch in the repository{hint}")
 
 
 def scp_host(url: str) -> str | None:
@@ -256,14 +293,14 @@ class UrlSource:
     def tree_in(self, trees: Path, content: str) -> Path:
         return trees / f"sha256-{content}"
 
-    def ask(self, cache: SourceCache, runner: Runner) -> Asked:
+    def ask(self, cache: FetchServices, runner: Runner) -> Asked:
         sha = sha256_file(cache.download(self.url, None, self.allow_insecure))
         return Asked({"sha256": sha}, sha, self.url)
 
     def moved_hint(self, before: str) -> str:
         return ""
 
-    def fetch_into(self, cache: SourceCache, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
+    def fetch_into(self, cache: FetchServices, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
         archive = cache.download(self.url, content, self.allow_insecure)
         return cache.unpack(archive, tmp / "x"), {"url": self.url, "archive_sha256": content}
 
@@ -323,7 +360,7 @@ class PypiSource:
     def tree_in(self, trees: Path, content: str) -> Path:
         return trees / f"sha256-{content}"
 
-    def ask(self, cache: SourceCache, runner: Runner) -> Asked:
+    def ask(self, cache: FetchServices, runner: Runner) -> Asked:
         found = self.index_file(cache.index_url)
         sha = found["sha256"] or sha256_file(cache.download(found["url"], None, is_plain(cache.index_url)))
         return Asked({"sha256": sha, "filename": found["filename"]}, sha, f"{found['filename']} on {cache.index_url}")
@@ -331,7 +368,7 @@ class PypiSource:
     def moved_hint(self, before: str) -> str:
         return ""
 
-    def fetch_into(self, cache: SourceCache, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
+    def fetch_into(self, cache: FetchServices, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
         found = self.index_file(cache.index_url)
         if found["sha256"] and found["sha256"] != content:
             raise BuildError(f"{found['filename']}: {cache.index_url} now publishes sha256 {found['sha256']}, "
@@ -409,13 +446,13 @@ class LocalSource:
     def tree_in(self, trees: Path, content: str) -> Path:
         return Path(self.path)
 
-    def ask(self, cache: SourceCache, runner: Runner) -> Asked:
+    def ask(self, cache: FetchServices, runner: Runner) -> Asked:
         raise TypeError("a local directory is identified by its files, never asked")
 
     def moved_hint(self, before: str) -> str:
         return ""
 
-    def fetch_into(self, cache: SourceCache, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
+    def fetch_into(self, cache: FetchServices, content: str, tmp: Path, runner: Runner) -> tuple[Path, dict[str, str]]:
         raise TypeError("a local directory is used in place, never fetched")
 
 

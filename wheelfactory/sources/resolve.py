@@ -18,48 +18,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..core.errors import BuildError, InputError
+from ..core.errors import BuildError
 
-if TYPE_CHECKING:
-    from .kinds import GitSource
-
-_HEX = re.compile(r"^[0-9a-f]{4,39}$")
 FORMAT_VERSION = 1
-
-
-def commit_of(source: GitSource, ls_remote: str) -> tuple[str, str]:
-    """(commit, "tag" | "branch") of a ref from `git ls-remote URL REF REF^{}` output. A branch is
-    accepted only with follow = true; a tag wins over a branch of the same name, as in git."""
-    refs = {}
-    for line in ls_remote.splitlines():
-        commit, _, name = line.partition("\t")
-        refs[name.strip()] = commit.strip()
-    ref = source.ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
-    tag = refs.get(f"refs/tags/{ref}^{{}}") or refs.get(f"refs/tags/{ref}")  # ^{}: an annotated tag's commit
-    branch = refs.get(f"refs/heads/{ref}")
-    where = f"git source {source.url} ref {source.ref!r}"
-    if tag and not source.ref.startswith("refs/heads/"):
-        if source.follow:
-            raise InputError(f"{where}: follow = true is for a branch, and {ref!r} is a tag; remove follow "
-                             "(a tag is recorded once and a move is reported)")
-        return tag, "tag"
-    if branch:
-        if not source.follow:
-            raise InputError(f"{where} is a branch: a branch moves, so the same release would build other code "
-                             "from one day to the next. Give a tag or a 40-hex commit, or set follow = true in "
-                             "the source table to build the branch's current commit (re-resolved at every "
-                             "fetch; the build key follows it)")
-        return branch, "branch"
-    hint = " (an abbreviated commit: give all 40 hex digits)" if _HEX.match(source.ref) else ""
-    raise InputError(f"{where}: no such tag or branch in the repository{hint}")
 
 
 class SourceRecords:
