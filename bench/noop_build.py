@@ -3,7 +3,7 @@
 The target (issue: core) is "well under a second of work beyond Python start-up". This builds
 the NCCL stand-in once into a temporary wheelhouse, then times, over N runs each:
   python -c pass                          (interpreter start-up, the floor)
-  python -c 'import wheelfactory.cli.commands'     (start-up plus imports)
+  python -c 'import wheelfactory.cli.app'     (start-up plus imports)
   wheelfactory plan  --release <ci>        (load recipes + release, key every step, read manifest)
   wheelfactory build --release <ci> nccl   (the same plus the lock and the cached check)
 and prints medians as JSON with the machine they came from.
@@ -59,7 +59,7 @@ source = {{ path = "{REPO / 'tests' / 'fixtures' / 'nccl-standin'}" }}
                        f"{platform.python_version()}",
             "runs": args.runs,
             "python_startup_s": timed([sys.executable, "-c", "pass"], args.runs, env),
-            "import_cli_s": timed([sys.executable, "-c", "import wheelfactory.cli.commands"], args.runs, env),
+            "import_cli_s": timed([sys.executable, "-c", "import wheelfactory.cli.app"], args.runs, env),
             "plan_s": timed(wf + ["plan", "-r", str(release)], args.runs, env),
             "noop_build_s": timed(wf + ["build", "-r", str(release), "nccl"], args.runs, env),
         }

@@ -16,7 +16,7 @@ from pathlib import Path
 import click.testing
 import pytest
 
-import wheelfactory.cli.commands
+import wheelfactory.cli.app
 from wheelfactory.host.facts import Host, detect_host
 from wheelfactory.pipeline.factory import Factory
 
@@ -192,9 +192,9 @@ def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
         if cwd is not None:
             stack.enter_context(contextlib.chdir(cwd))
         stack.enter_context(_patched(sys, "argv", ["wheelfactory", *args]))
-        stack.enter_context(_patched(wheelfactory.cli.commands, "install_handlers", lambda: None))
+        stack.enter_context(_patched(wheelfactory.cli.app, "install_handlers", lambda: None))
         try:
-            wheelfactory.cli.commands.main()
+            wheelfactory.cli.app.main()
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
             if e.code is not None and not isinstance(e.code, int):

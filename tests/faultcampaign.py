@@ -717,7 +717,7 @@ elif point == "index swap":
     w.os.replace = replace
 else:
     raise SystemExit(f"unknown point {point!r}")
-from wheelfactory.cli.commands import main
+from wheelfactory.cli.app import main
 sys.argv = ["wheelfactory", *sys.argv[2:]]
 main()
 '''

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.cli.commands import main
+from wheelfactory.cli.app import main
 from wheelfactory.core.errors import InputError
 from wheelfactory.cuda import audit
 from wheelfactory.cuda.audit import JIT_ONLY, NATIVE, NONE, WheelAudit, audit_wheel, judge

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from tests.test_executor import OK_BODY, setup
-from wheelfactory.cli.commands import check_jobs, main
+from wheelfactory.cli.app import main
 from wheelfactory.core.errors import InputError
+from wheelfactory.host.facts import check_jobs
 from wheelfactory.lock.closure import read_lock
 from wheelfactory.lock.venv import create_venv
 from wheelfactory.planning.release import _read_toml

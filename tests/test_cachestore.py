@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from tests.test_executor import HOST
 from tests.test_wheelhouse import make_wheel
-from wheelfactory.cli.commands import cli
+from wheelfactory.cli.app import cli
 from wheelfactory.core.interrupt import file_lock
 from wheelfactory.pipeline.cachestore import CacheStore, busy, sources_in_use
 from wheelfactory.pipeline.factory import Factory

@@ -65,7 +65,7 @@ def test_build_checks_the_host_before_asking_any_remote_and_fails_in_one_summary
 def test_without_the_host_check_sources_are_still_resolved_first(tmp_path, monkeypatch):
     calls: list[str] = []
     _offline_host(monkeypatch, calls)
-    monkeypatch.setattr("wheelfactory.cli.commands._python_first", lambda *a: calls.append("python"))
+    monkeypatch.setattr("wheelfactory.pipeline.sequence.python_first", lambda *a: calls.append("python"))
 
     def resolve(self, *args, **kwargs):
         calls.append("resolve")
@@ -173,7 +173,7 @@ def test_fetch_without_a_network_says_so_in_one_line_before_asking_any_remote(tm
     calls: list[str] = []
     _offline_host(monkeypatch, calls)
     monkeypatch.setattr(doctor, "Probe", lambda: probe(unreachable=_EveryUrl()))
-    monkeypatch.setattr("wheelfactory.cli.commands._python_first", lambda *a: None)
+    monkeypatch.setattr("wheelfactory.pipeline.sequence.python_first", lambda *a: None)
     r = invoke("--cache-dir", str(tmp_path / "c"), "fetch", "--release", "0.33.0-t5")
     assert r.returncode == 2 and calls == []  # resolve_sources was never called
     [line] = r.stderr.splitlines()
@@ -184,6 +184,6 @@ def test_fetch_names_a_local_mirror_that_is_not_there(tmp_path, monkeypatch):
     calls: list[str] = []
     _offline_host(monkeypatch, calls)
     monkeypatch.setattr(doctor, "Probe", lambda: probe(unreachable=_EveryUrl()))
-    monkeypatch.setattr("wheelfactory.cli.commands._python_first", lambda *a: None)
+    monkeypatch.setattr("wheelfactory.pipeline.sequence.python_first", lambda *a: None)
     r = invoke("--cache-dir", str(tmp_path / "c"), "fetch", "--release", str(_git_release(tmp_path, "/srv/m/nccl")))
     assert r.returncode == 2 and calls == [] and "no git repository at /srv/m/nccl" in r.stderr

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import wheelfactory.cli.commands
+import wheelfactory.cli.app
 from tests.conftest import CI_RELEASES, RECIPES, SPARK, invoke
 from wheelfactory.core.errors import InputError
 from wheelfactory.host.doctor import FAIL, OK, Probe, check_cross
@@ -141,7 +141,7 @@ class _X86Factory(Factory):
 
 
 def test_plan_cli_shows_modes_and_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(wheelfactory.cli.commands, "Factory", _X86Factory)
+    monkeypatch.setattr(wheelfactory.cli.app, "Factory", _X86Factory)
     base = ("--cache-dir", str(tmp_path / "c"), "--wheelhouse", str(tmp_path / "w"), "plan", "--release", "0.33.0-t5")
     r = invoke(*base, "--cross")
     assert r.returncode == 0, r.stderr
@@ -268,7 +268,7 @@ def test_host_check_for_the_cross_compilers(tmp_path):
 def test_build_cli_stops_before_any_work(tmp_path, monkeypatch):
     """Exit 2 naming the steps, before a source is resolved or anything is downloaded (the fast tier
     refuses network and processes, so reaching either would fail this test)."""
-    monkeypatch.setattr(wheelfactory.cli.commands, "Factory", _X86Factory)
+    monkeypatch.setattr(wheelfactory.cli.app, "Factory", _X86Factory)
     r = invoke("--cache-dir", str(tmp_path / "c"), "--wheelhouse", str(tmp_path / "w"), "build", "--release",
                "0.33.0-t5", "--cross", "vllm")
     assert r.returncode == 2

@@ -22,7 +22,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from wheelfactory.cli import commands as cli_module
+from wheelfactory.cli import app as cli_module
+from wheelfactory.cli import releases as releases_cli
 from wheelfactory.core.errors import BuildError, FactoryError, InputError
 from wheelfactory.derive.cmake_deps import parse_commands, read_cmake_deps
 from wheelfactory.derive.derivation import (
@@ -390,7 +391,7 @@ def test_rendered_vllm_entry_is_what_the_recipe_reads():
 @pytest.fixture
 def cli_on_copy(tmp_path, monkeypatch):
     root = _recipes_copy(tmp_path)
-    monkeypatch.setattr(cli_module, "_upstream", lambda factory, vllm_git, triton_git: StandinUpstream(NEW))
+    monkeypatch.setattr(releases_cli, "_upstream", lambda factory, vllm_git, triton_git: StandinUpstream(NEW))
 
     def run(*args):
         return CliRunner().invoke(cli_module.cli, ["--recipes-dir", str(root), "--cache-dir", str(tmp_path / "c"),
@@ -426,7 +427,7 @@ def test_cli_derive_dry_run_writes_nothing(cli_on_copy):
 
 def test_cli_check_exit_codes(cli_on_copy, monkeypatch):
     root, run = cli_on_copy
-    monkeypatch.setattr(cli_module, "_upstream", lambda factory, vllm_git, triton_git: StandinUpstream(OLD))
+    monkeypatch.setattr(releases_cli, "_upstream", lambda factory, vllm_git, triton_git: StandinUpstream(OLD))
     assert run("release", "derive", "--vllm", "9.9.9", "--transformers", "4", "--cuda", "13.1.0").exception is None
     clean = run("release", "check", "9.9.9-t4")
     assert clean.exception is None, clean.output
@@ -442,7 +443,7 @@ def test_cli_check_exit_codes(cli_on_copy, monkeypatch):
 def rust_cli_on_copy(cli_on_copy, tmp_path, monkeypatch):
     root, run = cli_on_copy
     tree = _rust_tree(tmp_path, OLD)  # every CMake dependency of the old stand-in is usable: check is clean
-    monkeypatch.setattr(cli_module, "_upstream", lambda factory, vllm_git, triton_git: StandinUpstream(tree))
+    monkeypatch.setattr(releases_cli, "_upstream", lambda factory, vllm_git, triton_git: StandinUpstream(tree))
     return root, run, tree
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.cli import commands as cli
+from wheelfactory.cli.options import say
 from wheelfactory.core.errors import InputError
 from wheelfactory.host.doctor import (
     FAIL,
@@ -28,6 +28,7 @@ from wheelfactory.host.doctor import (
     host_checks,
 )
 from wheelfactory.host.facts import Host
+from wheelfactory.pipeline import sequence
 
 from .conftest import CI_RELEASES, SPARK
 
@@ -156,7 +157,7 @@ def test_build_stops_with_exit_2_before_any_work(factory, monkeypatch, capsys):
     monkeypatch.setattr(doctor, "host_checks", lambda *a, **k: [Check("disk", FAIL, "1 GB free"),
                                                                    Check("ccache", WARN, "not found")])
     with pytest.raises(InputError) as e:
-        cli._host_check(factory, factory.plan(factory.release("0.15.0-t4")), None, frozenset())
+        sequence.host_check(factory, factory.plan(factory.release("0.15.0-t4")), None, frozenset(), say)
     assert e.value.exit_code == 2 and "nothing was built" in str(e.value)
     err = capsys.readouterr().err
     assert "host: FAIL  disk    1 GB free" in err and "host: warn  ccache  not found" in err

@@ -116,8 +116,8 @@ def test_no_import_runs_back_up():
 
 @pytest.mark.parametrize(("rel", "source", "expected"), [
     # a helper at the ground that reaches the command line: caught, also inside a function
-    ("wheelfactory/core/errors.py", "def f():\n    from ..cli.commands import main\n",
-     ["wheelfactory/core/errors.py:2: from ..cli.commands import main -> wheelfactory/cli/commands.py runs back up "
+    ("wheelfactory/core/errors.py", "def f():\n    from ..cli.app import main\n",
+     ["wheelfactory/core/errors.py:2: from ..cli.app import main -> wheelfactory/cli/app.py runs back up "
       "(wheelfactory/core/ may not import wheelfactory/cli/)"]),
     # TYPE_CHECKING imports count too
     ("wheelfactory/store/wheelhouse.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
@@ -129,8 +129,8 @@ def test_no_import_runs_back_up():
      ["wheelfactory/cuda/audit.py:1: from .. import recipe_api -> wheelfactory/recipe_api.py runs back up "
       "(wheelfactory/cuda/ may not import wheelfactory/recipe_api.py)"]),
     # a module that no row holds
-    ("wheelfactory/cli/commands.py", "from wheelfactory.nowhere import x\n",
-     ["wheelfactory/cli/commands.py:1: from wheelfactory.nowhere import x -> wheelfactory/nowhere.py, "
+    ("wheelfactory/cli/app.py", "from wheelfactory.nowhere import x\n",
+     ["wheelfactory/cli/app.py:1: from wheelfactory.nowhere import x -> wheelfactory/nowhere.py, "
       "which is in no row of the table"]),
     # down, sideways inside a package, the face, and other packages: all fine
     ("wheelfactory/pipeline/executor.py", "from .. import __version__\nfrom ..core.errors import BuildError\n"

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from assemble.bases import find_base, load_bases
 from assemble.dockerfile import render_dockerfile
 from assemble.spec import Settings, image_specs
-from wheelfactory.cli.commands import cli
+from wheelfactory.cli.app import cli
 from wheelfactory.core.errors import BuildError, InputError
 from wheelfactory.core.grammar import check_git_ref, check_git_url, check_tree
 from wheelfactory.planning.recipe import load_recipes
@@ -405,7 +405,7 @@ def test_below_the_grammar_git_reads_an_option_like_url_as_a_path(tmp_path, loca
     # The second layer alone: with the load-time check switched off, `--` keeps git from taking
     # the URL as --upload-pack (without it, git ls-remote runs the command and the canary appears).
     canary = tmp_path / "PWNED"
-    monkeypatch.setattr("wheelfactory.sources.fetch._check_git", lambda source: None)
+    monkeypatch.setattr(GitSource, "check", lambda source: None)
     runner = Runner("t", tmp_path / "log")
     with pytest.raises(BuildError):
         SourceCache(tmp_path / "c").resolve(GitSource(f"--upload-pack=touch {canary};", str(local_repo)), runner)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.cli.commands import _print_plan
+from wheelfactory.cli.show import print_plan as _print_plan
 from wheelfactory.lock import closure as lockmod
 from wheelfactory.pipeline.factory import Factory
 from wheelfactory.toolchain.installer import find_uv

@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 import pytest
 
-from wheelfactory.cli.commands import cli, table
+from wheelfactory.cli.app import cli
+from wheelfactory.cli.show import table
 from wheelfactory.cuda import checked
 from wheelfactory.store.wheelhouse import Wheelhouse
 

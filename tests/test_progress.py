@@ -314,7 +314,8 @@ def test_interval_from_the_environment(monkeypatch):
 def test_build_quiet_and_verbose_contradict_and_quiet_keeps_only_warnings(tmp_path, capsys):
     from click.testing import CliRunner
 
-    from wheelfactory.cli.commands import _quiet_echo, cli
+    from wheelfactory.cli.app import cli
+    from wheelfactory.cli.options import say_warnings as _quiet_echo
     from wheelfactory.core.errors import InputError
 
     res = CliRunner().invoke(cli, ["--wheelhouse", str(tmp_path / "wh"), "--cache-dir", str(tmp_path / "c"),
@@ -327,13 +328,13 @@ def test_build_quiet_and_verbose_contradict_and_quiet_keeps_only_warnings(tmp_pa
 
 
 def test_the_factorys_messages_go_above_live_status_rows_never_over_them(monkeypatch, capsys):
-    from wheelfactory.cli import commands as cli
+    from wheelfactory.cli import options as cli
     from wheelfactory.run.progress import BOARD
 
     printed: list[str] = []
     monkeypatch.setattr(BOARD, "print", printed.append)
-    cli._echo("downloading 14 CUDA 13.1.0 toolkit wheel(s)")  # no live rows: a plain line on stderr
+    cli.say("downloading 14 CUDA 13.1.0 toolkit wheel(s)")  # no live rows: a plain line on stderr
     assert printed == [] and capsys.readouterr().err == "downloading 14 CUDA 13.1.0 toolkit wheel(s)\n"
     monkeypatch.setattr(BOARD, "_live", object())  # a build's rows are up
-    cli._echo("assembling the CUDA 13.1.0 toolkit")
+    cli.say("assembling the CUDA 13.1.0 toolkit")
     assert printed == ["assembling the CUDA 13.1.0 toolkit"] and capsys.readouterr().err == ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from wheelfactory.cli.commands import cli
+from wheelfactory.cli.app import cli
 from wheelfactory.core.errors import InputError
 from wheelfactory.pipeline.factory import Factory, default_recipes_dir
 from wheelfactory.planning.recipe import load_recipes

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from wheelfactory.cli.commands import cli
+from wheelfactory.cli.app import cli
 from wheelfactory.core.errors import BuildError, InputError
 from wheelfactory.pipeline.factory import Factory
 from wheelfactory.planning.plan import plan_release
@@ -22,8 +22,7 @@ from wheelfactory.planning.recipe import Target, load_recipes
 from wheelfactory.planning.release import load_release
 from wheelfactory.run.runner import Runner
 from wheelfactory.sources.fetch import SourceCache
-from wheelfactory.sources.kinds import GitSource, PypiSource, UrlSource, source_from_table
-from wheelfactory.sources.resolve import commit_of, record_key
+from wheelfactory.sources.kinds import GitSource, PypiSource, UrlSource, commit_of, source_from_table
 
 from .conftest import CI_RELEASES, RECIPES, SPARK
 
@@ -150,12 +149,12 @@ def test_a_pypi_source_is_keyed_by_the_sha256_recorded_for_its_index(tmp_path):
     before = pypi.plan(release, ["flashinfer"]).step("flashinfer")
     assert before.unresolved == ("source",)
     source = PypiSource("flashinfer-python", "0.6.2")
-    pypi.sources.records.put(record_key(source, "https://pypi.org/simple"),
+    pypi.sources.records.put(source.record_key("https://pypi.org/simple"),
                              {"sha256": sha, "filename": "flashinfer_python-0.6.2.tar.gz"})
     after = pypi.plan(release, ["flashinfer"]).step("flashinfer")
     assert after.key_inputs["source"] == {"archive_sha256": sha} and after.key != before.key
     other = "6" * 64
-    pypi.sources.records.put(record_key(source, "https://pypi.org/simple"), {"sha256": other, "filename": "x"})
+    pypi.sources.records.put(source.record_key("https://pypi.org/simple"), {"sha256": other, "filename": "x"})
     assert factory("https://pypi.org/simple").plan(release, ["flashinfer"]).step("flashinfer").key not in (
         before.key, after.key)
     # The same name and version on another index is another file: not keyed by PyPI's record.

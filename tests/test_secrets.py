@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.test_executor import OK_BODY, setup
-from wheelfactory.cli.commands import cli
+from wheelfactory.cli.app import cli
 from wheelfactory.core.errors import BuildError, InputError
 from wheelfactory.core.secretenv import is_secret_name, parse_secret_env
 from wheelfactory.run.runner import Runner, clean_environ

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory.cli.commands import _print_plan
+from wheelfactory.cli.show import print_plan as _print_plan
 from wheelfactory.core.errors import BuildError, InputError
 from wheelfactory.host.facts import detect_host
 from wheelfactory.pipeline.factory import Factory

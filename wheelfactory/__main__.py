@@ -1,5 +1,5 @@
 """`python -m wheelfactory` runs the CLI."""
 
-from .cli.commands import main
+from .cli.app import main
 
 main()

@@ -574,7 +574,6 @@ class CheckResult:
 
 def check_release(up: Upstream, recipes_dir: Path, rel: Any) -> CheckResult:
     """Re-derive what a release's data entries copied from upstream and compare."""
-    from ..sources.kinds import GitSource, LocalSource  # a release's vLLM may come from a fork or a checkout
 
     result = CheckResult(rel.name)
     vllm = rel.components.get("vllm")
@@ -582,10 +581,12 @@ def check_release(up: Upstream, recipes_dir: Path, rel: Any) -> CheckResult:
         result.checked.append("no vLLM component: no upstream data to compare")
         return result
     try:
-        if isinstance(vllm.source, LocalSource):
-            tree, label = Path(vllm.source.path), vllm.source.path
-        elif isinstance(vllm.source, GitSource):
-            tree, label = up.vllm_tree(vllm.version, vllm.source.ref, vllm.source.url)
+        source = vllm.source  # None: the recipe's own (the version's sdist)
+        if source is not None and (here := source.in_place()) is not None:
+            tree, label = here, source.describe()
+        elif source is not None and (checkout := source.checkout()) is not None:
+            url, ref = checkout
+            tree, label = up.vllm_tree(vllm.version, ref, url)
         else:
             tree, label = up.vllm_tree(vllm.version, None)
     except Unreachable as e:

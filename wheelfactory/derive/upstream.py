@@ -12,6 +12,7 @@ from pathlib import Path
 
 from packaging.utils import parse_wheel_filename
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import BuildError, InputError
 from ..run.runner import Runner
 from ..sources.fetch import SourceCache
@@ -30,7 +31,7 @@ class LiveUpstream:
     def __init__(self, cache_dir: Path, index_url: str, vllm_git: str = VLLM_GIT, triton_git: str = TRITON_GIT):
         self.index = Index(index_url)
         self.sources = SourceCache(cache_dir, index_url)
-        self.runner = Runner("derive", cache_dir / "logs" / "derive.log")
+        self.runner = Runner("derive", CacheLayout(cache_dir).log("derive"))
         self.vllm_git = vllm_git
         self.triton_git = triton_git
         self._described: dict[tuple[str, str | None], str] = {}

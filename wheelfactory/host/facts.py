@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from ..core.errors import InputError
+
 
 @dataclass(frozen=True)
 class Host:
@@ -75,3 +77,16 @@ def default_jobs(host: Host, mem_per_job_gb: float) -> int:
     """
     by_mem = int(host.mem_available_gb // max(mem_per_job_gb, 0.1))
     return max(1, min(host.cpus, by_mem))
+
+
+# More compile jobs than this many per CPU only thrash (and each needs GBs of memory): a typo such
+# as --jobs 1000000 is refused up front instead of forking until the machine stops answering.
+JOBS_PER_CPU = 4
+
+
+def check_jobs(jobs: int | None, cpus: int | None = None) -> None:
+    """InputError (exit 2) for a --jobs above JOBS_PER_CPU x the CPU count."""
+    cpus = cpus or os.cpu_count() or 1
+    if jobs is not None and jobs > JOBS_PER_CPU * cpus:
+        raise InputError(f"--jobs {jobs}: more than {JOBS_PER_CPU} x the {cpus} CPUs of this machine; "
+                         f"use at most --jobs {JOBS_PER_CPU * cpus} (or leave it out for a memory-aware default)")

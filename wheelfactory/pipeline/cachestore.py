@@ -44,27 +44,15 @@ from typing import TYPE_CHECKING, Any
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import InputError, LockedError
 from ..core.interrupt import pid_alive, try_lock
-from ..sources.kinds import GitSource, PypiSource, Source, UrlSource
+from ..sources.kinds import Source
 from ..store.wheelhouse import Wheelhouse
 
 if TYPE_CHECKING:
     from .factory import Factory
 
-# What `cache list` shows, in order: (directory under the cache, label).
-AREAS = (
-    ("work", "work trees"),
-    ("staged", "staged copies"),
-    ("sources/trees", "source trees"),
-    ("sources/archives", "source archives"),
-    ("pydeps", "build requirements (pydeps)"),
-    ("adopt", "adopted wheels"),
-    ("toolkits", "CUDA toolkits"),
-    ("ccache", "ccache"),
-    ("uv", "uv cache"),
-    ("logs", "logs"),
-)
 # attic/<time>-<name> (or <time>.<n>-<name> within one second): a second copy of one name
 _STAMPED = re.compile(r"^\d{8}T\d{6}(\.\d+)?-(?P<name>.+\.whl)$")
 _TEMP_AGE_S = 3600  # a .fetch-*/.dl-* younger than this may belong to a download in progress
@@ -125,25 +113,25 @@ class GcPlan:
 class CacheStore:
     def __init__(self, cache_dir: Path, wheelhouse: Wheelhouse):
         self.root = cache_dir
-        self.work = cache_dir / "work"
-        self.staged = cache_dir / "staged"
-        self.trees = cache_dir / "sources" / "trees"
-        self.archives = cache_dir / "sources" / "archives"
+        self.layout = CacheLayout(cache_dir)
+        self.work = self.layout.work
+        self.staged = self.layout.staged
+        self.trees = self.layout.source_trees
+        self.archives = self.layout.source_archives
         self.wheelhouse = wheelhouse
 
     def usage(self) -> list[tuple[str, Path, int, int]]:
         """(label, directory, entries, bytes) per area, then everything else under the cache."""
         rows = []
         known = set()
-        for sub, label in AREAS:
-            d = self.root / sub
+        for d, label in self.layout.areas():
             known.add(d)
             entries = [p for p in d.iterdir() if not p.name.endswith(".lock")] if d.is_dir() else []
             rows.append((label, d, len(entries), sum(tree_size(p) for p in entries)))
-        known |= {self.root / "sources"}
+        sources = self.layout.sources
+        known |= {sources}
         other = [p for p in (self.root.iterdir() if self.root.is_dir() else ()) if p not in known]
-        other += [p for p in ((self.root / "sources").iterdir() if (self.root / "sources").is_dir() else ())
-                  if p not in known]
+        other += [p for p in (sources.iterdir() if sources.is_dir() else ()) if p not in known]
         rows.append(("other", self.root, len(other), sum(tree_size(p) for p in other)))
         return rows
 
@@ -227,12 +215,12 @@ class CacheStore:
                                         "superseded: the manifest holds a newer build of it"))
         # A build-requirements download killed before it moved its files (pydeps.py); an hour
         # old, so not one in progress.
-        for temp in sorted((self.root / "pydeps").glob(".download-*")):
+        for temp in sorted(self.layout.pydeps.glob(".download-*")):
             if _older_than(temp, _TEMP_AGE_S):
                 plan.remove.append(Item("temp", temp, tree_size(temp), "left by an interrupted download"))
         if keep_sources is None:
             if sources_note:
-                plan.skipped.append(f"{self.root / 'sources'}: left alone ({sources_note})")
+                plan.skipped.append(f"{self.layout.sources}: left alone ({sources_note})")
             return plan
         running = self.any_build_running()
         if running:
@@ -322,22 +310,7 @@ def _remove(path: Path) -> bool:
 def source_contents(factory: Factory, source: Source) -> set[str]:
     """The commits and sha256s a source stands for in this cache: pinned in the release, or
     recorded by fetch (an sdist on any index: the same release fetched through a mirror)."""
-    if isinstance(source, GitSource):
-        if source.is_commit:
-            return {source.ref}
-        entry = factory.sources.records.get(f"git {source.url} {source.ref}")
-        return {entry["commit"]} if entry and entry.get("commit") else set()
-    if isinstance(source, UrlSource):
-        entry = factory.sources.records.get(f"url {source.url}")
-        return {s for s in (source.sha256, entry and entry.get("sha256")) if s}
-    if isinstance(source, PypiSource):
-        found = {source.sha256} if source.sha256 else set()
-        suffix = f" {source.name}=={source.version}"
-        entries = factory.sources.records._read()  # every index's record of this sdist
-        found |= {e["sha256"] for k, e in entries.items()
-                  if k.startswith("pypi ") and k.endswith(suffix) and e.get("sha256")}
-        return found
-    return set()  # a local directory is used in place, never copied into the cache
+    return source.known_contents(factory.sources.records)  # a local directory: none, it is used in place
 
 
 def sources_in_use(factory: Factory, releases: Iterable[str]) -> tuple[set[str], list[str]]:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import BuildError, FactoryError, InputError
 from ..core.interrupt import file_lock
 from ..host.facts import Host
@@ -41,7 +42,7 @@ from ..toolchain.ccache import ensure_ccache
 from ..toolchain.crossbuild import CROSS, CrossSetup
 from ..toolchain.installer import Installer, default_installer, download
 from ..toolchain.pydeps import pydeps_dir, record_pins
-from ..toolchain.toolkit import ToolkitCache, WheelToolkit, toolkits_dir
+from ..toolchain.toolkit import ToolkitCache, WheelToolkit
 from .buildenv import inherited_environ
 from .outputs import adopted_wheel, audit_wheels
 from .stepbuild import (
@@ -116,7 +117,7 @@ class Executor:
         # Its root's path is known before it is assembled (content-addressed), so every step and
         # ${cuda_home} see it as the host's CUDA home; a step assembles it before first use.
         self.toolkit = toolkit
-        self.toolkits = ToolkitCache(toolkits_dir(options.cache_dir), options.index_url)
+        self.toolkits = ToolkitCache(CacheLayout(options.cache_dir).toolkits, options.index_url)
         if toolkit is not None:
             host = dataclasses.replace(host, cuda_home=str(self.toolkits.root_of(toolkit)), toolkit=toolkit.label)
         self.host = host
@@ -125,7 +126,7 @@ class Executor:
         self.installer = installer or default_installer(options.cache_dir, "pip" if options.use_pip else "uv")
         self.sources = SourceCache(options.cache_dir, options.index_url)
         self.pydeps = pydeps_dir(options.cache_dir, options.index_url)  # this index's own (pydeps.py)
-        self.logs = options.cache_dir / "logs"
+        self.logs = CacheLayout(options.cache_dir).logs
         self._python: str | None = None
         self._ccache: list[str | None] = []  # resolved (and installed if need be) once per run
 
@@ -353,7 +354,7 @@ class Executor:
         return not self.opts.fresh and bool(read_state(self._work_dir(step)).get("stopped"))
 
     def _staged_dir(self, step: Step) -> Path:
-        return self.opts.cache_dir / "staged" / step.key[:12]
+        return CacheLayout(self.opts.cache_dir).staged_step(step.key)
 
     def _remember_staged(self, step: Step, built: BuiltStep) -> None:
         """What publishing needs besides the wheels, next to them: a run that built but could not

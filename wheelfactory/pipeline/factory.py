@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import BuildError, InputError
 from ..core.grammar import check_env_key, check_env_value
 from ..core.secretenv import parse_secret_env
@@ -22,7 +23,7 @@ from ..sources.kinds import Source, is_local_wheel, local_source
 from ..store.wheelhouse import Wheelhouse
 from ..toolchain.crossbuild import CrossSetup, check_target_machine, cross_blockers, machine_of
 from ..toolchain.installer import Installer
-from ..toolchain.toolkit import ToolkitCache, WheelToolkit, load_toolkit, mismatch_warning, toolkits_dir
+from ..toolchain.toolkit import ToolkitCache, WheelToolkit, load_toolkit, mismatch_warning
 from .executor import ExecOptions, Executor
 
 # The newest release whose vLLM device code was checked for its arch (wheelfactory/cuda/data/device_code_checked.toml),
@@ -103,6 +104,11 @@ class Factory:
     target_cuda: Path | None = None
 
     @property
+    def cache(self) -> CacheLayout:
+        """The cache's directories (a property: a --cache-dir after the command sets cache_dir late)."""
+        return CacheLayout(self.cache_dir)
+
+    @property
     def recipes_dirs(self) -> tuple[Path, ...]:
         """Where recipes, releases and data files are looked up; on a name, the first one wins."""
         under = self.shipped_recipes_dir
@@ -178,7 +184,7 @@ class Factory:
         sdist: a followed branch moves on, a moved tag or changed sdist is a BuildError naming both
         (all of them at once) unless accept_moved."""
         release = plan.release
-        runner = Runner("sources", self.cache_dir / "logs" / "resolve.log")
+        runner = Runner("sources", self.cache.log("resolve"))
         changed, moved = False, []
         seen: set[Source] = set()
         for step in plan.steps:
@@ -217,7 +223,7 @@ class Factory:
         the host's with --system-cuda; None where there is none."""
         toolkit = self.toolkit(release)
         if toolkit is not None:
-            return ToolkitCache(toolkits_dir(self.cache_dir), self.index_url).root_of(toolkit) / "bin" / "nvcc"
+            return ToolkitCache(self.cache.toolkits, self.index_url).root_of(toolkit) / "bin" / "nvcc"
         return Path(self.host.cuda_home, "bin", "nvcc") if self.host.cuda_home else None
 
     def executor(self, plan: Plan, echo: Callable[[str], None], installer: Installer | None = None,

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,11 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from wheel.wheelfile import WheelFile
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import BuildError, InputError
+from ..planning.recipe import LoadedRecipe
 from ..run.runner import Runner
+from ..toolchain.pydeps import pydeps_dir
 
 # Run by the target interpreter: where the distribution is, its RECORD, WHEEL, requirements,
 # and the install scheme's directories (to place files outside site-packages).
@@ -225,3 +229,25 @@ def repack_installed(python: str, name: str, out_dir: Path, runner: Runner, *,
         if with_requires:
             todo += requirement_names(inst, extras)
     return list(done.values())
+
+
+def repack_for_adoption(python: str, component: str, recipes: Mapping[str, LoadedRecipe], cache: CacheLayout,
+                        index_url: str, with_requires: bool, echo: Callable[[str], None]) -> Path:
+    """`adopt --from-python`: COMPONENT's first output as installed in PYTHON, repacked into the cache;
+    with_requires, the installed distributions it requires too, into the build requirements of
+    INDEX_URL's builds (pydeps/), so that builds against it need no index."""
+    if shutil.which(python) is None and not Path(python).is_file():
+        raise InputError(f"--from-python {python!r}: no such interpreter")
+    outputs = recipes[component].recipe.outputs if component in recipes else ()
+    if not outputs:
+        raise InputError(f"unknown component {component!r}; known: {', '.join(sorted(recipes))}")
+    runner = Runner(component, cache.log(f"adopt-{component}"))
+    wheels = repack_installed(python, outputs[0], cache.installed(component), runner, with_requires=with_requires)
+    main_wheel, requires = wheels[0], wheels[1:]
+    pydeps = pydeps_dir(cache.root, index_url)  # offered to builds against this index only
+    pydeps.mkdir(parents=True, exist_ok=True)
+    for wheel in requires:
+        shutil.move(str(wheel), pydeps / wheel.name)
+    echo(f"repacked {main_wheel.name} from {python}" + (f" and {len(requires)} installed requirement(s) into "
+                                                       f"{pydeps}" if requires else ""))
+    return main_wheel

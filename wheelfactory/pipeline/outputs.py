@@ -8,6 +8,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import BuildError, InputError
 from ..cuda.audit import audit_wheel, judge
 from ..cuda.audit import render as render_audit
@@ -67,7 +68,7 @@ def adopted_wheel(step: Step, recipe: Recipe, target: Target, runner: Runner, *,
         if not wheel.is_file():
             raise InputError(f"[{step.component}] adopt = {spec!r}: no such wheel file")
     else:
-        dest = cache_dir / "adopt" / step.key[:12]
+        dest = CacheLayout(cache_dir).adopted(step.key)
         have = list(dest.glob("*.whl")) if dest.exists() else []
         if not have:
             if offline:

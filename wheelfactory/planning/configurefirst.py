@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.cachelayout import CacheLayout
 from .plan import BUILD, Plan, Step
 from .recipe import LoadedRecipe
 
@@ -60,4 +61,4 @@ def configure_first(plan: Plan, recipes: Mapping[str, LoadedRecipe]) -> Configur
 def check_dir(cache_dir: Path, release: str) -> Path:
     """Where the check's wheelhouse lives: in the cache, never the user's wheelhouse (its adopted
     wheels must not stand in for the ones the release builds)."""
-    return cache_dir / "configure-check" / release
+    return CacheLayout(cache_dir).configure_check(release)

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..core.cachelayout import CacheLayout
 from ..store.wheelhouse import atomic_write_text
 
 DEFAULT_INTERVAL_S = 60.0  # a line a minute: often enough to see life, rare enough for CI logs
 INTERVAL_ENV = "WHEELFACTORY_HEARTBEAT_S"
-TIMINGS_FILE = "timings.json"
 # The status says how long the command has printed nothing once it is this long: a link, a pip
 # resolve or a clone shows its own elapsed time, not only the step's.
 QUIET_AFTER_S = 10.0
@@ -490,7 +490,7 @@ class Timings:
     build of the component is the best estimate there is, even across versions."""
 
     def __init__(self, cache_dir: Path):
-        self.path = cache_dir / TIMINGS_FILE
+        self.path = CacheLayout(cache_dir).timings
 
     def _read(self) -> dict[str, Any]:
         try:

@@ -21,18 +21,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import requests
-from packaging.utils import canonicalize_name, parse_sdist_filename
-
-from ..core.errors import BuildError, InputError
-from ..core.grammar import HEX40, check_git_ref, check_git_url
+from ..core.cachelayout import CacheLayout
+from ..core.errors import BuildError
 from ..core.interrupt import file_lock
 from ..run.runner import Runner
 from ..store.wheelmeta import sha256_file
-from .download import download_checked, index_files
-from .kinds import GitSource, LocalSource, PypiSource, Source, UrlSource
-from .resolve import SourceRecords, commit_of, record_key
-from .transport import check_git_transport, check_url, is_plain
+from .download import download_checked
+from .kinds import Source
+from .resolve import SourceRecords
+from .transport import check_url
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 MARKER = ".wf-source.json"
@@ -40,38 +37,27 @@ MARKER = ".wf-source.json"
 
 class SourceCache:
     def __init__(self, cache_dir: Path, index_url: str = DEFAULT_INDEX):
-        self.root = cache_dir / "sources"
-        self.archives = self.root / "archives"
-        self.trees = self.root / "trees"
+        layout = CacheLayout(cache_dir)
+        self.root = layout.sources
+        self.archives = layout.source_archives
+        self.trees = layout.source_trees
         self.index_url = index_url.rstrip("/")
-        self.records = SourceRecords(self.root / "resolved.json")
+        self.records = SourceRecords(layout.source_records)
 
     # -- what a source is (no network) ----------------------------------------------------------
 
     def recorded(self, source: Source) -> str | None:
         """The content a source names, known without the network: a commit or sha256 given in the
         declaration, else the one recorded at fetch; None while unresolved."""
-        if isinstance(source, LocalSource):
-            return None
-        if isinstance(source, GitSource) and source.is_commit:
-            return source.ref
-        if isinstance(source, (UrlSource, PypiSource)) and source.sha256:
-            return source.sha256
-        entry = self.records.get(record_key(source, self.index_url))
-        if entry is None:
-            return None
-        if isinstance(source, GitSource):
-            # A branch recorded while follow = true was set is not a pin once follow is gone.
-            return entry["commit"] if entry.get("kind") != "branch" or source.follow else None
-        return entry["sha256"]
+        if (pinned := source.pinned()) is not None:
+            return pinned
+        key = source.record_key(self.index_url)
+        entry = self.records.get(key) if key is not None else None
+        return source.content_of(entry) if entry is not None else None
 
     def tree_path(self, source: Source, content: str) -> Path:
-        """Where the unpacked tree of a source's content lives (a LocalSource is used in place)."""
-        if isinstance(source, LocalSource):
-            return Path(source.path)
-        if isinstance(source, GitSource):
-            return self.trees / (f"git-{content}" if source.submodules else f"git-{content}-nosub")
-        return self.trees / f"sha256-{content}"
+        """Where the unpacked tree of a source's content lives (a local directory is used in place)."""
+        return source.tree_in(self.trees, content)
 
     # -- resolving names to content (network) ---------------------------------------------------
 
@@ -81,35 +67,21 @@ class SourceCache:
         left as it is (build); with refresh (fetch) tags and sdists are checked again, a change is a
         BuildError naming both (unless accept_moved), and a followed branch moves on. Returns a line
         saying what changed, or None."""
-        if isinstance(source, LocalSource) or self._pinned(source):
-            return None
-        key = record_key(source, self.index_url)
+        key = source.record_key(self.index_url)
+        if key is None or source.pinned() is not None:
+            return None  # a local directory, or content the declaration names itself
         old = self.records.get(key)
-        if old is not None and isinstance(source, UrlSource):
+        if old is not None and source.RECORDED_ONCE:
             return None  # an archive without a published sha256 is recorded by its first download, once
         if old is not None and not refresh and self.recorded(source) is not None:
             return None
-        entry: dict[str, str]
-        if isinstance(source, GitSource):
-            _check_git(source)
-            out = runner.run(["git", "ls-remote", "--", source.url, source.ref, f"{source.ref}^{{}}"], capture=True)
-            commit, kind = commit_of(source, out)
-            entry, new, what = {"commit": commit, "kind": kind}, commit, f"{kind} {source.ref} of {source.url}"
-        elif isinstance(source, PypiSource):
-            found = self._index_file(source)
-            sha = found["sha256"] or sha256_file(self._download(found["url"], None, is_plain(self.index_url)))
-            entry, new, what = {"sha256": sha, "filename": found["filename"]}, sha, \
-                f"{found['filename']} on {self.index_url}"
-        else:
-            sha = sha256_file(self._download(source.url, None, source.allow_insecure))
-            entry, new, what = {"sha256": sha}, sha, source.url
+        entry, new, what = source.ask(self, runner)
         before = old and (old.get("commit") or old.get("sha256"))
         if before == new:
             return None
         if before and entry.get("kind") != "branch" and not accept_moved:
             # The record stays: the key stays that of what was built until the user says otherwise.
-            keep = (f"; to keep building the old commit, pin it in the source table: ref = \"{before}\""
-                    if isinstance(source, GitSource) else "")
+            keep = source.moved_hint(before)
             raise BuildError(f"{what} changed since it was recorded on {old.get('recorded', '?')}: was {before}, "
                              f"is now {new}. If the new content is what you want, run the fetch again with "
                              f"--accept-moved-tags (builds from it get new keys){keep}")
@@ -118,16 +90,12 @@ class SourceCache:
             return None
         return f"{what} moved{'' if entry.get('kind') == 'branch' else ' (accepted)'}: {before} -> {new}"
 
-    def _pinned(self, source: Source) -> bool:
-        return ((isinstance(source, GitSource) and source.is_commit)
-                or (isinstance(source, (UrlSource, PypiSource)) and source.sha256 is not None))
-
     # -- trees ----------------------------------------------------------------------------------
 
     def fetch(self, source: Source, runner: Runner, *, offline: bool = False) -> Path:
         """The source's tree, resolving and fetching it first if needed."""
-        if isinstance(source, LocalSource):
-            return Path(source.path)
+        if (here := source.in_place()) is not None:
+            return here
         content = self.recorded(source)
         if content is None:
             if offline:
@@ -152,51 +120,16 @@ class SourceCache:
                 return tree
             tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.trees))
             try:
-                if isinstance(source, GitSource):
-                    info = self._git(source, content, tmp / "t", runner)
-                    top = tmp / "t"
-                else:
-                    if isinstance(source, PypiSource):
-                        found = self._index_file(source)
-                        if found["sha256"] and found["sha256"] != content:
-                            raise BuildError(f"{found['filename']}: {self.index_url} now publishes sha256 "
-                                             f"{found['sha256']}, recorded {content}; run `wheelfactory fetch` to "
-                                             "see the change and accept it or not")
-                        archive = self._download(found["url"], content, is_plain(self.index_url))
-                        info = {"url": found["url"].split("#")[0], "filename": found["filename"]}
-                    else:
-                        archive, info = self._download(source.url, content, source.allow_insecure), {"url": source.url}
-                    info["archive_sha256"] = content
-                    top = extract_archive(archive, tmp / "x")
+                top, info = source.fetch_into(self, content, tmp, runner)
                 (top / MARKER).write_text(json.dumps({"source": source.describe()} | info, indent=2) + "\n")
                 os.replace(top, tree)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return tree
 
-    def _git(self, source: GitSource, commit: str, dest: Path, runner: Runner) -> dict[str, str]:
-        _check_git(source)
-        if not HEX40.fullmatch(commit):
-            raise BuildError(f"{source.describe()}: the recorded commit {commit!r} is not 40 hex digits; "
-                             f"remove its entry from {self.records.path} and run `wheelfactory fetch` again")
-        runner.run(["git", "init", "-q", "--", dest])
-        # A shallow fetch of the recorded commit is fastest and fetches exactly what the key names;
-        # servers that refuse a commit by id get a full fetch, then the same checkout. `--` before
-        # the repository: a value of a release file is never an option of git.
-        try:
-            runner.run(["git", "fetch", "-q", "--depth", "1", "--", source.url, commit], cwd=dest)
-        except BuildError:
-            runner.run(["git", "fetch", "-q", "--tags", "--", source.url, "+refs/heads/*:refs/remotes/origin/*"],
-                       cwd=dest)
-        runner.run(["git", "checkout", "-q", commit, "--"], cwd=dest)
-        if source.submodules and (dest / ".gitmodules").exists():
-            runner.run(["git", "submodule", "update", "-q", "--init", "--recursive", "--depth", "1"], cwd=dest)
-        head = runner.run(["git", "rev-parse", "HEAD"], cwd=dest, capture=True).strip().splitlines()[-1]
-        if head != commit:
-            raise BuildError(f"{source.url}: asked for commit {commit}, got {head}")
-        return {"ref": source.ref, "commit": commit}
+    # -- what the kinds share ---------------------------------------------------------------------
 
-    def _download(self, url: str, sha256: str | None, allow_insecure: bool = False) -> Path:
+    def download(self, url: str, sha256: str | None, allow_insecure: bool = False) -> Path:
         """Download to archives/, verifying sha256 when given; reuse a verified copy."""
         url = check_url(url, allow_insecure, f"archive {url}", "set allow_insecure = true in its source table")
         self.archives.mkdir(parents=True, exist_ok=True)
@@ -207,35 +140,9 @@ class SourceCache:
                 return cached
         return download_checked(url, self.archives, name, sha256, allow_insecure=allow_insecure)
 
-    def _index_file(self, source: PypiSource) -> dict[str, str]:
-        """The sdist's filename, absolute URL and published sha256 ("" when the index gives none),
-        from the simple index's JSON form; a hash pinned in the release must match the index's."""
-        project = canonicalize_name(source.name)
-        url, files = index_files(self.index_url, project)
-        for f in files:
-            if not f["filename"].endswith((".tar.gz", ".zip")):
-                continue
-            try:
-                name, version = parse_sdist_filename(f["filename"])
-            except ValueError:
-                continue
-            if name == project and str(version) == source.version:
-                published = f.get("hashes", {}).get("sha256", "")
-                if source.sha256 and published and source.sha256 != published:
-                    raise BuildError(f"{f['filename']}: the index publishes sha256 {published}, "
-                                     f"the release pins {source.sha256}")
-                return {"filename": f["filename"], "url": requests.compat.urljoin(url, f["url"]),
-                        "sha256": published}
-        raise InputError(f"{source.name} {source.version} has no sdist on {self.index_url}; "
-                         "pick a version that publishes one, or use a git or url source")
-
-
-def _check_git(source: GitSource) -> None:
-    """A git source checked again where git runs: recipes and `release derive` make sources too."""
-    where = f"git source {source.describe()}"
-    check_git_url(source.url, where)
-    check_git_ref(source.ref, where)
-    check_git_transport(source.url, source.allow_insecure, where, "set allow_insecure = true in its source table")
+    def unpack(self, archive: Path, dest: Path) -> Path:
+        """An archive extracted safely into dest (extract_archive); its single top directory."""
+        return extract_archive(archive, dest)
 
 
 def extract_archive(archive: Path, dest: Path) -> Path:

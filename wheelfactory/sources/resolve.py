@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,50 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import BuildError, InputError
-from .kinds import GitSource, PypiSource, Source, UrlSource
+from ..core.errors import BuildError
 
-_HEX = re.compile(r"^[0-9a-f]{4,39}$")
 FORMAT_VERSION = 1
-
-
-def record_key(source: Source, index_url: str) -> str:
-    """The record's name: what the user wrote, plus the index an sdist came from (the same name and
-    version on another index is another file)."""
-    if isinstance(source, GitSource):
-        return f"git {source.url} {source.ref}"
-    if isinstance(source, PypiSource):
-        return f"pypi {index_url.rstrip('/')} {source.name}=={source.version}"
-    if isinstance(source, UrlSource):
-        return f"url {source.url}"
-    raise TypeError(f"a {type(source).__name__} is identified by its files, not recorded")
-
-
-def commit_of(source: GitSource, ls_remote: str) -> tuple[str, str]:
-    """(commit, "tag" | "branch") of a ref from `git ls-remote URL REF REF^{}` output. A branch is
-    accepted only with follow = true; a tag wins over a branch of the same name, as in git."""
-    refs = {}
-    for line in ls_remote.splitlines():
-        commit, _, name = line.partition("\t")
-        refs[name.strip()] = commit.strip()
-    ref = source.ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
-    tag = refs.get(f"refs/tags/{ref}^{{}}") or refs.get(f"refs/tags/{ref}")  # ^{}: an annotated tag's commit
-    branch = refs.get(f"refs/heads/{ref}")
-    where = f"git source {source.url} ref {source.ref!r}"
-    if tag and not source.ref.startswith("refs/heads/"):
-        if source.follow:
-            raise InputError(f"{where}: follow = true is for a branch, and {ref!r} is a tag; remove follow "
-                             "(a tag is recorded once and a move is reported)")
-        return tag, "tag"
-    if branch:
-        if not source.follow:
-            raise InputError(f"{where} is a branch: a branch moves, so the same release would build other code "
-                             "from one day to the next. Give a tag or a 40-hex commit, or set follow = true in "
-                             "the source table to build the branch's current commit (re-resolved at every "
-                             "fetch; the build key follows it)")
-        return branch, "branch"
-    hint = " (an abbreviated commit: give all 40 hex digits)" if _HEX.match(source.ref) else ""
-    raise InputError(f"{where}: no such tag or branch in the repository{hint}")
 
 
 class SourceRecords:
@@ -83,6 +41,10 @@ class SourceRecords:
         if self._entries is None:
             self._entries = self._read()
         return self._entries.get(key)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Every entry, as the file holds it now."""
+        return self._read()
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Record an entry (stamped with the time it was recorded), keeping other processes' entries."""

@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import BuildError
 from ..core.interrupt import file_lock
 from ..run.runner import Runner
@@ -31,7 +32,7 @@ DEFAULT_MAX_SIZE = "40G"
 
 
 def tools_dir(cache_dir: Path) -> Path:
-    return cache_dir / "tools" / "ccache"
+    return CacheLayout(cache_dir).ccache_tools
 
 
 def find_ccache(cache_dir: Path) -> str | None:
@@ -70,7 +71,7 @@ def ensure_ccache(cache_dir: Path, runner: Runner, python: str, machine: str, *,
 
 def ccache_env(cache_dir: Path) -> dict[str, str]:
     """Where the objects go and how large the cache may grow (the user's CCACHE_MAXSIZE wins)."""
-    return {"CCACHE_DIR": str(cache_dir / "ccache"),
+    return {"CCACHE_DIR": str(CacheLayout(cache_dir).ccache),
             "CCACHE_MAXSIZE": os.environ.get("CCACHE_MAXSIZE", DEFAULT_MAX_SIZE)}
 
 

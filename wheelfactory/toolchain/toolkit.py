@@ -41,6 +41,7 @@ from typing import Any
 import requests
 from packaging.utils import canonicalize_name
 
+from ..core.cachelayout import CacheLayout
 from ..core.errors import BuildError, InputError
 from ..sources.download import download_checked, index_files
 from ..sources.transport import is_plain
@@ -291,7 +292,7 @@ def make_driver_stub(root: Path, cc: str = "gcc", headers: Iterable[str] | None 
 def toolkits_dir(cache_dir: Path) -> Path:
     """Where toolkits live: <cache>/toolkits, or WHEELFACTORY_TOOLKITS_DIR to share one set of
     downloads and roots between several cache directories (each root is ~2 GB unpacked)."""
-    return Path(os.environ.get("WHEELFACTORY_TOOLKITS_DIR") or cache_dir / "toolkits").expanduser()
+    return CacheLayout(cache_dir).toolkits
 
 
 class ToolkitCache:
