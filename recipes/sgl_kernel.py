@@ -151,6 +151,11 @@ def configure(ctx: BuildContext) -> None:
         with open(log, "rb") as f:
             f.seek(started)
             _check_torch_found_cuda(f.read().decode(errors="replace"))
+    # The device-code table names objects of a dependency by the dependency (<flashmla>/csrc/...):
+    # for the private copies that is the copy, not the cache tree.
+    for name, dep in _deps(ctx.version).items():
+        if dep.get("writable"):
+            ctx.trees[name] = ctx.work / "deps" / name
     ctx.check_device_code(build_dir / "build.ninja", _allowances())
 
 
