@@ -76,9 +76,11 @@ def main() -> None:
     ap.add_argument("--root", action="append", default=[], metavar="LABEL=PATH")
     ap.add_argument("--component", default="vllm", help="the step's component: its log lines start [COMPONENT]")
     ap.add_argument("--project", default="vLLM", help="the project's name, for the data's header")
+    ap.add_argument("--build-dir", default="cmake-configure",
+                    help="the configure's directory in WORK_TREE (another one for a second configure by hand)")
     args = ap.parse_args()
     roots = [tuple(r.split("=", 1)) for r in args.root]
-    body = trim((args.work_tree / "cmake-configure" / "build.ninja").read_text())
+    body = trim((args.work_tree / args.build_dir / "build.ninja").read_text())
     header = [f"# {args.header}",
               f"# Trimmed from the build.ninja of a real {args.project} configure (see cmake.log) by "
               "tools/trim_configure.py:",
