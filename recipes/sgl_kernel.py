@@ -19,7 +19,10 @@ What its build does, and the traps closed here:
 - cmake/flashmla.cmake edits FlashMLA's sources in place at configure time, so FlashMLA is copied
   out of the shared cache first (`writable` in the data file);
 - dlpack's CMakeLists asks for a CMake older than 3.5, which CMake 4 refuses without
-  CMAKE_POLICY_VERSION_MINIMUM (sgl-kernel's own Makefile sets it too).
+  CMAKE_POLICY_VERSION_MINIMUM (sgl-kernel's own Makefile sets it too);
+- mscclpp's CMake requires libnuma's headers and library (Debian: libnuma-dev) on the build host.
+
+Status: written and configured (tests/data/sgl-kernel-configure), not compiled; no patch.
 """
 
 from __future__ import annotations
