@@ -22,7 +22,10 @@ What its build does, and the traps closed here:
   CMAKE_POLICY_VERSION_MINIMUM (sgl-kernel's own Makefile sets it too);
 - mscclpp's CMake requires libnuma's headers and library (Debian: libnuma-dev) on the build host.
 
-Status: written and configured (tests/data/sgl-kernel-configure), not compiled; no patch.
+The fix: recipes/patches/sgl_kernel/<version>/ adds SGL_KERNEL_CUDA_ARCHS (the release's arch list
+replaces the built-in lists; FlashAttention 3 and FlashMLA only for archs they run on) and makes
+mscclpp take the same list. Status: written and configured (tests/data/sgl-kernel-configure), not
+compiled.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from wheelfactory.recipe_api import (
     BuildError,
     EnvSpec,
     GitSource,
+    InputError,
     Recipe,
     Repair,
     Source,
@@ -90,12 +94,25 @@ def extra_sources(spec: EnvSpec) -> dict[str, Source]:
             for name, dep in _deps(spec.version).items()}
 
 
+def _sgl_kernel_archs(archs) -> str:
+    """The arch list as recipes/patches/sgl_kernel/<version>/0001 reads it (SGL_KERNEL_CUDA_ARCHS):
+    MAJOR.MINOR with the a/f suffix, one -gencode each, SASS only."""
+    ptx = [str(a) for a in archs if a.ptx]
+    if ptx:
+        raise InputError(f"sgl_kernel compiles SASS only (one -gencode=arch=compute_X,code=sm_X per arch); "
+                         f"drop '+PTX' from {', '.join(ptx)} in the release's cuda_arch_list")
+    return ";".join(f"{a.major}.{a.minor}{a.suffix}" for a in archs)
+
+
 def environment(spec: EnvSpec) -> dict[str, str]:
     overrides = [f"-DFETCHCONTENT_SOURCE_DIR_{dep['fetchcontent'].upper()}={_tree_arg(name, dep)}"
                  for name, dep in _deps(spec.version).items()]
     return {
-        # Read by scikit-build-core (the build) and by configure() below.
-        "CMAKE_ARGS": " ".join([*overrides, "-DFETCHCONTENT_FULLY_DISCONNECTED=ON"]),
+        # Read by scikit-build-core (the build) and by configure() below. SGL_KERNEL_CUDA_ARCHS exists
+        # with the version's patch only (recipes/data/patches.toml); without it CMake ignores it, and
+        # the device-code check shows the built-in lists.
+        "CMAKE_ARGS": " ".join([*overrides, "-DFETCHCONTENT_FULLY_DISCONNECTED=ON",
+                                f"-DSGL_KERNEL_CUDA_ARCHS={_sgl_kernel_archs(spec.target.archs)}"]),
         "CMAKE_POLICY_VERSION_MINIMUM": "3.5",
         # torch's CMake turns it into -gencode flags that sgl-kernel then strips (clear_cuda_arches);
         # set so that torch does not guess from a GPU that the build host may not have.

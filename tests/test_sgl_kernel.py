@@ -74,7 +74,7 @@ def test_cmake_gets_each_tree_through_fetchcontent_and_may_clone_nothing(step):
         "JSON": "${source_json}",
         # flashmla.cmake edits FlashMLA's sources at configure time: a private copy, not the cache's tree
         "REPO-FLASHMLA": "${work}/deps/flashmla"}
-    assert args[-1] == "-DFETCHCONTENT_FULLY_DISCONNECTED=ON"
+    assert args[-2:] == ["-DFETCHCONTENT_FULLY_DISCONNECTED=ON", "-DSGL_KERNEL_CUDA_ARCHS=12.1a"]
     assert step.env["CMAKE_POLICY_VERSION_MINIMUM"] == "3.5"
     assert step.env["TORCH_CUDA_ARCH_LIST"] == "12.1a"
 
@@ -245,3 +245,49 @@ def test_the_captured_configures_found_cuda_through_torch():
     for run in ("0.4.3-12.1a-x86_64", "0.4.3-12.1a-aarch64"):
         assert recipe()._check_torch_found_cuda((DATA / run / "cmake.log").read_text()) == "13.0"
     assert "For aarch64, disable gencode below SM90" in (DATA / "0.4.3-12.1a-aarch64" / "cmake.log").read_text()
+
+
+def test_patched_12_1a_is_native_everywhere_and_builds_no_fa3_or_flashmla():
+    objs = objects("0.4.3-12.1a-patched")
+    assert code_sets(objs) == Counter({
+        ("common_ops_sm90_build", "sm_121a"): 57, ("common_ops_sm100_build", "sm_121a"): 57,
+        ("spatial_ops", "sm_121a"): 1, ("mscclpp_obj", "sm_121a"): 1, ("mscclpp_nccl_obj", "sm_121a"): 1})
+    plan = dc.evaluate(objs, ["12.1a"], recipe()._allowances())
+    assert plan.ok, plan.errors
+    assert plan.warnings == []
+    assert totals(plan) == {"native": 117, "jit": 0, "none": 0}
+    # the same sources as the unpatched aarch64 run, minus FlashAttention 3 and FlashMLA
+    before = {(o.target, o.source) for o in objects("0.4.3-12.1a-aarch64")
+              if o.target not in ("flash_ops", "flashmla_ops")}
+    assert {(o.target, o.source) for o in objs} == before
+    log = (DATA / "0.4.3-12.1a-patched" / "cmake.log").read_text()
+    assert "SGL_KERNEL_CUDA_ARCHS=12.1a: FA3 OFF, FlashMLA OFF" in log
+
+
+def test_the_patches_are_declared_for_both_trees_say_why_and_enter_the_key(step):
+    from wheelfactory.patches import declared_patches
+    patches = declared_patches(RECIPES, "sgl_kernel", "0.4.3", tuple(PINS))
+    assert [p.name.rsplit("/", 1)[1] for p in patches["source"]] == ["0001-arch-list-from-the-release.patch"]
+    assert [p.name.rsplit("/", 1)[1] for p in patches["mscclpp"]] == [
+        "mscclpp-0001-cuda-architectures-from-the-project.patch"]
+    for p in patches["source"] + patches["mscclpp"]:
+        header = p.path.read_text().split("\n--- a/", 1)[0]
+        assert "Why:" in header and "Upstream" in header and "Apply:" in header
+    assert sorted(step.key_inputs["patches"]) == ["mscclpp", "source"]
+
+
+@pytest.mark.parametrize(("archs", "expected"), [(["12.1a"], "12.1a"), (["9.0a", "12.1a"], "9.0a;12.1a"),
+                                                  (["12.0f"], "12.0f")])
+def test_the_patch_gets_the_release_s_arch_list(factory, tmp_path, archs, expected):
+    release = tmp_path / "r.toml"
+    release.write_text(RELEASE.read_text().replace('cuda_arch_list = ["12.1a"]', f"cuda_arch_list = {archs!r}"
+                                                   .replace("'", '"')))
+    step = factory.plan(factory.release(str(release))).step("sgl_kernel")
+    assert f"-DSGL_KERNEL_CUDA_ARCHS={expected}" in step.env["CMAKE_ARGS"].split()
+
+
+def test_a_ptx_entry_is_refused_at_plan_time(factory, tmp_path):
+    release = tmp_path / "r.toml"
+    release.write_text(RELEASE.read_text().replace('cuda_arch_list = ["12.1a"]', 'cuda_arch_list = ["12.0+PTX"]'))
+    with pytest.raises(InputError, match=r"sgl_kernel compiles SASS only.*drop '\+PTX' from 12\.0\+PTX"):
+        factory.plan(factory.release(str(release)))
