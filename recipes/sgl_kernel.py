@@ -104,7 +104,23 @@ def _sgl_kernel_archs(archs) -> str:
     return ";".join(f"{a.major}.{a.minor}{a.suffix}" for a in archs)
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def _check_torch(spec: EnvSpec) -> None:
+    """The release's torch must accept the C++ standard this version compiles with (data file)."""
+    below = _data(spec.version).get("torch_below")
+    torch = spec.component_versions.get("torch")
+    if below and torch and _major_minor(torch) >= _major_minor(below):
+        raise InputError(f"sgl_kernel {spec.version} compiles with -std=c++17 and torch {torch}'s headers require "
+                         f"C++20: give the release a torch below {below} (recipes/data/sgl_kernel.toml; sglang "
+                         f"commit {_data(spec.version)['commit'][:8]} pins 2.11.0)")
+
+
 def environment(spec: EnvSpec) -> dict[str, str]:
+    _check_torch(spec)
     overrides = [f"-DFETCHCONTENT_SOURCE_DIR_{dep['fetchcontent'].upper()}={_tree_arg(name, dep)}"
                  for name, dep in _deps(spec.version).items()]
     return {

@@ -291,3 +291,18 @@ def test_a_ptx_entry_is_refused_at_plan_time(factory, tmp_path):
     release.write_text(RELEASE.read_text().replace('cuda_arch_list = ["12.1a"]', 'cuda_arch_list = ["12.0+PTX"]'))
     with pytest.raises(InputError, match=r"sgl_kernel compiles SASS only.*drop '\+PTX' from 12\.0\+PTX"):
         factory.plan(factory.release(str(release)))
+
+
+@pytest.mark.parametrize(("torch", "refused"), [("2.14.1", True), ("2.15.0", True), ("2.13.0", False),
+                                                 ("2.11.0", False)])
+def test_a_torch_whose_headers_need_cpp20_is_refused_at_plan_time(factory, tmp_path, torch, refused):
+    # torch 2.14.1's torch/all.h: "#error C++20 or later ..."; 2.11.0's and 2.13.0's ask for C++17
+    release = tmp_path / "r.toml"
+    release.write_text(RELEASE.read_text().replace('version = "2.11.0"\nadopt = "torch==2.11.0"',
+                                                   f'version = "{torch}"\nadopt = "torch=={torch}"'))
+    if refused:
+        with pytest.raises(InputError, match=rf"torch {torch}'s headers require C\+\+20: give the release a torch "
+                                             r"below 2\.14"):
+            factory.plan(factory.release(str(release)))
+    else:
+        assert factory.plan(factory.release(str(release))).step("torch").version == torch
