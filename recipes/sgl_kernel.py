@@ -20,12 +20,14 @@ What its build does, and the traps closed here:
   out of the shared cache first (`writable` in the data file);
 - dlpack's CMakeLists asks for a CMake older than 3.5, which CMake 4 refuses without
   CMAKE_POLICY_VERSION_MINIMUM (sgl-kernel's own Makefile sets it too);
-- mscclpp's CMake requires libnuma's headers and library (Debian: libnuma-dev) on the build host.
+- mscclpp's CMake requires libnuma's headers and library (Debian: libnuma-dev) on the build host;
+- 0.4.3 compiles with -std=c++17 and torch 2.14's headers require C++20: the plan refuses a torch at
+  or above the data file's `torch_below`.
 
 The fix: recipes/patches/sgl_kernel/<version>/ adds SGL_KERNEL_CUDA_ARCHS (the release's arch list
 replaces the built-in lists; FlashAttention 3 and FlashMLA only for archs they run on) and makes
 mscclpp take the same list. Status: written and configured (tests/data/sgl-kernel-configure), not
-compiled.
+compiled (two objects compiled by hand in the configured tree).
 """
 
 from __future__ import annotations
