@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from wheelfactory import devicecode as dc
-from wheelfactory.context import BuildContext
-from wheelfactory.errors import BuildError, InputError
-from wheelfactory.sources import GitSource
+# The factory's names through the recipe API: what the recipe under test sees, wherever the engine
+# keeps them.
+from wheelfactory.recipe_api import BuildContext, BuildError, GitSource, InputError
+from wheelfactory.recipe_api import devicecode as dc
 
 from .conftest import CI_RELEASES, RECIPES, SPARK
 from .test_recipe_hooks import RecordingRunner
@@ -265,8 +265,7 @@ def test_patched_12_1a_is_native_everywhere_and_builds_no_fa3_or_flashmla():
 
 
 def test_the_patches_are_declared_for_both_trees_say_why_and_enter_the_key(step):
-    from wheelfactory.patches import declared_patches
-    patches = declared_patches(RECIPES, "sgl_kernel", "0.4.3", tuple(PINS))
+    patches = step.patches
     assert [p.name.rsplit("/", 1)[1] for p in patches["source"]] == ["0001-arch-list-from-the-release.patch"]
     assert [p.name.rsplit("/", 1)[1] for p in patches["mscclpp"]] == [
         "mscclpp-0001-cuda-architectures-from-the-project.patch"]
