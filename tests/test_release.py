@@ -91,7 +91,7 @@ def test_release_by_path_and_user_extends(tmp_path, recipes):
     ('descripton = "x"\n' + BASE, "{p}: unknown top-level key 'descripton' (did you mean 'description'?); "
      "expected one of: components, description, extends, image, overrides, pins, target"),
     (BASE + '[components.vlm]\nversion = "0.15.0"\n', "{p}: unknown component 'vlm' (did you mean 'vllm'?); "
-     "known components: flashinfer, nccl, torch, torchaudio, torchvision, triton, vllm"),
+     "known components: flashinfer, nccl, sgl_kernel, torch, torchaudio, torchvision, triton, vllm"),
     (BASE + '[components.torch]\nversion = "2.10.0"\nverison = "1"\n',
      "{p} [components.torch]: unknown key 'verison' (did you mean 'version'?); "
      "expected one of: adopt, env, extra_sources, keep_debug, options, source, version"),
