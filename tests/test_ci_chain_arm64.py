@@ -43,10 +43,13 @@ def docker() -> Docker:
     return docker_or_skip(BASE, ".ci/arm64-env.sh")
 
 
-def chain(docker: Docker, wf: Path, phase: str, network: str) -> subprocess.CompletedProcess[str]:
-    """.ci/arm64-chain.sh PHASE in a throw-away arm64 container, the checkout read-only at /src."""
+def chain(docker: Docker, wf: Path, phase: str, network: str,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """.ci/arm64-chain.sh PHASE in a throw-away arm64 container, the checkout read-only at /src;
+    `env`: the script's settings (RELEASE, COMPONENTS, ...)."""
     cmd = [docker.binary, "run", "--rm", "--platform=linux/arm64", f"--network={network}",
-           "-v", f"{REPO}:/src:ro", "-v", f"{wf}:/wf", "-e", "WHEELFACTORY_TOOLKITS_DIR=/wf/toolkits"]
+           "-v", f"{REPO}:/src:ro", "-v", f"{wf}:/wf", *(a for k, v in (env or {}).items() for a in ("-e", f"{k}={v}")),
+           "-e", "WHEELFACTORY_TOOLKITS_DIR=/wf/toolkits"]
     if os.environ.get("WHEELFACTORY_TOOLKITS_DIR_ARM64"):  # toolkit wheels kept across runs (bench, local)
         cmd[-1:] = ["-v", f"{os.environ['WHEELFACTORY_TOOLKITS_DIR_ARM64']}:/toolkits",
                     "-e", "WHEELFACTORY_TOOLKITS_DIR=/toolkits"]
