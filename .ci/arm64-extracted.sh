@@ -5,9 +5,9 @@
 # machine needs:
 #
 #   - dpkg's database: each package recorded as installed (status, file list, md5sums), so that apt
-#     in an image built on this base (the assembler's system-library RUN) installs only what is missing, instead
-#     of every dependency again with its maintainer scripts under qemu
-#   - /etc/passwd, /etc/group and their shadows from base-passwd's masters (its preinst copies them)
+#     in an image built on this base (the assembler's system-library RUN) installs only what is
+#     missing, instead of every dependency again with its maintainer scripts under qemu
+#   - /etc/passwd and /etc/group from base-passwd's masters (its preinst copies them), their shadows
 #   - the alternatives links the builds call: cc and c++ (gcc's and g++'s postinst), awk (mawk's),
 #     which (debianutils')
 #
@@ -54,7 +54,7 @@ done
 echo "arm64-extracted.sh: $(grep -c '^Package: ' "$status") packages recorded in dpkg's status" >&2
 
 for f in passwd group; do
-    [[ -e $ROOT/etc/$f ]] || install -m 644 "$ROOT/usr/share/base-passwd/$f.master" "$ROOT/etc/$f"
+    [[ -e $ROOT/etc/$f ]] || install -D -m 644 "$ROOT/usr/share/base-passwd/$f.master" "$ROOT/etc/$f"
 done
 # base-passwd ships no shadow masters: an entry per user with a locked password, as shadowconfig makes.
 if [[ ! -e $ROOT/etc/shadow ]]; then
