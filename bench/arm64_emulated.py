@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 BASE = "local/debian-py-arm64:bookworm"
 DOCKER = "/usr/bin/docker"
 # (release, settings of .ci/arm64-chain.sh, image, the smoke import in it)
-FULL = ("tests/releases/ci-arm64.toml", {}, "wheelfactory-ci/vllm-arm64:0.14.1", "import vllm, torch, flashinfer")
+FULL = ("tests/releases/ci-arm64.toml", {}, "wheelfactory-ci/vllm-arm64:0.14.1-t4",
+        "import vllm, torch, flashinfer")
 SLICE = ("tests/data/arm64-slice/releases/ci-arm64-slice.toml",
          {"RELEASE": "tests/data/arm64-slice/releases/ci-arm64-slice.toml", "RECIPES_DIR": "tests/data/arm64-slice",
           "COMPONENTS": "nccl cext", "IMPORTS": "cext_standin markupsafe six"},
