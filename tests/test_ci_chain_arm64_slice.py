@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,16 +57,22 @@ def docker() -> Docker:
 
 
 @pytest.fixture(scope="module")
-def slice_wf(docker: Docker, tmp_path_factory) -> Path:
+def slice_wf(docker: Docker, tmp_path_factory) -> Iterator[Path]:
     """The chain's /wf after the build phase (online) and the offline install phase."""
-    wf = Path(os.environ.get("WHEELFACTORY_TEST_ARM64_SLICE_WF") or tmp_path_factory.mktemp("arm64-slice"))
+    kept = os.environ.get("WHEELFACTORY_TEST_ARM64_SLICE_WF")
+    wf = Path(kept or tmp_path_factory.mktemp("arm64-slice"))
     if not (wf / "wheelhouse" / "locks" / "ci-arm64-slice.json").exists():
         r = chain(docker, wf, "build", "host", CHAIN_ENV)
         assert r.returncode == 0, f"arm64 build phase failed:\n{r.stderr[-6000:]}"
     r = chain(docker, wf, "install", "none", CHAIN_ENV)
     assert r.returncode == 0, f"arm64 install phase failed:\n{r.stderr[-6000:]}"
     print("\n" + (wf / "timings.tsv").read_text())  # the emulated step times, shown with -s
-    return wf
+    yield wf
+    if not kept:
+        # The aarch64 toolkit (3.3 GB assembled), the caches and venvs: CI's disk is shared, and pytest
+        # keeps its last temporary directories. The wheelhouse stays (small).
+        for d in ("toolkits", "cache", "work"):
+            shutil.rmtree(wf / d, ignore_errors=True)
 
 
 def test_the_slice_imports_offline_on_aarch64(slice_wf):
