@@ -24,6 +24,7 @@ from wheelfactory.pipeline.stepbuild import (
     step_failure,
 )
 from wheelfactory.store.wheelpack import pack_tree
+from wheelfactory.toolchain.installer import PipInstaller
 from wheelfactory.toolchain.pydeps import record_pins
 
 
@@ -101,6 +102,9 @@ def test_a_build_venv_installs_its_dependency_wheels_under_the_read_lock(tmp_pat
 
         name = "fake"
 
+        def create_venv(self, runner, python, venv, *, offline, index_url):
+            PipInstaller().create_venv(runner, python, venv, offline=offline, index_url=index_url)
+
         def install(self, runner, python, requirements, find_links, env):
             try:
                 with f.wheelhouse.lock(timeout=0.6):
@@ -140,7 +144,7 @@ def test_any_exception_of_a_hook_is_the_steps_failure(tmp_path, exc):
     recipe_module = f.recipes["a"].module
     recipe_module.EXC = exc
     plan = f.plan(f.release("r"))
-    sb = StepBuild(plan.step("a"), FakeRunner(), _services(f, plan, installer=None))
+    sb = StepBuild(plan.step("a"), FakeRunner(), _services(f, plan, installer=PipInstaller()))
     with pytest.raises(BuildError) as e:
         sb.run()
     first = str(e.value).splitlines()[0]

@@ -28,7 +28,7 @@ from .test_assemble_docker import NCCL_CHECK
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 BASE = "local/debian-py-arm64:bookworm"
-IMAGE = "wheelfactory-ci/vllm-arm64:0.14.1"
+IMAGE = "wheelfactory-ci/vllm-arm64:0.14.1-t4"  # a vllm image is tagged <vllm>-t<transformers major>
 RELEASE = CI_RELEASES / "ci-arm64.toml"
 STACK = {"nvidia-nccl-cu13": "2.29.2", "torch": "2.9.1", "flashinfer-python": "0.6.2", "vllm": "0.14.1"}
 
@@ -43,10 +43,13 @@ def docker() -> Docker:
     return docker_or_skip(BASE, ".ci/arm64-env.sh")
 
 
-def chain(docker: Docker, wf: Path, phase: str, network: str) -> subprocess.CompletedProcess[str]:
-    """.ci/arm64-chain.sh PHASE in a throw-away arm64 container, the checkout read-only at /src."""
+def chain(docker: Docker, wf: Path, phase: str, network: str,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """.ci/arm64-chain.sh PHASE in a throw-away arm64 container, the checkout read-only at /src;
+    `env`: the script's settings (RELEASE, COMPONENTS, ...)."""
     cmd = [docker.binary, "run", "--rm", "--platform=linux/arm64", f"--network={network}",
-           "-v", f"{REPO}:/src:ro", "-v", f"{wf}:/wf", "-e", "WHEELFACTORY_TOOLKITS_DIR=/wf/toolkits"]
+           "-v", f"{REPO}:/src:ro", "-v", f"{wf}:/wf", *(a for k, v in (env or {}).items() for a in ("-e", f"{k}={v}")),
+           "-e", "WHEELFACTORY_TOOLKITS_DIR=/wf/toolkits"]
     if os.environ.get("WHEELFACTORY_TOOLKITS_DIR_ARM64"):  # toolkit wheels kept across runs (bench, local)
         cmd[-1:] = ["-v", f"{os.environ['WHEELFACTORY_TOOLKITS_DIR_ARM64']}:/toolkits",
                     "-e", "WHEELFACTORY_TOOLKITS_DIR=/toolkits"]
@@ -71,7 +74,7 @@ def test_the_stack_imports_offline_on_aarch64(arm64_wheelhouse):
     words = (arm64_wheelhouse / "imports.txt").read_text().split()
     assert words[0] == "aarch64"
     versions = dict(zip(words[1::2], words[2::2], strict=True))
-    assert versions["vllm"].startswith("0.14.1") and versions["torch"] == "2.9.1"
+    assert versions["vllm"].startswith("0.14.1") and versions["torch"] == "2.9.1+cpu"  # PyPI's aarch64 CPU build
     assert versions["flashinfer"] == "0.6.2"
 
 
@@ -127,7 +130,7 @@ def test_the_arm64_image_is_arm64_and_its_closure_holds(docker: Docker, arm64_im
     info = docker.inspect(IMAGE)
     assert info is not None and info["Architecture"] == "arm64" and info["Os"] == "linux"
     assert f"closure of {IMAGE}: " in output and " 0 missing" in output
-    assert "--platform=linux/arm64" in (out / "ci-arm64" / "vllm.build.log").read_text().splitlines()[0]
+    assert "--platform=linux/arm64" in (out / "ci-arm64" / "runtime.build.log").read_text().splitlines()[0]
     assert 'platforms  = ["linux/arm64"]' in (out / "ci-arm64" / "docker-bake.hcl").read_text()
 
 
@@ -135,6 +138,6 @@ def test_the_arm64_image_imports_the_stack_under_emulation(docker: Docker, arm64
     r = docker.run(IMAGE, ["python", "-c", "import platform, vllm, flashinfer, torch; "
                            "print(platform.machine(), torch.__version__)"], platform="linux/arm64")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["aarch64", "2.9.1"]
+    assert r.stdout.split() == ["aarch64", "2.9.1+cpu"]
     r = docker.run(IMAGE, ["python", "-c", NCCL_CHECK], platform="linux/arm64")
     assert r.returncode == 0 and r.stdout.startswith("nccl "), r.stderr[-2000:]

@@ -177,7 +177,8 @@ class StepBuild:
         if not resumed:
             shutil.copytree(tree, ctx.src, symlinks=True, ignore=shutil.ignore_patterns(".git"))
             apply_patches(ctx.src, step.patches.get(SOURCE, ()), runner, step.component)
-            runner.run([self.s.python, "-m", "venv", ctx.venv])
+            self.s.installer.create_venv(runner, self.s.python, ctx.venv, offline=self.s.offline,
+                                         index_url=self.s.index_url)
         ctx.env = self._environment(ctx)
         (self.work / "build_env.sh").write_text(env_script(ctx.env, step.secrets, ctx.src))
         try:
