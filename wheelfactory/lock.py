@@ -39,6 +39,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from . import __version__
 from .errors import BuildError, InputError
 from .installer import require_uv
+from .nccl_floor import check_nccl_floor
 from .one_cuda import refuse_mixed, toolkit_constraints
 from .plan import Plan
 from .runner import Runner
@@ -233,7 +234,8 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
     or, unless refresh, the lock as it is when its inputs have not changed (up_to_date).
 
     `cuda_wheels` (cuda_wheels.toml's table) constrains every CUDA wheel to the release's CUDA and
-    refuses a resolution that mixes toolkit versions (one_cuda.py)."""
+    refuses a resolution that mixes toolkit versions (one_cuda.py); an NCCL older than the one the
+    locked torch was built against is refused, naming the symbols it lacks (nccl_floor.py)."""
     wheels = component_wheels(plan, wheelhouse)
     dists = {w: read_wheel(w).dist for files in wheels.values() for w in files}
     overrides = override_reasons(plan, dists, wheels)
@@ -273,6 +275,8 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
         packages.append(LockedPackage(canonicalize_name(pkg["name"]), str(pkg["version"]), path.name, sha,
                                       owned.get(path), entry.get("origin", "pypi")))
     refuse_mixed(plan.release.name, ((p.name, p.version) for p in packages), cuda_wheels or {}, plan.target.cuda)
+    # an NCCL older than the locked torch's own passes every later step and fails at `import torch`
+    check_nccl_floor(plan.release.name, ((p.name, p.version, p.filename) for p in packages), root)
     locked_files = {p.filename for p in packages}
     for comp, files in wheels.items():
         for f in files:
