@@ -17,8 +17,8 @@ output kept in OUT/<check>.log and its report in OUT/<check>.json where the scri
   vllm-generate   a dummy-weight LLaMA-architecture model generating, eager and CUDA graphs
 
 A check whose package is missing, or that needs a GPU where there is none, is skipped with the
-reason. Exit status: 0 when every check that ran passed, 1 when any failed, 2 when none ran.
-`--only`/`--skip` take comma-separated names.
+reason. Exit status: 0 when every check that ran passed, 1 when any failed, 2 when none ran (or
+an unknown check was named). `--only`/`--skip` take comma-separated names.
 """
 
 from __future__ import annotations
@@ -108,13 +108,13 @@ def skip_reason(check: Check, have_gpu: tuple[bool, str], importable: Callable[[
 
 
 def select(checks: Sequence[Check], only: str | None, skip: str | None) -> list[Check]:
-    """The checks named by --only (all by default) minus --skip; SystemExit naming an unknown name."""
+    """The checks named by --only (all by default) minus --skip; ValueError naming an unknown name."""
     known = [c.name for c in checks]
     wanted = [n for n in (only or "").split(",") if n] or known
     dropped = [n for n in (skip or "").split(",") if n]
     unknown = [n for n in wanted + dropped if n not in known]
     if unknown:
-        raise SystemExit(f"run_all.py: unknown check(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return [c for c in checks if c.name in wanted and c.name not in dropped]
 
 
@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated checks to run (default: all)")
     ap.add_argument("--skip", help="comma-separated checks to leave out")
     args = ap.parse_args(argv)
-    checks = select(CHECKS, args.only, args.skip)
+    try:
+        checks = select(CHECKS, args.only, args.skip)
+    except ValueError as e:
+        ap.error(str(e))  # exit 2, with the usage
     outcomes = run_checks(checks, args.out, gpu_present(), lambda m: importlib.util.find_spec(m) is not None,
                           dict(os.environ))
     for line in summary(outcomes):
