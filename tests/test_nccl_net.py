@@ -35,6 +35,7 @@ def test_classify_each_verdict_on_its_nccl_wording() -> None:
     assert check.classify("NCCL INFO Failed to open libibverbs.so[.1]\n")["verdict"] == "ibverbs-missing"
     used = check.classify("NCCL INFO NET/IB : Using [0]mlx5_0:1/RoCE [RO]; OOB enp1s0f0np0:10.0.0.1<0>\n")
     assert used["verdict"] == "ib-device" and used["line"].startswith("NCCL INFO NET/IB : Using [0]mlx5_0")
+    assert check.classify("NCCL WARN Net/IB : No device found\n")["verdict"] == "ib-no-device"
     assert check.classify("NCCL INFO NET/Socket : Using [0]eth0:10.0.0.2<0>\n")["verdict"] == "no-ib-log"
 
 

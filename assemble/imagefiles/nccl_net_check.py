@@ -37,8 +37,8 @@ import sys
 # NCCL's own wording (src/transport/net_ib.cc, src/misc/ibvsymbols.cc), recorded from real runs in
 # tests/data/nccl/. Order matters: a log with a device also may print the others for other plugins.
 VERDICTS = (
-    ("ib-device", re.compile(r"NET/IB ?: Using \[")),
-    ("ib-no-device", re.compile(r"NET/IB ?: No device found")),
+    ("ib-device", re.compile(r"NET/IB ?: Using \[", re.IGNORECASE)),  # some versions say "Net/IB"
+    ("ib-no-device", re.compile(r"NET/IB ?: No device found", re.IGNORECASE)),
     ("ibverbs-missing", re.compile(r"Failed to open libibverbs\.so")),
 )
 GOOD = {"ib-device", "ib-no-device"}
