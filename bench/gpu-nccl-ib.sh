@@ -15,6 +15,10 @@
 #                                               NCCL's INFO logs and the JSON verdicts go to OUT
 #                                               (default nccl-ib-out). Exit 0 when the first says
 #                                               ibverbs-missing and the second ib-no-device or ib-device.
+#   bash bench/gpu-nccl-ib.sh record OUT        here: copy OUT's two logs into tests/data/nccl/ as
+#                                               ibverbs-missing.log and ib-no-device.log (the verdict
+#                                               each must give), the machine's host name in NCCL's
+#                                               "host:pid:tid" prefix replaced by "gpu-host"
 #
 # PYTHON (python3) picks the interpreter whose NCCL is started. The recorded logs of one run are
 # tests/data/nccl/ (see its README.md); bench/GPU-PROOF.md has the numbers.
@@ -60,8 +64,18 @@ sys.exit(0 if verdicts[0] == "ibverbs-missing" and verdicts[1] in ("ib-no-device
 PY
 }
 
+record() {
+    local out=${1:?usage: record OUT}
+    local dest=tests/data/nccl
+    mkdir -p "$dest"
+    sed -E 's/^[^ :]+:([0-9]+:[0-9]+ )/gpu-host:\1/' "$out/without-rdma-core.log" > "$dest/ibverbs-missing.log"
+    sed -E 's/^[^ :]+:([0-9]+:[0-9]+ )/gpu-host:\1/' "$out/bookworm-rdma-core.log" > "$dest/ib-no-device.log"
+    wc -l "$dest"/*.log
+}
+
 case "${1:-}" in
     prepare) shift; prepare "$@" ;;
     run) shift; run "$@" ;;
-    *) echo "usage: $0 prepare [DIR] | run [DIR] [OUT]" >&2; exit 2 ;;
+    record) shift; record "$@" ;;
+    *) echo "usage: $0 prepare [DIR] | run [DIR] [OUT] | record OUT" >&2; exit 2 ;;
 esac
