@@ -37,6 +37,8 @@ from .devtoolkit import CONTEXT_DIR, dev_toolkit, write_toolkit_context
 from .docker import Docker
 from .dockerfile import IMAGE_FILES, extra_runs, provision_packages, render_dockerfile
 from .layers import Layer, plan_layers, sibling_differences
+from .ncclnet import SCRIPT as NCCL_NET_SCRIPT
+from .ncclnet import host_gpu, parse_result
 from .prebuilt_cubins import left_out
 from .report import SizeReport, measure
 from .spec import TOOLKIT_ARG, VENV, ImageSpec, Settings, build_key_arg, cuda_wheel_names, image_specs
@@ -379,6 +381,19 @@ class Assembler:
             return None
         r = self.docker.run(p.spec.ref(self.settings.registry), ["python", "-c", RDMA_CHECK], platform=p.oci_platform)
         return None if r.returncode == 0 else (r.stderr.strip() or r.stdout.strip())[-1000:]
+
+    def check_nccl_net(self, p: Prepared, gpu: tuple[bool, str] | None = None) -> dict | None:
+        """NCCL of the image started on the host's GPU with NCCL_DEBUG=INFO: its IB plugin must load
+        (imagefiles/nccl_net_check.py). None without NCCL; {"skipped": why} without a host GPU."""
+        if not p.nccl:
+            return None
+        have, why = gpu if gpu is not None else host_gpu()
+        if not have:
+            return {"skipped": why}
+        r = self.docker.run(p.spec.ref(self.settings.registry),
+                            ["python", f"{IMAGE_FILES}/{NCCL_NET_SCRIPT}", "--require-gpu"],
+                            options=["--gpus", "all"], platform=p.oci_platform)
+        return parse_result(r.returncode, r.stdout, r.stderr)
 
     def sibling(self, p: Prepared) -> str | None:
         """An image of the same repository and vLLM version with other transformers (another major first)."""

@@ -13,6 +13,7 @@ from wheelfactory.planning.release import list_releases
 
 from .assembler import Assembler, Prepared
 from .docker import Docker
+from .ncclnet import describe as describe_nccl_net
 from .spec import DEFAULT_NAMESPACE, Settings
 
 
@@ -111,6 +112,14 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
             if rdma is not None:
                 _echo(f"  error: {ref} cannot load rdma-core's libraries as NCCL does: {rdma}")
                 failed.append(ref)
+            net = asm.check_nccl_net(p)
+            if net is not None:
+                if "skipped" in net and len(net) == 1:
+                    _echo(f"nccl over IB/RoCE of {ref}: skipped: {net['skipped']}")
+                else:
+                    _echo(f"nccl over IB/RoCE of {ref}: {describe_nccl_net(net)}")
+                    if not net.get("ok"):
+                        failed.append(ref)
             triton = asm.check_triton(p)
             if triton is not None:
                 if triton.get("ok"):
@@ -125,7 +134,7 @@ def images(factory: Factory, releases: tuple[str, ...], all_: bool, output_dir: 
             click.echo(line)
     if failed:
         raise BuildError(f"the image checks failed for {', '.join(failed)}: a shared library is missing from "
-                         "the image, NCCL's rdma-core does not load, or its Triton cannot compile for sm_121a "
-                         "(see the errors above)")
+                         "the image, NCCL's rdma-core or IB plugin does not load, or its Triton cannot compile "
+                         "for sm_121a (see the errors above)")
 
 

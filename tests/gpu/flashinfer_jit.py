@@ -10,9 +10,10 @@ Not a pytest module (it needs a GPU): run it on a GPU machine, from a prepared c
                            into the same nvidia/cu13 root and whose headers FlashInfer includes
   probe                    JIT-build FlashInfer's norm module only, in a scratch workspace; exit
                            0 when it builds, 1 with the compiler's or linker's complaint
-  check [--json PATH]      JIT-build and run RMSNorm (fp16, bf16) and single-request decode
-                           attention (fp16, MHA and GQA, head_dim 64 and 128) against PyTorch
-                           references; exit 1 when any check fails
+  check [--json PATH]      JIT-build and run RMSNorm (fp16, bf16), single-request decode
+                           attention (fp16, MHA and GQA, head_dim 64 and 128) and single-request
+                           causal prefill (fp16, MHA and GQA) against PyTorch references; exit 1
+                           when any check fails
 
 `probe` and `check` refuse to run unless CUDA_HOME is set and nothing else in the environment
 points at another CUDA toolkit: PATH, LD_LIBRARY_PATH, LIBRARY_PATH and the include paths are
@@ -258,6 +259,23 @@ def decode_ref(q, k, v):
     return torch.einsum("hl,lhd->hd", torch.softmax(scores, dim=-1), vf).to(q.dtype)
 
 
+def prefill_ref(q, k, v):
+    """Causal attention in fp32; q [Lq, H, D], k/v [Lkv, Hkv, D] (NHD). FlashInfer aligns the causal mask
+    bottom-right: query i (of Lq) sees keys j <= i + Lkv - Lq, the last query every key."""
+    import torch
+
+    qo_len, heads, dim = q.shape
+    kv_len = k.shape[0]
+    group = heads // k.shape[1]
+    kf = k.float().repeat_interleave(group, dim=1)
+    vf = v.float().repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q.float(), kf) / dim ** 0.5
+    i = torch.arange(qo_len, device=q.device)[:, None]
+    j = torch.arange(kv_len, device=q.device)[None, :]
+    scores = scores.masked_fill(j > i + kv_len - qo_len, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", torch.softmax(scores, dim=-1), vf).to(q.dtype)
+
+
 def cmd_check(args) -> int:
     home = clean_environment()
     work = Path(args.workspace or tempfile.mkdtemp(prefix="fi-jit-"))
@@ -335,6 +353,19 @@ def cmd_check(args) -> int:
 
         check("decode", f"fp16 q[{heads},{dim}] kv[{kv_len},{kv_heads},{dim}] group {heads // kv_heads}", call,
               lambda q=q, k=k, v=v: decode_ref(q, k, v), tol)
+
+    print("== prefill: flashinfer.prefill.single_prefill_with_kv_cache (causal) vs fp32 PyTorch attention ==")
+    for qo_len, kv_len, heads, kv_heads, dim in ((128, 128, 32, 32, 128), (77, 1000, 32, 8, 128),
+                                                 (512, 2048, 16, 4, 128), (200, 200, 16, 16, 64)):
+        q = torch.randn(qo_len, heads, dim, dtype=torch.float16, device=dev)
+        k = torch.randn(kv_len, kv_heads, dim, dtype=torch.float16, device=dev)
+        v = torch.randn(kv_len, kv_heads, dim, dtype=torch.float16, device=dev)
+
+        def call(q=q, k=k, v=v):
+            return flashinfer.prefill.single_prefill_with_kv_cache(q, k, v, causal=True, kv_layout="NHD")
+
+        check("prefill", f"fp16 causal q[{qo_len},{heads},{dim}] kv[{kv_len},{kv_heads},{dim}] "
+              f"group {heads // kv_heads}", call, lambda q=q, k=k, v=v: prefill_ref(q, k, v), tol)
 
     jit_dir = Path(jit_env.FLASHINFER_JIT_DIR)
     loaded = sorted({ln.split()[-1] for ln in open("/proc/self/maps") if re.search(r"/libcud(a|art)\.so", ln)})

@@ -43,6 +43,7 @@ from ..run.runner import Runner
 from ..store.wheelhouse import Wheelhouse, atomic_write_text, check_wheel_name
 from ..store.wheelmeta import read_wheel, sha256_file
 from ..toolchain.installer import require_uv
+from .nccl_floor import check_nccl_floor
 from .one_cuda import refuse_mixed, toolkit_constraints
 from .one_version import family_constraints, refuse_skew
 
@@ -235,7 +236,8 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
 
     `cuda_wheels` (cuda_wheels.toml's table) constrains every CUDA wheel to the release's CUDA and
     refuses a resolution that mixes toolkit versions (one_cuda.py); FlashInfer's packages are held at
-    one version and a resolution where they differ is refused (one_version.py)."""
+    one version and a resolution where they differ is refused (one_version.py); an NCCL older than
+    the one the locked torch was built against is refused, naming the symbols it lacks (nccl_floor.py)."""
     wheels = component_wheels(plan, wheelhouse)
     infos = {w: read_wheel(w) for files in wheels.values() for w in files}
     dists = {w: info.dist for w, info in infos.items()}
@@ -280,6 +282,8 @@ def lock_release(plan: Plan, wheelhouse: Wheelhouse, runner: Runner, python: str
                                       owned.get(path), entry.get("origin", "pypi")))
     refuse_mixed(plan.release.name, ((p.name, p.version) for p in packages), cuda_wheels or {}, plan.target.cuda)
     refuse_skew(plan.release.name, ((p.name, p.version) for p in packages))
+    # an NCCL older than the locked torch's own passes every later step and fails at `import torch`
+    check_nccl_floor(plan.release.name, ((p.name, p.version, p.filename) for p in packages), root)
     locked_files = {p.filename for p in packages}
     for comp, files in wheels.items():
         for f in files:
