@@ -240,8 +240,25 @@ def scp_host(url: str) -> str | None:
     return head.rpartition("@")[2] if colon and "/" not in head and head else None
 
 
+class _Archive:
+    """What the two archive kinds (url, pypi) share: no repository, no checkout, not used in place,
+    and an unpacked tree named by the archive's sha256."""
+
+    def local_repository(self) -> Path | None:
+        return None
+
+    def checkout(self) -> tuple[str, str] | None:
+        return None
+
+    def in_place(self) -> Path | None:
+        return None
+
+    def tree_in(self, trees: Path, content: str) -> Path:
+        return trees / f"sha256-{content}"
+
+
 @dataclass(frozen=True)
-class UrlSource:
+class UrlSource(_Archive):
     """A source archive (tar or zip) at a URL, verified against its sha256 before use.
 
     Release files must give the sha256. A recipe may leave it out only for archives whose
@@ -281,18 +298,6 @@ class UrlSource:
     def origin(self, index_url: str) -> str:
         return self.url
 
-    def local_repository(self) -> Path | None:
-        return None
-
-    def checkout(self) -> tuple[str, str] | None:
-        return None
-
-    def in_place(self) -> Path | None:
-        return None
-
-    def tree_in(self, trees: Path, content: str) -> Path:
-        return trees / f"sha256-{content}"
-
     def ask(self, cache: FetchServices, runner: Runner) -> Asked:
         sha = sha256_file(cache.download(self.url, None, self.allow_insecure))
         return Asked({"sha256": sha}, sha, self.url)
@@ -306,7 +311,7 @@ class UrlSource:
 
 
 @dataclass(frozen=True)
-class PypiSource:
+class PypiSource(_Archive):
     """An sdist from the package index, verified against the index's published sha256."""
 
     name: str
@@ -347,18 +352,6 @@ class PypiSource:
 
     def origin(self, index_url: str) -> str:
         return index_url
-
-    def local_repository(self) -> Path | None:
-        return None
-
-    def checkout(self) -> tuple[str, str] | None:
-        return None
-
-    def in_place(self) -> Path | None:
-        return None
-
-    def tree_in(self, trees: Path, content: str) -> Path:
-        return trees / f"sha256-{content}"
 
     def ask(self, cache: FetchServices, runner: Runner) -> Asked:
         found = self.index_file(cache.index_url)
