@@ -168,6 +168,44 @@ def test_gc_takes_only_superseded_attic_entries_and_never_a_published_wheel(lab,
     assert verify_wheelhouse(wh) == []
 
 
+def test_gc_takes_a_superseded_attic_link_even_dangling_and_never_its_target(lab, tmp_path):
+    """A wheel that was a symbolic link goes to attic/ as the link: gc judges it by its name like a
+    file (it was skipped, so a dangling one stayed for ever), sizes it as the link, and removes the
+    link only, never what it points at."""
+    wh = lab.wheelhouse
+    with wh.lock():
+        wh.publish([make_wheel(tmp_path / "new", "demo", "1.0", b"new")], {"component": "demo", "key": "k2"})
+    attic = wh.root / "attic"
+    attic.mkdir(exist_ok=True)
+    target = make_wheel(tmp_path / "elsewhere", "demo", "1.0", b"old")
+    kept = target.read_bytes()
+    (attic / "20250101T000000-demo-1.0-py3-none-any.whl").symlink_to(target)
+    (attic / "20250102T000000-demo-1.0-py3-none-any.whl").symlink_to(tmp_path / "gone.whl")  # dangling
+    store = CacheStore(lab.cache_dir, wh)
+    assert dict((p.name, s) for p, s in store.attic_entries()) == {
+        "20250101T000000-demo-1.0-py3-none-any.whl": True, "20250102T000000-demo-1.0-py3-none-any.whl": True}
+    plan = store.plan_gc(None)
+    sizes = {i.path.name: i.size for i in plan.remove if i.kind == "attic"}
+    assert sizes == {"20250101T000000-demo-1.0-py3-none-any.whl": len(str(target)),
+                     "20250102T000000-demo-1.0-py3-none-any.whl": len(str(tmp_path / "gone.whl"))}
+    store.run_gc(plan, echo=lambda m: None)
+    assert list(attic.iterdir()) == []
+    assert target.read_bytes() == kept
+
+
+def test_cache_list_sizes_attic_links_as_links(lab, tmp_path):
+    attic = lab.wheelhouse.root / "attic"
+    attic.mkdir(parents=True, exist_ok=True)
+    big = tmp_path / "big.whl"
+    big.write_bytes(b"x" * 5_000_000)
+    (attic / "20250101T000000-demo-1.0-py3-none-any.whl").symlink_to(big)
+    (attic / "20250102T000000-demo-1.0-py3-none-any.whl").symlink_to(tmp_path / "gone.whl")
+    res = _cli(lab, "cache", "list")
+    assert res.exit_code == 0, res.output
+    line = next(s for s in res.output.splitlines() if s.startswith("wheelhouse attic"))
+    assert f": 2 wheel(s), {len(str(big)) + len(str(tmp_path / 'gone.whl'))} B;" in line
+
+
 def test_attic_is_left_alone_while_the_wheelhouse_is_locked(lab, tmp_path):
     wh = lab.wheelhouse
     with wh.lock():

@@ -41,6 +41,18 @@ def test_a_cache_dir_that_is_a_file_is_bad_input(tmp_path):
             assert r.stderr == f"error: --cache-dir {tmp_path / 'file'} is a file, not a directory; pass a directory\n"
 
 
+def test_a_recipes_dir_that_is_a_file_is_named_as_a_file_not_as_missing(tmp_path):
+    (tmp_path / "file").write_text("")
+    option = ["--recipes-dir", str(tmp_path / "file")]
+    for args in ([*option, "plan"], ["plan", *option]):
+        r = invoke("--cache-dir", str(tmp_path / "c"), *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr == (f"error: recipes directory {str(tmp_path / 'file')!r} is a file, not a directory "
+                            "(set --recipes-dir to a directory of recipe modules)\n")
+    r = invoke("--cache-dir", str(tmp_path / "c"), "--recipes-dir", str(tmp_path / "absent"), "plan")
+    assert r.returncode == 2 and "does not exist (set --recipes-dir)" in r.stderr
+
+
 @pytest.mark.parametrize("command", [["cache", "list"], ["cache", "gc", "--dry-run", "--keep-sources"]])
 def test_cache_commands_on_a_wheelhouse_that_is_a_file_are_bad_input(tmp_path, command):
     (tmp_path / "file").write_text("")

@@ -40,7 +40,7 @@ def cache_list(factory: Factory) -> None:
     if attic:
         gone = [p for p, superseded in attic if superseded]
         click.echo(f"wheelhouse attic {factory.wheelhouse.root / 'attic'}: {len(attic)} wheel(s), "
-                   f"{fmt_bytes(sum(p.stat().st_size for p, _ in attic))}; {len(gone)} superseded "
+                   f"{fmt_bytes(sum(p.lstat().st_size for p, _ in attic))}; {len(gone)} superseded "
                    f"({fmt_bytes(sum(p.stat().st_size for p in gone))})")
 
 

@@ -169,7 +169,9 @@ class CacheStore:
                            frozenset(entry.get("tags", []))))
         out = []
         for p in sorted(attic.iterdir()):
-            if not p.is_file():
+            # a wheel that was a symbolic link goes to attic/ as the link (wheelhouse.py): it is
+            # judged by its name like a file, even when its target is gone
+            if not (p.is_file() or p.is_symlink()):
                 continue
             m = _STAMPED.match(p.name)
             try:
@@ -211,7 +213,7 @@ class CacheStore:
             attic = []
         for path, superseded in attic:
             if superseded:
-                plan.remove.append(Item("attic", path, path.stat().st_size,
+                plan.remove.append(Item("attic", path, path.lstat().st_size,
                                         "superseded: the manifest holds a newer build of it"))
         # A build-requirements download killed before it moved its files (pydeps.py); an hour
         # old, so not one in progress.

@@ -376,6 +376,9 @@ def load_recipes(*recipes_dirs: Path) -> dict[str, LoadedRecipe]:
     hides the same name in a later one: the user's --recipes-dir over the shipped recipes."""
     files: dict[str, Path] = {}
     for recipes_dir in recipes_dirs:
+        if recipes_dir.exists() and not recipes_dir.is_dir():
+            raise InputError(f"recipes directory {str(recipes_dir)!r} is a file, not a directory (set --recipes-dir "
+                             "to a directory of recipe modules)")
         if not recipes_dir.is_dir():
             raise InputError(f"recipes directory {str(recipes_dir)!r} does not exist (set --recipes-dir)")
         for p in sorted(recipes_dir.glob("*.py")):
