@@ -49,7 +49,7 @@ def build(ctx):
     ctx.run(["sh", "-c", "echo build sees ${var}; echo parent has ${{{parent}:-nothing}}; sleep {sleep}; "
                          "while [ -e {hold} ]; do sleep 0.05; done"])
     tree = ctx.work / "t"
-    (tree / {name!r}).mkdir(parents=True)
+    (tree / {name!r}).mkdir(parents=True, exist_ok=True)  # a resumed step runs build again in place
     (tree / {name!r} / "__init__.py").write_text("")
     seed = ctx.env.get("ROUND", "0") + {name!r}
     (tree / {name!r} / "payload.bin").write_bytes(random.Random(seed).randbytes({payload}))
