@@ -16,7 +16,7 @@ from tests.test_executor import HOST
 from tests.test_wheelhouse import make_wheel
 from wheelfactory.cli.app import cli
 from wheelfactory.core.interrupt import file_lock
-from wheelfactory.pipeline.cachestore import CacheStore, busy, sources_in_use
+from wheelfactory.pipeline.cachestore import CacheStore, busy
 from wheelfactory.pipeline.factory import Factory
 from wheelfactory.store.verify import verify_wheelhouse
 
@@ -79,7 +79,7 @@ def work_tree(cache: Path, name: str, size: int = 5000) -> tuple[Path, Path]:
 
 
 def test_sources_in_use_are_the_planned_commits_and_hashes_on_any_index(lab):
-    keep, planned = sources_in_use(lab, ["r"])
+    keep, planned = lab.sources_in_use(["r"])
     assert planned == ["r"]
     assert keep == {USED_COMMIT, URL_SHA, PYPI_SHA}
 
@@ -123,7 +123,7 @@ def test_a_build_that_starts_between_plan_and_removal_keeps_its_tree(lab):
 
 def test_gc_removes_sources_no_release_uses(lab):
     store = CacheStore(lab.cache_dir, lab.wheelhouse)
-    keep, _ = sources_in_use(lab, ["r"])
+    keep, _ = lab.sources_in_use(["r"])
     plan = store.plan_gc(keep)
     trees = lab.cache_dir / "sources" / "trees"
     archives = lab.cache_dir / "sources" / "archives"

@@ -59,7 +59,7 @@ def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_so
     """Remove work trees, staged copies, superseded attic entries and the sources that neither a known
     release nor a wheel of the wheelhouse uses. What a running build holds is skipped with a message;
     published wheels are never touched."""
-    from ..pipeline.cachestore import CacheStore, built_from, fmt_bytes, kept_by, sources_in_use
+    from ..pipeline.cachestore import CacheStore, built_from, fmt_bytes, kept_by
 
     factory.wheelhouse.check_root()  # a --wheelhouse that is a file: bad input, before anything goes
     for name in releases:
@@ -69,7 +69,7 @@ def cache_gc(factory: Factory, dry_run: bool, releases: tuple[str, ...], keep_so
     if not keep_sources:
         names = list(dict.fromkeys([*list_releases(factory.recipes_dirs), *releases]))
         try:
-            keep, planned = sources_in_use(factory, names)
+            keep, planned = factory.sources_in_use(names)
             from_wheels |= built_from(factory.wheelhouse.manifest())
             keep |= from_wheels
             say(f"sources kept: those of {len(planned)} release(s) ({', '.join(planned)}) and the "

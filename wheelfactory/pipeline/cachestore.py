@@ -36,10 +36,10 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
@@ -47,11 +47,7 @@ from packaging.version import InvalidVersion, Version
 from ..core.cachelayout import CacheLayout
 from ..core.errors import InputError, LockedError
 from ..core.interrupt import pid_alive, try_lock
-from ..sources.kinds import Source
 from ..store.wheelhouse import Wheelhouse
-
-if TYPE_CHECKING:
-    from .factory import Factory
 
 # attic/<time>-<name> (or <time>.<n>-<name> within one second): a second copy of one name
 _STAMPED = re.compile(r"^\d{8}T\d{6}(\.\d+)?-(?P<name>.+\.whl)$")
@@ -307,27 +303,7 @@ def _remove(path: Path) -> bool:
     return True
 
 
-# -- which sources the releases use ----------------------------------------------------------------
-
-def source_contents(factory: Factory, source: Source) -> set[str]:
-    """The commits and sha256s a source stands for in this cache: pinned in the release, or
-    recorded by fetch (an sdist on any index: the same release fetched through a mirror)."""
-    return source.known_contents(factory.sources.records)  # a local directory: none, it is used in place
-
-
-def sources_in_use(factory: Factory, releases: Iterable[str]) -> tuple[set[str], list[str]]:
-    """(commits and sha256s of every source and extra source the releases plan, the releases
-    planned). InputError/BuildError of a release that cannot be planned propagate."""
-    keep: set[str] = set()
-    planned = []
-    for name in releases:
-        plan = factory.plan(factory.release(name))
-        planned.append(plan.release.name)
-        for step in plan.steps:
-            for source in ([step.source] if step.source else []) + list(step.extra_sources.values()):
-                keep |= source_contents(factory, source)
-    return keep, planned
-
+# -- which sources a wheelhouse was built from ----------------------------------------------------
 
 def _contents(identity: object) -> set[str]:
     """The commit or sha256 a key input's source identity names (a local tree's digest is not cached)."""

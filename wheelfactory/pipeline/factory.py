@@ -210,6 +210,22 @@ class Factory:
             raise BuildError("\n".join(moved))
         return changed
 
+    def sources_in_use(self, releases: Sequence[str]) -> tuple[set[str], list[str]]:
+        """(the commits and sha256s of every source and extra source the releases plan, the releases
+        planned): what `cache gc` keeps. A source stands for what its release pins or what fetch
+        recorded for it (an sdist on any index: the same release fetched through a mirror); a local
+        directory for nothing (it is used in place). InputError/BuildError of a release that cannot
+        be planned propagate."""
+        keep: set[str] = set()
+        planned = []
+        for name in releases:
+            plan = self.plan(self.release(name))
+            planned.append(plan.release.name)
+            for step in plan.steps:
+                for source in ([step.source] if step.source else []) + list(step.extra_sources.values()):
+                    keep |= source.known_contents(self.sources.records)
+        return keep, planned
+
     def toolkit(self, release: Release) -> WheelToolkit | None:
         """The CUDA toolkit from wheels that builds of the release use, or None for the host's
         (--system-cuda, or the release's [target] system_cuda = true)."""
