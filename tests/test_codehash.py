@@ -357,3 +357,88 @@ def test_a_recipe_declaration_is_data_not_code():
     assert code_digest(estimate) != code_digest(base)  # only as declared data
     behaviour = base.replace("ctx.build_wheel()", "ctx.build_wheel(extra_args=['-v'])")
     assert code_digest(behaviour, data_names=("RECIPE",)) != code_digest(base, data_names=("RECIPE",))
+
+
+# -- a recipe's data files: their data, not their layout -----------------------------------------
+
+DATA = '''\
+# pins per version
+[versions."1.0"]
+commit = "abc"   # the tag's commit
+deps = ["a", "b"]
+
+[versions."2.0"]
+commit = "def"
+when = 2026-12-05
+'''
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: "# a new header comment\n\n" + t + "\n# trailing\n",
+    lambda t: t.replace("# the tag's commit", "# reworded"),
+    lambda t: t.replace('deps = ["a", "b"]', 'deps = [\n  "a",\n  "b",\n]'),
+    lambda t: t.split("\n\n")[1] + "\n\n" + t.split("\n\n")[0] + "\n",  # the two tables swapped
+])
+def test_layout_and_comments_of_a_toml_data_file_do_not_count(tmp_path, edit):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(DATA)
+    b.write_text(edit(DATA))
+    assert a.read_text() != b.read_text()
+    assert codehash.data_digest(a) == codehash.data_digest(b)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace('"abc"', '"abd"'),
+    lambda t: t.replace('["a", "b"]', '["b", "a"]'),  # a list's order is data
+    lambda t: t.replace("2026-12-05", "2026-12-06"),
+    lambda t: t.replace('commit = "def"', 'commit = "def"\nextra = 1'),
+])
+def test_a_value_edit_in_a_toml_data_file_counts(tmp_path, edit):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(DATA)
+    b.write_text(edit(DATA))
+    assert codehash.data_digest(a) != codehash.data_digest(b)
+
+
+def test_other_data_files_and_unparsable_toml_count_as_bytes(tmp_path):
+    import hashlib
+    for name, text in (("list.txt", "a\n# b\n"), ("broken.toml", "[x\n# c\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        assert codehash.data_digest(path) == hashlib.sha256(text.encode()).hexdigest()
+        path.write_text(text + "# more\n")
+        assert codehash.data_digest(path) == hashlib.sha256((text + "# more\n").encode()).hexdigest()
+
+
+def _declared_data_files() -> list[Path]:
+    from wheelfactory.planning.recipe import load_recipes
+    names = {n for loaded in load_recipes(RECIPES).values() for n in loaded.recipe.data_files}
+    return sorted(RECIPES / "data" / n for n in names)
+
+
+def test_comments_in_the_real_data_files_change_no_key(tmp_path, monkeypatch, real_keys):
+    moved = tmp_path / "recipes"
+    shutil.copytree(RECIPES, moved)
+    declared = _declared_data_files()
+    assert {p.name for p in declared} >= {"cuda_wheels.toml", "vllm.toml", "vllm_kernels.toml", "triton.toml"}
+    for path in declared:
+        copy = moved / "data" / path.name
+        text = path.read_text()
+        # a comment above every table header and at the end, every comment line reworded
+        text = re.sub(r"^(\[)", r"# a table follows\n\1", text, flags=re.MULTILINE)
+        text = re.sub(r"^#.*$", "# reworded", text, flags=re.MULTILINE) + "\n# the end\n"
+        copy.write_text(text)
+        assert copy.read_text() != path.read_text()
+    assert plan_keys(moved, tmp_path, REAL_ENGINE, monkeypatch) == real_keys
+
+
+def test_a_value_edit_in_a_real_data_file_rekeys_its_recipe(tmp_path, monkeypatch, real_keys):
+    moved = tmp_path / "recipes"
+    shutil.copytree(RECIPES, moved)
+    data = moved / "data" / "vllm_kernels.toml"
+    text = data.read_text()
+    edited = re.sub(r'^(\w+ = ")', r"\1x", text, count=1, flags=re.MULTILINE)
+    assert edited != text
+    data.write_text(edited)
+    after = plan_keys(moved, tmp_path, REAL_ENGINE, monkeypatch)
+    assert {c for c in real_keys if after[c][0] != real_keys[c][0]} == {"vllm"}

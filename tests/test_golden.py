@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import json
 import os
 
 import pytest
 
-from wheelfactory.core.codehash import code_digest, file_digest, set_digest
+from wheelfactory.core.codehash import code_digest, data_digest, file_digest, set_digest
 from wheelfactory.planning.plan import ENGINE_MODULES, engine_files, plan_release
 from wheelfactory.planning.recipe import Target, load_recipes
 from wheelfactory.planning.release import load_release
@@ -33,10 +32,6 @@ from .conftest import RECIPES, REPO
 GOLDEN = REPO / "tests" / "golden" / "key-inputs-0.15.0-t4.json"
 # Fixed, so the golden depends on neither the host nor the toolkit pins' identity.
 TARGET = Target("3.12", "13.1.0", ("12.1a",), "linux_aarch64", "wheels:13.1.0:golden")
-
-
-def file_sha256(relative: str) -> str:
-    return hashlib.sha256((REPO / relative).read_bytes()).hexdigest()
 
 
 # The engine digest recomputed from the declared modules' files, wherever they live.
@@ -57,8 +52,9 @@ def pinnable_key_inputs() -> dict:
         assert recipe["code"] == code_digest((REPO / code).read_bytes(), data_names=("RECIPE",))
         recipe["code"] = f"<canonical code digest of {code}>"
         for name, digest in recipe["data"].items():
-            assert digest == file_sha256(f"recipes/data/{name}")
-            recipe["data"][name] = f"<sha256 of recipes/data/{name}>"
+            # a TOML data file enters as its parsed data (tests/test_codehash.py shows what counts)
+            assert digest == data_digest(REPO / "recipes" / "data" / name)
+            recipe["data"][name] = f"<data digest of recipes/data/{name}>"
         assert inputs["engine"] == ENGINE_DIGEST
         inputs["engine"] = "<canonical code digest of the engine modules>"
         for dep, key in inputs["deps"].items():
@@ -93,8 +89,8 @@ def test_golden_file_is_what_it_claims():
         "triton": "3.5.1", "flashinfer": "0.6.2", "vllm": "0.15.0"}
     assert steps["vllm"]["options"] == {"kernels": True, "rust_frontend": True}  # 0.15 has no Rust: moot
     assert steps["flashinfer"]["options"] == {"cubin": False, "jit_cache": False}
-    assert steps["vllm"]["recipe"]["data"] == {"vllm.toml": "<sha256 of recipes/data/vllm.toml>",
-                                               "vllm_kernels.toml": "<sha256 of recipes/data/vllm_kernels.toml>"}
+    assert steps["vllm"]["recipe"]["data"] == {"vllm.toml": "<data digest of recipes/data/vllm.toml>",
+                                               "vllm_kernels.toml": "<data digest of recipes/data/vllm_kernels.toml>"}
     assert steps["vllm"]["deps"] == {d: f"<key of {d}>" for d in ("torch", "nccl", "triton", "flashinfer")}
     assert steps["nccl"]["env"]["NVCC_GENCODE"] == "-gencode=arch=compute_121,code=sm_121"
     assert all(s["target"]["toolkit"] == "wheels:13.1.0:golden" for s in steps.values())

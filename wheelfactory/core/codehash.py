@@ -42,11 +42,15 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
 # The version of the canonical form below; it is the first line of every canonical text.
 CANONICAL_FORM = "wheelfactory-canonical-code/1"
+# The same for a recipe's TOML data files (data_digest).
+DATA_FORM = "wheelfactory-canonical-toml/1"
 
 # Imports from this package count by the name they bind, wherever the module lives.
 PACKAGE = "wheelfactory"
@@ -74,6 +78,23 @@ def code_digest(source: str | bytes, filename: str = "<code>", data_names: tuple
 def file_digest(path: Path) -> str:
     """The canonical code digest of a Python file (its path does not enter it)."""
     return code_digest(path.read_bytes(), str(path))
+
+
+def data_digest(path: Path) -> str:
+    """sha256 of a recipe's data file as the data it holds. A TOML file enters as its parsed tables
+    (canonical JSON: sorted keys, no layout), so a comment, a re-ordered table or a re-wrapped
+    array changes no key while a changed value does; any other file enters as its bytes. A TOML
+    file that does not parse is hashed as bytes: reading it is where the user hears of it."""
+    raw = path.read_bytes()
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(raw.decode())
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return hashlib.sha256(raw).hexdigest()
+        # dates and times (TOML has them) as their ISO text; a float stays a float
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        return hashlib.sha256((DATA_FORM + "\n" + text).encode()).hexdigest()
+    return hashlib.sha256(raw).hexdigest()
 
 
 def set_digest(digests: Iterable[str]) -> str:

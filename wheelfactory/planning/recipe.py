@@ -15,7 +15,6 @@ declared in RECIPE, so both are validated and keyed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import tomllib
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
-from ..core.codehash import code_digest
+from ..core.codehash import code_digest, data_digest
 from ..core.errors import InputError, did_you_mean
 from ..cuda.cuda_arch import CudaArch, parse_arch_list
 from ..sources.kinds import Source
@@ -178,7 +177,8 @@ class Recipe:
     version_pattern: str | None = None  # regex for versions that are not PEP 440 (NCCL's 2.29.2-1)
     options: tuple[Option, ...] = ()  # what a release may set under options = { ... }
     # Files under recipes/data/ the hooks read (through recipe_data/version_table only): their
-    # sha256 enters the key of every build of the recipe, so editing one rebuilds what it shapes.
+    # data enters the key of every build of the recipe (a TOML file as its parsed tables, so a
+    # comment costs no rebuild), and a changed value rebuilds what it shapes.
     data_files: tuple[str, ...] = ()
     # Variables of the factory's environment the build may read besides buildenv's allowlist (a
     # build system's own cache location, say). Credentials never pass; --secret-env gives those.
@@ -367,7 +367,7 @@ def load_recipe_module(path: Path) -> LoadedRecipe:
         data_file = path.with_name("data") / name
         if not data_file.is_file():
             raise InputError(f"{path}: RECIPE.data_files names {name!r}, and {data_file} does not exist")
-        data[name] = hashlib.sha256(data_file.read_bytes()).hexdigest()
+        data[name] = data_digest(data_file)
     return LoadedRecipe(recipe, module, code_digest(code, str(path), data_names=("RECIPE",)), path, data)
 
 
