@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from wheelfactory.core.codehash import data_digest
 from wheelfactory.core.errors import InputError
 from wheelfactory.pipeline.factory import Factory
 from wheelfactory.planning import plan as plan_module
@@ -202,9 +203,11 @@ def test_a_declared_data_file_must_exist(tmp_path):
 
 def test_data_file_digests_enter_the_key(factory):
     inputs = factory.plan(factory.release("0.15.0-t4"), ["vllm"]).step("vllm").key_inputs
-    expected = {n: hashlib.sha256((RECIPES / "data" / n).read_bytes()).hexdigest()
-                for n in ("vllm.toml", "vllm_kernels.toml")}
+    expected = {n: data_digest(RECIPES / "data" / n) for n in ("vllm.toml", "vllm_kernels.toml")}
     assert inputs["recipe"]["data"] == expected
+    # their data, not their bytes (both files carry comments)
+    raw = {n: hashlib.sha256((RECIPES / "data" / n).read_bytes()).hexdigest() for n in expected}
+    assert all(expected[n] != raw[n] for n in expected)
 
 
 def test_editing_a_data_file_rekeys_exactly_its_recipe(tmp_path):
@@ -213,8 +216,11 @@ def test_editing_a_data_file_rekeys_exactly_its_recipe(tmp_path):
     before = Factory(copy, tmp_path / "wh", tmp_path / "c1", host_probe=lambda: SPARK)
     keys_before = {s.component: s.key for s in before.plan(before.release("0.15.0-t4")).steps}
     kernels = copy / "data" / "vllm_kernels.toml"
-    kernels.write_text(kernels.read_text() + "\n# a policy edit\n")
-    after = Factory(copy, tmp_path / "wh", tmp_path / "c2", host_probe=lambda: SPARK)
+    kernels.write_text(kernels.read_text() + "\n# a comment: no rebuild\n")
+    commented = Factory(copy, tmp_path / "wh", tmp_path / "c2", host_probe=lambda: SPARK)
+    assert {s.component: s.key for s in commented.plan(commented.release("0.15.0-t4")).steps} == keys_before
+    kernels.write_text(kernels.read_text() + "\n[a_policy_edit]\nallow = true\n")
+    after = Factory(copy, tmp_path / "wh", tmp_path / "c3", host_probe=lambda: SPARK)
     keys_after = {s.component: s.key for s in after.plan(after.release("0.15.0-t4")).steps}
     assert {c for c in keys_before if keys_before[c] != keys_after[c]} == {"vllm"}
 
