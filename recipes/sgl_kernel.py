@@ -20,7 +20,8 @@ What its build does, and the traps closed here:
   out of the shared cache first (`writable` in the data file);
 - dlpack's CMakeLists asks for a CMake older than 3.5, which CMake 4 refuses without
   CMAKE_POLICY_VERSION_MINIMUM (sgl-kernel's own Makefile sets it too);
-- mscclpp's CMake requires libnuma's headers and library (Debian: libnuma-dev) on the build host;
+- mscclpp's CMake requires libnuma's headers and library (Debian: libnuma-dev) on the build host
+  (declared in host_libraries: `doctor` and `build` say so before anything is downloaded);
 - 0.4.3 compiles with -std=c++17 and torch 2.14's headers require C++20: the plan refuses a torch at
   or above the data file's `torch_below`.
 
@@ -42,6 +43,7 @@ from wheelfactory.recipe_api import (
     BuildError,
     EnvSpec,
     GitSource,
+    HostLibrary,
     InputError,
     Recipe,
     Repair,
@@ -70,6 +72,8 @@ RECIPE = Recipe(
     # A guess until a build is measured: three full common_ops variants x up to seven targets,
     # FlashAttention 3 and FlashMLA objects.
     disk_gb=40.0,
+    host_libraries=(HostLibrary("numa.h", "numa", "libnuma-dev",
+                                "mscclpp's CMakeLists.txt: find_package(NUMA REQUIRED), cmake/FindNUMA.cmake"),),
     repair=Repair(mode="retag", strip=True),
     smoke=("import sgl_kernel; print('sgl_kernel', sgl_kernel.__version__)",),
     data_files=("sgl_kernel.toml",),

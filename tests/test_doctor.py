@@ -20,6 +20,7 @@ from wheelfactory.host.doctor import (
     check_cuda,
     check_disk,
     check_docker,
+    check_host_libraries,
     check_memory,
     check_network,
     check_python,
@@ -234,3 +235,47 @@ def test_no_compiler_rule_for_older_vllm_or_a_build_without_kernels(factory):
     assert check_compiler(factory.plan(factory.release(str(CI_RELEASES / "ci-033.toml"))).steps, gcc12) == []
     names = [c.name for c in host_checks(factory.plan(factory.release("0.33.0-t5")), SPARK, Path("/c"), None, gcc12)]
     assert "cxx" in names
+
+
+# -- C libraries a build links from the host (Recipe.host_libraries) ------------------------------
+
+def sgl_kernel_steps(factory, **kw):
+    return factory.plan(factory.release(str(CI_RELEASES / "sgl-kernel-121a.toml")), **kw).steps
+
+
+def library_probe(header_ok: bool, library: str | None, cxx: str = "c++") -> Probe:
+    """A fake compiler: `-E -include numa.h` succeeds or not; `-print-file-name=libnuma.so` prints
+    the library's path, or the bare name back as GCC does when it finds none."""
+    def run(argv):
+        if argv[0] != cxx:
+            return 127, f"{argv[0]}: not found"
+        if "-include" in argv:
+            return (0, "") if header_ok else (1, f"<command-line>: fatal error: {argv[-2]}: No such file")
+        if argv[-1].startswith("-print-file-name="):
+            return 0, (library or argv[-1].partition("=")[2]) + "\n"
+        return 1, "unexpected"
+    return Probe(run=run, which=lambda name: None)
+
+
+def test_sgl_kernel_needs_libnuma_from_the_host_and_says_which_package(factory):
+    steps = sgl_kernel_steps(factory)
+    [missing] = check_host_libraries(steps, library_probe(False, None))
+    assert missing.level == FAIL
+    assert missing.message.startswith("sgl_kernel 0.4.3 links numa from this host (mscclpp's CMakeLists.txt: ")
+    assert missing.message.endswith("`c++` finds no numa.h and no libnuma.so: install libnuma-dev "
+                                    "(apt install libnuma-dev)")
+    [no_lib] = check_host_libraries(steps, library_probe(True, None))
+    assert no_lib.level == FAIL and "finds no libnuma.so: install libnuma-dev" in no_lib.message
+    [ok] = check_host_libraries(steps, library_probe(True, "/usr/lib/aarch64-linux-gnu/libnuma.so"))
+    assert (ok.level, ok.message) == (OK, "numa.h and /usr/lib/aarch64-linux-gnu/libnuma.so for sgl_kernel 0.4.3")
+
+
+def test_the_host_library_check_uses_the_steps_compiler_and_is_part_of_the_host_check(factory):
+    steps = sgl_kernel_steps(factory, env=["sgl_kernel:CXX=g++-13"])
+    [c] = check_host_libraries(steps, library_probe(True, "/usr/lib/x86_64-linux-gnu/libnuma.so", cxx="g++-13"))
+    assert c.level == OK
+    plan = factory.plan(factory.release(str(CI_RELEASES / "sgl-kernel-121a.toml")))
+    names = [c.name for c in host_checks(plan, SPARK, Path("/c"), None, library_probe(False, None))]
+    assert names.count("host-libs") == 1
+    # components that declare none are not asked about
+    assert check_host_libraries(factory.plan(factory.release("0.33.0-t5")).steps, library_probe(False, None)) == []

@@ -14,7 +14,18 @@ from .core.errors import BuildError, InputError
 from .cuda import devicecode
 from .cuda.cuda_arch import CudaArch, devices_of, gencode_flags, parse_arch_list, torch_arch_list
 from .planning.context import BuildContext, FetchContext
-from .planning.recipe import EnvSpec, GccNeed, Option, Recipe, RecipeHooks, Repair, Target, recipe_data, version_table
+from .planning.recipe import (
+    EnvSpec,
+    GccNeed,
+    HostLibrary,
+    Option,
+    Recipe,
+    RecipeHooks,
+    Repair,
+    Target,
+    recipe_data,
+    version_table,
+)
 from .sources import cargo
 from .sources.kinds import GitSource, LocalSource, PypiSource, Source, UrlSource
 from .store.wheelmeta import require_pin
@@ -22,7 +33,8 @@ from .store.wheelpack import pack_tree, repack, unpack
 
 __all__ = [
     # the declaration
-    "Recipe", "Option", "Repair", "GccNeed", "GitSource", "UrlSource", "PypiSource", "LocalSource", "Source",
+    "Recipe", "Option", "Repair", "GccNeed", "HostLibrary",
+    "GitSource", "UrlSource", "PypiSource", "LocalSource", "Source",
     # the hooks and what they receive
     "RecipeHooks", "EnvSpec", "Target", "BuildContext", "FetchContext",
     # declared data files

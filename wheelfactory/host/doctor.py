@@ -245,6 +245,32 @@ def check_compiler(steps: Sequence[Step], probe: Probe) -> list[Check]:
     return checks
 
 
+def check_host_libraries(steps: Sequence[Step], probe: Probe) -> list[Check]:
+    """The C libraries a native build links from this host (Recipe.host_libraries): the step's C++
+    compiler preprocesses the header and its linker finds lib<name>.so. Cross and emulated steps
+    take the target's libraries from elsewhere and are not checked here."""
+    checks = []
+    for step in steps:
+        if not step.host_libraries or step.mode not in (None, "native"):
+            continue
+        cxx = step.env.get("CXX", "c++")
+        label = f"{step.component} {step.version}"
+        for lib in step.host_libraries:
+            so = f"lib{lib.library}.so"
+            header_code, _ = probe.run([cxx, "-E", "-x", "c++", "-include", lib.header, "/dev/null"])
+            code, out = probe.run([cxx, f"-print-file-name={so}"])
+            # the driver prints the bare name back when no directory of its search path holds it
+            found = out.strip().splitlines()[-1] if code == 0 and out.strip() else ""
+            missing = ([lib.header] if header_code != 0 else []) + ([so] if not found.startswith("/") else [])
+            if missing:
+                checks.append(Check("host-libs", FAIL, f"{label} links {lib.library} from this host ({lib.why}) and "
+                                                       f"`{cxx}` finds no {' and no '.join(missing)}: install "
+                                                       f"{lib.package} (apt install {lib.package})"))
+            else:
+                checks.append(Check("host-libs", OK, f"{lib.header} and {found} for {label}"))
+    return checks
+
+
 def rust_steps(steps: Sequence[Step]) -> list[Step]:
     """The steps that run cargo: their recipe gives the build a CARGO_HOME of its own (cargo.py's
     vendored crates; vLLM's Rust frontend from 0.33 on)."""
@@ -412,6 +438,7 @@ def host_checks(plan: Plan, host: Host, cache_dir: Path, python: str | None, pro
                check_memory(host, building), check_ccache(cache_dir, probe), check_cuda(plan, host, probe)]
     compiling = [s for s in work if s.action == BUILD]
     checks += check_rust(compiling, probe) + check_compiler(compiling, probe)
+    checks += check_host_libraries(compiling, probe)
     checks += check_cross(compiling, plan.target.machine, probe)
     if building and (arch := check_arch(plan.target.archs, nvcc, probe)) is not None:
         checks.append(arch)

@@ -30,7 +30,7 @@ from ..sources.patches import Patch, declared_patches
 from ..toolchain.crossbuild import CROSS, EMULATED, key_input, step_mode
 from ..toolchain.pydeps import DEFAULT_INDEX, index_identity
 from .adopt import check_adopt_spec
-from .recipe import EnvSpec, GccNeed, LoadedRecipe, Target
+from .recipe import EnvSpec, GccNeed, HostLibrary, LoadedRecipe, Target
 from .release import Release
 
 BUILD, CACHED, ADOPT = "build", "cached", "adopt"
@@ -95,6 +95,7 @@ class Step:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     disk_gb: float = 5.0  # the recipe's estimate of the work tree's peak, for the host check (not keyed)
     gcc_need: GccNeed | None = None  # the oldest GCC the build accepts, for the host check (not keyed)
+    host_libraries: tuple[HostLibrary, ...] = ()  # C libraries it links from the host (host check; not keyed)
     # How the step runs (crossbuild.py): native, cross or emulated; None for an adopted wheel.
     mode: str | None = None
     # The release's archs this version's device code was never checked for on its real configure
@@ -369,7 +370,8 @@ def plan_release(
                           unchecked_archs=(unchecked_archs(name, spec.version, spec.options, target.cuda_arch_list)
                                            if action == BUILD else ()),
                           disk_gb=recipe.disk_estimate(spec.options),
-                          gcc_need=recipe.gcc_need(spec.version, spec.options)))
+                          gcc_need=recipe.gcc_need(spec.version, spec.options),
+                          host_libraries=recipe.host_libraries))
     return Plan(release, target, tuple(steps), dict(release.pins), release.override_table(), build_host)
 
 

@@ -158,6 +158,19 @@ class GccNeed:
 
 
 @dataclass(frozen=True)
+class HostLibrary:
+    """A C library a build takes from the build host, not from a wheel (mscclpp's libnuma, say):
+    its header and its library must be where the host's C++ compiler finds them. Checked by
+    `doctor` and before a build, so a missing one is named before the download and the venv,
+    not by a CMake error an hour in."""
+
+    header: str  # what the build includes, e.g. "numa.h"
+    library: str  # the linker's name, e.g. "numa" for -lnuma (libnuma.so)
+    package: str  # the Debian/Ubuntu (DGX OS) package that installs both, e.g. "libnuma-dev"
+    why: str  # what in the build needs it, with the upstream file
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything the planner needs to know about a component, as data."""
 
@@ -192,6 +205,8 @@ class Recipe:
     disk_gb_if: tuple[tuple[str, Any, float], ...] = field(default=(), metadata=NOT_KEYED)
     # The compilers the build accepts, by version (a build that compiles with an older GCC stops).
     gcc_needs: tuple[GccNeed, ...] = field(default=(), metadata=NOT_KEYED)
+    # C libraries the build links from the host (headers and library on the compiler's paths).
+    host_libraries: tuple[HostLibrary, ...] = field(default=(), metadata=NOT_KEYED)
 
     def option_defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
