@@ -39,6 +39,29 @@ def test_classify_each_verdict_on_its_nccl_wording() -> None:
     assert check.classify("NCCL INFO NET/Socket : Using [0]eth0:10.0.0.2<0>\n")["verdict"] == "no-ib-log"
 
 
+# NCCL 2.30.7-1 (the 0.33.0 release's) on a host without rdma-core, and with only libibverbs1's
+# soname (no -dev symlink), as src/misc/ibvsymbols.cc and src/transport/net_ib/init.cc of that tag
+# print them; 2.29.2-1 printed one line for both names.
+NCCL_230_NO_RDMA = ("h:1:1 [0] NCCL INFO NCCL version 2.30.7+cuda13.1\n"
+                    "h:1:1 [0] NCCL INFO Count not open libibverbs.so\n"
+                    "h:1:1 [0] NCCL INFO Count not open libibverbs.so.1\n"
+                    "h:1:1 [0] NCCL INFO NET/Socket : Using [0]eth0:10.0.0.2<0>\n")
+NCCL_230_RDMA_NO_HCA = ("h:1:1 [0] NCCL INFO Count not open libibverbs.so\n"
+                        "h:1:1 [0] NCCL INFO NET/IB : No device found.\n")
+
+
+def test_classify_nccl_230s_wording_per_name_of_libibverbs() -> None:
+    missing = check.classify(NCCL_230_NO_RDMA)
+    assert (missing["verdict"], missing["line"]) == ("ibverbs-missing", "h:1:1 [0] NCCL INFO Count not open "
+                                                                        "libibverbs.so.1")
+    assert missing["nccl_version"] == "2.30.7+cuda13.1"
+    assert check.classify(NCCL_230_RDMA_NO_HCA)["verdict"] == "ib-no-device"
+    # the unversioned name failing alone says nothing: runtime images have only the soname
+    assert check.classify("h:1:1 [0] NCCL INFO Count not open libibverbs.so\n")["verdict"] == "no-ib-log"
+    assert check.classify("NCCL INFO Could not open libibverbs.so.1\n")["verdict"] == "ibverbs-missing"
+    assert check.classify("NCCL INFO Count not open libibverbs.so.10\n")["verdict"] == "no-ib-log"
+
+
 def test_rdma_check_reports_a_missing_libibverbs(monkeypatch) -> None:
     def cdll(name):
         raise OSError(f"{name}: cannot open shared object file: No such file or directory")

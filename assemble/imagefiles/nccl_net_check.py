@@ -11,7 +11,8 @@ closure check and NCCL falls back to TCP sockets, saying so only in its INFO log
    its log:
      ib-device        "NET/IB : Using [0]mlx5_0:1/RoCE ..."  the IB transport is in use
      ib-no-device     "NET/IB : No device found."            rdma-core loaded, no HCA here
-     ibverbs-missing  "Failed to open libibverbs.so[.1]"      no rdma-core: sockets only
+     ibverbs-missing  "Failed to open libibverbs.so[.1]"      no rdma-core: sockets only (NCCL < 2.30;
+                      2.30 on tries each name and says "Count not open libibverbs.so.1", sic)
      no-ib-log        none of these (IB disabled, or NCCL never initialised its network)
    NCCL sets up its network transports only when a communicator is created, which needs a GPU;
    without one the NCCL part is skipped, with the reason.
@@ -34,12 +35,16 @@ import re
 import subprocess
 import sys
 
-# NCCL's own wording (src/transport/net_ib.cc, src/misc/ibvsymbols.cc), recorded from real runs in
-# tests/data/nccl/. Order matters: a log with a device also may print the others for other plugins.
+# NCCL's own wording (src/transport/net_ib.cc, net_ib/init.cc from 2.30; src/misc/ibvsymbols.cc).
+# Order matters: a log with a device may print the others too (other plugins, or the first of the
+# names NCCL tries). libibverbs is missing when the last name NCCL tries does not open: up to
+# 2.29.x one line, "Failed to open libibverbs.so[.1]"; from 2.30.3 (commit ed27dc32) one line per
+# name, "Count not open libibverbs.so" then "... libibverbs.so.1" (the typo is upstream's; a fixed
+# "Could" is accepted). "libibverbs.so" alone failing is normal: only -dev packages install it.
 VERDICTS = (
     ("ib-device", re.compile(r"NET/IB ?: Using \[", re.IGNORECASE)),  # some versions say "Net/IB"
     ("ib-no-device", re.compile(r"NET/IB ?: No device found", re.IGNORECASE)),
-    ("ibverbs-missing", re.compile(r"Failed to open libibverbs\.so")),
+    ("ibverbs-missing", re.compile(r"Failed to open libibverbs\.so|Cou(?:nt|ld) not open libibverbs\.so\.1(?!\d)")),
 )
 GOOD = {"ib-device", "ib-no-device"}
 # What each verdict means for a user, for the report.
