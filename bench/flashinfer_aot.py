@@ -11,8 +11,8 @@ full default list for 12.1a, add_comm left out, is 558 modules / 2,346 sources i
 641 / 2,558 in 0.6.2: hours on a small machine.) The build directory starts empty and each module is
 compiled by its own call, so its seconds are its own cold build; a last call with all of them compiles
 nothing and packages them. Then every .so is audited: `cuobjdump --list-elf --list-ptx` of the
-toolkit, and `python -m wheelfactory inspect --arch ARCH` on a probe wheel holding the jit_cache tree
-(inspect reads wheels only). Prints JSON with the machine, then a table.
+toolkit, and `python -m wheelfactory inspect --arch ARCH` on the jit_cache tree. Prints JSON with the
+machine, then a table.
 
 What it does not prove: that any kernel runs or is correct. No kernel is launched (no GB10 here); the
 claim is only that the .so files FlashInfer's AOT path builds hold sm_121a SASS and no PTX, which is
@@ -54,7 +54,6 @@ import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -215,27 +214,13 @@ def cuobjdump(tool: str, so: Path) -> dict:
     return {"cubins": dict(sorted(cubins.items())), "ptx": re.findall(r"\S+\.ptx", ptx)}
 
 
-def probe_wheel(out_dir: Path, work: Path, version: str) -> Path:
-    """The jit_cache tree in a wheel (the layout of flashinfer-jit-cache), for `wheelfactory inspect`."""
-    tag = version.replace("-", "_")
-    wheel = work / f"flashinfer_aot_probe-{tag}-py3-none-{platform.system().lower()}_{platform.machine()}.whl"
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
-        for so in sorted(out_dir.rglob("*.so")):
-            zf.write(so, f"flashinfer_jit_cache/jit_cache/{so.relative_to(out_dir)}")
-        info = f"flashinfer_aot_probe-{tag}.dist-info"
-        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: flashinfer-aot-probe\nVersion: {tag}\n")
-        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: py3-none-any\n")
-        zf.writestr(f"{info}/RECORD", "")
-    return wheel
-
-
-def inspect(wheel: Path, arch_list: str) -> tuple[dict[str, dict], str]:
-    """`python -m wheelfactory inspect --arch` on the probe wheel: verdict per .so, and its text form."""
+def inspect(jit_cache: Path, arch_list: str) -> tuple[dict[str, dict], str]:
+    """`python -m wheelfactory inspect --arch` on the jit_cache tree: verdict per .so, and its text form."""
     arch = ";".join(arch_list.split())
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    data = json.loads(run([sys.executable, "-m", "wheelfactory", "inspect", "--json", "--arch", arch, wheel],
+    data = json.loads(run([sys.executable, "-m", "wheelfactory", "inspect", "--json", "--arch", arch, jit_cache],
                           env=env, cwd=REPO).stdout)
-    text = run([sys.executable, "-m", "wheelfactory", "inspect", "--arch", arch, wheel], env=env, cwd=REPO)
+    text = run([sys.executable, "-m", "wheelfactory", "inspect", "--arch", arch, jit_cache], env=env, cwd=REPO)
     verdict = data["wheels"][0]["verdict"]["objects"]
     return {Path(p).name: v for p, v in verdict.items()}, text.stdout + text.stderr
 
@@ -323,8 +308,7 @@ def main() -> None:
     keys = MODULE_SETS[args.modules]
     result = compile_modules(py, env, work, root, keys)
     out_dir = work / "jit_cache"
-    wheel = probe_wheel(out_dir, work, args.flashinfer_version)
-    verdicts, inspect_text = inspect(wheel, args.arch_list)
+    verdicts, inspect_text = inspect(out_dir, args.arch_list)
     rows = []
     for m in result["modules"]:
         row = {**m}

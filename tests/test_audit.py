@@ -15,7 +15,7 @@ import pytest
 from wheelfactory.cli.app import main
 from wheelfactory.core.errors import InputError
 from wheelfactory.cuda import audit
-from wheelfactory.cuda.audit import JIT_ONLY, NATIVE, NONE, WheelAudit, audit_wheel, judge
+from wheelfactory.cuda.audit import JIT_ONLY, NATIVE, NONE, WheelAudit, audit_path, audit_wheel, judge
 
 from .conftest import fatbin_fixture, needs_nvcc
 
@@ -209,6 +209,44 @@ def test_corrupt_fatbin_in_a_wheel_names_the_member(tmp_path):
         audit_wheel(w)
 
 
+# -- shared objects and directories (a JIT cache, a build tree) ----------------------------------
+
+
+def jit_cache(tmp_path: Path) -> Path:
+    """A tree like FlashInfer's jit_cache/<module>/<module>.so, with a soname link and other files."""
+    root = tmp_path / "jit_cache"
+    for module, fixture in (("norm", "zstd_size.so"), ("decode", "arch_specific.so"), ("host", "host_only.so")):
+        (root / module).mkdir(parents=True)
+        (root / module / f"{module}.so").write_bytes(fatbin_fixture(fixture).read_bytes())
+    (root / "decode" / "build.ninja").write_text("rule nvcc\n")
+    (root / "norm" / "libnorm.so.1").symlink_to("norm.so")  # counted once: links are skipped
+    return root
+
+
+def test_a_directory_of_shared_objects_is_audited_like_a_wheel(tmp_path):
+    a = audit_path(jit_cache(tmp_path))
+    assert a.wheel == "jit_cache"
+    assert [o.path for o in a.objects] == ["decode/decode.so", "norm/norm.so"]
+    assert a.plain_objects == 1 and a.provenance is None
+    v = {o.path: o for o in judge(a, ["12.1a"]).objects}
+    assert v["norm/norm.so"].status == NATIVE and v["decode/decode.so"].foreign == ("sm_120a",)
+
+
+def test_one_shared_object_and_what_is_neither(tmp_path):
+    so = tmp_path / "norm.cpython-312-x86_64-linux-gnu.so"
+    so.write_bytes(fatbin_fixture("zstd_size.so").read_bytes())
+    [obj] = audit_path(so).objects
+    assert obj.path == so.name and "sm_121a" in obj.sizes
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no shared objects \(\*\.so, \*\.so\.N\) under this directory"):
+        audit_path(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match=r"notes.txt: not a wheel, a shared object \(\*\.so\) or a directory"):
+        audit_path(tmp_path / "notes.txt")
+    with pytest.raises(InputError, match="no such file"):
+        audit_path(tmp_path / "gone.so")
+
+
 # -- the command ----------------------------------------------------------------------------------
 
 
@@ -251,10 +289,20 @@ def test_inspect_several_wheels_and_json(tmp_path, monkeypatch, capsys):
     assert data["wheels"][1]["device_code"]["objects"]["a/x.so"]["code"]["sm_121a"] == 5320
 
 
+def test_inspect_a_jit_cache_directory_against_the_spark(tmp_path, monkeypatch, capsys):
+    root = jit_cache(tmp_path)
+    code, out, err = run_main(monkeypatch, capsys, "inspect", str(root), "--arch", "12.1a")
+    assert code == 1 and "decode/decode.so" in out and "norm/norm.so" in out
+    assert "jit_cache contradicts --arch 12.1a (1 shared object(s))" in err
+    (root / "decode" / "decode.so").unlink()
+    assert run_main(monkeypatch, capsys, "inspect", str(root), "--arch", "12.1a")[0] == 0
+
+
 def test_inspect_bad_input_exits_2(tmp_path, monkeypatch, capsys):
     (tmp_path / "x.txt").write_text("x")
     code, _, err = run_main(monkeypatch, capsys, "inspect", str(tmp_path / "x.txt"))
-    assert code == 2 and "not a wheel" in err and "Traceback" not in err
+    assert code == 2 and "x.txt: not a wheel, a shared object (*.so) or a directory of them" in err
+    assert "Traceback" not in err
     w = make_wheel(tmp_path, {"demo/a.so": "arch_specific.so"})
     code, _, err = run_main(monkeypatch, capsys, "inspect", str(w), "--arch", "sm_121a")
     assert code == 2 and "target arch list 'sm_121a': bad CUDA arch 'sm_121a'" in err

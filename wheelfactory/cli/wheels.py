@@ -16,20 +16,21 @@ from .options import (
 
 
 @click.command()
-@click.argument("wheels", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("wheels", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="WHEEL|SO|DIR...")
 @click.option("--arch", "archs", multiple=True, metavar="ARCH",
               help="Judge against this target arch list, e.g. --arch 12.1a or --arch '9.0a;12.1a' (repeatable): "
                    "exit 1 if a shared object has no native code for a target or arch-specific code for another GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print the audit (and verdict) as JSON.")
 def inspect(wheels: tuple[Path, ...], archs: tuple[str, ...], as_json: bool) -> None:
-    """Show the CUDA device code of every shared object in WHEELS (bytes per arch) and, with --arch,
-    whether each loads natively on the target GPUs. Several wheels are shown side by side."""
+    """Show the CUDA device code of every shared object in each wheel (bytes per arch) and, with
+    --arch, whether each loads natively on the target GPUs. A shared object, or a directory of them
+    (a JIT cache, a build tree), is read the same way. Several are shown side by side."""
     # Imported here: only this command reads fatbins, and the other commands start faster without.
     from ..cuda import audit as wheel_audit
 
     if archs:
         wheel_audit.target_devices(archs)  # a bad --arch is reported before any wheel is read
-    audits = [wheel_audit.audit_wheel(w) for w in wheels]
+    audits = [wheel_audit.audit_path(w) for w in wheels]
     verdicts = [wheel_audit.judge(a, archs) if archs else None for a in audits]
     if as_json:
         click.echo(json.dumps({"wheels": [

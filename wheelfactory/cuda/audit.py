@@ -21,6 +21,7 @@ The audit's JSON form (`WheelAudit.to_json`) is what the wheelhouse manifest sto
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 import zlib
@@ -172,6 +173,41 @@ def audit_wheel(path: Path) -> WheelAudit:
     except (zlib.error, EOFError, OSError, NotImplementedError) as e:
         raise InputError(f"{path}: unreadable wheel ({e})") from None
     return WheelAudit(path.name, tuple(sorted(objects, key=lambda o: o.path)), plain, provenance)
+
+
+def audit_path(path: Path) -> WheelAudit:
+    """The device code of a wheel, of one shared object, or of every shared object under a
+    directory (a JIT cache such as FlashInfer's, a build tree, an unpacked wheel); InputError for
+    anything else. Object paths are relative to the directory."""
+    path = Path(path)
+    if path.is_dir():
+        # links are skipped: libx.so -> libx.so.1 would count one object twice
+        found = sorted(p for p in path.rglob("*")
+                       if _SHARED_OBJECT_RE.search(p.name) and p.is_file() and not p.is_symlink())
+        if not found:
+            raise InputError(f"{path}: no shared objects (*.so, *.so.N) under this directory")
+        return _audit_files(path.name or str(path), [(p.relative_to(path).as_posix(), p) for p in found])
+    if path.is_file() and path.suffix != ".whl" and _SHARED_OBJECT_RE.search(path.name):
+        return _audit_files(path.name, [(path.name, path)])
+    if path.exists() and path.suffix != ".whl":
+        raise InputError(f"{path}: not a wheel, a shared object (*.so) or a directory of them")
+    return audit_wheel(path)
+
+
+def _audit_files(label: str, files: list[tuple[str, Path]]) -> WheelAudit:
+    objects: list[ObjectCode] = []
+    plain = 0
+    for name, file in files:
+        try:
+            with open(file, "rb") as f:
+                entries = fatbin.read_elf(f, os.fstat(f.fileno()).st_size, str(file))
+        except OSError as e:
+            raise InputError(f"{file}: unreadable ({e.strerror or e})") from None
+        if entries:
+            objects.append(ObjectCode.from_entries(name, entries))
+        else:
+            plain += 1
+    return WheelAudit(label, tuple(sorted(objects, key=lambda o: o.path)), plain, None)
 
 
 def _read_provenance(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
@@ -332,7 +368,7 @@ def render(audit: WheelAudit, verdict: Verdict | None = None) -> str:
     rows.append(["total", *(human_bytes(totals[a]) for a in archs), human_bytes(sum(totals.values()))]
                 + ([""] * (len(verdict.devices) + 1) if verdict else []))
     lines += ["  " + line for line in _table(rows)]
-    lines.append(f"  device code stored in the wheel's objects: {human_bytes(stored)} "
+    lines.append(f"  device code stored in the objects: {human_bytes(stored)} "
                  f"({human_bytes(sum(totals.values()))} uncompressed)")
     if verdict:
         lines += ["  " + line for line in render_verdict(verdict).splitlines()]
