@@ -9,16 +9,17 @@
 #   bash bench/gpu-nccl-ib.sh run [DIR] [OUT]   there, from the repository root: run
 #                                               assemble/imagefiles/nccl_net_check.py twice, with the
 #                                               environment's NCCL (PyTorch's nvidia-nccl-cu13) on GPU 0:
-#                                               1. as the machine is (no rdma-core expected);
+#                                               1. without rdma-core (the machine's own libibverbs,
+#                                                  if any, hidden in a private mount namespace: root);
 #                                               2. with the .debs of DIR unpacked (dpkg-deb -x) into a
 #                                                  scratch root and its lib dir on LD_LIBRARY_PATH.
 #                                               NCCL's INFO logs and the JSON verdicts go to OUT
 #                                               (default nccl-ib-out). Exit 0 when the first says
 #                                               ibverbs-missing and the second ib-no-device or ib-device.
-#   bash bench/gpu-nccl-ib.sh record OUT        here: copy OUT's two logs into tests/data/nccl/ as
-#                                               ibverbs-missing.log and ib-no-device.log (the verdict
-#                                               each must give), the machine's host name in NCCL's
-#                                               "host:pid:tid" prefix replaced by "gpu-host"
+#   bash bench/gpu-nccl-ib.sh record OUT        here: copy OUT's logs into tests/data/nccl/, each as
+#                                               <verdict>.log (ibverbs-missing, ib-no-device), the
+#                                               machine's host name in NCCL's "host:pid:tid" prefix
+#                                               replaced by "gpu-host"
 #
 # PYTHON (python3) picks the interpreter whose NCCL is started. The recorded logs of one run are
 # tests/data/nccl/ (see its README.md); bench/GPU-PROOF.md has the numbers.
@@ -44,9 +45,16 @@ run() {
     for deb in "$dir"/*.deb; do dpkg-deb -x "$deb" "$root"; done
     # bookworm's libnl-3-200 installs under /lib, rdma-core under /usr/lib
     local lib="$root/usr/lib/$(uname -m)-linux-gnu:$root/lib/$(uname -m)-linux-gnu"
-    echo "== system's libibverbs: $(ldconfig -p | grep -c libibverbs || true) entries in ldconfig's cache"
+    # A machine may have rdma-core installed (the GPU machine here had rdma-core 50): the first run
+    # then hides it in a private mount namespace (root), each libibverbs file bound over by
+    # /dev/null, so dlopen fails as it does where rdma-core is not installed.
+    local system
+    system=$(ldconfig -p | awk '/libibverbs\.so/ {print $NF}' | xargs -r readlink -f | sort -u | tr '\n' ' ')
+    echo "== system's libibverbs: ${system:-none} (hidden for the first run)"
     set +e
-    "$PYTHON" "$check" --require-gpu --log "$out/without-rdma-core.log" | tee "$out/without-rdma-core.json"
+    unshare --mount sh -c 'for f in $1; do mount --bind /dev/null "$f" || exit 9; done; shift
+                           exec "$@"' sh "$system" \
+        "$PYTHON" "$check" --require-gpu --log "$out/without-rdma-core.log" | tee "$out/without-rdma-core.json"
     local first=${PIPESTATUS[0]}
     LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
         "$PYTHON" "$check" --require-gpu --log "$out/bookworm-rdma-core.log" | tee "$out/bookworm-rdma-core.json"
@@ -65,11 +73,17 @@ PY
 }
 
 record() {
+    # each log under the verdict the check gives it, so a machine that had rdma-core installed
+    # (no ibverbs-missing log then) records only what it really showed
     local out=${1:?usage: record OUT}
-    local dest=tests/data/nccl
+    local dest=tests/data/nccl log verdict
     mkdir -p "$dest"
-    sed -E 's/^[^ :]+:([0-9]+:[0-9]+ )/gpu-host:\1/' "$out/without-rdma-core.log" > "$dest/ibverbs-missing.log"
-    sed -E 's/^[^ :]+:([0-9]+:[0-9]+ )/gpu-host:\1/' "$out/bookworm-rdma-core.log" > "$dest/ib-no-device.log"
+    for log in "$out"/*.log; do
+        verdict=$("$PYTHON" -c 'import sys; sys.path.insert(0, "assemble/imagefiles"); import nccl_net_check as c
+print(c.classify(open(sys.argv[1]).read())["verdict"])' "$log")
+        sed -E 's/^[^ :]+:([0-9]+:[0-9]+ )/gpu-host:\1/' "$log" > "$dest/$verdict.log"
+        echo "$log -> $dest/$verdict.log"
+    done
     wc -l "$dest"/*.log
 }
 

@@ -42,7 +42,10 @@ import sys
 # name, "Count not open libibverbs.so" then "... libibverbs.so.1" (the typo is upstream's; a fixed
 # "Could" is accepted). "libibverbs.so" alone failing is normal: only -dev packages install it.
 VERDICTS = (
-    ("ib-device", re.compile(r"NET/IB ?: Using \[", re.IGNORECASE)),  # some versions say "Net/IB"
+    # A device is "[0]mlx5_0:1/RoCE": NCCL 2.28.9 with rdma-core and no HCA logs "No device found."
+    # and then "NET/IB : Using [RO]; OOB eth0:..." with an empty device list (recorded on a GPU
+    # machine, tests/data/nccl/), so the bracket must hold an index.
+    ("ib-device", re.compile(r"NET/IB ?: Using \[\d+\]", re.IGNORECASE)),  # some versions say "Net/IB"
     ("ib-no-device", re.compile(r"NET/IB ?: No device found", re.IGNORECASE)),
     ("ibverbs-missing", re.compile(r"Failed to open libibverbs\.so|Cou(?:nt|ld) not open libibverbs\.so\.1(?!\d)")),
 )
