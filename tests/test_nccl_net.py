@@ -54,16 +54,19 @@ def test_recorded_logs_get_the_verdict_they_are_named_after() -> None:
     """Real NCCL_DEBUG=INFO logs from a GPU machine (tests/data/nccl/README.md), each named by the
     verdict it must give."""
     logs = sorted(LOGS.glob("*.log"))
-    assert [p.stem for p in logs] == ["ib-no-device"]  # a new recording adds its file here
+    assert [p.stem for p in logs] == ["ib-no-device", "ibverbs-missing"]  # a new recording adds its file here
     for log in logs:
         got = check.classify(log.read_text())
         assert got["verdict"] == log.stem, log.name
     no_hca = check.classify((LOGS / "ib-no-device.log").read_text())
     # NCCL 2.28.9 with rdma-core and no HCA: "No device found.", then "Using [RO]" with no device;
     # it falls back to sockets, which is what the check must not call "uses InfiniBand"
-    assert no_hca["line"] == "gpu-host:528:528 [0] NCCL INFO NET/IB : No device found."
+    assert no_hca["line"] == "gpu-host:506:506 [0] NCCL INFO NET/IB : No device found."
     assert (no_hca["nccl_version"], no_hca["network"]) == ("2.28.9+cuda13.0", "Socket")
     assert check.classify("x NCCL INFO NET/IB : Using [RO]; OOB eth0:192.0.2.2<0>\n")["verdict"] == "no-ib-log"
+    missing = check.classify((LOGS / "ibverbs-missing.log").read_text())
+    assert missing["line"] == "gpu-host:493:493 [0] NCCL INFO Failed to open libibverbs.so[.1]"
+    assert missing["network"] == "Socket"
 
 
 def test_classify_nccl_230s_wording_per_name_of_libibverbs() -> None:
