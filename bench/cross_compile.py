@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -36,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
 
 from wheelfactory.host.facts import find_cuda_home, toolkit_version  # noqa: E402
 from wheelfactory.toolchain.crossbuild import prepare_toolchain  # noqa: E402
@@ -172,10 +172,8 @@ def main() -> None:
     cxx_versions = {c: subprocess.run([c, "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
                     for c in ("g++", "aarch64-linux-gnu-g++")}
     report = {
-        "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "cpu": _cpu_model(),
-                    "nvcc": nvcc_release, "g++": cxx_versions["g++"],
-                    "aarch64-linux-gnu-g++": cxx_versions["aarch64-linux-gnu-g++"],
-                    "load_average_at_end": os.getloadavg()},
+        "machine": describe(**{"nvcc": nvcc_release, "g++": cxx_versions["g++"],
+                                "aarch64-linux-gnu-g++": cxx_versions["aarch64-linux-gnu-g++"]}),
         "runs": args.runs, "gencode": GENCODE,
         "aarch64_cudart_download_s": round(download_s, 2),
         "objects_seconds": results,
@@ -185,16 +183,6 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
+
 from wheelfactory.host.facts import find_cuda_home  # noqa: E402
 
 # Module names (exact, or a prefix ending in "_") as FlashInfer's gen_all_modules names them.
@@ -265,16 +267,6 @@ def _failure(row: dict) -> str:
     return f"FAILED: {lines[-1][:70]}" if lines else "-"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flashinfer-version", default="0.7.2.post1")
@@ -321,8 +313,7 @@ def main() -> None:
                               if v else "no device code")
         rows.append(row)
     report = {
-        "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "cpu": _cpu_model(),
-                    "load_average_at_end": os.getloadavg()},
+        "machine": describe(),
         "toolkit": tk, "packages": package_versions(py), "arch_list": args.arch_list,
         "jobs": args.jobs, "nvcc_threads": args.nvcc_threads, "module_set": args.modules,
         "sm_capabilities": result["sm_capabilities"], "listed_by_shrunk_config": result["listed"],
