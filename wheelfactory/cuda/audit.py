@@ -21,7 +21,6 @@ The audit's JSON form (`WheelAudit.to_json`) is what the wheelhouse manifest sto
 from __future__ import annotations
 
 import json
-import os
 import re
 import zipfile
 import zlib
@@ -199,8 +198,7 @@ def _audit_files(label: str, files: list[tuple[str, Path]]) -> WheelAudit:
     plain = 0
     for name, file in files:
         try:
-            with open(file, "rb") as f:
-                entries = fatbin.read_elf(f, os.fstat(f.fileno()).st_size, str(file))
+            entries = fatbin.read_elf_path(file)
         except OSError as e:
             raise InputError(f"{file}: unreadable ({e.strerror or e})") from None
         if entries:

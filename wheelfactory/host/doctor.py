@@ -28,7 +28,7 @@ from ..sources.cargo import RUSTUP_HINT
 from ..sources.fetch import SourceCache
 from ..sources.kinds import Source
 from ..toolchain.ccache import CCACHE_VERSION, CCACHE_WHEELS, tools_dir
-from ..toolchain.crossbuild import CROSS, TRIPLETS, cross_tools_hint, missing_cross_tools
+from ..toolchain.crossbuild import CROSS, EMULATED, TRIPLETS, cross_tools_hint, missing_cross_tools
 from ..toolchain.toolkit import is_wheel_label, mismatch_warning
 from .facts import Host
 
@@ -251,7 +251,7 @@ def check_host_libraries(steps: Sequence[Step], probe: Probe) -> list[Check]:
     take the target's libraries from elsewhere and are not checked here."""
     checks = []
     for step in steps:
-        if not step.host_libraries or step.mode not in (None, "native"):
+        if not step.host_libraries or step.mode in (CROSS, EMULATED):
             continue
         cxx = step.env.get("CXX", "c++")
         label = f"{step.component} {step.version}"
